@@ -1,0 +1,71 @@
+//! Raft timings and log-compaction policy.
+//!
+//! Heartbeats every 100 ms and an election timeout drawn from 500..900 ms: followers notice
+//! a dead leader after at most 0.9 s and a candidate needs one round trip on a LAN, so a
+//! new leader is normally serving within about a second. The lower bound stays five
+//! heartbeats above zero so a busy two-core machine does not depose healthy leaders.
+
+use openraft::{Config, SnapshotPolicy};
+
+/// Knobs an operator may turn; the defaults suit a LAN.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// Entries kept in the log behind a snapshot, so a briefly lagging follower catches up
+    /// from the log rather than a full snapshot.
+    pub keep_entries_behind_snapshot: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 900,
+            snapshot_every_entries: 5_000,
+            keep_entries_behind_snapshot: 1_000,
+        }
+    }
+}
+
+impl Timing {
+    /// The openraft configuration for a replica of `cluster_name`.
+    pub fn config(&self, cluster_name: &str) -> Result<Config, openraft::ConfigError> {
+        Config {
+            cluster_name: cluster_name.to_owned(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            // A snapshot chunk is a few MiB; on a busy machine writing it to disk can take
+            // far longer than openraft's 200 ms default.
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: self.keep_entries_behind_snapshot,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            ..Default::default()
+        }
+        .validate()
+    }
+}
+
+/// Snapshot chunk size on the wire; the transport's body limit is well above it.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 << 20;
+
+/// Body limit of the replica-to-replica routes: a chunk plus its envelope, with room.
+pub const RAFT_BODY_LIMIT_BYTES: usize = 64 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_timing_is_a_valid_config() {
+        let config = Timing::default().config("test").unwrap();
+        assert!(config.election_timeout_min > 4 * config.heartbeat_interval);
+        assert!(RAFT_BODY_LIMIT_BYTES as u64 > 2 * config.snapshot_max_chunk_size);
+    }
+}

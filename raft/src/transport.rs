@@ -1,0 +1,353 @@
+//! The replica-to-replica transport: openraft RPCs as bincode over HTTP.
+//!
+//! Sending side: [`HttpNetwork`] implements openraft's `RaftNetworkFactory`; every
+//! connection shares one pooled `reqwest::Client`, so a heartbeat reuses a warm
+//! keep-alive connection instead of a fresh TCP handshake. Receiving side: [`router`]
+//! serves `POST {RAFT_PREFIX}/{append,vote,snapshot}` on the replica's one listener.
+//!
+//! A request carries the sender, the addressee and the cluster ([`PeerIdentity`]); the
+//! receiver also checks that the sender header matches the vote inside the message, so a
+//! replica cannot be talked into treating one peer's vote as another's. Refusals are
+//! non-200 answers with a plain-text reason that the sender logs; a Raft-level answer
+//! (including Raft's own errors) is always a 200 carrying a bincode `Result`.
+
+use std::error::Error;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{Raft, RaftTypeConfig};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::codec;
+use crate::identity::{PeerIdentity, PeerIdentityError, HEADER_RESPONDER};
+use crate::timing::RAFT_BODY_LIMIT_BYTES;
+use crate::{Member, ReplicaId, RAFT_PREFIX};
+
+const APPEND: &str = "/append";
+const VOTE: &str = "/vote";
+const SNAPSHOT: &str = "/snapshot";
+
+/// Adds credentials to outgoing peer requests and checks them on incoming ones.
+/// The default lets everything through; the application installs a real one when
+/// peer authentication is configured.
+pub trait PeerAuth: Send + Sync + 'static {
+    /// A header to attach to each outgoing RPC, if any.
+    fn outgoing(&self) -> Option<(axum::http::HeaderName, axum::http::HeaderValue)>;
+    /// Whether an incoming RPC is allowed; `Err` carries the reason shown to the sender.
+    fn check(&self, headers: &HeaderMap) -> Result<(), String>;
+}
+
+/// No peer credentials: for loopback clusters and tests.
+pub struct NoPeerAuth;
+
+impl PeerAuth for NoPeerAuth {
+    fn outgoing(&self) -> Option<(axum::http::HeaderName, axum::http::HeaderValue)> {
+        None
+    }
+
+    fn check(&self, _headers: &HeaderMap) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Creates connections to peers. Cheap to clone.
+#[derive(Clone)]
+pub struct HttpNetwork {
+    client: reqwest::Client,
+    identity: Arc<PeerIdentity>,
+    auth: Arc<dyn PeerAuth>,
+}
+
+impl HttpNetwork {
+    pub fn new(
+        client: reqwest::Client,
+        identity: Arc<PeerIdentity>,
+        auth: Arc<dyn PeerAuth>,
+    ) -> Self {
+        Self {
+            client,
+            identity,
+            auth,
+        }
+    }
+}
+
+impl<C> RaftNetworkFactory<C> for HttpNetwork
+where
+    C: RaftTypeConfig<NodeId = ReplicaId, Node = Member>,
+{
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: ReplicaId, node: &Member) -> Self::Network {
+        PeerConnection {
+            target,
+            member: node.clone(),
+            network: self.clone(),
+        }
+    }
+}
+
+/// One peer, as seen from this replica.
+pub struct PeerConnection {
+    target: ReplicaId,
+    member: Member,
+    network: HttpNetwork,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("replica {target} at {url}: {reason}")]
+struct PeerError {
+    target: ReplicaId,
+    url: String,
+    reason: String,
+}
+
+impl PeerConnection {
+    fn error(&self, reason: impl ToString) -> PeerError {
+        PeerError {
+            target: self.target,
+            url: self.member.url.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    async fn call<Req, Resp, E>(
+        &self,
+        route: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<ReplicaId, Member, RaftError<ReplicaId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: Error + DeserializeOwned,
+    {
+        let body = codec::encode(request)
+            .map_err(|e| RPCError::Network(NetworkError::new(&self.error(e))))?;
+        let url = self.member.endpoint(&format!("{RAFT_PREFIX}{route}"));
+        let mut builder = self.network.client.post(url).timeout(timeout).body(body);
+        for (name, value) in self.network.identity.request_headers(self.target) {
+            builder = builder.header(name, value);
+        }
+        if let Some((name, value)) = self.network.auth.outgoing() {
+            builder = builder.header(name, value);
+        }
+        let response = builder.send().await.map_err(|e| {
+            let err = self.error(format!("{e:#}"));
+            if e.is_connect() {
+                RPCError::Unreachable(Unreachable::new(&err))
+            } else {
+                RPCError::Network(NetworkError::new(&err))
+            }
+        })?;
+        let status = response.status();
+        let identity_check = PeerIdentity::check_responder(response.headers(), self.target);
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&self.error(e))))?;
+        if status != StatusCode::OK {
+            let reason = format!("refused with {status}: {}", String::from_utf8_lossy(&bytes));
+            return Err(RPCError::Network(NetworkError::new(&self.error(reason))));
+        }
+        identity_check.map_err(|e| RPCError::Network(NetworkError::new(&self.error(e))))?;
+        let result: Result<Resp, RaftError<ReplicaId, E>> = codec::decode(&bytes).map_err(|e| {
+            RPCError::Network(NetworkError::new(
+                &self.error(format!("undecodable answer: {e}")),
+            ))
+        })?;
+        result.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.member.clone(),
+                e,
+            ))
+        })
+    }
+}
+
+impl<C> RaftNetwork<C> for PeerConnection
+where
+    C: RaftTypeConfig<NodeId = ReplicaId, Node = Member>,
+{
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<ReplicaId>, RPCError<ReplicaId, Member, RaftError<ReplicaId>>>
+    {
+        self.call(APPEND, &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<C>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<ReplicaId>,
+        RPCError<ReplicaId, Member, RaftError<ReplicaId, InstallSnapshotError>>,
+    > {
+        self.call(SNAPSHOT, &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<ReplicaId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<ReplicaId>, RPCError<ReplicaId, Member, RaftError<ReplicaId>>> {
+        self.call(VOTE, &rpc, option.hard_ttl()).await
+    }
+}
+
+/// What the receiving routes need.
+struct Service<C: RaftTypeConfig> {
+    raft: Raft<C>,
+    identity: Arc<PeerIdentity>,
+    auth: Arc<dyn PeerAuth>,
+}
+
+/// The replica-to-replica routes, to be merged into the replica's router.
+pub fn router<C>(raft: Raft<C>, identity: Arc<PeerIdentity>, auth: Arc<dyn PeerAuth>) -> Router
+where
+    C: RaftTypeConfig<NodeId = ReplicaId, Node = Member>,
+{
+    let service = Arc::new(Service {
+        raft,
+        identity,
+        auth,
+    });
+    Router::new()
+        .route(&format!("{RAFT_PREFIX}{APPEND}"), post(append::<C>))
+        .route(&format!("{RAFT_PREFIX}{VOTE}"), post(vote::<C>))
+        .route(&format!("{RAFT_PREFIX}{SNAPSHOT}"), post(snapshot::<C>))
+        .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT_BYTES))
+        .with_state(service)
+}
+
+/// A refused peer request: status and a reason for the sender's log.
+struct Refused(StatusCode, String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        tracing::warn!(status = %self.0, reason = %self.1, "refused a peer request");
+        (self.0, self.1).into_response()
+    }
+}
+
+impl From<PeerIdentityError> for Refused {
+    fn from(e: PeerIdentityError) -> Self {
+        let status = match e {
+            PeerIdentityError::WrongCluster { .. } => StatusCode::FORBIDDEN,
+            PeerIdentityError::WrongReplica { .. } => StatusCode::MISDIRECTED_REQUEST,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Refused(status, e.to_string())
+    }
+}
+
+/// Checks credentials and addressing, decodes the body, and checks that the sender
+/// header agrees with the replica named by the message's vote.
+fn admit<C, Req>(
+    service: &Service<C>,
+    headers: &HeaderMap,
+    body: &[u8],
+    voter: impl Fn(&Req) -> Option<ReplicaId>,
+) -> Result<Req, Refused>
+where
+    C: RaftTypeConfig<NodeId = ReplicaId, Node = Member>,
+    Req: DeserializeOwned,
+{
+    service
+        .auth
+        .check(headers)
+        .map_err(|reason| Refused(StatusCode::FORBIDDEN, reason))?;
+    let from = service.identity.check_incoming(headers)?;
+    let request: Req = codec::decode(body).map_err(|e| {
+        Refused(
+            StatusCode::BAD_REQUEST,
+            format!("undecodable raft request from replica {from}: {e}"),
+        )
+    })?;
+    match voter(&request) {
+        Some(vote) if vote != from => {
+            Err(PeerIdentityError::SenderMismatch { header: from, vote }.into())
+        }
+        _ => Ok(request),
+    }
+}
+
+fn answer<T: Serialize>(service_id: ReplicaId, result: &T) -> Response {
+    match codec::encode(result) {
+        Ok(bytes) => ([(HEADER_RESPONDER, service_id.to_string())], bytes).into_response(),
+        Err(e) => Refused(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the answer: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+async fn append<C>(
+    State(service): State<Arc<Service<C>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refused>
+where
+    C: RaftTypeConfig<NodeId = ReplicaId, Node = Member>,
+{
+    let request: AppendEntriesRequest<C> =
+        admit(&service, &headers, &body, |r: &AppendEntriesRequest<C>| {
+            r.vote.leader_id().voted_for()
+        })?;
+    let result = service.raft.append_entries(request).await;
+    Ok(answer(service.identity.replica_id, &result))
+}
+
+async fn vote<C>(
+    State(service): State<Arc<Service<C>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refused>
+where
+    C: RaftTypeConfig<NodeId = ReplicaId, Node = Member>,
+{
+    let request: VoteRequest<ReplicaId> =
+        admit(&service, &headers, &body, |r: &VoteRequest<ReplicaId>| {
+            r.vote.leader_id().voted_for()
+        })?;
+    let result = service.raft.vote(request).await;
+    Ok(answer(service.identity.replica_id, &result))
+}
+
+async fn snapshot<C>(
+    State(service): State<Arc<Service<C>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refused>
+where
+    C: RaftTypeConfig<NodeId = ReplicaId, Node = Member>,
+{
+    let request: InstallSnapshotRequest<C> = admit(
+        &service,
+        &headers,
+        &body,
+        |r: &InstallSnapshotRequest<C>| r.vote.leader_id().voted_for(),
+    )?;
+    let result = service.raft.install_snapshot(request).await;
+    Ok(answer(service.identity.replica_id, &result))
+}
