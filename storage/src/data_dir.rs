@@ -1,0 +1,317 @@
+//! A replica's data dir: who it belongs to, and exclusive use of it.
+//!
+//! A data dir is created once, with the cluster and replica ids written to
+//! `identity.json`. Every later start checks them, and refuses, with a message naming the
+//! mismatch, a dir that belongs to another replica or cluster, that a newer version wrote,
+//! that another process is using, or that is not a data dir at all. It never "repairs"
+//! one by starting afresh: a reset replica can vote twice in a term.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use fs2::FileExt;
+use serde::{Deserialize, Serialize};
+
+use crate::FORMAT_VERSION;
+
+const IDENTITY_FILE: &str = "identity.json";
+const LOCK_FILE: &str = "LOCK";
+
+/// What a data dir belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub format_version: u32,
+    pub cluster_id: String,
+    pub replica_id: u64,
+    /// How this replica first joined: it bootstrapped the initial cluster, or it was
+    /// added to a running one. A joined replica never initializes a cluster of its own.
+    pub bootstrap: Bootstrap,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bootstrap {
+    InitialMember,
+    Joined,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("data dir {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "data dir {path} is in use by another process (could not lock {LOCK_FILE}); \
+         stop that process first"
+    )]
+    Locked { path: PathBuf },
+    #[error(
+        "data dir {path} is not empty but has no {IDENTITY_FILE}: it is not a \
+         pageserver-controller data dir, or it is damaged; refusing to start rather than \
+         reset it"
+    )]
+    NotADataDir { path: PathBuf },
+    #[error("data dir {path}: {IDENTITY_FILE} is unreadable ({reason}); refusing to start")]
+    CorruptIdentity { path: PathBuf, reason: String },
+    #[error(
+        "data dir {path} belongs to replica {found}, not replica {expected}; point --data-dir \
+         at replica {expected}'s dir or pass --id {found}"
+    )]
+    WrongReplica {
+        path: PathBuf,
+        expected: u64,
+        found: u64,
+    },
+    #[error("data dir {path} belongs to cluster {found:?}, not {expected:?}; refusing to start")]
+    WrongCluster {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    #[error(
+        "data dir {path} was written by a newer version (storage format {found}, this \
+         binary reads up to {FORMAT_VERSION}); upgrade the binary"
+    )]
+    TooNew { path: PathBuf, found: u32 },
+}
+
+/// An open data dir, held exclusively until dropped.
+#[derive(Debug)]
+pub struct DataDir {
+    root: PathBuf,
+    identity: Identity,
+    _lock: File,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DataDirError + '_ {
+    move |source| DataDirError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl DataDir {
+    /// The identity stored in `root`, `None` if `root` is absent or empty (fresh).
+    pub fn peek(root: &Path) -> Result<Option<Identity>, DataDirError> {
+        if !root.exists() || fs::read_dir(root).map_err(io_err(root))?.next().is_none() {
+            return Ok(None);
+        }
+        let path = root.join(IDENTITY_FILE);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(DataDirError::NotADataDir {
+                    path: root.to_owned(),
+                })
+            }
+            Err(e) => return Err(io_err(root)(e)),
+        };
+        let identity: Identity =
+            serde_json::from_slice(&bytes).map_err(|e| DataDirError::CorruptIdentity {
+                path: root.to_owned(),
+                reason: e.to_string(),
+            })?;
+        if identity.format_version > FORMAT_VERSION {
+            return Err(DataDirError::TooNew {
+                path: root.to_owned(),
+                found: identity.format_version,
+            });
+        }
+        Ok(Some(identity))
+    }
+
+    /// Creates a fresh data dir. Fails if `root` already holds anything.
+    pub fn create(root: &Path, identity: Identity) -> Result<DataDir, DataDirError> {
+        if Self::peek(root)?.is_some() {
+            return Err(DataDirError::Io {
+                path: root.to_owned(),
+                source: io::Error::new(io::ErrorKind::AlreadyExists, "already initialized"),
+            });
+        }
+        fs::create_dir_all(root).map_err(io_err(root))?;
+        let lock = Self::lock(root)?;
+        let bytes = serde_json::to_vec_pretty(&identity).expect("identity serializes");
+        write_atomically(&root.join(IDENTITY_FILE), &bytes).map_err(io_err(root))?;
+        if let Some(parent) = root.parent() {
+            // The data dir's own entry in its parent must survive a crash too.
+            let _ = sync_dir(parent);
+        }
+        tracing::info!(path = %root.display(), replica = identity.replica_id, cluster = %identity.cluster_id, "created data dir");
+        Ok(DataDir {
+            root: root.to_owned(),
+            identity,
+            _lock: lock,
+        })
+    }
+
+    /// Opens an existing data dir for `replica_id`, refusing any mismatch.
+    pub fn open(
+        root: &Path,
+        replica_id: u64,
+        cluster_id: Option<&str>,
+    ) -> Result<DataDir, DataDirError> {
+        let identity = Self::peek(root)?.ok_or_else(|| DataDirError::Io {
+            path: root.to_owned(),
+            source: io::Error::new(io::ErrorKind::NotFound, "no data dir here"),
+        })?;
+        if identity.replica_id != replica_id {
+            return Err(DataDirError::WrongReplica {
+                path: root.to_owned(),
+                expected: replica_id,
+                found: identity.replica_id,
+            });
+        }
+        if let Some(expected) = cluster_id {
+            if identity.cluster_id != expected {
+                return Err(DataDirError::WrongCluster {
+                    path: root.to_owned(),
+                    expected: expected.to_owned(),
+                    found: identity.cluster_id,
+                });
+            }
+        }
+        let lock = Self::lock(root)?;
+        Ok(DataDir {
+            root: root.to_owned(),
+            identity,
+            _lock: lock,
+        })
+    }
+
+    fn lock(root: &Path) -> Result<File, DataDirError> {
+        let path = root.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(root))?;
+        file.try_lock_exclusive()
+            .map_err(|_| DataDirError::Locked {
+                path: root.to_owned(),
+            })?;
+        Ok(file)
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.root.join("log")
+    }
+
+    pub fn snapshot_path(&self) -> PathBuf {
+        self.root.join("snapshot")
+    }
+}
+
+/// Writes `bytes` to `path` so that after a crash the file holds either its old content
+/// or all of `bytes`: write a temporary file, fsync it, rename it over, fsync the dir.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Makes a directory's entries (creations, renames) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(replica_id: u64) -> Identity {
+        Identity {
+            format_version: FORMAT_VERSION,
+            cluster_id: "c1".into(),
+            replica_id,
+            bootstrap: Bootstrap::InitialMember,
+        }
+    }
+
+    #[test]
+    fn fresh_dirs_are_created_and_reopened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("r1");
+        assert!(DataDir::peek(&root).unwrap().is_none());
+        drop(DataDir::create(&root, identity(1)).unwrap());
+        let dir = DataDir::open(&root, 1, Some("c1")).unwrap();
+        assert_eq!(dir.identity(), &identity(1));
+    }
+
+    #[test]
+    fn mismatches_are_refused_with_a_reason() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("r1");
+        drop(DataDir::create(&root, identity(1)).unwrap());
+        let err = DataDir::open(&root, 2, None).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DataDirError::WrongReplica {
+                    found: 1,
+                    expected: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = DataDir::open(&root, 1, Some("other")).unwrap_err();
+        assert!(matches!(err, DataDirError::WrongCluster { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_dir_in_use_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("r1");
+        let _held = DataDir::create(&root, identity(1)).unwrap();
+        let err = DataDir::open(&root, 1, None).unwrap_err();
+        assert!(matches!(err, DataDirError::Locked { .. }), "{err}");
+    }
+
+    #[test]
+    fn foreign_corrupt_and_newer_dirs_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let foreign = tmp.path().join("foreign");
+        fs::create_dir_all(&foreign).unwrap();
+        fs::write(foreign.join("something"), b"x").unwrap();
+        assert!(matches!(
+            DataDir::peek(&foreign),
+            Err(DataDirError::NotADataDir { .. })
+        ));
+
+        let corrupt = tmp.path().join("corrupt");
+        fs::create_dir_all(&corrupt).unwrap();
+        fs::write(corrupt.join(IDENTITY_FILE), b"{\"format_vers").unwrap();
+        assert!(matches!(
+            DataDir::peek(&corrupt),
+            Err(DataDirError::CorruptIdentity { .. })
+        ));
+
+        let newer = tmp.path().join("newer");
+        fs::create_dir_all(&newer).unwrap();
+        let mut id = identity(1);
+        id.format_version = FORMAT_VERSION + 1;
+        fs::write(newer.join(IDENTITY_FILE), serde_json::to_vec(&id).unwrap()).unwrap();
+        assert!(matches!(
+            DataDir::peek(&newer),
+            Err(DataDirError::TooNew { .. })
+        ));
+    }
+}

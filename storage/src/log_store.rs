@@ -1,0 +1,392 @@
+//! The Raft log, vote and committed index in sled.
+//!
+//! Two trees: `log` maps a big-endian index to a bincode entry, so sled's key order is log
+//! order; `meta` holds the vote, the committed log id and the last purged log id.
+//!
+//! Contracts (openraft's, kept here):
+//! - an append's callback fires only after the entries are durable ([`Flusher`]);
+//! - `save_vote` returns only after the vote is durable;
+//! - writes are applied to sled in call order, and a flush covers every earlier write, so
+//!   a vote and an append can never become durable out of order;
+//! - truncate and purge are made durable before they return (both are rare);
+//! - the committed index is written without a flush: losing it only means re-learning it
+//!   from the leader.
+//!
+//! On open, every stored value is decoded and the log checked for holes, so a damaged log
+//! stops the replica at start with a message rather than at some later read.
+
+use std::fmt::Debug;
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+
+use controller_raft::{codec, Member};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{
+    Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogId, RaftLogReader, RaftTypeConfig,
+    StorageError, StorageIOError, Vote,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::data_dir::sync_dir;
+use crate::flusher::{FlushStats, Flusher};
+
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const LAST_PURGED: &[u8] = b"last_purged";
+
+/// Why the log could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum LogOpenError {
+    #[error("opening the Raft log at {path}: {source}")]
+    Sled {
+        path: String,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("starting the flusher for {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the Raft log at {path} is damaged: {reason}; refusing to start")]
+    Corrupt { path: String, reason: String },
+}
+
+/// The sled-backed log store. Clones share the same database and flusher.
+pub struct LogStore<C> {
+    log: sled::Tree,
+    meta: sled::Tree,
+    flusher: Flusher,
+    _config: PhantomData<C>,
+}
+
+impl<C> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        Self {
+            log: self.log.clone(),
+            meta: self.meta.clone(),
+            flusher: self.flusher.clone(),
+            _config: PhantomData,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, StorageError<u64>>;
+
+fn io_error(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError<u64> {
+    StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
+}
+
+impl<C> LogStore<C>
+where
+    C: RaftTypeConfig<NodeId = u64, Node = Member, Entry = Entry<C>>,
+{
+    /// Opens (or creates) the log under `path`, with sled's page cache bounded by
+    /// `cache_bytes`.
+    pub fn open(
+        path: &Path,
+        replica: u64,
+        cache_bytes: u64,
+    ) -> std::result::Result<Self, LogOpenError> {
+        let display = path.display().to_string();
+        let sled_err = |source| LogOpenError::Sled {
+            path: display.clone(),
+            source,
+        };
+        let fresh = !path.exists();
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(None)
+            .open()
+            .map_err(sled_err)?;
+        let log = db.open_tree("log").map_err(sled_err)?;
+        let meta = db.open_tree("meta").map_err(sled_err)?;
+        if fresh {
+            db.flush().map_err(sled_err)?;
+            let io = |source| LogOpenError::Io {
+                path: display.clone(),
+                source,
+            };
+            sync_dir(path).map_err(io)?;
+            if let Some(parent) = path.parent() {
+                sync_dir(parent).map_err(io)?;
+            }
+        }
+        let flusher = Flusher::start(db, path, replica).map_err(|source| LogOpenError::Io {
+            path: display.clone(),
+            source,
+        })?;
+        let store = LogStore {
+            log,
+            meta,
+            flusher,
+            _config: PhantomData,
+        };
+        store.verify().map_err(|reason| LogOpenError::Corrupt {
+            path: display,
+            reason,
+        })?;
+        Ok(store)
+    }
+
+    /// Decodes everything once and checks that the log has no holes.
+    fn verify(&self) -> std::result::Result<(), String> {
+        self.meta_value::<Vote<u64>>(VOTE)
+            .map_err(|e| format!("vote: {e}"))?;
+        self.meta_value::<LogId<u64>>(COMMITTED)
+            .map_err(|e| format!("committed index: {e}"))?;
+        let purged = self
+            .meta_value::<LogId<u64>>(LAST_PURGED)
+            .map_err(|e| format!("last purged id: {e}"))?;
+        let mut expected: Option<u64> = None;
+        for item in self.log.iter() {
+            let (key, value) = item.map_err(|e| e.to_string())?;
+            let index = key_index(&key).ok_or_else(|| format!("malformed key {key:?}"))?;
+            let entry: Entry<C> =
+                codec::decode(&value).map_err(|e| format!("entry {index}: {e}"))?;
+            if entry.get_log_id().index != index {
+                return Err(format!(
+                    "entry stored at {index} says it is {}",
+                    entry.get_log_id().index
+                ));
+            }
+            if let Some(expected) = expected {
+                if index != expected {
+                    return Err(format!(
+                        "hole in the log: entry {expected} missing before {index}"
+                    ));
+                }
+            } else if let Some(purged) = &purged {
+                if index > purged.index + 1 {
+                    return Err(format!(
+                        "hole in the log: purged up to {} but the first entry is {index}",
+                        purged.index
+                    ));
+                }
+            }
+            expected = Some(index + 1);
+        }
+        Ok(())
+    }
+
+    /// Flush counters for metrics.
+    pub fn flush_stats(&self) -> std::sync::Arc<FlushStats> {
+        self.flusher.stats()
+    }
+
+    /// Number of entries currently in the log.
+    pub fn entry_count(&self) -> usize {
+        self.log.len()
+    }
+
+    fn meta_value<T: DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> std::result::Result<Option<T>, String> {
+        match self.meta.get(key).map_err(|e| e.to_string())? {
+            Some(bytes) => codec::decode(&bytes).map(Some).map_err(|e| e.to_string()),
+            None => Ok(None),
+        }
+    }
+
+    fn read_meta<T: DeserializeOwned>(
+        &self,
+        key: &[u8],
+        subject: ErrorSubject<u64>,
+    ) -> Result<Option<T>> {
+        match self
+            .meta
+            .get(key)
+            .map_err(|e| io_error(subject.clone(), ErrorVerb::Read, e))?
+        {
+            Some(bytes) => codec::decode(&bytes)
+                .map(Some)
+                .map_err(|e| io_error(subject, ErrorVerb::Read, e)),
+            None => Ok(None),
+        }
+    }
+
+    fn write_meta<T: Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+        subject: ErrorSubject<u64>,
+    ) -> Result<()> {
+        let bytes =
+            codec::encode(value).map_err(|e| io_error(subject.clone(), ErrorVerb::Write, e))?;
+        self.meta
+            .insert(key, bytes)
+            .map_err(|e| io_error(subject, ErrorVerb::Write, e))?;
+        Ok(())
+    }
+
+    async fn flush(&self, subject: ErrorSubject<u64>) -> Result<()> {
+        self.flusher
+            .flush()
+            .await
+            .map_err(|e| io_error(subject, ErrorVerb::Write, e))
+    }
+
+    fn last_entry_id(&self) -> Result<Option<LogId<u64>>> {
+        match self
+            .log
+            .last()
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?
+        {
+            Some((_, bytes)) => {
+                let entry: Entry<C> = codec::decode(&bytes)
+                    .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                Ok(Some(*entry.get_log_id()))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+fn key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn key_index(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+impl<C> RaftLogReader<C> for LogStore<C>
+where
+    C: RaftTypeConfig<NodeId = u64, Node = Member, Entry = Entry<C>>,
+{
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<C::Entry>> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => Bound::Included(key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let mut entries = Vec::new();
+        for item in self.log.range::<[u8; 8], _>((start, end)) {
+            let (k, bytes) = item.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            let entry: Entry<C> = codec::decode(&bytes).map_err(|e| {
+                io_error(
+                    ErrorSubject::LogIndex(key_index(&k).unwrap_or_default()),
+                    ErrorVerb::Read,
+                    e,
+                )
+            })?;
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+}
+
+impl<C> RaftLogStorage<C> for LogStore<C>
+where
+    C: RaftTypeConfig<NodeId = u64, Node = Member, Entry = Entry<C>>,
+{
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>> {
+        let last_purged_log_id: Option<LogId<u64>> =
+            self.read_meta(LAST_PURGED, ErrorSubject::Logs)?;
+        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<()> {
+        self.write_meta(VOTE, vote, ErrorSubject::Vote)?;
+        self.flush(ErrorSubject::Vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>> {
+        self.read_meta(VOTE, ErrorSubject::Vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<()> {
+        match committed {
+            Some(committed) => self.write_meta(COMMITTED, &committed, ErrorSubject::Store),
+            None => {
+                self.meta
+                    .remove(COMMITTED)
+                    .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>> {
+        self.read_meta(COMMITTED, ErrorSubject::Store)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<()>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        let mut largest = 0;
+        for entry in entries {
+            let id = *entry.get_log_id();
+            let bytes = codec::encode(&entry)
+                .map_err(|e| io_error(ErrorSubject::Log(id), ErrorVerb::Write, e))?;
+            largest = largest.max(bytes.len());
+            batch.insert(&key(id.index), bytes);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        self.flusher.note_write(largest);
+        self.flusher
+            .after_flush(move |result| callback.log_io_completed(result));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<()> {
+        tracing::debug!(since = %log_id, "truncating the log");
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(key(log_id.index)..) {
+            let (k, _) = item.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+            batch.remove(k);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        self.flush(ErrorSubject::Logs).await
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<()> {
+        tracing::debug!(upto = %log_id, "purging the log");
+        // Record the purge point first: a crash in between leaves extra entries below it,
+        // which are never read, rather than a hole above it.
+        self.write_meta(LAST_PURGED, &log_id, ErrorSubject::Logs)?;
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(..=key(log_id.index)) {
+            let (k, _) = item.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+            batch.remove(k);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        self.flush(ErrorSubject::Logs).await
+    }
+}

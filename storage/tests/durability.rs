@@ -1,0 +1,217 @@
+//! What must survive a restart, and what must stop one.
+
+mod common;
+
+use common::{Add, Config, Sm};
+use controller_raft::Member;
+use controller_storage::{LogOpenError, LogStore, SnapshotError};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::{
+    CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftLogReader, RaftSnapshotBuilder,
+    Vote,
+};
+
+fn log_id(term: u64, index: u64) -> LogId<u64> {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn entry(term: u64, index: u64, add: u64) -> Entry<Config> {
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Normal(Add(add)),
+    }
+}
+
+fn open_log(dir: &std::path::Path) -> LogStore<Config> {
+    LogStore::open(&dir.join("log"), 1, 1 << 20).expect("open log")
+}
+
+#[tokio::test]
+async fn vote_log_truncate_and_purge_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = open_log(dir.path());
+        log.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
+        log.blocking_append((1..=10).map(|i| entry(3, i, i)))
+            .await
+            .unwrap();
+        log.purge(log_id(3, 3)).await.unwrap();
+        log.truncate(log_id(3, 8)).await.unwrap();
+        log.save_committed(Some(log_id(3, 6))).await.unwrap();
+        log.blocking_append([entry(4, 8, 80)]).await.unwrap();
+    }
+    let mut log = open_log(dir.path());
+    assert_eq!(
+        log.read_vote().await.unwrap(),
+        Some(Vote::new_committed(3, 2))
+    );
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(3, 3)));
+    assert_eq!(state.last_log_id, Some(log_id(4, 8)));
+    let entries = log.try_get_log_entries(0..100).await.unwrap();
+    let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+    assert_eq!(indexes, vec![4, 5, 6, 7, 8]);
+    assert_eq!(entries.last().unwrap().log_id, log_id(4, 8));
+}
+
+#[tokio::test]
+async fn a_purge_to_the_end_keeps_the_last_log_id() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = open_log(dir.path());
+        log.blocking_append((1..=5).map(|i| entry(1, i, i)))
+            .await
+            .unwrap();
+        log.purge(log_id(1, 5)).await.unwrap();
+    }
+    let mut log = open_log(dir.path());
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(log_id(1, 5)));
+    assert!(log.try_get_log_entries(0..100).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn snapshot_build_and_install_round_trip_and_survive_reopen() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let membership = Entry::<Config> {
+        log_id: log_id(1, 1),
+        payload: EntryPayload::Membership(Membership::new(
+            vec![[1u64, 2, 3].into_iter().collect()],
+            [
+                (1u64, Member::new("http://a")),
+                (2, Member::new("http://b")),
+                (3, Member::new("http://c")),
+            ]
+            .into_iter()
+            .collect::<std::collections::BTreeMap<u64, Member>>(),
+        )),
+    };
+    let snapshot = {
+        let mut leader = Sm::open(&leader_dir.path().join("snapshot")).unwrap();
+        leader
+            .apply([membership, entry(1, 2, 5), entry(1, 3, 7)])
+            .await
+            .unwrap();
+        let snapshot = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 3)));
+        // Applying more after the snapshot does not change what the snapshot holds.
+        leader.apply([entry(1, 4, 100)]).await.unwrap();
+        assert_eq!(leader.shared().read().unwrap().state.0, 112);
+        snapshot
+    };
+
+    // The leader restarts from the snapshot: the state at index 3, not 4 (the log replays
+    // the rest).
+    let reopened = Sm::open(&leader_dir.path().join("snapshot")).unwrap();
+    {
+        let applied = reopened.shared();
+        let applied = applied.read().unwrap();
+        assert_eq!(applied.state.0, 12);
+        assert_eq!(applied.last_applied, Some(log_id(1, 3)));
+        assert_eq!(applied.last_membership.membership().voter_ids().count(), 3);
+    }
+
+    {
+        let mut follower = Sm::open(&follower_dir.path().join("snapshot")).unwrap();
+        follower.apply([entry(1, 1, 1000)]).await.unwrap();
+        let mut data = follower.begin_receiving_snapshot().await.unwrap();
+        let mut source = snapshot.snapshot;
+        tokio::io::copy(&mut source, &mut *data).await.unwrap();
+        follower
+            .install_snapshot(&snapshot.meta, data)
+            .await
+            .unwrap();
+        assert_eq!(
+            follower.shared().read().unwrap().state.0,
+            12,
+            "install replaces the state"
+        );
+        let current = follower.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, snapshot.meta);
+    }
+    let follower = Sm::open(&follower_dir.path().join("snapshot")).unwrap();
+    assert_eq!(follower.shared().read().unwrap().state.0, 12);
+    assert_eq!(
+        follower.shared().read().unwrap().last_applied,
+        Some(log_id(1, 3))
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_snapshot_stops_the_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snapshot");
+    {
+        let mut sm = Sm::open(&path).unwrap();
+        sm.apply([entry(1, 1, 5)]).await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+    }
+    let file = path.join("current.snap");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    match Sm::open(&path) {
+        Err(SnapshotError::Checksum) => {}
+        Err(other) => panic!("expected a checksum error, got {other}"),
+        Ok(_) => panic!("a damaged snapshot was loaded"),
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_log_entry_stops_the_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = open_log(dir.path());
+        log.blocking_append((1..=3).map(|i| entry(1, i, i)))
+            .await
+            .unwrap();
+    }
+    {
+        let db = sled::open(dir.path().join("log")).unwrap();
+        let tree = db.open_tree("log").unwrap();
+        tree.insert(2u64.to_be_bytes(), &b"\x01garbage"[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    match LogStore::<Config>::open(&dir.path().join("log"), 1, 1 << 20) {
+        Err(LogOpenError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("entry 2"), "{reason}")
+        }
+        Err(other) => panic!("expected a corrupt-log error, got {other}"),
+        Ok(_) => panic!("a damaged log was opened"),
+    }
+}
+
+#[tokio::test]
+async fn a_hole_in_the_log_stops_the_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = open_log(dir.path());
+        log.blocking_append((1..=3).map(|i| entry(1, i, i)))
+            .await
+            .unwrap();
+    }
+    {
+        let db = sled::open(dir.path().join("log")).unwrap();
+        db.open_tree("log")
+            .unwrap()
+            .remove(2u64.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    assert!(matches!(
+        LogStore::<Config>::open(&dir.path().join("log"), 1, 1 << 20),
+        Err(LogOpenError::Corrupt { .. })
+    ));
+}
