@@ -13,6 +13,9 @@
 //! Everything here is generic over the application's [`openraft::RaftTypeConfig`], so the
 //! crate never depends on the root crate.
 
+// openraft's error types are large by design; we return them as its traits require.
+#![allow(clippy::result_large_err)]
+
 pub mod codec;
 mod identity;
 mod member;

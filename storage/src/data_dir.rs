@@ -22,6 +22,9 @@ const LOCK_FILE: &str = "LOCK";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     pub format_version: u32,
+    /// The operator's name for the cluster (`--cluster-name`).
+    pub cluster_name: String,
+    /// Derived from the name and the initial members; checked on every peer RPC.
     pub cluster_id: String,
     pub replica_id: u64,
     /// How this replica first joined: it bootstrapped the initial cluster, or it was
@@ -148,11 +151,12 @@ impl DataDir {
         })
     }
 
-    /// Opens an existing data dir for `replica_id`, refusing any mismatch.
+    /// Opens an existing data dir for `replica_id` of the cluster named `cluster_name`,
+    /// refusing any mismatch.
     pub fn open(
         root: &Path,
         replica_id: u64,
-        cluster_id: Option<&str>,
+        cluster_name: Option<&str>,
     ) -> Result<DataDir, DataDirError> {
         let identity = Self::peek(root)?.ok_or_else(|| DataDirError::Io {
             path: root.to_owned(),
@@ -165,12 +169,12 @@ impl DataDir {
                 found: identity.replica_id,
             });
         }
-        if let Some(expected) = cluster_id {
-            if identity.cluster_id != expected {
+        if let Some(expected) = cluster_name {
+            if identity.cluster_name != expected {
                 return Err(DataDirError::WrongCluster {
                     path: root.to_owned(),
                     expected: expected.to_owned(),
-                    found: identity.cluster_id,
+                    found: identity.cluster_name,
                 });
             }
         }
@@ -239,7 +243,8 @@ mod tests {
     fn identity(replica_id: u64) -> Identity {
         Identity {
             format_version: FORMAT_VERSION,
-            cluster_id: "c1".into(),
+            cluster_name: "c1".into(),
+            cluster_id: "0123".into(),
             replica_id,
             bootstrap: Bootstrap::InitialMember,
         }

@@ -22,6 +22,9 @@
 //! the file's metadata, and it never fsyncs blob files; [`flusher`] does both, on one
 //! thread, so flushes never run concurrently.
 
+// openraft's error types are large by design; we return them as its traits require.
+#![allow(clippy::result_large_err)]
+
 pub mod data_dir;
 mod flusher;
 mod log_store;

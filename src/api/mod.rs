@@ -1,0 +1,122 @@
+//! The HTTP API every replica serves: Neon's generation API, node registry, health and
+//! cluster views, plus the replica-to-replica Raft routes on the same listener.
+//!
+//! The layer is thin by design: [`handlers`] translate JSON to domain commands,
+//! [`routing`] gets each request to the leader (once, as a middleware, not in every
+//! handler), [`error::ApiError`] is the only error shape, and [`json::Json`] makes a
+//! malformed body a 400 that names the bad field.
+
+pub mod cluster;
+pub mod error;
+pub mod handlers;
+pub mod json;
+pub mod routing;
+pub mod types;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::from_fn_with_state;
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+
+use crate::replica::Replica;
+use error::ApiError;
+use routing::{route_to_leader, Forwarder, Policy, Routing};
+
+/// Bounds on what a client may ask for.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body accepted on the public routes.
+    pub body_bytes: usize,
+    /// Most tenant shards in one validate call.
+    pub validate_tenants: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            // 10,000 validate entries are about 700 KB of JSON; leave room above that.
+            body_bytes: 4 << 20,
+            validate_tenants: 20_000,
+        }
+    }
+}
+
+/// What handlers share.
+pub struct ApiState {
+    pub replica: Arc<Replica>,
+    pub cluster_id: String,
+    pub forwarder: Forwarder,
+    /// How long a request waits for a leader before a 503.
+    pub leader_wait: Duration,
+    pub limits: Limits,
+}
+
+/// The public routes (the Raft routes are merged in by the server).
+pub fn router(api: Arc<ApiState>) -> Router {
+    let on_leader = |policy| {
+        from_fn_with_state(
+            Routing {
+                api: api.clone(),
+                policy,
+            },
+            route_to_leader,
+        )
+    };
+    let writes = Router::new()
+        .route("/upcall/v1/re-attach", post(handlers::re_attach))
+        .route("/re-attach", post(handlers::re_attach_legacy))
+        .route("/debug/v1/attach-hook", post(handlers::attach_hook))
+        .route("/attach-hook", post(handlers::attach_hook))
+        .route("/control/v1/node", post(handlers::register_node))
+        .route("/control/v1/node/{node_id}", delete(handlers::delete_node))
+        .route(
+            "/control/v1/node/{node_id}/config",
+            put(handlers::configure_node),
+        )
+        .route(
+            "/control/v1/tenant/{tenant_shard_id}/migrate",
+            put(handlers::migrate),
+        )
+        .route_layer(on_leader(Policy::Write));
+    let reads = Router::new()
+        .route("/upcall/v1/validate", post(handlers::validate))
+        .route("/validate", post(handlers::validate))
+        .route("/debug/v1/inspect", post(handlers::inspect))
+        .route("/inspect", post(handlers::inspect))
+        .route("/control/v1/node", get(handlers::list_nodes))
+        .route("/control/v1/node/{node_id}", get(handlers::get_node))
+        .route("/control/v1/tenant", get(handlers::list_tenants))
+        .route(cluster::READ_INDEX_PATH, get(cluster::read_index))
+        .route_layer(on_leader(Policy::Read));
+    let local = Router::new()
+        .route("/status", get(cluster::status))
+        .route("/ready", get(cluster::ready))
+        .route("/v1/cluster", get(cluster::cluster));
+    Router::new()
+        .merge(writes)
+        .merge(reads)
+        .merge(local)
+        .layer(DefaultBodyLimit::max(api.limits.body_bytes))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(api)
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::NotFound(format!(
+        "no route for {} {}",
+        request.method(),
+        request.uri().path()
+    ))
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{} is not allowed on {}",
+        request.method(),
+        request.uri().path()
+    ))
+}

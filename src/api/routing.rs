@@ -1,0 +1,233 @@
+//! Any replica answers: requests that need the leader are routed to it here, once, for
+//! every route, so handlers are written as if they always ran on the leader.
+//!
+//! On the leader the handler runs. If it answers "not the leader" (leadership moved while
+//! it ran; nothing was applied) the request is routed again. On a follower the request
+//! is forwarded, unchanged, to the leader, whose answer is returned unchanged.
+//!
+//! Bounds and guarantees:
+//! - a request is forwarded at most once: a forwarded request that reaches a non-leader
+//!   is answered "not the leader" and the replica that forwarded it re-routes it, so two
+//!   replicas that disagree about the leader never bounce a request between them;
+//! - while no leader is known the replica waits, up to `leader_wait`, then answers 503;
+//! - a write is re-sent only when it certainly was not applied (the leader said "not the
+//!   leader", or the connection was never made); when a forwarded write's fate is
+//!   unknown (timeout, connection lost after sending) the caller gets a 503 saying so,
+//!   never a silent second attempt. Reads are always safe to re-send.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{to_bytes, Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use controller_raft::Member;
+
+use super::error::{ApiError, NOT_LEADER_HEADER};
+use super::ApiState;
+
+/// Marks a request forwarded by another replica; carries that replica's id.
+pub const FORWARDED_BY_HEADER: &str = "x-controller-forwarded-by";
+
+/// Request headers a forwarded request keeps.
+const FORWARDED_HEADERS: [axum::http::HeaderName; 3] = [
+    axum::http::header::CONTENT_TYPE,
+    axum::http::header::AUTHORIZATION,
+    axum::http::header::ACCEPT,
+];
+
+/// Whether a route changes state (re-sent only when certainly not applied) or only reads
+/// it (always safe to re-send).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    Write,
+    Read,
+}
+
+#[derive(Clone)]
+pub struct Routing {
+    pub api: Arc<ApiState>,
+    pub policy: Policy,
+}
+
+/// What became of a request sent to the leader.
+pub enum Forwarded {
+    Answer(Response),
+    /// The target is not the leader; the request was not applied there.
+    NotLeader,
+    /// The request never left this replica (no connection could be made).
+    NotSent(String),
+    /// The request was sent but no answer came back; it may have been applied.
+    Unknown(String),
+}
+
+/// Sends requests to the leader over the replica's one pooled HTTP client.
+#[derive(Clone)]
+pub struct Forwarder {
+    pub client: reqwest::Client,
+    pub self_id: u64,
+    pub timeout: Duration,
+}
+
+impl Forwarder {
+    pub async fn forward(
+        &self,
+        leader: &Member,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Forwarded {
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut request = self
+            .client
+            .request(method.clone(), leader.endpoint(path))
+            .timeout(self.timeout)
+            .header(FORWARDED_BY_HEADER, self.self_id.to_string())
+            .body(body);
+        for name in FORWARDED_HEADERS {
+            if let Some(value) = headers.get(&name) {
+                request = request.header(name, value);
+            }
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) if e.is_connect() => return Forwarded::NotSent(format!("{e:#}")),
+            Err(e) => return Forwarded::Unknown(format!("{e:#}")),
+        };
+        if response.headers().contains_key(NOT_LEADER_HEADER) {
+            return Forwarded::NotLeader;
+        }
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .cloned();
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(e) => return Forwarded::Unknown(format!("reading the leader's answer: {e:#}")),
+        };
+        let mut answer = (status, body).into_response();
+        if let Some(content_type) = content_type {
+            answer
+                .headers_mut()
+                .insert(axum::http::header::CONTENT_TYPE, content_type);
+        }
+        Forwarded::Answer(answer)
+    }
+}
+
+/// The middleware: run here if leader, else forward to the leader, within `leader_wait`.
+pub async fn route_to_leader(
+    State(routing): State<Routing>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let api = &routing.api;
+    let (parts, body) = request.into_parts();
+    let body = match to_bytes(body, api.limits.body_bytes).await {
+        Ok(body) => body,
+        Err(_) => {
+            return ApiError::PayloadTooLarge(format!(
+                "request body is larger than {} bytes",
+                api.limits.body_bytes
+            ))
+            .into_response()
+        }
+    };
+    let forwarded_by = parts.headers.get(FORWARDED_BY_HEADER).cloned();
+    let replica = &api.replica;
+    let deadline = Instant::now() + api.leader_wait;
+    let mut metrics = replica.metrics();
+    let mut last_problem = String::from("no leader is known");
+    loop {
+        match replica.leader() {
+            Some((leader, _)) if leader == replica.id() => {
+                let mut local = Request::from_parts(clone_parts(&parts), Body::from(body.clone()));
+                local.extensions_mut().clone_from(&parts.extensions);
+                let response = next.clone().run(local).await;
+                if !response.headers().contains_key(NOT_LEADER_HEADER) || forwarded_by.is_some() {
+                    return response;
+                }
+                last_problem = "leadership moved while the request ran".into();
+            }
+            Some((leader, _)) if forwarded_by.is_some() => {
+                let from = forwarded_by
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("?");
+                return ApiError::NotLeader(format!(
+                    "replica {} is not the leader (it believes replica {leader} is); \
+                     forwarded by replica {from}",
+                    replica.id()
+                ))
+                .into_response();
+            }
+            Some((leader, member)) => {
+                match api
+                    .forwarder
+                    .forward(
+                        &member,
+                        &parts.method,
+                        &parts.uri,
+                        &parts.headers,
+                        body.clone(),
+                    )
+                    .await
+                {
+                    Forwarded::Answer(response) => return response,
+                    Forwarded::NotLeader => {
+                        last_problem = format!("replica {leader} was no longer the leader");
+                    }
+                    Forwarded::NotSent(e) => {
+                        last_problem = format!("could not reach leader {leader} at {member}: {e}");
+                    }
+                    Forwarded::Unknown(e) if routing.policy == Policy::Read => {
+                        last_problem = format!("no answer from leader {leader} at {member}: {e}");
+                    }
+                    Forwarded::Unknown(e) => {
+                        return ApiError::Indeterminate(format!(
+                            "forwarded the write to leader {leader} at {member} but got no \
+                             answer ({e}); it may or may not have been applied"
+                        ))
+                        .into_response();
+                    }
+                }
+            }
+            None => {}
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return ApiError::Unavailable(format!(
+                "no leader could serve the request within {:?} ({last_problem}); the cluster \
+                 may be electing a leader or may have lost its quorum; retry",
+                api.leader_wait
+            ))
+            .into_response();
+        }
+        // Wake on a leadership change, or poll: a forwarded "not the leader" may be news
+        // the local metrics have not caught up with yet.
+        let pause = (deadline - now).min(Duration::from_millis(50));
+        if let Ok(Err(_)) = tokio::time::timeout(pause, metrics.changed()).await {
+            // Raft has stopped: no change will come; keep polling until the deadline.
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+fn clone_parts(parts: &axum::http::request::Parts) -> axum::http::request::Parts {
+    let mut builder = axum::http::Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.clone())
+        .version(parts.version);
+    if let Some(headers) = builder.headers_mut() {
+        headers.clone_from(&parts.headers);
+    }
+    let (new_parts, ()) = builder
+        .body(())
+        .expect("method, uri and version came from a valid request")
+        .into_parts();
+    new_parts
+}

@@ -1,0 +1,338 @@
+//! Operator commands: each is one typed-client call against any replica, printed for a
+//! person (or as the raw JSON answer with `--json`).
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use crate::api::types::{ClusterStatus, NodeRegisterRequest};
+use crate::client::Client;
+use crate::domain::{NodeId, TenantShardId};
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Base URL of any replica.
+    #[arg(
+        long,
+        env = "PAGESERVER_CONTROLLER_URL",
+        default_value = "http://127.0.0.1:7001"
+    )]
+    pub url: String,
+
+    /// Print the server's JSON answer instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ClientArgs {
+    fn client(&self) -> Client {
+        Client::new(&self.url)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OpsCommand {
+    /// Attach a tenant shard to a node: it gets a new, higher generation.
+    Attach {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Tenant shard id: 32 hex digits, optionally -NNCC.
+        tenant: TenantShardId,
+        /// Pageserver node id.
+        #[arg(long)]
+        node: u64,
+        /// For a shard the controller has never seen: start from this generation.
+        #[arg(long)]
+        generation_override: Option<u32>,
+    },
+    /// Detach a tenant shard from its node; its generation is kept.
+    Detach {
+        #[command(flatten)]
+        client: ClientArgs,
+        tenant: TenantShardId,
+    },
+    /// Show a tenant shard's generation and node.
+    Inspect {
+        #[command(flatten)]
+        client: ClientArgs,
+        tenant: TenantShardId,
+    },
+    /// Re-attach a node, as a restarting pageserver does: every shard on it gets a new
+    /// generation.
+    ReAttach {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        node: u64,
+    },
+    /// Check generations, as a pageserver does before deleting objects.
+    Validate {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Entries as TENANT_SHARD_ID:GENERATION.
+        #[arg(required = true, value_name = "TENANT_SHARD_ID:GEN")]
+        entries: Vec<String>,
+    },
+    /// Move a tenant shard to a registered node with a new generation.
+    Migrate {
+        #[command(flatten)]
+        client: ClientArgs,
+        tenant: TenantShardId,
+        #[arg(long)]
+        node: u64,
+    },
+    /// Register a pageserver node.
+    RegisterNode {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        node: u64,
+        #[arg(long)]
+        pg_addr: String,
+        #[arg(long, default_value_t = 6400)]
+        pg_port: u16,
+        #[arg(long)]
+        http_addr: String,
+        #[arg(long, default_value_t = 9898)]
+        http_port: u16,
+        #[arg(long)]
+        availability_zone: Option<String>,
+    },
+    /// List registered pageserver nodes.
+    Nodes {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List tenant shards with their generation and node, in id order.
+    Tenants {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Start after this tenant shard id.
+        #[arg(long)]
+        after: Option<TenantShardId>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Cluster membership and health.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Leader, term, members and log indexes as the asked replica sees them.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn parse_entry(entry: &str) -> anyhow::Result<(TenantShardId, u32)> {
+    let (id, generation) = entry
+        .rsplit_once(':')
+        .with_context(|| format!("{entry:?} is not TENANT_SHARD_ID:GEN"))?;
+    Ok((
+        id.parse().with_context(|| format!("in {entry:?}"))?,
+        generation
+            .parse()
+            .with_context(|| format!("generation in {entry:?} is not a u32"))?,
+    ))
+}
+
+fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+pub fn print_cluster_status(status: &ClusterStatus) {
+    println!(
+        "cluster {}  (answered by replica {}, {} in term {})",
+        status.cluster_id, status.replica_id, status.state, status.term
+    );
+    println!("leader: {}", or_dash(status.leader));
+    println!("{:<4} {:<8} {:<10} {:<32}", "ID", "ROLE", "MATCHED", "URL");
+    for member in &status.members {
+        let mark = if Some(member.id) == status.leader {
+            "*"
+        } else {
+            ""
+        };
+        println!(
+            "{:<4} {:<8} {:<10} {}",
+            format!("{}{mark}", member.id),
+            member.role,
+            or_dash(member.matched_index),
+            member.url
+        );
+    }
+    println!(
+        "log: last {}, committed {}, applied {}, snapshot {}, purged {}",
+        or_dash(status.last_log_index),
+        or_dash(status.committed_index),
+        or_dash(status.applied_index),
+        or_dash(status.snapshot_index),
+        or_dash(status.purged_index)
+    );
+}
+
+pub async fn run(command: OpsCommand) -> anyhow::Result<()> {
+    match command {
+        OpsCommand::Attach {
+            client,
+            tenant,
+            node,
+            generation_override,
+        } => {
+            let generation = client
+                .client()
+                .attach_hook(tenant, Some(NodeId(node)), generation_override)
+                .await?;
+            if client.json {
+                return print_json(&serde_json::json!({ "gen": generation }));
+            }
+            println!(
+                "{tenant} attached to node {node} with generation {}",
+                or_dash(generation)
+            );
+        }
+        OpsCommand::Detach { client, tenant } => {
+            client.client().attach_hook(tenant, None, None).await?;
+            if client.json {
+                return print_json(&serde_json::json!({ "gen": null }));
+            }
+            println!("{tenant} detached");
+        }
+        OpsCommand::Inspect { client, tenant } => {
+            let attachment = client.client().inspect(tenant).await?;
+            if client.json {
+                return print_json(&serde_json::json!({ "attachment": attachment }));
+            }
+            match attachment {
+                Some((generation, node)) => {
+                    println!("{tenant}: generation {generation} on node {node}")
+                }
+                None => println!("{tenant}: not attached"),
+            }
+        }
+        OpsCommand::ReAttach { client, node } => {
+            let response = client.client().re_attach(NodeId(node), None).await?;
+            if client.json {
+                return print_json(&response);
+            }
+            println!(
+                "node {node} re-attached {} tenant shards",
+                response.tenants.len()
+            );
+            for tenant in response.tenants {
+                println!("  {} generation {}", tenant.id, or_dash(tenant.r#gen));
+            }
+        }
+        OpsCommand::Validate { client, entries } => {
+            let entries = entries
+                .iter()
+                .map(|e| parse_entry(e))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let response = client.client().validate(&entries).await?;
+            if client.json {
+                return print_json(&response);
+            }
+            // Answers come in request order, with unknown shards left out.
+            let mut answers = response.tenants.iter().peekable();
+            for (id, generation) in &entries {
+                let verdict = match answers.next_if(|t| t.id == *id) {
+                    Some(t) if t.valid => "valid",
+                    Some(_) => "NOT valid",
+                    None => "unknown (not valid)",
+                };
+                println!("{id} generation {generation}: {verdict}");
+            }
+        }
+        OpsCommand::Migrate {
+            client,
+            tenant,
+            node,
+        } => {
+            let generation = client.client().migrate(tenant, NodeId(node)).await?;
+            if client.json {
+                return print_json(&serde_json::json!({ "gen": generation }));
+            }
+            println!("{tenant} is on node {node} with generation {generation}");
+        }
+        OpsCommand::RegisterNode {
+            client,
+            node,
+            pg_addr,
+            pg_port,
+            http_addr,
+            http_port,
+            availability_zone,
+        } => {
+            let request = NodeRegisterRequest {
+                node_id: NodeId(node),
+                listen_pg_addr: pg_addr,
+                listen_pg_port: pg_port,
+                listen_http_addr: http_addr,
+                listen_http_port: http_port,
+                availability_zone_id: availability_zone,
+            };
+            client.client().register_node(&request).await?;
+            println!("node {node} registered");
+        }
+        OpsCommand::Nodes { client } => {
+            let nodes = client.client().list_nodes().await?;
+            if client.json {
+                return print_json(&nodes);
+            }
+            println!(
+                "{:<6} {:<28} {:<28} {:<16} {:>8}",
+                "NODE", "PG", "HTTP", "SCHEDULING", "SHARDS"
+            );
+            for node in nodes {
+                println!(
+                    "{:<6} {:<28} {:<28} {:<16} {:>8}",
+                    node.id,
+                    format!("{}:{}", node.listen_pg_addr, node.listen_pg_port),
+                    format!("{}:{}", node.listen_http_addr, node.listen_http_port),
+                    format!("{:?}", node.scheduling),
+                    node.attached_shards
+                );
+            }
+        }
+        OpsCommand::Tenants {
+            client,
+            after,
+            limit,
+        } => {
+            let page = client.client().list_tenants(after, Some(limit)).await?;
+            if client.json {
+                return print_json(&page);
+            }
+            println!("{:<40} {:>10} {:>6}", "TENANT SHARD", "GENERATION", "NODE");
+            for shard in &page {
+                println!(
+                    "{:<40} {:>10} {:>6}",
+                    shard.tenant_shard_id.to_string(),
+                    or_dash(shard.generation),
+                    or_dash(shard.node_id)
+                );
+            }
+            if page.len() == limit {
+                if let Some(last) = page.last() {
+                    println!("(more: --after {})", last.tenant_shard_id);
+                }
+            }
+        }
+        OpsCommand::Cluster(ClusterCommand::Status { client }) => {
+            let status = client.client().cluster_status().await?;
+            if client.json {
+                return print_json(&status);
+            }
+            print_cluster_status(&status);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! `serve`: flags to [`ServeConfig`], and the signals that stop a replica.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use controller_raft::timing::Timing;
+use controller_raft::Member;
+
+use crate::api::Limits;
+use crate::replica::Deadlines;
+use crate::server::{serve, ServeConfig};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// This replica's id: a positive integer, unique in the cluster, never reused.
+    #[arg(long)]
+    pub id: u64,
+
+    /// Address to listen on for clients and peers, e.g. 127.0.0.1:7001.
+    #[arg(long)]
+    pub listen: SocketAddr,
+
+    /// URL peers use to reach this replica (default: http://<listen>).
+    #[arg(long)]
+    pub advertise_url: Option<String>,
+
+    /// Directory for the Raft log, snapshots and identity. Created on first start.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+
+    /// Members of a new cluster, as ID=URL pairs separated by commas; give every initial
+    /// replica the same list. Ignored when the data dir already exists (a restart rejoins).
+    #[arg(long, value_name = "ID=URL,...")]
+    pub initial_cluster: Option<String>,
+
+    /// Name of the cluster; a data dir of another cluster is refused.
+    #[arg(long, default_value = "pageserver-controller")]
+    pub cluster_name: String,
+
+    /// Leader heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = Timing::default().heartbeat_ms)]
+    pub heartbeat_ms: u64,
+
+    /// Lower bound of the randomized election timeout in milliseconds.
+    #[arg(long, default_value_t = Timing::default().election_timeout_min_ms)]
+    pub election_timeout_min_ms: u64,
+
+    /// Upper bound of the randomized election timeout in milliseconds.
+    #[arg(long, default_value_t = Timing::default().election_timeout_max_ms)]
+    pub election_timeout_max_ms: u64,
+
+    /// Take a snapshot (and purge the log behind it) after this many log entries.
+    #[arg(long, default_value_t = Timing::default().snapshot_every_entries)]
+    pub snapshot_every: u64,
+
+    /// Log entries kept behind a snapshot for followers that lag a little.
+    #[arg(long, default_value_t = Timing::default().keep_entries_behind_snapshot)]
+    pub snapshot_keep_entries: u64,
+
+    /// A write not committed within this many milliseconds is answered 503 (outcome
+    /// unknown).
+    #[arg(long, default_value_t = 5_000)]
+    pub write_timeout_ms: u64,
+
+    /// How long a request waits for a leader (during an election) before a 503.
+    #[arg(long, default_value_t = 5_000)]
+    pub leader_wait_ms: u64,
+
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = Limits::default().body_bytes)]
+    pub max_body_bytes: usize,
+
+    /// Most tenant shards in one validate call.
+    #[arg(long, default_value_t = Limits::default().validate_tenants)]
+    pub max_validate_tenants: usize,
+
+    /// Upper bound of the storage page cache in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub cache_mb: u64,
+}
+
+/// Parses `1=http://a:7001,2=http://b:7001`.
+pub fn parse_initial_cluster(spec: &str) -> anyhow::Result<BTreeMap<u64, Member>> {
+    let mut members = BTreeMap::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, url) = part
+            .split_once('=')
+            .with_context(|| format!("--initial-cluster entry {part:?} is not ID=URL"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .with_context(|| format!("--initial-cluster: replica id {id:?} is not an integer"))?;
+        if id == 0 {
+            bail!("--initial-cluster: replica ids start at 1");
+        }
+        let url = url.trim();
+        let parsed = reqwest::Url::parse(url)
+            .with_context(|| format!("--initial-cluster: {url:?} is not a URL"))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            bail!("--initial-cluster: {url:?} must be an http:// or https:// URL with a host");
+        }
+        if members.insert(id, Member::new(url)).is_some() {
+            bail!("--initial-cluster lists replica {id} twice");
+        }
+    }
+    if members.is_empty() {
+        bail!("--initial-cluster is empty");
+    }
+    Ok(members)
+}
+
+impl ServeArgs {
+    pub fn to_config(&self) -> anyhow::Result<ServeConfig> {
+        if self.id == 0 {
+            bail!("--id must be a positive integer");
+        }
+        let initial_cluster = match &self.initial_cluster {
+            Some(spec) => parse_initial_cluster(spec)?,
+            None => BTreeMap::new(),
+        };
+        let advertise_url = self
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen));
+        if let Some(listed) = initial_cluster.get(&self.id) {
+            if listed.url != Member::new(&advertise_url).url {
+                tracing::warn!(listed = %listed, advertised = %advertise_url,
+                    "--initial-cluster lists another URL for this replica than it advertises");
+            }
+        }
+        let timing = Timing {
+            heartbeat_ms: self.heartbeat_ms,
+            election_timeout_min_ms: self.election_timeout_min_ms,
+            election_timeout_max_ms: self.election_timeout_max_ms,
+            snapshot_every_entries: self.snapshot_every,
+            keep_entries_behind_snapshot: self.snapshot_keep_entries,
+        };
+        timing
+            .config(&self.cluster_name)
+            .context("invalid Raft timings")?;
+        Ok(ServeConfig {
+            id: self.id,
+            listen: self.listen,
+            advertise_url,
+            data_dir: self.data_dir.clone(),
+            initial_cluster,
+            cluster_name: self.cluster_name.clone(),
+            timing,
+            deadlines: Deadlines {
+                write: Duration::from_millis(self.write_timeout_ms),
+                ..Deadlines::default()
+            },
+            leader_wait: Duration::from_millis(self.leader_wait_ms),
+            limits: Limits {
+                body_bytes: self.max_body_bytes,
+                validate_tenants: self.max_validate_tenants,
+            },
+            cache_bytes: self.cache_mb << 20,
+            drain: Duration::from_secs(5),
+        })
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.to_config()?;
+    serve(config, stop_signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parses_and_rejects_nonsense() {
+        let members =
+            parse_initial_cluster("1=http://127.0.0.1:7001, 2=http://127.0.0.1:7002/").unwrap();
+        assert_eq!(members[&2].url, "http://127.0.0.1:7002");
+        for bad in [
+            "",
+            "1",
+            "x=http://a",
+            "0=http://a",
+            "1=ftp://a",
+            "1=http://a,1=http://b",
+            "1=nota url",
+        ] {
+            assert!(parse_initial_cluster(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}

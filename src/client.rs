@@ -1,0 +1,279 @@
+//! The typed HTTP client of the controller's API.
+//!
+//! One client for everyone: the CLI, the integration tests, the chaos harness and the
+//! benchmark all speak to replicas through it, so the wire format is written down once
+//! (in [`crate::api::types`]) and exercised by every caller.
+//!
+//! A [`ClientError`] keeps what a caller needs to decide what happened: an HTTP status
+//! with the server's message (4xx: refused, nothing changed; 5xx: may need a retry, and
+//! for a write may or may not have been applied), or a transport failure (no answer).
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::api::types::*;
+use crate::domain::{NodeId, SchedulingPolicy, TenantShardId};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error status.
+    #[error("{status}: {msg}")]
+    Http { status: u16, msg: String },
+    /// No answer: connection refused, reset, or timed out.
+    #[error("no answer from {url}: {reason}")]
+    Transport {
+        url: String,
+        reason: String,
+        /// The request certainly did not reach the server (connection refused).
+        not_sent: bool,
+    },
+    /// An answer we could not read.
+    #[error("unreadable answer from {url}: {reason}")]
+    Decode { url: String, reason: String },
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Http { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// A 4xx: the server refused the request and changed nothing.
+    pub fn is_refusal(&self) -> bool {
+        self.status().is_some_and(|s| (400..500).contains(&s))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token.
+        f.debug_struct("Client").field("base", &self.base).finish()
+    }
+}
+
+impl Client {
+    /// A client of the replica at `base` (for example `http://127.0.0.1:7001`).
+    pub fn new(base: impl Into<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .build()
+            .expect("a default reqwest client builds");
+        Self::with_http(base, http)
+    }
+
+    /// Shares an existing connection pool (many clients, one pool).
+    pub fn with_http(base: impl Into<String>, http: reqwest::Client) -> Self {
+        let base: String = base.into();
+        Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            token: None,
+            timeout: Duration::from_secs(20),
+        }
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// Gives up on a request after `timeout` (the server bounds its own waits well below
+    /// the default of 20 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn call<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Req>,
+    ) -> Result<Resp> {
+        let url = format!("{}{}", self.base, path);
+        let mut request = self.http.request(method, &url).timeout(self.timeout);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| ClientError::Transport {
+            url: url.clone(),
+            reason: format!("{e:#}"),
+            not_sent: e.is_connect(),
+        })?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| ClientError::Transport {
+            url: url.clone(),
+            reason: format!("reading the answer: {e:#}"),
+            not_sent: false,
+        })?;
+        if !status.is_success() {
+            let msg = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|body| body.msg)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(ClientError::Http {
+                status: status.as_u16(),
+                msg,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url,
+            reason: e.to_string(),
+        })
+    }
+
+    async fn get<Resp: DeserializeOwned>(&self, path: &str) -> Result<Resp> {
+        self.call::<(), Resp>(Method::GET, path, None).await
+    }
+
+    pub async fn re_attach(
+        &self,
+        node_id: NodeId,
+        register: Option<NodeRegisterRequest>,
+    ) -> Result<ReAttachResponse> {
+        let request = ReAttachRequest { node_id, register };
+        self.call(Method::POST, "/upcall/v1/re-attach", Some(&request))
+            .await
+    }
+
+    pub async fn validate(&self, tenants: &[(TenantShardId, u32)]) -> Result<ValidateResponse> {
+        let request = ValidateRequest {
+            tenants: tenants
+                .iter()
+                .map(|(id, generation)| ValidateRequestTenant {
+                    id: *id,
+                    r#gen: *generation,
+                })
+                .collect(),
+        };
+        self.call(Method::POST, "/upcall/v1/validate", Some(&request))
+            .await
+    }
+
+    /// Attaches `shard` to `node` (or detaches it with `None`); returns the generation.
+    pub async fn attach_hook(
+        &self,
+        shard: TenantShardId,
+        node: Option<NodeId>,
+        generation_override: Option<u32>,
+    ) -> Result<Option<u32>> {
+        let request = AttachHookRequest {
+            tenant_shard_id: shard,
+            node_id: node,
+            generation_override,
+        };
+        let response: AttachHookResponse = self
+            .call(Method::POST, "/debug/v1/attach-hook", Some(&request))
+            .await?;
+        Ok(response.r#gen)
+    }
+
+    /// (generation, node) while attached.
+    pub async fn inspect(&self, shard: TenantShardId) -> Result<Option<(u32, NodeId)>> {
+        let request = InspectRequest {
+            tenant_shard_id: shard,
+        };
+        let response: InspectResponse = self
+            .call(Method::POST, "/debug/v1/inspect", Some(&request))
+            .await?;
+        Ok(response.attachment)
+    }
+
+    pub async fn register_node(&self, request: &NodeRegisterRequest) -> Result<()> {
+        self.call(Method::POST, "/control/v1/node", Some(request))
+            .await
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<NodeDescribeResponse>> {
+        self.get("/control/v1/node").await
+    }
+
+    pub async fn get_node(&self, node: NodeId) -> Result<NodeDescribeResponse> {
+        self.get(&format!("/control/v1/node/{node}")).await
+    }
+
+    pub async fn configure_node(&self, node: NodeId, scheduling: SchedulingPolicy) -> Result<()> {
+        let request = NodeConfigureRequest {
+            node_id: node,
+            scheduling: Some(scheduling),
+            availability: None,
+        };
+        self.call(
+            Method::PUT,
+            &format!("/control/v1/node/{node}/config"),
+            Some(&request),
+        )
+        .await
+    }
+
+    pub async fn delete_node(&self, node: NodeId) -> Result<()> {
+        self.call::<(), ()>(Method::DELETE, &format!("/control/v1/node/{node}"), None)
+            .await
+    }
+
+    /// Moves `shard` to `node`; returns its generation afterwards.
+    pub async fn migrate(&self, shard: TenantShardId, node: NodeId) -> Result<u32> {
+        let request = TenantShardMigrateRequest {
+            tenant_shard_id: shard,
+            node_id: node,
+        };
+        let response: TenantShardMigrateResponse = self
+            .call(
+                Method::PUT,
+                &format!("/control/v1/tenant/{shard}/migrate"),
+                Some(&request),
+            )
+            .await?;
+        Ok(response.r#gen)
+    }
+
+    /// One page of shards in id order, after `after`.
+    pub async fn list_tenants(
+        &self,
+        after: Option<TenantShardId>,
+        limit: Option<usize>,
+    ) -> Result<Vec<TenantShardDescribe>> {
+        let query = serde_urlencoded::to_string(TenantListQuery { after, limit })
+            .expect("the query serializes");
+        let path = if query.is_empty() {
+            "/control/v1/tenant".to_owned()
+        } else {
+            format!("/control/v1/tenant?{query}")
+        };
+        self.get(&path).await
+    }
+
+    pub async fn status(&self) -> Result<StatusResponse> {
+        self.get("/status").await
+    }
+
+    pub async fn ready(&self) -> Result<ReadyResponse> {
+        self.get("/ready").await
+    }
+
+    pub async fn cluster_status(&self) -> Result<ClusterStatus> {
+        self.get("/v1/cluster").await
+    }
+}

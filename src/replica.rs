@@ -1,0 +1,234 @@
+//! One replica: a Raft node over our storage, with the two operations the API needs.
+//!
+//! - [`Replica::propose`] commits commands through the log and returns what applying them
+//!   answered. Its errors say precisely what is known: [`ProposeError::NotLeader`] means
+//!   the commands were certainly not applied (openraft rejected them before appending, or
+//!   truncated them unapplied), so the caller may route them elsewhere;
+//!   [`ProposeError::Indeterminate`] means they may or may not commit later, so nobody may
+//!   retry them silently.
+//! - [`Replica::read`] answers from the registry only after this replica confirmed with a
+//!   quorum that it is still the leader and applied everything committed before the read
+//!   began (openraft's read index). A deposed leader therefore cannot answer from stale
+//!   state, which is what keeps `validate` from calling a superseded generation valid.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use controller_raft::timing::Timing;
+use controller_raft::Member;
+use controller_storage::{FlushStats, SnapshotStats};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{RaftMetrics, RaftNetworkFactory, ServerState};
+use tokio::sync::watch;
+
+use crate::consensus::{LogStore, Proposal, Raft, SharedState, StateMachine, TypeConfig};
+use crate::domain::{Command, Outcome, Registry};
+
+/// How long a replica waits on Raft before answering with an error.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// A write not committed within this is reported as indeterminate.
+    pub write: Duration,
+    /// A read whose leadership could not be confirmed within this fails (safe to retry).
+    pub read: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            write: Duration::from_secs(5),
+            read: Duration::from_secs(3),
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProposeError {
+    #[error("this replica is not the leader (leader: {leader:?}); nothing was applied")]
+    NotLeader { leader: Option<u64> },
+    #[error(
+        "the write was not confirmed within {0:?}: it may or may not be applied \
+         (is a quorum of replicas reachable?)"
+    )]
+    Indeterminate(Duration),
+    #[error("this replica is shutting down or has stopped: {0}")]
+    Stopped(String),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    #[error("this replica is not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<u64> },
+    #[error("could not confirm leadership with a quorum within {0:?}")]
+    NoQuorum(Duration),
+    #[error("this replica is shutting down or has stopped: {0}")]
+    Stopped(String),
+}
+
+pub struct Replica {
+    id: u64,
+    raft: Raft,
+    state: SharedState,
+    deadlines: Deadlines,
+    flush_stats: Arc<FlushStats>,
+    snapshot_stats: Arc<SnapshotStats>,
+    log: LogStore,
+}
+
+impl Replica {
+    /// Starts the Raft node. Storage is already open; `network` reaches the peers.
+    pub async fn start<N>(
+        id: u64,
+        cluster_name: &str,
+        timing: &Timing,
+        deadlines: Deadlines,
+        network: N,
+        log: LogStore,
+        state_machine: StateMachine,
+    ) -> anyhow::Result<Replica>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+    {
+        let config = Arc::new(timing.config(cluster_name)?);
+        let state = state_machine.shared();
+        let snapshot_stats = state_machine.stats();
+        let flush_stats = log.flush_stats();
+        let raft = Raft::new(id, config, network, log.clone(), state_machine).await?;
+        Ok(Replica {
+            id,
+            raft,
+            state,
+            deadlines,
+            flush_stats,
+            snapshot_stats,
+            log,
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn metrics(&self) -> watch::Receiver<RaftMetrics<u64, Member>> {
+        self.raft.metrics()
+    }
+
+    /// The registry as applied locally, without any leadership check. Only for figures
+    /// that tolerate staleness (metrics); answers to clients go through [`Replica::read`].
+    pub fn local_state(&self) -> &SharedState {
+        &self.state
+    }
+
+    pub fn flush_stats(&self) -> &FlushStats {
+        &self.flush_stats
+    }
+
+    pub fn snapshot_stats(&self) -> &SnapshotStats {
+        &self.snapshot_stats
+    }
+
+    pub fn log_entries(&self) -> usize {
+        self.log.entry_count()
+    }
+
+    /// The leader this replica currently believes in, with its member record.
+    pub fn leader(&self) -> Option<(u64, Member)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        let member = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned()?;
+        Some((leader, member))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Commits `commands` as one log entry; returns one outcome per command.
+    pub async fn propose(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, ProposeError> {
+        let expected = commands.len();
+        let write = self.raft.client_write(Proposal { commands });
+        let response = match tokio::time::timeout(self.deadlines.write, write).await {
+            Err(_) => return Err(ProposeError::Indeterminate(self.deadlines.write)),
+            Ok(Ok(response)) => response,
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                return Err(ProposeError::NotLeader {
+                    leader: forward.leader_id,
+                })
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                unreachable!("a proposal is not a membership change: {e}")
+            }
+            Ok(Err(RaftError::Fatal(fatal))) => {
+                return Err(ProposeError::Stopped(fatal.to_string()))
+            }
+        };
+        let outcomes = response.data.outcomes;
+        assert_eq!(
+            outcomes.len(),
+            expected,
+            "applying a proposal answers once per command"
+        );
+        Ok(outcomes)
+    }
+
+    /// Commits one command.
+    pub async fn propose_one(&self, command: Command) -> Result<Outcome, ProposeError> {
+        let mut outcomes = self.propose(vec![command]).await?;
+        Ok(outcomes.pop().expect("one command, one outcome"))
+    }
+
+    /// Reads the registry linearizably: only as the confirmed leader, only after applying
+    /// everything committed when the read began.
+    pub async fn read<T>(&self, f: impl FnOnce(&Registry) -> T) -> Result<T, ReadError> {
+        self.read_index().await?;
+        let applied = self
+            .state
+            .read()
+            .expect("state lock poisoned: a panic while applying");
+        Ok(f(&applied.state))
+    }
+
+    /// Confirms leadership with a quorum and waits until everything committed before the
+    /// call is applied here; returns that read index.
+    pub async fn read_index(&self) -> Result<u64, ReadError> {
+        let confirm = self.raft.ensure_linearizable();
+        match tokio::time::timeout(self.deadlines.read, confirm).await {
+            Err(_) => Err(ReadError::NoQuorum(self.deadlines.read)),
+            Ok(Ok(read_log_id)) => Ok(read_log_id.map_or(0, |id| id.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                Err(ReadError::NotLeader {
+                    leader: forward.leader_id,
+                })
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                Err(ReadError::NoQuorum(self.deadlines.read))
+            }
+            Ok(Err(RaftError::Fatal(fatal))) => Err(ReadError::Stopped(fatal.to_string())),
+        }
+    }
+
+    /// Waits until this replica applied `index`, for at most `timeout`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "wait_applied")
+            .await
+            .is_ok()
+    }
+
+    /// Stops Raft; storage is released when the last handle drops.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not shut down cleanly");
+        }
+    }
+}

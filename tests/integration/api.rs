@@ -1,0 +1,327 @@
+//! Any replica answers, with the leader's answer, in Neon's wire format.
+
+use pageserver_controller::api::types::NodeRegisterRequest;
+use pageserver_controller::domain::NodeId;
+
+use crate::support::{shard, TestCluster};
+
+fn registration(node: u64, http_port: u16) -> NodeRegisterRequest {
+    NodeRegisterRequest {
+        node_id: NodeId(node),
+        listen_pg_addr: format!("ps-{node}"),
+        listen_pg_port: 6400,
+        listen_http_addr: format!("ps-{node}"),
+        listen_http_port: http_port,
+        availability_zone_id: Some("az-a".into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_through_a_follower_gives_the_leaders_answer() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let followers: Vec<u64> = cluster
+        .running()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    let (a, b) = (cluster.client(followers[0]), cluster.client(followers[1]));
+    let on_leader = cluster.client(leader);
+
+    a.register_node(&registration(1, 9898)).await.unwrap();
+    b.register_node(&registration(1, 9898))
+        .await
+        .expect("registering again is idempotent");
+    let conflict = b.register_node(&registration(1, 9999)).await.unwrap_err();
+    assert_eq!(conflict.status(), Some(409), "{conflict}");
+    b.register_node(&registration(2, 9898)).await.unwrap();
+
+    assert_eq!(
+        a.attach_hook(shard(1), Some(NodeId(1)), None)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        b.attach_hook(shard(1), Some(NodeId(1)), None)
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        a.attach_hook(shard(2), Some(NodeId(2)), Some(10))
+            .await
+            .unwrap(),
+        Some(11)
+    );
+    assert_eq!(b.inspect(shard(1)).await.unwrap(), Some((2, NodeId(1))));
+    assert_eq!(
+        b.inspect(shard(1)).await.unwrap(),
+        on_leader.inspect(shard(1)).await.unwrap()
+    );
+
+    let validated = a
+        .validate(&[(shard(1), 1), (shard(1), 2), (shard(9), 1)])
+        .await
+        .unwrap();
+    let answers: Vec<(String, bool)> = validated
+        .tenants
+        .iter()
+        .map(|t| (t.id.to_string(), t.valid))
+        .collect();
+    assert_eq!(
+        answers,
+        vec![(shard(1).to_string(), false), (shard(1).to_string(), true)]
+    );
+
+    let re_attached = b.re_attach(NodeId(1), None).await.unwrap();
+    assert_eq!(re_attached.tenants.len(), 1);
+    assert_eq!(re_attached.tenants[0].id, shard(1));
+    assert_eq!(re_attached.tenants[0].r#gen, Some(3));
+
+    assert_eq!(a.migrate(shard(1), NodeId(2)).await.unwrap(), 4);
+    assert_eq!(
+        on_leader.inspect(shard(1)).await.unwrap(),
+        Some((4, NodeId(2)))
+    );
+    assert_eq!(a.attach_hook(shard(1), None, None).await.unwrap(), None);
+    assert_eq!(b.inspect(shard(1)).await.unwrap(), None, "detached");
+
+    assert_eq!(
+        a.list_nodes().await.unwrap(),
+        on_leader.list_nodes().await.unwrap()
+    );
+    assert_eq!(b.get_node(NodeId(2)).await.unwrap().attached_shards, 1);
+    assert_eq!(
+        a.list_tenants(None, None).await.unwrap(),
+        on_leader.list_tenants(None, None).await.unwrap()
+    );
+    assert_eq!(
+        b.list_tenants(Some(shard(1)), Some(10))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let missing = a.get_node(NodeId(77)).await.unwrap_err();
+    assert_eq!(missing.status(), Some(404), "{missing}");
+    let unknown = b.migrate(shard(5), NodeId(1)).await.unwrap_err();
+    assert_eq!(unknown.status(), Some(404), "{unknown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neon_wire_shapes_and_2023_paths() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let url = cluster.url(follower);
+    let http = reqwest::Client::new();
+    let post =
+        |path: &str, body: serde_json::Value| http.post(format!("{url}{path}")).json(&body).send();
+    let tenant = "1f359dd625e519a1a4e8d7509690f6fc";
+    let sharded = "1f359dd625e519a1a4e8d7509690f6fc-0102";
+
+    let attached: serde_json::Value = post(
+        "/attach-hook",
+        serde_json::json!({"tenant_id": tenant, "node_id": 5}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(attached, serde_json::json!({"gen": 1}));
+    let attached: serde_json::Value = post(
+        "/debug/v1/attach-hook",
+        serde_json::json!({"tenant_shard_id": sharded, "node_id": 5, "generation_override": null}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(attached, serde_json::json!({"gen": 1}));
+
+    let legacy: serde_json::Value = post("/re-attach", serde_json::json!({"node_id": 5}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        legacy,
+        serde_json::json!({"tenants": [{"id": tenant, "generation": 2}, {"id": sharded, "generation": 2}]})
+    );
+    let current: serde_json::Value = post("/upcall/v1/re-attach", serde_json::json!({"node_id": 5, "register": {
+        "node_id": 5, "listen_pg_addr": "ps-5", "listen_pg_port": 6400, "listen_http_addr": "ps-5", "listen_http_port": 9898,
+        "availability_zone_id": "az-1", "listen_https_port": null}}))
+        .await.unwrap().json().await.unwrap();
+    assert_eq!(
+        current,
+        serde_json::json!({"tenants": [
+        {"id": tenant, "gen": 3, "mode": "AttachedSingle"},
+        {"id": sharded, "gen": 3, "mode": "AttachedSingle"}]})
+    );
+
+    let valid: serde_json::Value = post(
+        "/validate",
+        serde_json::json!({"tenants": [{"id": tenant, "gen": 3}, {"id": sharded, "gen": 2}]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        valid,
+        serde_json::json!({"tenants": [{"id": tenant, "valid": true}, {"id": sharded, "valid": false}]})
+    );
+    let inspected: serde_json::Value =
+        post("/inspect", serde_json::json!({"tenant_shard_id": sharded}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(inspected, serde_json::json!({"attachment": [3, 5]}));
+    let unknown: serde_json::Value = post(
+        "/debug/v1/inspect",
+        serde_json::json!({"tenant_shard_id": "00000000000000000000000000000000"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(unknown, serde_json::json!({"attachment": null}));
+    let nodes: serde_json::Value = http
+        .get(format!("{url}/control/v1/node/5"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(nodes["id"], 5);
+    assert_eq!(nodes["listen_http_port"], 9898);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_json_error_naming_the_problem() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let http = reqwest::Client::new();
+    for id in [leader, follower] {
+        let url = cluster.url(id);
+        let cases: Vec<(reqwest::Method, &str, &str, u16, &str)> = vec![
+            (
+                reqwest::Method::POST,
+                "/upcall/v1/validate",
+                "{",
+                400,
+                "invalid JSON",
+            ),
+            (
+                reqwest::Method::POST,
+                "/upcall/v1/validate",
+                r#"{"tenants":[{"id":"XYZ","gen":1}]}"#,
+                400,
+                "tenants[0].id",
+            ),
+            (
+                reqwest::Method::POST,
+                "/upcall/v1/validate",
+                r#"{"tenants":[{"id":"1f359dd625e519a1a4e8d7509690f6fc","gen":-1}]}"#,
+                400,
+                "tenants[0].gen",
+            ),
+            (
+                reqwest::Method::POST,
+                "/upcall/v1/re-attach",
+                r#"{"node_id":"one"}"#,
+                400,
+                "node_id",
+            ),
+            (
+                reqwest::Method::POST,
+                "/debug/v1/attach-hook",
+                r#"{"tenant_shard_id":"1f359dd625e519a1a4e8d7509690f6fc-0202","node_id":1}"#,
+                400,
+                "shard number must be below shard count",
+            ),
+            (
+                reqwest::Method::POST,
+                "/debug/v1/attach-hook",
+                "",
+                400,
+                "empty",
+            ),
+            (
+                reqwest::Method::GET,
+                "/control/v1/node/abc",
+                "",
+                400,
+                "not an unsigned integer",
+            ),
+            (
+                reqwest::Method::PUT,
+                "/control/v1/tenant/nope/migrate",
+                r#"{"tenant_shard_id":"1f359dd625e519a1a4e8d7509690f6fc","node_id":1}"#,
+                400,
+                "tenant_shard_id in the path",
+            ),
+            (
+                reqwest::Method::GET,
+                "/control/v1/tenant?limit=0",
+                "",
+                400,
+                "limit",
+            ),
+            (reqwest::Method::GET, "/no/such/route", "", 404, "no route"),
+            (
+                reqwest::Method::GET,
+                "/upcall/v1/validate",
+                "",
+                405,
+                "not allowed",
+            ),
+        ];
+        for (method, path, body, status, needle) in cases {
+            let response = http
+                .request(method.clone(), format!("{url}{path}"))
+                .header("content-type", "application/json")
+                .body(body.to_owned())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                response.status().as_u16(),
+                status,
+                "{method} {path} {body} on replica {id}"
+            );
+            let error: serde_json::Value = response.json().await.expect("error bodies are JSON");
+            let msg = error["msg"].as_str().expect("error has msg");
+            assert!(
+                msg.contains(needle),
+                "{method} {path}: {msg:?} should mention {needle:?}"
+            );
+        }
+    }
+    // Nothing was created by all that.
+    assert!(cluster
+        .client(leader)
+        .list_tenants(None, None)
+        .await
+        .unwrap()
+        .is_empty());
+}

@@ -1,0 +1,237 @@
+//! Killing the leader under traffic loses no acknowledged generation, issues none twice,
+//! and leaves no superseded generation valid.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pageserver_controller::client::Client;
+use pageserver_controller::domain::{NodeId, TenantShardId};
+
+use crate::support::{shard, wait_for, TestCluster, DEADLINE};
+
+/// An acknowledged attach: the generation, and when the call started and returned.
+#[derive(Debug, Clone, Copy)]
+struct Ack {
+    generation: u32,
+    called: Instant,
+    returned: Instant,
+}
+
+type Acks = Arc<Mutex<BTreeMap<TenantShardId, Vec<Ack>>>>;
+
+/// Sequential clients attaching random shards through random replicas until stopped.
+fn start_traffic(
+    urls: Arc<Mutex<Vec<String>>>,
+    acks: Acks,
+    stop: Arc<AtomicBool>,
+    workers: u64,
+) -> Vec<tokio::task::JoinHandle<u64>> {
+    (0..workers)
+        .map(|worker| {
+            let (urls, acks, stop) = (urls.clone(), acks.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut ok = 0;
+                let mut i = worker;
+                while !stop.load(Ordering::SeqCst) {
+                    i = i
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let target = {
+                        let urls = urls.lock().unwrap();
+                        urls[(i >> 33) as usize % urls.len()].clone()
+                    };
+                    let shard = shard(((i >> 40) % 12) as u32);
+                    let node = NodeId(1 + (i >> 50) % 3);
+                    let client = Client::new(target).with_timeout(Duration::from_secs(15));
+                    let called = Instant::now();
+                    // Errors are indeterminate (the write may or may not have happened).
+                    if let Ok(Some(generation)) = client.attach_hook(shard, Some(node), None).await
+                    {
+                        let returned = Instant::now();
+                        acks.lock().unwrap().entry(shard).or_default().push(Ack {
+                            generation,
+                            called,
+                            returned,
+                        });
+                        ok += 1;
+                    }
+                }
+                ok
+            })
+        })
+        .collect()
+}
+
+async fn successes_after(acks: &Acks, since: Instant, at_least: usize) {
+    wait_for(
+        &format!("{at_least} successful attaches after the fault"),
+        DEADLINE,
+        || async move {
+            let n = acks
+                .lock()
+                .unwrap()
+                .values()
+                .flatten()
+                .filter(|a| a.called > since)
+                .count();
+            (n >= at_least).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_attaches_survive_leader_kills_and_no_generation_repeats() {
+    let mut cluster = TestCluster::start(3).await;
+    let urls = Arc::new(Mutex::new(
+        cluster
+            .running()
+            .iter()
+            .map(|id| cluster.url(*id))
+            .collect::<Vec<_>>(),
+    ));
+    let acks: Acks = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = start_traffic(urls.clone(), acks.clone(), stop.clone(), 6);
+    successes_after(&acks, Instant::now() - Duration::from_secs(60), 20).await;
+
+    for round in 0..2 {
+        let leader = cluster.wait_for_leader().await;
+        let killed_at = Instant::now();
+        cluster.kill(leader);
+        let new_leader = cluster.wait_for_leader().await;
+        assert_ne!(new_leader, leader, "round {round}: a new leader took over");
+        successes_after(&acks, killed_at, 20).await;
+        cluster.restart(leader).await;
+        let committed = cluster
+            .status_of(new_leader)
+            .await
+            .and_then(|s| s.committed_index)
+            .unwrap_or(0);
+        cluster.wait_applied(leader, committed).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut total = 0;
+    for worker in workers {
+        total += worker.await.unwrap();
+    }
+    assert!(total > 60, "only {total} attaches succeeded");
+
+    let leader = cluster.wait_for_leader().await;
+    let client = cluster.client(leader);
+    let acks = acks.lock().unwrap().clone();
+    for (shard, acked) in &acks {
+        // Never the same generation twice.
+        let mut generations: Vec<u32> = acked.iter().map(|a| a.generation).collect();
+        generations.sort_unstable();
+        let before = generations.len();
+        generations.dedup();
+        assert_eq!(
+            generations.len(),
+            before,
+            "{shard}: a generation was issued twice: {acked:?}"
+        );
+        // Real-time order: an attach that returned before another began got a lower one.
+        for a in acked {
+            for b in acked {
+                if a.returned < b.called {
+                    assert!(
+                        a.generation < b.generation,
+                        "{shard}: {a:?} returned before {b:?} began but is not lower"
+                    );
+                }
+            }
+        }
+        // Nothing acknowledged was lost.
+        let highest = *generations.last().unwrap();
+        let (current, _) = client
+            .inspect(*shard)
+            .await
+            .unwrap()
+            .expect("attached shard");
+        assert!(
+            current >= highest,
+            "{shard}: current generation {current} is below acknowledged {highest}"
+        );
+        // Superseded generations are not valid; through a follower too.
+        let follower = cluster
+            .running()
+            .into_iter()
+            .find(|id| *id != leader)
+            .unwrap();
+        let queries: Vec<(TenantShardId, u32)> = generations.iter().map(|g| (*shard, *g)).collect();
+        let answers = cluster.client(follower).validate(&queries).await.unwrap();
+        for (answer, generation) in answers.tenants.iter().zip(&generations) {
+            assert_eq!(
+                answer.valid,
+                *generation == current,
+                "{shard}: validate({generation}) with current {current}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_requests_fail_clearly_and_recover() {
+    let mut cluster = TestCluster::start_with(
+        3,
+        &["--write-timeout-ms", "1500", "--leader-wait-ms", "1500"],
+    )
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    let client = cluster.client(leader);
+    assert_eq!(
+        client
+            .attach_hook(shard(1), Some(NodeId(1)), None)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    for id in cluster.running() {
+        if id != leader {
+            cluster.kill(id);
+        }
+    }
+    let started = Instant::now();
+    let validate = client.validate(&[(shard(1), 1)]).await.unwrap_err();
+    assert_eq!(validate.status(), Some(503), "{validate}");
+    let attach = client
+        .attach_hook(shard(1), Some(NodeId(2)), None)
+        .await
+        .unwrap_err();
+    assert_eq!(attach.status(), Some(503), "{attach}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "failing took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        attach.to_string().contains("may or may not") || attach.to_string().contains("quorum"),
+        "the message says what is known: {attach}"
+    );
+
+    let down: Vec<u64> = cluster
+        .replicas
+        .keys()
+        .copied()
+        .filter(|id| !cluster.is_running(*id))
+        .collect();
+    cluster.restart(down[0]).await;
+    cluster.wait_for_leader().await;
+    let after = wait_for("an attach to succeed again", DEADLINE, || {
+        let client = client.clone();
+        async move {
+            client
+                .attach_hook(shard(1), Some(NodeId(3)), None)
+                .await
+                .ok()
+                .flatten()
+        }
+    })
+    .await;
+    assert!(after >= 2, "the generation moved on from 1 (got {after})");
+    let (current, node) = client.inspect(shard(1)).await.unwrap().unwrap();
+    assert_eq!((current, node), (after, NodeId(3)));
+}

@@ -1,0 +1,8 @@
+//! Integration tests: three (or more) real `serve` processes on loopback.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod api;
+mod failover;
+mod restart;

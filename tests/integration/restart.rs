@@ -1,0 +1,209 @@
+//! Restarts: from the log, from a snapshot, all at once; and data dirs that must not start.
+
+use std::process::Command;
+
+use pageserver_controller::domain::NodeId;
+
+use crate::support::{shard, wait_for, TestCluster, BIN, DEADLINE};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_catches_up_through_a_snapshot() {
+    let mut cluster = TestCluster::start_with(
+        3,
+        &["--snapshot-every", "20", "--snapshot-keep-entries", "5"],
+    )
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    cluster.stop(follower);
+    let client = cluster.client(leader);
+    for i in 0..60 {
+        client
+            .attach_hook(shard(i % 15), Some(NodeId(u64::from(i % 4))), None)
+            .await
+            .unwrap();
+    }
+    // The leader purges behind its snapshot once its retries to the stopped follower
+    // release the entries they were sending.
+    let status = wait_for("the leader to purge its log", DEADLINE, || async {
+        let status = cluster.status_of(leader).await?;
+        (status.purged_index? > 5).then_some(status)
+    })
+    .await;
+    cluster.restart(follower).await;
+    cluster
+        .wait_applied(follower, status.committed_index.unwrap())
+        .await;
+    let caught_up = cluster.status_of(follower).await.unwrap();
+    assert!(
+        caught_up.snapshot_index.is_some(),
+        "the follower installed a snapshot: {caught_up:?}"
+    );
+    assert!(cluster.log_of(follower).contains("installed snapshot"));
+
+    // The caught-up replica can carry the cluster: kill the old leader and read through it.
+    let expected: Vec<_> = {
+        let mut v = Vec::new();
+        for i in 0..15 {
+            v.push(client.inspect(shard(i)).await.unwrap());
+        }
+        v
+    };
+    cluster.kill(leader);
+    cluster.wait_for_leader().await;
+    let via_follower = cluster.client(follower);
+    for (i, expected) in expected.iter().enumerate() {
+        assert_eq!(
+            &via_follower.inspect(shard(i as u32)).await.unwrap(),
+            expected
+        );
+    }
+    wait_for("the restarted replica to report ready", DEADLINE, || {
+        let client = via_follower.clone();
+        async move { client.ready().await.ok() }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_and_restarting_the_whole_cluster_keeps_all_state() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let client = cluster.client(leader);
+    for i in 0..10 {
+        client
+            .attach_hook(shard(i), Some(NodeId(1)), None)
+            .await
+            .unwrap();
+    }
+    client
+        .attach_hook(shard(3), Some(NodeId(2)), None)
+        .await
+        .unwrap();
+    client.attach_hook(shard(4), None, None).await.unwrap();
+    let before = client.list_tenants(None, None).await.unwrap();
+    for id in cluster.running() {
+        cluster.stop(id);
+    }
+    for id in [3, 1, 2] {
+        cluster.restart(id).await;
+    }
+    let leader = cluster.wait_for_leader().await;
+    let client = cluster.client(leader);
+    assert_eq!(client.list_tenants(None, None).await.unwrap(), before);
+    assert_eq!(
+        client
+            .attach_hook(shard(3), Some(NodeId(1)), None)
+            .await
+            .unwrap(),
+        Some(3)
+    );
+    assert_eq!(
+        client
+            .attach_hook(shard(4), Some(NodeId(1)), None)
+            .await
+            .unwrap(),
+        Some(2),
+        "detach kept generation 1"
+    );
+}
+
+fn serve_once(args: &[&str]) -> (bool, String) {
+    let output = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .output()
+        .expect("running serve");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_dirs_of_another_replica_or_damaged_ones_are_refused() {
+    let mut cluster = TestCluster::start_with(3, &["--snapshot-every", "5"]).await;
+    let leader = cluster.wait_for_leader().await;
+    let client = cluster.client(leader);
+    for i in 0..12 {
+        client
+            .attach_hook(shard(i), Some(NodeId(1)), None)
+            .await
+            .unwrap();
+    }
+    let victim = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let committed = cluster
+        .status_of(leader)
+        .await
+        .unwrap()
+        .committed_index
+        .unwrap();
+    cluster.wait_applied(victim, committed).await;
+    wait_for("the victim to take a snapshot", DEADLINE, || async {
+        cluster.status_of(victim).await?.snapshot_index.map(|_| ())
+    })
+    .await;
+    cluster.stop(victim);
+    let dir = cluster.replicas[&victim].data_dir.clone();
+    let dir = dir.to_str().unwrap();
+
+    let other = if victim == 1 { 2 } else { 1 };
+    let (ok, stderr) = serve_once(&[
+        "--id",
+        &other.to_string(),
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir,
+    ]);
+    assert!(
+        !ok && stderr.contains(&format!("belongs to replica {victim}")),
+        "{stderr}"
+    );
+
+    let (ok, stderr) = serve_once(&[
+        "--id",
+        &victim.to_string(),
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir,
+        "--cluster-name",
+        "elsewhere",
+    ]);
+    assert!(!ok && stderr.contains("belongs to cluster"), "{stderr}");
+
+    let snapshot = std::path::Path::new(dir).join("snapshot/current.snap");
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&snapshot, bytes).unwrap();
+    let (ok, stderr) = serve_once(&[
+        "--id",
+        &victim.to_string(),
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir,
+    ]);
+    assert!(!ok && stderr.contains("checksum"), "{stderr}");
+
+    let empty = cluster.root().join("empty");
+    let (ok, stderr) = serve_once(&[
+        "--id",
+        "9",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        empty.to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("--initial-cluster"), "{stderr}");
+}

@@ -1,0 +1,281 @@
+//! A cluster of real `pageserver-controller serve` processes on loopback, for tests.
+//!
+//! Each replica gets an ephemeral port, its own data dir and log file in a temporary
+//! folder. Waits are on conditions with generous deadlines (two busy cores), never bare
+//! sleeps. If a test panics, the folder is kept and its path printed, so the replicas'
+//! logs can be read.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pageserver_controller::api::types::ClusterStatus;
+use pageserver_controller::client::Client;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pageserver-controller");
+
+/// Generous: elections take about a second, but CI machines are slow and shared.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct Replica {
+    pub id: u64,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct TestCluster {
+    dir: Option<tempfile::TempDir>,
+    pub replicas: BTreeMap<u64, Replica>,
+    initial_cluster: String,
+    extra_args: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("binding an ephemeral port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// Polls `check` until it yields `Some`, or panics with `what` after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl TestCluster {
+    /// Starts `n` replicas of a fresh cluster and waits for a leader.
+    pub async fn start(n: u64) -> TestCluster {
+        Self::start_with(n, &[]).await
+    }
+
+    /// Like [`TestCluster::start`], passing `extra_args` to every `serve`.
+    pub async fn start_with(n: u64, extra_args: &[&str]) -> TestCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("psc-test-")
+            .tempdir()
+            .expect("tempdir");
+        let mut replicas = BTreeMap::new();
+        for id in 1..=n {
+            let port = free_port();
+            replicas.insert(
+                id,
+                Replica {
+                    id,
+                    port,
+                    data_dir: dir.path().join(format!("replica-{id}")),
+                    log: dir.path().join(format!("replica-{id}.log")),
+                    child: None,
+                },
+            );
+        }
+        let initial_cluster = replicas
+            .values()
+            .map(|r| format!("{}=http://127.0.0.1:{}", r.id, r.port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = TestCluster {
+            dir: Some(dir),
+            replicas,
+            initial_cluster,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        cluster.wait_for_leader().await;
+        cluster
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.as_ref().expect("dir lives until drop").path()
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let initial_cluster = self.initial_cluster.clone();
+        let extra = self.extra_args.clone();
+        let replica = self.replicas.get_mut(&id).expect("known replica");
+        assert!(replica.child.is_none(), "replica {id} is already running");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&replica.log)
+            .expect("log file");
+        let child = Command::new(BIN)
+            .args(["--log", "info,openraft=warn", "serve"])
+            .args(["--id", &id.to_string()])
+            .args(["--listen", &format!("127.0.0.1:{}", replica.port)])
+            .arg("--data-dir")
+            .arg(&replica.data_dir)
+            .args(["--initial-cluster", &initial_cluster])
+            .args(&extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning a replica");
+        replica.child = Some(child);
+    }
+
+    pub fn url(&self, id: u64) -> String {
+        format!("http://127.0.0.1:{}", self.replicas[&id].port)
+    }
+
+    pub fn client(&self, id: u64) -> Client {
+        Client::new(self.url(id)).with_timeout(Duration::from_secs(30))
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.replicas[&id].child.is_some()
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.replicas
+            .values()
+            .filter(|r| r.child.is_some())
+            .map(|r| r.id)
+            .collect()
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, id: u64) {
+        let replica = self.replicas.get_mut(&id).expect("known replica");
+        let mut child = replica.child.take().expect("replica is running");
+        child.kill().expect("kill -9");
+        child.wait().expect("reaping the child");
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self, id: u64) {
+        let replica = self.replicas.get_mut(&id).expect("known replica");
+        let mut child = replica.child.take().expect("replica is running");
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for the child") {
+                assert!(
+                    status.success(),
+                    "replica {id} exited with {status} after SIGTERM"
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "replica {id} did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts a stopped replica again on its data dir.
+    pub async fn restart(&mut self, id: u64) {
+        self.spawn(id);
+        let client = self.client(id);
+        wait_for(&format!("replica {id} to answer"), DEADLINE, || {
+            let client = client.clone();
+            async move { client.status().await.ok() }
+        })
+        .await;
+    }
+
+    /// The view of `id`, if it answers.
+    pub async fn status_of(&self, id: u64) -> Option<ClusterStatus> {
+        self.client(id).cluster_status().await.ok()
+    }
+
+    /// Waits until a running replica is leader and every running replica agrees.
+    pub async fn wait_for_leader(&self) -> u64 {
+        let running = self.running();
+        wait_for(
+            "a leader that every running replica agrees on",
+            DEADLINE,
+            || {
+                let running = running.clone();
+                async move {
+                    let mut leader = None;
+                    for id in &running {
+                        let status = self.status_of(*id).await?;
+                        let theirs = status.leader?;
+                        if !running.contains(&theirs) || leader.is_some_and(|l| l != theirs) {
+                            return None;
+                        }
+                        leader = Some(theirs);
+                    }
+                    let leader = leader?;
+                    let view = self.status_of(leader).await?;
+                    (view.state == "leader").then_some(leader)
+                }
+            },
+        )
+        .await
+    }
+
+    /// Waits until `id` has applied at least `index`.
+    pub async fn wait_applied(&self, id: u64, index: u64) {
+        wait_for(
+            &format!("replica {id} to apply index {index}"),
+            DEADLINE,
+            || async move {
+                let status = self.status_of(id).await?;
+                (status.applied_index? >= index).then_some(())
+            },
+        )
+        .await
+    }
+
+    /// The log of replica `id`, for assertions and failure messages.
+    pub fn log_of(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.replicas[&id].log).unwrap_or_default()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for replica in self.replicas.values_mut() {
+            if let Some(mut child) = replica.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            if let Some(dir) = self.dir.take() {
+                let kept = dir.keep();
+                eprintln!(
+                    "test failed; replica data and logs kept in {}",
+                    kept.display()
+                );
+            }
+        }
+    }
+}
+
+/// A tenant shard id made from a small number, for readable tests.
+pub fn shard(n: u32) -> pageserver_controller::domain::TenantShardId {
+    let mut bytes = [0u8; 16];
+    bytes[12..].copy_from_slice(&n.to_be_bytes());
+    bytes[0] = 0xab;
+    pageserver_controller::domain::TenantShardId::unsharded(
+        pageserver_controller::domain::TenantId::from_bytes(bytes),
+    )
+}
