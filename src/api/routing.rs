@@ -38,18 +38,21 @@ const FORWARDED_HEADERS: [axum::http::HeaderName; 3] = [
     axum::http::header::ACCEPT,
 ];
 
-/// Whether a route changes state (re-sent only when certainly not applied) or only reads
-/// it (always safe to re-send).
+/// Whether a route changes state (re-sent only when certainly not applied) or is safe
+/// to send again (reads, and idempotent cluster operations).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
     Write,
-    Read,
+    Retryable,
 }
 
 #[derive(Clone)]
 pub struct Routing {
     pub api: Arc<ApiState>,
     pub policy: Policy,
+    /// How long to wait for the leader's answer to a forwarded request, when longer than
+    /// the forwarder's default (a new member catching up, for one).
+    pub forward_timeout: Option<Duration>,
 }
 
 /// What became of a request sent to the leader.
@@ -79,12 +82,13 @@ impl Forwarder {
         uri: &Uri,
         headers: &HeaderMap,
         body: Bytes,
+        timeout: Option<Duration>,
     ) -> Forwarded {
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let mut request = self
             .client
             .request(method.clone(), leader.endpoint(path))
-            .timeout(self.timeout)
+            .timeout(timeout.unwrap_or(self.timeout))
             .header(FORWARDED_BY_HEADER, self.self_id.to_string())
             .body(body);
         for name in FORWARDED_HEADERS {
@@ -166,6 +170,11 @@ pub async fn route_to_leader(
                 .into_response();
             }
             Some((leader, member)) => {
+                let route = parts
+                    .extensions
+                    .get::<axum::extract::MatchedPath>()
+                    .map_or("unmatched", |p| p.as_str());
+                api.metrics.forwarded(route);
                 match api
                     .forwarder
                     .forward(
@@ -174,6 +183,7 @@ pub async fn route_to_leader(
                         &parts.uri,
                         &parts.headers,
                         body.clone(),
+                        routing.forward_timeout,
                     )
                     .await
                 {
@@ -184,7 +194,7 @@ pub async fn route_to_leader(
                     Forwarded::NotSent(e) => {
                         last_problem = format!("could not reach leader {leader} at {member}: {e}");
                     }
-                    Forwarded::Unknown(e) if routing.policy == Policy::Read => {
+                    Forwarded::Unknown(e) if routing.policy == Policy::Retryable => {
                         last_problem = format!("no answer from leader {leader} at {member}: {e}");
                     }
                     Forwarded::Unknown(e) => {

@@ -77,6 +77,11 @@ pub enum ReadError {
 pub struct Replica {
     id: u64,
     raft: Raft,
+    /// openraft's leader lease (`election_timeout_max`): a voter that heard from a leader
+    /// this recently refuses to vote for anyone else.
+    lease: Duration,
+    /// When this replica last became leader.
+    leader_since: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
     state: SharedState,
     deadlines: Deadlines,
     flush_stats: Arc<FlushStats>,
@@ -111,9 +116,13 @@ impl Replica {
             batching::WriteBatcher::start(raft.clone(), deadlines.write, batch_stats.clone());
         let reads =
             batching::ReadCoalescer::start(raft.clone(), deadlines.read, batch_stats.clone());
+        let leader_since = Arc::new(std::sync::Mutex::new(None));
+        tokio::spawn(track_leadership(raft.metrics(), leader_since.clone()));
         Ok(Replica {
             id,
             raft,
+            lease: Duration::from_millis(timing.election_timeout_max_ms),
+            leader_since,
             state,
             deadlines,
             flush_stats,
@@ -204,6 +213,28 @@ impl Replica {
         self.reads.read_index(self.deadlines.read).await
     }
 
+    /// openraft's leader lease (see the field).
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// How long this replica has been leader, if it is.
+    pub fn leader_for(&self) -> Option<Duration> {
+        if !self.is_leader() {
+            return None;
+        }
+        self.leader_since
+            .lock()
+            .expect("leader_since lock")
+            .map(|since| since.elapsed())
+    }
+
+    /// While paused, writes are answered "not the leader" without being proposed (used
+    /// while handing leadership to another replica).
+    pub fn pause_writes(&self, paused: bool) {
+        self.writes.set_paused(paused);
+    }
+
     /// Waits until this replica applied `index`, for at most `timeout`.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
         self.raft
@@ -217,6 +248,29 @@ impl Replica {
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
+        }
+    }
+}
+
+/// Records when this replica becomes leader (a new term as leader counts as new).
+async fn track_leadership(
+    mut metrics: watch::Receiver<RaftMetrics<u64, Member>>,
+    since: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+) {
+    let mut leading_term = None;
+    loop {
+        let (state, term) = {
+            let m = metrics.borrow();
+            (m.state, m.current_term)
+        };
+        let now_leading = (state == ServerState::Leader).then_some(term);
+        if now_leading != leading_term {
+            *since.lock().expect("leader_since lock") =
+                now_leading.map(|_| tokio::time::Instant::now());
+            leading_term = now_leading;
+        }
+        if metrics.changed().await.is_err() {
+            return;
         }
     }
 }
