@@ -275,8 +275,8 @@ pub async fn serve(
         }
         (Bootstrap::Joined, Some(url)) if !initialized => {
             tokio::spawn(ask_to_join(
+                replica.clone(),
                 Client::with_http(url, client.clone()),
-                config.id,
                 config.advertise_url.clone(),
                 stop.clone(),
                 failure.clone(),
@@ -343,13 +343,27 @@ const HANDOFF_PATIENCE: Duration = Duration::from_secs(3);
 
 /// A joining replica asks the cluster to add it, until it is added or refused.
 async fn ask_to_join(
+    replica: Arc<Replica>,
     cluster: Client,
-    id: u64,
     url: String,
     stop: CancellationToken,
     failure: Arc<std::sync::Mutex<Option<String>>>,
 ) {
+    let id = replica.id();
     loop {
+        // The answer may have been lost (the replica asked may have died after adding
+        // us): the replicated membership says whether we are in.
+        let is_voter = replica
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id);
+        if is_voter {
+            tracing::info!("this replica is a voter of the cluster");
+            return;
+        }
         tokio::select! {
             result = cluster.add_member(id, &url, false) => match result {
                 Ok(status) => {

@@ -169,6 +169,7 @@ pub async fn cluster_status_of(api: &ApiState) -> ClusterStatus {
         snapshot_index: metrics.snapshot.map(|id| id.index),
         purged_index: metrics.purged.map(|id| id.index),
         millis_since_quorum_ack: metrics.millis_since_quorum_ack,
+        joint: membership.get_joint_config().len() > 1,
     }
 }
 

@@ -1,8 +1,9 @@
 //! Any replica answers: requests that need the leader are routed to it here, once, for
 //! every route, so handlers are written as if they always ran on the leader.
 //!
-//! On the leader the handler runs. If it answers "not the leader" (leadership moved while
-//! it ran; nothing was applied) the request is routed again. On a follower the request
+//! On the leader the handler runs. If it answers "not the leader" (leadership moved
+//! before the request reached Raft, or a handoff paused writes; nothing was applied) the
+//! request is routed again. On a follower the request
 //! is forwarded, unchanged, to the leader, whose answer is returned unchanged.
 //!
 //! Bounds and guarantees:
@@ -11,9 +12,10 @@
 //!   replicas that disagree about the leader never bounce a request between them;
 //! - while no leader is known the replica waits, up to `leader_wait`, then answers 503;
 //! - a write is re-sent only when it certainly was not applied (the leader said "not the
-//!   leader", or the connection was never made); when a forwarded write's fate is
-//!   unknown (timeout, connection lost after sending) the caller gets a 503 saying so,
-//!   never a silent second attempt. Reads are always safe to re-send.
+//!   leader", or the connection was never made); when a write's fate is unknown (it was
+//!   in flight when leadership changed, a timeout, a connection lost after sending) the
+//!   caller gets a 503 saying so, never a silent second attempt. Reads are always safe
+//!   to re-send.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -245,6 +245,9 @@ pub struct ClusterStatus {
     pub purged_index: Option<u64>,
     /// Milliseconds since a quorum last acknowledged this replica as leader.
     pub millis_since_quorum_ack: Option<u64>,
+    /// True while a membership change is between its two steps (joint consensus): a
+    /// quorum of both the old and the new voters is then needed.
+    pub joint: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

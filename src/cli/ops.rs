@@ -187,6 +187,11 @@ pub fn print_cluster_status(status: &ClusterStatus) {
         status.cluster_id, status.replica_id, status.state, status.term
     );
     println!("leader: {}", or_dash(status.leader));
+    if status.joint {
+        println!(
+            "membership change in progress (joint consensus: old and new voters must both agree)"
+        );
+    }
     println!("{:<4} {:<8} {:<10} {:<32}", "ID", "ROLE", "MATCHED", "URL");
     for member in &status.members {
         let mark = if Some(member.id) == status.leader {

@@ -2,10 +2,16 @@
 //!
 //! - [`Replica::propose`] commits commands through the log and returns what applying them
 //!   answered. Its errors say precisely what is known: [`ProposeError::NotLeader`] means
-//!   the commands were certainly not applied (openraft rejected them before appending, or
-//!   truncated them unapplied), so the caller may route them elsewhere;
-//!   [`ProposeError::Indeterminate`] means they may or may not commit later, so nobody may
-//!   retry them silently.
+//!   the commands were never handed to Raft, so the caller may route them elsewhere;
+//!   [`ProposeError::LeadershipLost`] and [`ProposeError::Indeterminate`] mean they may or
+//!   may not commit, so nobody may retry them silently.
+//!
+//!   openraft answers `ForwardToLeader` both for a write it rejected before appending and
+//!   for one it appended and then had to truncate when a new leader overwrote its log.
+//!   The second kind is not dead: another replica may hold the same entry, win the next
+//!   election and commit it. The two cannot be told apart, so both count as "fate
+//!   unknown" (the chaos scenario `truncated_write_retried` shows the double apply that
+//!   treating them as "not applied" would cause).
 //! - [`Replica::read`] answers from the registry only after this replica confirmed with a
 //!   quorum that it is still the leader and applied everything committed before the read
 //!   began (openraft's read index). A deposed leader therefore cannot answer from stale
@@ -53,6 +59,11 @@ impl Default for Deadlines {
 pub enum ProposeError {
     #[error("this replica is not the leader (leader: {leader:?}); nothing was applied")]
     NotLeader { leader: Option<u64> },
+    #[error(
+        "leadership changed while the write was in flight (leader now: {leader:?}); it may or \
+         may not be applied"
+    )]
+    LeadershipLost { leader: Option<u64> },
     #[error(
         "the write was not confirmed within {0:?}: it may or may not be applied \
          (is a quorum of replicas reachable?)"
@@ -286,9 +297,10 @@ async fn propose_entry(
     let response = match tokio::time::timeout(deadline, write).await {
         Err(_) => return Err(ProposeError::Indeterminate(deadline)),
         Ok(Ok(response)) => response,
-        // Rejected before appending, or appended and then truncated unapplied.
+        // Rejected before appending, or appended and truncated here but possibly held by
+        // a replica that will commit it: see the module docs.
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-            return Err(ProposeError::NotLeader {
+            return Err(ProposeError::LeadershipLost {
                 leader: forward.leader_id,
             })
         }

@@ -240,8 +240,8 @@ impl TestCluster {
         self.replicas.remove(&id);
     }
 
-    /// Waits until the leader reports exactly `voters` as voters (and no learners) and
-    /// every running replica has applied its commit index.
+    /// Waits until the leader reports exactly `voters` as voters, no learners, and no
+    /// membership change half done (joint consensus).
     pub async fn wait_for_voters(&self, voters: &[u64]) {
         let expected: Vec<u64> = voters.to_vec();
         wait_for(&format!("voters {expected:?}"), DEADLINE, || {
@@ -256,7 +256,7 @@ impl TestCluster {
                     .collect();
                 got.sort_unstable();
                 let learners = leader.members.iter().any(|m| m.role != "voter");
-                (got == expected && !learners).then_some(())
+                (got == expected && !learners && !leader.joint).then_some(())
             }
         })
         .await;
