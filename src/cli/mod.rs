@@ -5,12 +5,14 @@ mod local_cluster;
 mod offline;
 mod ops;
 mod serve;
+mod statefulset;
 
 use clap::{Parser, Subcommand};
 
 pub use local_cluster::LocalClusterArgs;
 pub use ops::{ClientArgs, ClusterCommand, OpsCommand};
 pub use serve::{parse_initial_cluster, ServeArgs};
+pub use statefulset::{Placement, Pod, StatefulSetArgs};
 
 use crate::logging::LogFormat;
 
@@ -63,7 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Serve(args) => {
-            crate::logging::init(&cli.log, cli.log_format, Some(args.id));
+            crate::logging::init(&cli.log, cli.log_format, args.replica_id().ok());
             runtime.block_on(serve::run(*args))
         }
         Command::LocalCluster(args) => {

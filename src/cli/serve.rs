@@ -10,6 +10,7 @@ use clap::Args;
 use controller_raft::timing::Timing;
 use controller_raft::Member;
 
+use super::statefulset::{self, StatefulSetArgs};
 use crate::api::Limits;
 use crate::replica::Deadlines;
 use crate::server::{serve, ServeConfig};
@@ -17,8 +18,8 @@ use crate::server::{serve, ServeConfig};
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// This replica's id: a positive integer, unique in the cluster, never reused.
-    #[arg(long)]
-    pub id: u64,
+    #[arg(long, required_unless_present = "id_from_hostname")]
+    pub id: Option<u64>,
 
     /// Address to listen on for clients and peers, e.g. 127.0.0.1:7001.
     #[arg(long)]
@@ -86,6 +87,9 @@ pub struct ServeArgs {
     /// Upper bound of the storage page cache in MiB.
     #[arg(long, default_value_t = 64)]
     pub cache_mb: u64,
+
+    #[command(flatten)]
+    pub statefulset: StatefulSetArgs,
 }
 
 /// Parses `1=http://a:7001,2=http://b:7001`.
@@ -119,19 +123,38 @@ pub fn parse_initial_cluster(spec: &str) -> anyhow::Result<BTreeMap<u64, Member>
 }
 
 impl ServeArgs {
+    /// --id, or the id --id-from-hostname derives.
+    pub fn replica_id(&self) -> anyhow::Result<u64> {
+        match (self.id, self.statefulset.placement()?) {
+            (Some(id), None) => Ok(id),
+            (None, Some(placement)) => Ok(placement.id()),
+            _ => bail!("pass either --id or --id-from-hostname"),
+        }
+    }
+
     pub fn to_config(&self) -> anyhow::Result<ServeConfig> {
-        if self.id == 0 {
+        let placement = self.statefulset.placement()?;
+        let id = self.replica_id()?;
+        if id == 0 {
             bail!("--id must be a positive integer");
         }
-        let initial_cluster = match &self.initial_cluster {
-            Some(spec) => parse_initial_cluster(spec)?,
-            None => BTreeMap::new(),
+        let initial_cluster = match (&self.initial_cluster, &placement) {
+            (Some(spec), _) => parse_initial_cluster(spec)?,
+            (None, Some(placement)) if placement.is_initial_member() => {
+                placement.initial_cluster()?
+            }
+            (None, _) => BTreeMap::new(),
+        };
+        let derived_url = match &placement {
+            Some(placement) => placement.advertise_url()?,
+            None => None,
         };
         let advertise_url = self
             .advertise_url
             .clone()
+            .or(derived_url)
             .unwrap_or_else(|| format!("http://{}", self.listen));
-        if let Some(listed) = initial_cluster.get(&self.id) {
+        if let Some(listed) = initial_cluster.get(&id) {
             if listed.url != Member::new(&advertise_url).url {
                 tracing::warn!(listed = %listed, advertised = %advertise_url,
                     "--initial-cluster lists another URL for this replica than it advertises");
@@ -148,7 +171,7 @@ impl ServeArgs {
             .config(&self.cluster_name)
             .context("invalid Raft timings")?;
         Ok(ServeConfig {
-            id: self.id,
+            id,
             listen: self.listen,
             advertise_url,
             data_dir: self.data_dir.clone(),
@@ -183,8 +206,23 @@ pub async fn stop_signal() {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let config = args.to_config()?;
-    serve(config, stop_signal()).await
+    let mut config = args.to_config()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            stop_signal().await;
+            stop.cancel();
+        }
+    });
+    if let Some(placement) = args.statefulset.placement()? {
+        let http = crate::server::peer_client()?;
+        tokio::select! {
+            settled = statefulset::settle(&mut config, &placement, &http) => settled?,
+            () = stop.cancelled() => return Ok(()),
+        }
+    }
+    serve(config, stop.cancelled_owned()).await
 }
 
 #[cfg(test)]
