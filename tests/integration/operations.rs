@@ -4,7 +4,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use pageserver_controller::api::types::NodeRegisterRequest;
-use pageserver_controller::client::Client;
+use pageserver_controller::client::{retry, Client};
 use pageserver_controller::domain::NodeId;
 
 use crate::support::{shard, wait_for, TestCluster, BIN, DEADLINE};
@@ -462,10 +462,15 @@ async fn a_hundred_thousand_attaches_leave_a_bounded_data_dir() {
                 tokio::spawn(async move {
                     for i in 0..(25_000 / 64 + 1) {
                         let n = (worker * 7919 + i * 31 + round) % 5_000;
-                        client
-                            .attach_hook(shard(n), Some(NodeId(u64::from(i % 4))), None)
-                            .await
-                            .unwrap();
+                        // Like a pageserver: a 503 during a (rare) election is retried.
+                        retry(
+                            DEADLINE,
+                            Duration::from_millis(50),
+                            Duration::from_millis(500),
+                            || client.attach_hook(shard(n), Some(NodeId(u64::from(i % 4))), None),
+                        )
+                        .await
+                        .unwrap();
                     }
                 })
             })
