@@ -380,7 +380,7 @@ pub async fn serve(
 
 /// Serves `app` on `listener`, over TLS when configured. Connections that stall while
 /// sending headers are dropped, so slow clients cannot hold connections open.
-async fn start_listener(
+pub(crate) async fn start_listener(
     listener: std::net::TcpListener,
     app: axum::Router,
     security: &Security,

@@ -296,9 +296,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
     if let Some(placement) = args.statefulset.placement()? {
-        let http = crate::server::peer_client(config.security.ca.as_deref())?;
         tokio::select! {
-            settled = statefulset::settle(&mut config, &placement, &http) => settled?,
+            settled = statefulset::settle(&mut config, &placement) => settled?,
             () = stop.cancelled() => return Ok(()),
         }
     }

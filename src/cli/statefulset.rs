@@ -12,28 +12,30 @@
 //!
 //! The decision that matters is what a pod with an **empty data dir** does, made here
 //! before Raft starts ([`settle`]). A replica that lost its disk has also forgotten its
-//! vote and the entries it acknowledged; if it came back as the same voter, it could vote
-//! a stale candidate into office and an acknowledged generation would be lost. A pod in
-//! a StatefulSet comes back on an empty volume by itself (PVC lost, deleted, or never
-//! bound in time), so the pod must tell "the cluster does not exist yet" from "the
-//! cluster runs without me":
+//! vote and the entries it acknowledged; if it came back as the same voter, its vote could
+//! elect a candidate that lacks an acknowledged entry, and that generation would be lost.
+//! A StatefulSet brings a pod back on an empty volume by itself (PVC lost or deleted), so
+//! the pod must tell "the cluster does not exist yet" from "the cluster runs without me".
+//! While it decides, it keeps a *waiting room* on its port: `/status` answers (so a
+//! startup probe passes), `/v1/cluster` says "fresh, no log", everything else is 503.
 //! - Data dir present: a restart; the replica rejoins with what it has.
-//! - Empty, ordinal `< N`, and no peer answers with a running cluster within
-//!   `--bootstrap-probe-secs`: the first start of a new cluster; bootstrap it (the server
-//!   probes once more and initializes; several members doing so with the same list is
-//!   safe).
-//! - Empty, and a running cluster answers (or the ordinal is `>= N`): join it. If the
-//!   cluster still lists this id (the pod lost its disk, was late to the first start, or
-//!   was scaled away without being removed), the pod first asks the cluster to remove it,
-//!   then joins as a learner that catches up before it votes: the runbook "remove, wipe,
-//!   join", done by the pod. The removal is refused while the remaining voters could not
-//!   form a quorum; the pod then waits, not ready, and says so in its log.
-//!
-//! What this cannot see: a pod that lost its disk while **every** peer is down longer
-//! than the probe window bootstraps as an initial member with an empty log. README's
-//! Deploy section tells operators how to avoid that (restart the peers first).
+//! - Empty, ordinal `< N`: the pod waits until it has seen **every** other initial member
+//!   fresh (no log: in its own waiting room, or serving but not yet initialized), keeps
+//!   its room open a few more seconds so the others see it too, then bootstraps (the
+//!   server initializes; all members doing so with the same list is safe). Having seen
+//!   every member without a log, it knows no member held data, so it cannot be a member
+//!   that lost some, even if the others form the cluster before it starts Raft. Like
+//!   Consul's and rqlite's `bootstrap-expect`, a new cluster forms only once all its
+//!   initial members are up.
+//! - Empty, and a peer answers with a running cluster (a leader, or log entries) before
+//!   that: the pod joins it, as a learner that catches up before it votes. If the cluster
+//!   still lists this id, the pod lost its data (or was scaled away without `cluster
+//!   remove`): it does **not** start Raft, logs the command an operator must run
+//!   (`cluster remove --id N`; a replica's token may not remove members), and joins once
+//!   the cluster no longer lists it: the runbook "remove, wipe, join".
+//! - Empty, ordinal `>= N` (or `--join` given): join as above; it never bootstraps.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -41,9 +43,9 @@ use clap::Args;
 use controller_raft::Member;
 use controller_storage::{Bootstrap, DataDir};
 
-use crate::api::types::ClusterStatus;
-use crate::client::{Client, ClientError};
-use crate::server::ServeConfig;
+use crate::api::types::{ClusterStatus, ErrorBody, StatusResponse};
+use crate::client::Client;
+use crate::server::{derive_cluster_id, peer_client, start_listener, ServeConfig};
 
 /// The flags that place a replica in a StatefulSet.
 #[derive(Debug, Clone, Args)]
@@ -78,12 +80,6 @@ pub struct StatefulSetArgs {
     /// POD_NAMESPACE from the downward API).
     #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: Option<String>,
-
-    /// With --peer-url-template: how long an initial member with an empty data dir looks
-    /// for a running cluster before it bootstraps a new one (on the first start every
-    /// pod waits this long once).
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
-    pub bootstrap_probe_secs: u64,
 }
 
 /// A pod's place in its StatefulSet, from its host name.
@@ -180,7 +176,6 @@ pub struct Placement {
     /// `Some` with --peer-url-template.
     pub template: Option<String>,
     pub initial_size: Option<u32>,
-    pub bootstrap_probe: Duration,
 }
 
 impl Placement {
@@ -190,7 +185,6 @@ impl Placement {
         pod: Pod,
         template: Option<String>,
         initial_size: Option<u32>,
-        bootstrap_probe: Duration,
     ) -> anyhow::Result<Placement> {
         if let Some(template) = &template {
             if render_url(template, &pod, 0)? == render_url(template, &pod, 1)? {
@@ -207,7 +201,6 @@ impl Placement {
             pod,
             template,
             initial_size,
-            bootstrap_probe,
         })
     }
 
@@ -268,7 +261,6 @@ impl StatefulSetArgs {
             pod,
             self.peer_url_template.clone(),
             self.initial_cluster_size,
-            Duration::from_secs(self.bootstrap_probe_secs),
         )
         .map(Some)
     }
@@ -299,12 +291,16 @@ fn hostname() -> anyhow::Result<String> {
 
 /// Whether a peer's answer shows a cluster that has run: it knows a leader, or holds log
 /// entries beyond the initial membership entry (index 0), which only an elected leader
-/// writes. A fresh replica, or an initial member that initialized and is still
-/// campaigning, is not: treating a campaigning peer as a running cluster would make the
-/// other fresh members wait for a removal that needs a leader that needs their votes.
-/// (The server's own bootstrap probe uses the same rule.)
+/// writes. An initial member that initialized and is still campaigning is not: it
+/// needs the other members' votes. (The server's own bootstrap probe uses this rule.)
 pub fn is_running(status: &ClusterStatus) -> bool {
     status.leader.is_some() || status.last_log_index.is_some_and(|i| i > 0)
+}
+
+/// Whether a peer's answer shows a replica without any log: in its waiting room, or
+/// serving but not initialized yet. Such a replica holds no data and no vote.
+pub fn is_fresh(status: &ClusterStatus) -> bool {
+    status.leader.is_none() && status.last_log_index.is_none()
 }
 
 /// How a pod with an empty data dir comes to life.
@@ -312,46 +308,59 @@ pub fn is_running(status: &ClusterStatus) -> bool {
 pub enum FreshStart {
     /// Initialize the cluster with the initial members.
     Bootstrap,
-    /// Join the running cluster through this URL, after asking it to remove this id if
-    /// it still lists it.
-    Join { via: String, remove_first: bool },
+    /// Join the running cluster through this URL.
+    Join { via: String },
+    /// The running cluster still lists this id: wait until an operator removed it.
+    WaitForRemoval { via: String },
 }
 
-/// The decision for an empty data dir, given what the peers answered: `None` while the
-/// pod should keep looking (see the module docs).
+/// The decision for an empty data dir, given every answer so far: `None` while the pod
+/// must keep looking (see the module docs). `seen_fresh` accumulates the peers seen
+/// without a log; `may_bootstrap` is false for pods that can only join.
 pub fn decide_fresh_start(
     placement: &Placement,
+    peers: &[String],
+    may_bootstrap: bool,
+    seen_fresh: &mut BTreeSet<String>,
     answers: &[(String, ClusterStatus)],
-    probing_since: Duration,
 ) -> Option<FreshStart> {
-    if let Some((via, status)) = answers.iter().find(|(_, s)| is_running(s)) {
-        let listed = status.members.iter().any(|m| m.id == placement.id());
-        return Some(FreshStart::Join {
-            via: via.clone(),
-            remove_first: listed,
-        });
+    for (url, status) in answers {
+        if is_fresh(status) {
+            seen_fresh.insert(url.clone());
+        }
     }
-    if placement.is_initial_member() && probing_since >= placement.bootstrap_probe {
+    if may_bootstrap && peers.iter().all(|peer| seen_fresh.contains(peer)) {
         return Some(FreshStart::Bootstrap);
     }
-    None
+    let (via, status) = answers.iter().find(|(_, status)| is_running(status))?;
+    let via = via.clone();
+    if status.members.iter().any(|m| m.id == placement.id()) {
+        Some(FreshStart::WaitForRemoval { via })
+    } else {
+        Some(FreshStart::Join { via })
+    }
 }
+
+/// How long a pod that decided to bootstrap keeps its waiting room open, so that the
+/// other initial members (polling every half second) see it fresh too.
+const LINGER: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(500);
 
 /// Before Raft starts: for a pod placed by [`Placement`] with a template, sets
 /// `config.initial_cluster` and `config.join` to what the data dir and the peers call
-/// for, removing this id from the running cluster first when needed. Waits (without a
-/// deadline: a pod that cannot decide safely must not start) until it can decide.
-pub async fn settle(
-    config: &mut ServeConfig,
-    placement: &Placement,
-    http: &reqwest::Client,
-) -> anyhow::Result<()> {
+/// for. Waits, without a deadline, until it can decide safely: a pod that cannot must
+/// not start Raft.
+pub async fn settle(config: &mut ServeConfig, placement: &Placement) -> anyhow::Result<()> {
     if placement.template.is_none() {
         return Ok(());
     }
     let explicit_join = config.join.clone();
     let peers = match &explicit_join {
-        Some(url) => vec![url.clone()],
+        Some(url) => vec![
+            Member::parse(url)
+                .map_err(|e| anyhow::anyhow!("--join: {e}"))?
+                .url,
+        ],
         None => placement.peers()?,
     };
     let existing = DataDir::peek(&config.data_dir)
@@ -363,7 +372,7 @@ pub async fn settle(
             Bootstrap::InitialMember => config.join = None,
             Bootstrap::Joined => {
                 config.initial_cluster.clear();
-                config.join = explicit_join.or_else(|| peers.first().cloned());
+                config.join = peers.first().cloned();
             }
             Bootstrap::Seeded => {
                 config.initial_cluster.clear();
@@ -373,48 +382,72 @@ pub async fn settle(
         tracing::info!(bootstrap = ?identity.bootstrap, "data dir present: restarting with it");
         return Ok(());
     }
+    let may_bootstrap = explicit_join.is_none() && placement.is_initial_member();
     if peers.is_empty() {
-        if placement.is_initial_member() {
-            tracing::info!("a cluster of one: bootstrapping it");
-            config.join = None;
-            return Ok(());
+        if !may_bootstrap {
+            bail!("no peer to join: --initial-cluster-size lists no other replica");
         }
-        bail!("no peer to join: --initial-cluster-size lists no other replica");
+        tracing::info!("a cluster of one: bootstrapping it");
+        config.join = None;
+        return Ok(());
     }
 
+    let http = peer_client(config.security.ca.as_deref())?;
+    let cluster_id = derive_cluster_id(&config.cluster_name, &placement.initial_cluster()?);
+    let room = WaitingRoom::open(config, cluster_id).await?;
     let started = Instant::now();
+    let mut seen_fresh = BTreeSet::new();
     let mut last_report = None::<Instant>;
     let start = loop {
-        let answers = probe(&peers, &config.cluster_name, http).await?;
-        let elapsed = started.elapsed();
-        if let Some(start) = decide_fresh_start(placement, &answers, elapsed) {
-            break start;
+        let answers = probe(
+            &peers,
+            &config.cluster_name,
+            &http,
+            config.security.peer_token.clone(),
+        )
+        .await?;
+        let due = |every: Duration| last_report.is_none_or(|at: Instant| at.elapsed() >= every);
+        match decide_fresh_start(placement, &peers, may_bootstrap, &mut seen_fresh, &answers) {
+            Some(FreshStart::WaitForRemoval { via }) => {
+                if due(Duration::from_secs(30)) {
+                    last_report = Some(Instant::now());
+                    let id = placement.id();
+                    tracing::error!(id, %via,
+                        "the data dir is empty but the running cluster still lists replica {id}: it lost its \
+                         data, or was scaled away without `cluster remove`. It will not vote with an empty \
+                         log. An operator must run `pageserver-controller cluster remove --id {id} --url \
+                         {via}` (admin token); this replica then joins by itself (README: Deploy)");
+                }
+            }
+            Some(decided) => break decided,
+            None => {
+                if due(Duration::from_secs(10)) {
+                    last_report = Some(Instant::now());
+                    let missing: Vec<&String> =
+                        peers.iter().filter(|p| !seen_fresh.contains(*p)).collect();
+                    tracing::info!(waited = ?started.elapsed(), not_seen_yet = ?missing,
+                        "empty data dir: waiting to see every initial member before bootstrapping, \
+                         or a running cluster to join");
+                }
+            }
         }
-        if last_report.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(10)) {
-            last_report = Some(Instant::now());
-            tracing::info!(peers = ?peers, answered = answers.len(), waited = ?elapsed,
-                "empty data dir: looking for a running cluster");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(POLL).await;
     };
     match start {
         FreshStart::Bootstrap => {
             tracing::info!(waited = ?started.elapsed(),
-                "empty data dir and no running cluster answered: bootstrapping as an initial member");
+                "every initial member is up without a log: bootstrapping a new cluster");
+            tokio::time::sleep(LINGER).await;
             config.join = None;
         }
-        FreshStart::Join { via, remove_first } => {
-            if remove_first {
-                tracing::warn!(%via, id = placement.id(),
-                    "empty data dir, but the running cluster lists this replica: it lost its data or \
-                     never started. Asking the cluster to remove it, then joining as a new member");
-                remove_self(placement.id(), &peers, http).await?;
-            }
+        FreshStart::Join { via } => {
             tracing::info!(%via, "empty data dir: joining the running cluster");
             config.initial_cluster.clear();
             config.join = Some(via);
         }
+        FreshStart::WaitForRemoval { .. } => unreachable!("the loop goes on while listed"),
     }
+    room.close().await;
     Ok(())
 }
 
@@ -423,10 +456,13 @@ async fn probe(
     peers: &[String],
     cluster_name: &str,
     http: &reqwest::Client,
+    token: Option<String>,
 ) -> anyhow::Result<Vec<(String, ClusterStatus)>> {
-    let asks = peers.iter().map(|url| async move {
-        let client = Client::with_http(url, http.clone()).with_timeout(Duration::from_secs(2));
-        (url.clone(), client.cluster_status().await)
+    let asks = peers.iter().map(|url| {
+        let client = Client::with_http(url, http.clone())
+            .with_token(token.clone())
+            .with_timeout(Duration::from_secs(2));
+        async move { (url.clone(), client.cluster_status().await) }
     });
     let mut answers = Vec::new();
     for (url, answer) in futures::future::join_all(asks).await {
@@ -443,41 +479,77 @@ async fn probe(
     Ok(answers)
 }
 
-/// Asks the cluster (through any peer) to remove replica `id`, until it is gone.
-async fn remove_self(id: u64, peers: &[String], http: &reqwest::Client) -> anyhow::Result<()> {
-    let mut last_report = None::<Instant>;
-    for attempt in 0u64.. {
-        let via = &peers[(attempt % peers.len() as u64) as usize];
-        let client = Client::with_http(via, http.clone()).with_timeout(Duration::from_secs(20));
-        let pause = match client.remove_member(id, false).await {
-            Ok(_) => {
-                tracing::info!(id, %via, "removed from the cluster; joining again");
-                return Ok(());
-            }
-            Err(ClientError::Http { status: 404, .. }) => {
-                tracing::info!(id, "not a member (any more)");
-                return Ok(());
-            }
-            Err(e @ ClientError::Http { status: 409, .. }) => {
-                if last_report.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(10)) {
-                    last_report = Some(Instant::now());
-                    tracing::error!(id, error = %e,
-                        "the cluster refuses to remove this replica; waiting for more replicas to come back \
-                         (see README: Deploy)");
-                }
-                Duration::from_secs(3)
-            }
-            Err(e) if e.is_refusal() => {
-                return Err(e).with_context(|| format!("removing replica {id} through {via}"))
-            }
-            Err(e) => {
-                tracing::info!(id, %via, error = %e, "removal not done yet; retrying");
-                Duration::from_secs(1)
-            }
+/// What a pod with an empty data dir serves on its port while it decides: enough for
+/// its peers to see it fresh and for a startup probe to pass, nothing else.
+struct WaitingRoom {
+    handle: axum_server::Handle<std::net::SocketAddr>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl WaitingRoom {
+    async fn open(config: &ServeConfig, cluster_id: String) -> anyhow::Result<WaitingRoom> {
+        use axum::http::StatusCode;
+        use axum::routing::get;
+        use axum::Json;
+
+        let id = config.id;
+        let fresh = ClusterStatus {
+            cluster_name: config.cluster_name.clone(),
+            cluster_id,
+            replica_id: id,
+            state: "starting".into(),
+            leader: None,
+            term: 0,
+            members: Vec::new(),
+            last_log_index: None,
+            committed_index: None,
+            applied_index: None,
+            snapshot_index: None,
+            purged_index: None,
+            millis_since_quorum_ack: None,
+            joint: false,
         };
-        tokio::time::sleep(pause).await;
+        let app = axum::Router::new()
+            .route(
+                "/status",
+                get(move || async move { Json(StatusResponse { replica_id: id }) }),
+            )
+            .route("/v1/cluster", get(move || async move { Json(fresh) }))
+            .fallback(move || async move {
+                let msg = format!(
+                    "replica {id} is starting with an empty data dir: deciding whether to bootstrap or join"
+                );
+                (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorBody { msg }))
+            });
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let handle = axum_server::Handle::new();
+        let task =
+            start_listener(listener.into_std()?, app, &config.security, handle.clone()).await?;
+        Ok(WaitingRoom {
+            handle,
+            task: Some(task),
+        })
     }
-    unreachable!("the loop only ends by returning")
+
+    /// Stops serving and frees the port for the replica.
+    async fn close(mut self) {
+        self.handle.shutdown();
+        if let Some(task) = self.task.take() {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "the waiting room stopped with an error"),
+                Err(e) => tracing::warn!(error = %e, "the waiting room task failed"),
+            }
+        }
+    }
+}
+
+impl Drop for WaitingRoom {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+    }
 }
 
 #[cfg(test)]
@@ -492,13 +564,7 @@ mod tests {
     const TEMPLATE: &str = "http://{hostname}.psc-peers.{namespace}.svc.cluster.local:7001";
 
     fn placement(hostname: &str, size: u32) -> Placement {
-        Placement::new(
-            pod(hostname),
-            Some(TEMPLATE.into()),
-            Some(size),
-            Duration::from_secs(10),
-        )
-        .unwrap()
+        Placement::new(pod(hostname), Some(TEMPLATE.into()), Some(size)).unwrap()
     }
 
     #[test]
@@ -548,7 +614,7 @@ mod tests {
         ] {
             assert!(render_url(bad, &p, 0).is_err(), "{bad:?} was accepted");
         }
-        let same = Placement::new(p, Some("http://psc:7001".into()), Some(3), Duration::ZERO);
+        let same = Placement::new(p, Some("http://psc:7001".into()), Some(3));
         assert!(same.unwrap_err().to_string().contains("same URL"));
     }
 
@@ -578,9 +644,7 @@ mod tests {
         assert!(!beyond.is_initial_member());
         assert_eq!(beyond.id(), 4);
         assert_eq!(beyond.peers().unwrap().len(), 3);
-        assert!(
-            Placement::new(pod("psc-0"), Some(TEMPLATE.into()), Some(0), Duration::ZERO).is_err()
-        );
+        assert!(Placement::new(pod("psc-0"), Some(TEMPLATE.into()), Some(0)).is_err());
     }
 
     fn status(leader: Option<u64>, term: u64, last: Option<u64>, members: &[u64]) -> ClusterStatus {
@@ -610,87 +674,105 @@ mod tests {
         }
     }
 
+    const P0: &str = "http://psc-0:7001";
+    const P1: &str = "http://psc-1:7001";
+
+    fn answers(list: &[(&str, ClusterStatus)]) -> Vec<(String, ClusterStatus)> {
+        list.iter()
+            .map(|(u, s)| (u.to_string(), s.clone()))
+            .collect()
+    }
+
     #[test]
-    fn a_fresh_initial_member_bootstraps_only_when_no_cluster_runs() {
+    fn a_fresh_initial_member_bootstraps_once_it_saw_every_member_fresh() {
         let p = placement("psc-2", 3);
-        let early = Duration::from_secs(1);
-        let late = Duration::from_secs(10);
-        // Nobody answers yet: keep looking, then bootstrap.
-        assert_eq!(decide_fresh_start(&p, &[], early), None);
+        let peers = [P0.to_owned(), P1.to_owned()];
+        let mut seen = BTreeSet::new();
+        let decide = |seen: &mut BTreeSet<String>, got: &[(&str, ClusterStatus)]| {
+            decide_fresh_start(&p, &peers, true, seen, &answers(got))
+        };
+        // Nobody answers: keep waiting, however long.
+        assert_eq!(decide(&mut seen, &[]), None);
+        // One peer in its waiting room: not yet.
+        let room = status(None, 0, None, &[]);
+        assert_eq!(decide(&mut seen, &[(P0, room.clone())]), None);
+        // A peer that initialized and campaigns holds a log entry: neither fresh nor a
+        // running cluster (it needs this pod's vote); keep waiting.
+        let campaigning = status(None, 2, Some(0), &[1, 2, 3]);
+        assert_eq!(decide(&mut seen, &[(P1, campaigning.clone())]), None);
+        // The other one seen fresh later (not at the same time): bootstrap, and stay
+        // with it even when the others have meanwhile formed the cluster.
         assert_eq!(
-            decide_fresh_start(&p, &[], late),
+            decide(&mut seen, &[(P1, room)]),
             Some(FreshStart::Bootstrap)
         );
-        // A peer that is itself fresh, or initialized and campaigning for the first time,
-        // is no running cluster: it needs this pod's vote.
-        let fresh = [
-            ("http://psc-0:7001".to_owned(), status(None, 0, None, &[])),
-            (
-                "http://psc-1:7001".to_owned(),
-                status(None, 2, Some(0), &[1, 2, 3]),
-            ),
-        ];
-        assert_eq!(decide_fresh_start(&p, &fresh, early), None);
+        let formed = status(Some(1), 1, Some(1), &[1, 2, 3]);
         assert_eq!(
-            decide_fresh_start(&p, &fresh, late),
+            decide(&mut seen, &[(P0, formed)]),
             Some(FreshStart::Bootstrap)
         );
-        // A running cluster that lists this id: it lost its disk (or was late); remove
-        // it first, whatever the time.
-        let running = [
-            ("http://psc-0:7001".to_owned(), status(None, 0, None, &[])),
-            (
-                "http://psc-1:7001".to_owned(),
-                status(Some(1), 4, Some(20), &[1, 2, 3]),
-            ),
-        ];
+    }
+
+    #[test]
+    fn a_fresh_pod_that_a_running_cluster_lists_waits_for_its_removal() {
+        let p = placement("psc-2", 3);
+        let peers = [P0.to_owned(), P1.to_owned()];
+        let mut seen = BTreeSet::new();
+        // One peer fresh (it lost its disk too, say), the other leads a cluster that
+        // lists this id: this pod lost its data; it must not bootstrap or vote.
+        let got = answers(&[
+            (P0, status(None, 0, None, &[])),
+            (P1, status(Some(2), 4, Some(20), &[1, 2, 3])),
+        ]);
         assert_eq!(
-            decide_fresh_start(&p, &running, early),
-            Some(FreshStart::Join {
-                via: "http://psc-1:7001".into(),
-                remove_first: true
-            })
+            decide_fresh_start(&p, &peers, true, &mut seen, &got),
+            Some(FreshStart::WaitForRemoval { via: P1.into() })
         );
-        // A cluster without a leader right now but with a log is running too.
-        let leaderless = [(
-            "http://psc-0:7001".to_owned(),
-            status(None, 3, Some(9), &[1, 2, 3]),
-        )];
-        assert!(matches!(
-            decide_fresh_start(&p, &leaderless, early),
-            Some(FreshStart::Join {
-                remove_first: true,
-                ..
-            })
-        ));
+        // A leaderless cluster with a log (peers restarting) counts as running.
+        let got = answers(&[(P0, status(None, 3, Some(9), &[1, 2, 3]))]);
+        assert_eq!(
+            decide_fresh_start(&p, &peers, true, &mut seen, &got),
+            Some(FreshStart::WaitForRemoval { via: P0.into() })
+        );
+        // Once an operator removed it, it joins.
+        let got = answers(&[(P1, status(Some(2), 4, Some(22), &[1, 2]))]);
+        assert_eq!(
+            decide_fresh_start(&p, &peers, true, &mut seen, &got),
+            Some(FreshStart::Join { via: P1.into() })
+        );
     }
 
     #[test]
     fn a_pod_beyond_the_initial_size_joins_and_never_bootstraps() {
         let p = placement("psc-4", 3);
-        assert_eq!(decide_fresh_start(&p, &[], Duration::from_secs(3600)), None);
-        let running = [(
-            "http://psc-0:7001".to_owned(),
-            status(Some(1), 2, Some(5), &[1, 2, 3]),
-        )];
+        assert!(!p.is_initial_member());
+        let peers = p.peers().unwrap();
+        let mut seen = BTreeSet::new();
+        let fresh: Vec<_> = peers
+            .iter()
+            .map(|u| (u.clone(), status(None, 0, None, &[])))
+            .collect();
         assert_eq!(
-            decide_fresh_start(&p, &running, Duration::ZERO),
+            decide_fresh_start(&p, &peers, false, &mut seen, &fresh),
+            None
+        );
+        let running = vec![(peers[0].clone(), status(Some(1), 2, Some(5), &[1, 2, 3]))];
+        assert_eq!(
+            decide_fresh_start(&p, &peers, false, &mut seen, &running),
             Some(FreshStart::Join {
-                via: "http://psc-0:7001".into(),
-                remove_first: false
+                via: peers[0].clone()
             })
         );
         // Scaled away without `cluster remove`, PVC deleted, scaled back: still listed.
-        let listed = [(
-            "http://psc-0:7001".to_owned(),
+        let listed = vec![(
+            peers[1].clone(),
             status(Some(1), 2, Some(5), &[1, 2, 3, 4, 5]),
         )];
-        assert!(matches!(
-            decide_fresh_start(&p, &listed, Duration::ZERO),
-            Some(FreshStart::Join {
-                remove_first: true,
-                ..
+        assert_eq!(
+            decide_fresh_start(&p, &peers, false, &mut seen, &listed),
+            Some(FreshStart::WaitForRemoval {
+                via: peers[1].clone()
             })
-        ));
+        );
     }
 }
