@@ -85,7 +85,13 @@ impl JwtKeys {
                 std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
             {
                 let entry = entry?;
-                if entry.file_type()?.is_file() {
+                // Follow symlinks: a Kubernetes Secret volume projects each key as a
+                // symlink into a hidden `..data` directory. Hidden entries are that
+                // machinery (or editor leftovers), never keys.
+                let hidden = entry.file_name().to_string_lossy().starts_with('.');
+                let target = std::fs::metadata(entry.path())
+                    .with_context(|| format!("reading {}", entry.path().display()))?;
+                if !hidden && target.is_file() {
                     files.push(entry.path());
                 }
             }
@@ -251,6 +257,26 @@ mod tests {
         let (private, public) = generate_key_pair().unwrap();
         let keys = JwtKeys::from_keys(vec![DecodingKey::from_ed_pem(public.as_bytes()).unwrap()]);
         (private, keys)
+    }
+
+    /// The layout of a Kubernetes Secret volume: keys are symlinks to `..data/KEY`, and
+    /// `..data` links to a hidden, timestamped directory.
+    #[test]
+    fn a_key_directory_laid_out_like_a_secret_volume_loads() {
+        let (private, public) = generate_key_pair().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let stamped = dir.path().join("..2026_01_01_00_00_00.000000001");
+        std::fs::create_dir(&stamped).unwrap();
+        std::fs::write(stamped.join("auth_public_key.pem"), &public).unwrap();
+        std::os::unix::fs::symlink(&stamped, dir.path().join("..data")).unwrap();
+        std::os::unix::fs::symlink(
+            "..data/auth_public_key.pem",
+            dir.path().join("auth_public_key.pem"),
+        )
+        .unwrap();
+        let keys = JwtKeys::load(dir.path()).unwrap();
+        let token = mint(private.as_bytes(), Scope::Admin, None, None).unwrap();
+        assert_eq!(keys.verify(&token).unwrap().scope, Scope::Admin);
     }
 
     #[test]

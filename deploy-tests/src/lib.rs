@@ -1,0 +1,25 @@
+//! Tests of what `deploy/` ships, run by `cargo test --workspace` like every other test.
+//!
+//! - `tests/manifests.rs` renders `deploy/kubernetes` (and its overlay) with `kubectl
+//!   kustomize`, validates it offline against the Kubernetes schemas and a policy linter,
+//!   and checks that every flag and port in the manifests and in `deploy/compose.yaml`
+//!   is one the binary accepts.
+//! - `tests/docker.rs` builds the scratch image with `deploy/build-image.sh` and runs the
+//!   compose cluster's replicas as Docker containers named like StatefulSet pods, through
+//!   a leader kill, a network disconnection, a rolling image update, a lost volume, and a
+//!   scale from three to five and back, under traffic whose history is checked against
+//!   the generation rules.
+//!
+//! Both need tools outside Cargo (kubectl, Docker, the Python tools of
+//! `.ci/deploy-tools.txt`); a missing tool fails the test with what to install, it never
+//! passes silently. `cargo test --workspace --exclude deploy-tests` runs everything else.
+//!
+//! The crate is separate from the root package's integration tests so that the slow image
+//! build and container runs stay out of that binary, and so that it can depend on the
+//! chaos harness's checker once that lands without a dependency cycle.
+
+pub mod compose;
+pub mod docker;
+pub mod history;
+pub mod tools;
+pub mod traffic;

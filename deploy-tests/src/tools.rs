@@ -1,0 +1,77 @@
+//! Finding and running the programs the deploy tests drive (kubectl, docker, the Python
+//! linters). A missing program is a test failure that says what to install.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{bail, Context};
+
+/// The repository root (the workspace's root package).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("deploy-tests sits in the repository root")
+        .to_owned()
+}
+
+/// The full path of `program` on `PATH`; panics with `how_to_install` when it is not
+/// there, so that a machine without it fails the test instead of skipping it.
+pub fn require(program: &str, how_to_install: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+        .unwrap_or_else(|| {
+            panic!(
+                "`{program}` is not on PATH; the deploy tests need it. {how_to_install} \
+                 (.ci/run installs it; or skip these tests: cargo test --workspace --exclude deploy-tests)"
+            )
+        })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// A Python tool pinned in `.ci/deploy-tools.txt`: from `PATH`, else from the virtual
+/// environment `.ci/run` installs them into (`target/deploy-tools`).
+pub fn python_tool(program: &str) -> PathBuf {
+    let venv = repo_root().join("target/deploy-tools/bin").join(program);
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|candidate| is_executable(candidate))
+    });
+    on_path
+        .or_else(|| is_executable(&venv).then_some(venv))
+        .unwrap_or_else(|| {
+            require(
+                program,
+                "Install the pinned Python tools: python3 -m venv target/deploy-tools && \
+                 target/deploy-tools/bin/pip install -r .ci/deploy-tools.txt",
+            )
+        })
+}
+
+/// Runs `command`; its output whatever the exit status.
+pub fn output(command: &mut Command) -> anyhow::Result<Output> {
+    command
+        .output()
+        .with_context(|| format!("running {command:?}"))
+}
+
+/// Runs `command` and returns its stdout; an error with its stderr if it failed.
+pub fn run(command: &mut Command) -> anyhow::Result<String> {
+    let out = output(command)?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed with {}:\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("{command:?} printed non-UTF-8"))
+}
