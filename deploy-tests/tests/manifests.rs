@@ -462,8 +462,8 @@ fn image_user() -> u64 {
         let text = std::fs::read_to_string(repo_root().join(file)).expect("reading a Dockerfile");
         let user = text
             .lines()
-            .filter_map(|l| l.strip_prefix("USER "))
-            .last()
+            .rev()
+            .find_map(|l| l.strip_prefix("USER "))
             .unwrap_or_else(|| panic!("{file} sets no USER"));
         let (uid, gid) = user.trim().split_once(':').expect("USER uid:gid");
         assert_eq!(uid, gid, "{file}: group = user");
@@ -473,8 +473,8 @@ fn image_user() -> u64 {
         );
         let entrypoint = text
             .lines()
-            .filter_map(|l| l.strip_prefix("ENTRYPOINT "))
-            .last()
+            .rev()
+            .find_map(|l| l.strip_prefix("ENTRYPOINT "))
             .unwrap_or_else(|| panic!("{file} sets no ENTRYPOINT"));
         let entrypoint: Vec<String> =
             serde_json::from_str(entrypoint).expect("ENTRYPOINT in exec form");
