@@ -110,8 +110,10 @@ impl From<ReadError> for ApiError {
     fn from(e: ReadError) -> Self {
         let msg = e.to_string();
         match e {
-            ReadError::NotLeader { .. } => ApiError::NotLeader(msg),
-            ReadError::NoQuorum(_) | ReadError::Stopped(_) => ApiError::Unavailable(msg),
+            // A read that could not confirm leadership did nothing: route it again (the
+            // routing layer gives up with a 503 once it has waited long enough).
+            ReadError::NotLeader { .. } | ReadError::NoQuorum(_) => ApiError::NotLeader(msg),
+            ReadError::Stopped(_) => ApiError::Unavailable(msg),
         }
     }
 }

@@ -165,7 +165,8 @@ pub async fn route_to_leader(
                 if !response.headers().contains_key(NOT_LEADER_HEADER) || forwarded_by.is_some() {
                     return response;
                 }
-                last_problem = "leadership moved while the request ran".into();
+                last_problem =
+                    "leadership could not be confirmed or moved while the request ran".into();
             }
             Some((leader, _)) if forwarded_by.is_some() => {
                 let from = forwarded_by

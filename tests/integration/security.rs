@@ -324,11 +324,7 @@ async fn every_endpoint_checks_scopes_like_neon_through_any_replica() {
         }
     }
     // A follower's readiness asks the leader for a read index with its peer token.
-    crate::support::wait_for("the follower to be ready", crate::support::DEADLINE, || {
-        let client = cluster.client(follower);
-        async move { client.ready().await.ok() }
-    })
-    .await;
+    crate::support::wait_ready(&cluster.client(follower)).await;
     // A request that claims to have been forwarded gains nothing by it.
     let response = http
         .post(format!("{}/debug/v1/attach-hook", cluster.url(leader)))

@@ -45,7 +45,7 @@ pub struct TestCluster {
     extra_args: Vec<String>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("binding an ephemeral port")
         .local_addr()
@@ -160,6 +160,15 @@ impl TestCluster {
             .arg(&replica.data_dir)
             .args(bootstrap)
             .args(["--advertise-url", &advertise])
+            // Slower elections than the production default: the test machine may be
+            // starved of CPU for longer than a production heartbeat timeout, and a
+            // spurious election turns writes in flight into 503s.
+            .args([
+                "--election-timeout-min-ms",
+                "700",
+                "--election-timeout-max-ms",
+                "1000",
+            ])
             .args(&extra)
             .stdout(Stdio::null())
             .stderr(log)
@@ -384,4 +393,27 @@ pub fn shard(n: u32) -> pageserver_controller::domain::TenantShardId {
     pageserver_controller::domain::TenantShardId::unsharded(
         pageserver_controller::domain::TenantId::from_bytes(bytes),
     )
+}
+
+/// Runs the binary to completion: (succeeded, stdout + stderr).
+pub fn run_binary(args: &[&str]) -> (bool, String) {
+    let output = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("running the binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Waits until the replica behind `client` answers `/ready` with 200.
+pub async fn wait_ready(client: &Client) {
+    wait_for("the replica to be ready", DEADLINE, || {
+        let client = client.clone();
+        async move { client.ready().await.ok() }
+    })
+    .await;
 }
