@@ -3,6 +3,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod amnesia;
 mod api;
 mod failover;
 mod fuzz;

@@ -1,0 +1,69 @@
+//! A replica that lost its disk must not vote as if it remembered (a core bug, kept as a
+//! named reproducer until it is fixed; found while deploying, see README: Deploy).
+//!
+//! `serve` with `--initial-cluster` and an empty data dir, while the cluster runs, "waits
+//! to be replicated to" (server.rs, `bootstrap`), but it runs Raft as a voter with an
+//! empty log and no vote: it grants its vote to any candidate. Here generation 1 is
+//! acknowledged with replicas 1 and 3; replica 3 loses its disk and replica 1 dies; the
+//! wiped replica 3 elects replica 2, which never had generation 1, and the acknowledged
+//! generation is gone (the next attach hands out generation 1 a second time). A correct
+//! cluster stays unavailable here: only replica 1 holds the acknowledged state.
+
+use std::time::Duration;
+
+use pageserver_controller::domain::NodeId;
+
+use crate::support::{shard, wait_for, TestCluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "core bug: a replica restarted on an empty data dir votes with an empty log"]
+async fn a_replica_that_lost_its_disk_cannot_elect_a_leader_without_acknowledged_writes() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    // Make 1 the leader and take 2 away, so that generation 1 lives on 1 and 3 only.
+    if leader != 1 {
+        cluster
+            .client(leader)
+            .transfer_leader(1)
+            .await
+            .expect("transfer to 1");
+        wait_for("replica 1 to lead", Duration::from_secs(30), || async {
+            (cluster.leader_now().await == Some(1)).then_some(())
+        })
+        .await;
+    }
+    cluster.stop(2);
+    let generation = cluster
+        .client(1)
+        .attach_hook(shard(1), Some(NodeId(7)), None)
+        .await
+        .expect("acknowledged with replicas 1 and 3");
+    assert_eq!(generation, Some(1));
+
+    cluster.kill(3);
+    cluster.wipe(3);
+    cluster.kill(1);
+    cluster.restart(2).await;
+    cluster.restart(3).await;
+
+    // Either the cluster stays unavailable (correct), or whatever leads must still know
+    // generation 1.
+    let elected = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Some(leader) = cluster.leader_now().await {
+                if let Ok(found) = cluster.client(leader).inspect(shard(1)).await {
+                    return (leader, found);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    if let Ok((leader, found)) = elected {
+        assert!(
+            found.is_some_and(|(g, _)| g >= 1),
+            "replica {leader} leads without the acknowledged generation 1 (it shows {found:?}): the \
+             wiped replica 3 voted for it"
+        );
+    }
+}
