@@ -56,7 +56,7 @@ pub struct StatefulSetArgs {
     pub id_from_hostname: bool,
 
     /// With --id-from-hostname: the URL of the replica with ordinal k, e.g.
-    /// `http://{hostname}.psc-peers.{namespace}.svc.cluster.local:7001`. Placeholders:
+    /// `http://{hostname}.pageserver-controller-peers.{namespace}.svc:7001`. Placeholders:
     /// {hostname} (NAME-k), {statefulset} (NAME), {ordinal} (k), {id} (k+1), {namespace}
     /// (--namespace). Derives --advertise-url and, with --initial-cluster-size, the
     /// initial cluster; a pod with an empty data dir bootstraps or joins by itself.
@@ -70,7 +70,7 @@ pub struct StatefulSetArgs {
     pub peer_url_template: Option<String>,
 
     /// With --peer-url-template: how many replicas the cluster was first created with
-    /// (ordinals 0..N are the initial members). A pod with a higher ordinal joins the
+    /// (ordinals 0 to N-1 are the initial members). A pod with a higher ordinal joins the
     /// running cluster. Keep it at the first size when scaling; it only matters to pods
     /// with an empty data dir.
     #[arg(long, value_name = "N", requires = "peer_url_template")]
