@@ -1,0 +1,109 @@
+//! Server-side figures for a run. `/metrics` (Prometheus text) is read when a replica
+//! serves it; the bench does not know its metric names in advance, so it reports the
+//! counters that moved during the run. Without it the figures are "n/a"; the Raft log
+//! index from `/v1/cluster` (entries appended per operation) is always available.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Metric samples by full name with labels (`name{a="b"}`), as Prometheus text lists them.
+pub type Scrape = BTreeMap<String, f64>;
+
+/// `GET {url}/metrics`, parsed; `None` if the replica does not serve it.
+pub async fn scrape(http: &reqwest::Client, url: &str) -> Option<Scrape> {
+    let response = http
+        .get(format!("{url}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    Some(parse(&response.text().await.ok()?))
+}
+
+/// Parses Prometheus text exposition: `name{labels} value [timestamp]`; comments skipped.
+pub fn parse(text: &str) -> Scrape {
+    let mut out = Scrape::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        // Labels may contain spaces inside quotes: split after the closing brace if any.
+        let split_at = match line.find('{') {
+            Some(_) => line.rfind('}').map(|i| i + 1),
+            None => line.find(char::is_whitespace),
+        };
+        let Some(at) = split_at else { continue };
+        let (name, rest) = line.split_at(at);
+        if let Some(value) = rest.split_whitespace().next().and_then(|v| v.parse().ok()) {
+            out.insert(name.trim().to_owned(), value);
+        }
+    }
+    out
+}
+
+/// Counters (`*_total`, `*_count`, `*_sum`) that grew between two scrapes, largest growth
+/// first, at most `limit`.
+pub fn moved(before: &Scrape, after: &Scrape, limit: usize) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = after
+        .iter()
+        .filter(|(name, _)| {
+            let base = name.split('{').next().unwrap_or(name);
+            base.ends_with("_total") || base.ends_with("_count") || base.ends_with("_sum")
+        })
+        .filter_map(|(name, value)| {
+            let delta = value - before.get(name).copied().unwrap_or(0.0);
+            (delta > 0.0).then(|| (name.clone(), delta))
+        })
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out.truncate(limit);
+    out
+}
+
+/// One line describing what the server's counters did, or "n/a".
+pub fn describe(before: Option<&Scrape>, after: Option<&Scrape>) -> String {
+    match (before, after) {
+        (Some(before), Some(after)) => {
+            let moved = moved(before, after, 8);
+            if moved.is_empty() {
+                "no counter moved".to_owned()
+            } else {
+                moved
+                    .iter()
+                    .map(|(name, delta)| format!("{name} +{delta}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        }
+        _ => "n/a (the replica serves no /metrics)".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prometheus_text_and_reports_moved_counters() {
+        let before = parse(
+            "# HELP x_total things\n# TYPE x_total counter\nx_total 5\n\
+             fsync_seconds_sum{dev=\"a b\"} 1.5\nfsync_seconds_count{dev=\"a b\"} 3\n\
+             gauge_bytes 100\n",
+        );
+        assert_eq!(before["x_total"], 5.0);
+        assert_eq!(before["fsync_seconds_count{dev=\"a b\"}"], 3.0);
+        let after = parse("x_total 9 1700000000\nfsync_seconds_count{dev=\"a b\"} 3\ngauge_bytes 900\nnew_total 1\n");
+        let moved = moved(&before, &after, 10);
+        assert_eq!(
+            moved,
+            vec![("x_total".to_owned(), 4.0), ("new_total".to_owned(), 1.0)]
+        );
+        assert_eq!(
+            describe(None, Some(&after)),
+            "n/a (the replica serves no /metrics)"
+        );
+    }
+}
