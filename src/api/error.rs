@@ -93,7 +93,7 @@ impl From<ProposeError> for ApiError {
         match e {
             ProposeError::NotLeader { .. } => ApiError::NotLeader(msg),
             ProposeError::Indeterminate(_) => ApiError::Indeterminate(msg),
-            ProposeError::Stopped(_) => ApiError::Unavailable(msg),
+            ProposeError::Stopped(_) | ProposeError::Overloaded(_) => ApiError::Unavailable(msg),
         }
     }
 }

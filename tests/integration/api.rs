@@ -325,3 +325,63 @@ async fn bad_input_gets_a_json_error_naming_the_problem() {
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_attaches_share_log_entries_and_keep_their_own_answers() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let before = cluster
+        .status_of(leader)
+        .await
+        .unwrap()
+        .committed_index
+        .unwrap();
+    let http = reqwest::Client::new();
+    // 200 writes at once: 40 to one shard (each must get its own generation) and 160 to
+    // distinct shards (each must get generation 1).
+    let tasks: Vec<_> = (0..200u32)
+        .map(|i| {
+            let client = pageserver_controller::client::Client::with_http(
+                cluster.url(1 + u64::from(i) % 3),
+                http.clone(),
+            );
+            let target = if i < 40 { shard(0) } else { shard(i) };
+            tokio::spawn(async move {
+                (
+                    i,
+                    client
+                        .attach_hook(target, Some(NodeId(1)), None)
+                        .await
+                        .unwrap()
+                        .unwrap(),
+                )
+            })
+        })
+        .collect();
+    let mut same_shard = Vec::new();
+    for task in tasks {
+        let (i, generation) = task.await.unwrap();
+        if i < 40 {
+            same_shard.push(generation);
+        } else {
+            assert_eq!(generation, 1, "shard {i} was attached once");
+        }
+    }
+    same_shard.sort_unstable();
+    assert_eq!(
+        same_shard,
+        (1..=40).collect::<Vec<u32>>(),
+        "every attach got its own generation"
+    );
+    let after = cluster
+        .status_of(leader)
+        .await
+        .unwrap()
+        .committed_index
+        .unwrap();
+    assert!(
+        after - before < 200,
+        "200 concurrent writes took {} log entries: they were not batched",
+        after - before
+    );
+}

@@ -10,6 +10,13 @@
 //!   quorum that it is still the leader and applied everything committed before the read
 //!   began (openraft's read index). A deposed leader therefore cannot answer from stale
 //!   state, which is what keeps `validate` from calling a superseded generation valid.
+//!
+//! Both go through [`batching`]: concurrent writes share log entries and concurrent reads
+//! share leadership rounds, without changing any single request's answer.
+
+mod batching;
+
+pub use batching::{BatchStats, MAX_BATCH};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +60,8 @@ pub enum ProposeError {
     Indeterminate(Duration),
     #[error("this replica is shutting down or has stopped: {0}")]
     Stopped(String),
+    #[error("too many writes are queued ({0}); nothing was applied, retry later")]
+    Overloaded(usize),
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -72,7 +81,10 @@ pub struct Replica {
     deadlines: Deadlines,
     flush_stats: Arc<FlushStats>,
     snapshot_stats: Arc<SnapshotStats>,
+    batch_stats: Arc<BatchStats>,
     log: LogStore,
+    writes: batching::WriteBatcher,
+    reads: batching::ReadCoalescer,
 }
 
 impl Replica {
@@ -94,6 +106,11 @@ impl Replica {
         let snapshot_stats = state_machine.stats();
         let flush_stats = log.flush_stats();
         let raft = Raft::new(id, config, network, log.clone(), state_machine).await?;
+        let batch_stats = Arc::new(BatchStats::default());
+        let writes =
+            batching::WriteBatcher::start(raft.clone(), deadlines.write, batch_stats.clone());
+        let reads =
+            batching::ReadCoalescer::start(raft.clone(), deadlines.read, batch_stats.clone());
         Ok(Replica {
             id,
             raft,
@@ -101,7 +118,10 @@ impl Replica {
             deadlines,
             flush_stats,
             snapshot_stats,
+            batch_stats,
             log,
+            writes,
+            reads,
         })
     }
 
@@ -131,6 +151,10 @@ impl Replica {
         &self.snapshot_stats
     }
 
+    pub fn batch_stats(&self) -> &BatchStats {
+        &self.batch_stats
+    }
+
     pub fn log_entries(&self) -> usize {
         self.log.entry_count()
     }
@@ -152,38 +176,15 @@ impl Replica {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
-    /// Commits `commands` as one log entry; returns one outcome per command.
+    /// Commits `commands` together as one log entry (atomically, in order); returns one
+    /// outcome per command.
     pub async fn propose(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, ProposeError> {
-        let expected = commands.len();
-        let write = self.raft.client_write(Proposal { commands });
-        let response = match tokio::time::timeout(self.deadlines.write, write).await {
-            Err(_) => return Err(ProposeError::Indeterminate(self.deadlines.write)),
-            Ok(Ok(response)) => response,
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-                return Err(ProposeError::NotLeader {
-                    leader: forward.leader_id,
-                })
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                unreachable!("a proposal is not a membership change: {e}")
-            }
-            Ok(Err(RaftError::Fatal(fatal))) => {
-                return Err(ProposeError::Stopped(fatal.to_string()))
-            }
-        };
-        let outcomes = response.data.outcomes;
-        assert_eq!(
-            outcomes.len(),
-            expected,
-            "applying a proposal answers once per command"
-        );
-        Ok(outcomes)
+        propose_entry(&self.raft, commands, self.deadlines.write).await
     }
 
-    /// Commits one command.
+    /// Commits one command, batched with concurrent ones.
     pub async fn propose_one(&self, command: Command) -> Result<Outcome, ProposeError> {
-        let mut outcomes = self.propose(vec![command]).await?;
-        Ok(outcomes.pop().expect("one command, one outcome"))
+        self.writes.propose(command, self.deadlines.write).await
     }
 
     /// Reads the registry linearizably: only as the confirmed leader, only after applying
@@ -198,22 +199,9 @@ impl Replica {
     }
 
     /// Confirms leadership with a quorum and waits until everything committed before the
-    /// call is applied here; returns that read index.
+    /// call is applied here; returns that read index. Concurrent calls share one round.
     pub async fn read_index(&self) -> Result<u64, ReadError> {
-        let confirm = self.raft.ensure_linearizable();
-        match tokio::time::timeout(self.deadlines.read, confirm).await {
-            Err(_) => Err(ReadError::NoQuorum(self.deadlines.read)),
-            Ok(Ok(read_log_id)) => Ok(read_log_id.map_or(0, |id| id.index)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
-                Err(ReadError::NotLeader {
-                    leader: forward.leader_id,
-                })
-            }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
-                Err(ReadError::NoQuorum(self.deadlines.read))
-            }
-            Ok(Err(RaftError::Fatal(fatal))) => Err(ReadError::Stopped(fatal.to_string())),
-        }
+        self.reads.read_index(self.deadlines.read).await
     }
 
     /// Waits until this replica applied `index`, for at most `timeout`.
@@ -230,5 +218,54 @@ impl Replica {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
         }
+    }
+}
+
+/// One log entry carrying `commands`, committed within `deadline`.
+async fn propose_entry(
+    raft: &Raft,
+    commands: Vec<Command>,
+    deadline: Duration,
+) -> Result<Vec<Outcome>, ProposeError> {
+    let expected = commands.len();
+    let write = raft.client_write(Proposal { commands });
+    let response = match tokio::time::timeout(deadline, write).await {
+        Err(_) => return Err(ProposeError::Indeterminate(deadline)),
+        Ok(Ok(response)) => response,
+        // Rejected before appending, or appended and then truncated unapplied.
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+            return Err(ProposeError::NotLeader {
+                leader: forward.leader_id,
+            })
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+            unreachable!("a proposal is not a membership change: {e}")
+        }
+        Ok(Err(RaftError::Fatal(fatal))) => return Err(ProposeError::Stopped(fatal.to_string())),
+    };
+    let outcomes = response.data.outcomes;
+    assert_eq!(
+        outcomes.len(),
+        expected,
+        "applying a proposal answers once per command"
+    );
+    Ok(outcomes)
+}
+
+/// Confirms leadership with a quorum and waits until the state machine caught up with the
+/// read index, within `deadline`.
+async fn confirm_read_index(raft: &Raft, deadline: Duration) -> Result<u64, ReadError> {
+    match tokio::time::timeout(deadline, raft.ensure_linearizable()).await {
+        Err(_) => Err(ReadError::NoQuorum(deadline)),
+        Ok(Ok(read_log_id)) => Ok(read_log_id.map_or(0, |id| id.index)),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+            Err(ReadError::NotLeader {
+                leader: forward.leader_id,
+            })
+        }
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+            Err(ReadError::NoQuorum(deadline))
+        }
+        Ok(Err(RaftError::Fatal(fatal))) => Err(ReadError::Stopped(fatal.to_string())),
     }
 }

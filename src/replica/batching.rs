@@ -1,0 +1,194 @@
+//! Many concurrent requests, few Raft rounds.
+//!
+//! Writes: commands from concurrent requests queue here; whenever one of a few proposal
+//! slots is free, everything queued (up to [`MAX_BATCH`]) becomes ONE log entry, so it
+//! costs one append, one fsync per replica and one replication round, and each command
+//! still gets exactly the outcome it would have had alone (they are applied in order).
+//! While the slots are busy the queue fills, so batches grow with load and latency stays
+//! near one round.
+//!
+//! Reads: a linearizable read needs a read index, i.e. a round of heartbeats confirming
+//! leadership with a quorum. Reads that arrived before a round starts share it; a read
+//! that arrives while a round is running waits for the next one, because a round begun
+//! before the read was invoked could miss a write the reader already saw acknowledged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+
+use super::{ProposeError, ReadError};
+use crate::consensus::Raft;
+use crate::domain::{Command, Outcome};
+
+/// Most commands in one log entry: keeps entries well below sled's blob threshold.
+pub const MAX_BATCH: usize = 256;
+
+/// Proposals in flight at once: one committing while the next one fills.
+pub const PROPOSAL_SLOTS: usize = 2;
+
+/// Commands waiting for a slot; beyond this, new writes are refused as overload.
+pub const QUEUE_CAPACITY: usize = 16_384;
+
+struct PendingWrite {
+    command: Command,
+    reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+}
+
+/// Statistics for metrics: how many entries carried how many commands.
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    pub entries: std::sync::atomic::AtomicU64,
+    pub commands: std::sync::atomic::AtomicU64,
+    pub read_rounds: std::sync::atomic::AtomicU64,
+    pub reads: std::sync::atomic::AtomicU64,
+}
+
+pub(super) struct WriteBatcher {
+    queue: mpsc::Sender<PendingWrite>,
+}
+
+impl WriteBatcher {
+    pub(super) fn start(raft: Raft, deadline: Duration, stats: Arc<BatchStats>) -> Self {
+        let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(run_writes(raft, rx, deadline, stats));
+        Self { queue }
+    }
+
+    /// Proposes `command` in the next batch; answers within `deadline`.
+    pub(super) async fn propose(
+        &self,
+        command: Command,
+        deadline: Duration,
+    ) -> Result<Outcome, ProposeError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .try_send(PendingWrite { command, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => ProposeError::Overloaded(QUEUE_CAPACITY),
+                mpsc::error::TrySendError::Closed(_) => {
+                    ProposeError::Stopped("the proposal queue is closed".into())
+                }
+            })?;
+        match tokio::time::timeout(deadline, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ProposeError::Stopped("the proposal was dropped".into())),
+            // Queued or in flight: it may still be applied.
+            Err(_) => Err(ProposeError::Indeterminate(deadline)),
+        }
+    }
+}
+
+async fn run_writes(
+    raft: Raft,
+    mut rx: mpsc::Receiver<PendingWrite>,
+    deadline: Duration,
+    stats: Arc<BatchStats>,
+) {
+    let slots = Arc::new(Semaphore::new(PROPOSAL_SLOTS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        // A caller that gave up (timed out, disconnected) no longer needs its command;
+        // leaving it out is safe because it was never proposed.
+        batch.retain(|pending| !pending.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        stats
+            .entries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .commands
+            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (commands, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+            match super::propose_entry(&raft, commands, deadline).await {
+                Ok(outcomes) => {
+                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+            drop(slot);
+        });
+    }
+}
+
+type ReadWaiter = oneshot::Sender<Result<u64, ReadError>>;
+
+pub(super) struct ReadCoalescer {
+    queue: mpsc::UnboundedSender<ReadWaiter>,
+}
+
+impl ReadCoalescer {
+    pub(super) fn start(raft: Raft, deadline: Duration, stats: Arc<BatchStats>) -> Self {
+        let (queue, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_reads(raft, rx, deadline, stats));
+        Self { queue }
+    }
+
+    /// A read index from a leadership round that began after this call.
+    pub(super) async fn read_index(&self, deadline: Duration) -> Result<u64, ReadError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(reply)
+            .map_err(|_| ReadError::Stopped("the read queue is closed".into()))?;
+        match tokio::time::timeout(deadline, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ReadError::Stopped("the read was dropped".into())),
+            Err(_) => Err(ReadError::NoQuorum(deadline)),
+        }
+    }
+}
+
+async fn run_reads(
+    raft: Raft,
+    mut rx: mpsc::UnboundedReceiver<ReadWaiter>,
+    deadline: Duration,
+    stats: Arc<BatchStats>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut waiters = vec![first];
+        while let Ok(next) = rx.try_recv() {
+            waiters.push(next);
+        }
+        waiters.retain(|w| !w.is_closed());
+        if waiters.is_empty() {
+            continue;
+        }
+        stats
+            .read_rounds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .reads
+            .fetch_add(waiters.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
+        let result = super::confirm_read_index(&raft, deadline).await;
+        tracing::trace!(
+            readers = waiters.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "read round"
+        );
+        for waiter in waiters {
+            let _ = waiter.send(result.clone());
+        }
+    }
+}
