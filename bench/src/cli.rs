@@ -58,6 +58,9 @@ pub enum Scenario {
     },
     /// validate batches through a follower, alone and with attach traffic alongside.
     Validate {
+        /// Attached tenants the batches are drawn from (at least the largest batch).
+        #[arg(long, default_value_t = 10_000)]
+        tenants: usize,
         #[arg(long, value_delimiter = ',', default_value = "128,10000")]
         batch: Vec<usize>,
         #[arg(long, default_value_t = 16)]
@@ -126,6 +129,9 @@ pub enum Scenario {
         /// Skip the do-nothing HTTP server.
         #[arg(long)]
         no_null_server: bool,
+        /// Also measure a local cluster of this binary (e.g. the build before a change).
+        #[arg(long)]
+        baseline_bin: Option<PathBuf>,
     },
     /// (internal) a do-nothing HTTP server for `compare`.
     #[command(hide = true)]
@@ -199,6 +205,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         etcd,
         postgres,
         no_null_server,
+        baseline_bin,
     } = &cli.scenario
     {
         let args = CompareArgs {
@@ -211,6 +218,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             cluster: common.url.clone(),
             server_bin: common.server_bin.clone(),
             null_server: !no_null_server,
+            baseline_bin: baseline_bin.clone(),
         };
         println!("\n{}", suite::environment());
         println!("{}", compare(&args, http).await?);
@@ -249,10 +257,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             scenarios::attach(&ctx, *tenants, concurrency, &via).await?
         }
         Scenario::Validate {
+            tenants,
             batch,
             concurrency,
             background,
-        } => scenarios::validate(&ctx, batch, *concurrency, *background).await?,
+        } => scenarios::validate(&ctx, *tenants, batch, *concurrency, *background).await?,
         Scenario::ReAttach { shards } => scenarios::re_attach(&ctx, *shards).await?,
         Scenario::Mixed {
             tenants,

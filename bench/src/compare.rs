@@ -39,6 +39,16 @@ pub struct CompareArgs {
     pub server_bin: Option<PathBuf>,
     /// Start a do-nothing HTTP server and measure it too.
     pub null_server: bool,
+    /// Another server binary (e.g. the build before a change): a second local cluster
+    /// of it is measured alongside, so before/after is a ratio from the same run.
+    pub baseline_bin: Option<PathBuf>,
+}
+
+fn bin_name(bin: &std::path::Path) -> String {
+    bin.file_name().map_or_else(
+        || bin.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 struct Target {
@@ -56,35 +66,41 @@ pub async fn compare(args: &CompareArgs, http: reqwest::Client) -> anyhow::Resul
     );
     let mut targets: Vec<Target> = Vec::new();
 
-    // Ours: through the leader and through a follower.
-    let _local;
-    let seeds = if args.cluster.is_empty() {
+    // Ours: through the leader and through a follower; the baseline build likewise.
+    let mut locals = Vec::new();
+    let mut ours = Vec::new();
+    if args.cluster.is_empty() {
         let bin = match &args.server_bin {
             Some(bin) => bin.clone(),
             None => crate::cluster::default_server_bin()?,
         };
         let cluster = LocalCluster::start(&bin, 3, &[])?;
-        let urls = cluster.urls();
-        _local = Some(cluster);
-        urls
+        ours.push((format!("ours [{}]", bin_name(&bin)), cluster.urls()));
+        locals.push(cluster);
     } else {
-        _local = None;
-        args.cluster.clone()
-    };
-    let view = discover(&http, &seeds, Duration::from_secs(30)).await?;
-    let leader = Client::with_http(view.leader_url().to_owned(), http.clone());
-    targets.push(Target {
-        name: "ours, 3 replicas, via leader".into(),
-        op: attach_op(leader, NS, args.tenants, 100),
-        retries: None,
-    });
-    if let Some((_, follower)) = view.follower() {
-        let follower = Client::with_http(follower.to_owned(), http.clone());
+        ours.push(("ours".to_owned(), args.cluster.clone()));
+    }
+    if let Some(bin) = &args.baseline_bin {
+        let cluster = LocalCluster::start(bin, 3, &[])?;
+        ours.push((format!("ours [{}]", bin_name(bin)), cluster.urls()));
+        locals.push(cluster);
+    }
+    for (name, seeds) in &ours {
+        let view = discover(&http, seeds, Duration::from_secs(30)).await?;
+        let leader = Client::with_http(view.leader_url().to_owned(), http.clone());
         targets.push(Target {
-            name: "ours, 3 replicas, via follower".into(),
-            op: attach_op(follower, NS, args.tenants, 100),
+            name: format!("{name}, 3 replicas, via leader"),
+            op: attach_op(leader, NS, args.tenants, 100),
             retries: None,
         });
+        if let Some((_, follower)) = view.follower() {
+            let follower = Client::with_http(follower.to_owned(), http.clone());
+            targets.push(Target {
+                name: format!("{name}, 3 replicas, via follower"),
+                op: attach_op(follower, NS, args.tenants, 100),
+                retries: None,
+            });
+        }
     }
 
     if !args.etcd.is_empty() {
@@ -266,7 +282,10 @@ pub fn render(args: &CompareArgs, rows: &[Row]) -> String {
         ]);
     }
     out.push_str(&t.to_string());
-    let ours = find(rows, "ours, 3 replicas, via leader");
+    // The first cluster listed is the build under test.
+    let ours = rows
+        .iter()
+        .find(|r| r.config.starts_with("ours") && r.config.ends_with("via leader"));
     let ratio = |other: Option<&Row>| match (
         ours.and_then(|o| o.throughput),
         other.and_then(|o| o.throughput),
@@ -284,7 +303,17 @@ pub fn render(args: &CompareArgs, rows: &[Row]) -> String {
     });
     let pg = find(rows, "Postgres");
     let null = find(rows, "do-nothing");
+    let baseline = rows
+        .iter()
+        .filter(|r| r.config.starts_with("ours") && r.config.ends_with("via leader"))
+        .nth(1);
     let mut ratios = Table::new(&["ratio (ours via leader / other, throughput)", "value"]);
+    if let Some(b) = baseline {
+        ratios.row(vec![
+            format!("/ {}", b.config),
+            ratio(Some(b)).map_or("n/a".into(), |r| format!("{r:.2}x")),
+        ]);
+    }
     for (name, other) in [
         ("/ etcd gRPC", etcd_grpc),
         ("/ etcd HTTP gateway", etcd_gw),

@@ -248,16 +248,18 @@ impl Via {
     }
 }
 
-/// `validate`: batches of `batch` tenants through a follower, without and with attach
+/// `validate`: batches of `batch` tenants (windows of a pool of `tenants` attached ones)
+/// through a follower, without and with attach
 /// traffic (`background` concurrent attaches through the leader) running alongside.
 pub async fn validate(
     ctx: &Ctx,
+    tenants: usize,
     batches: &[usize],
     concurrency: usize,
     background: usize,
 ) -> anyhow::Result<Vec<Row>> {
     let view = ctx.view().await?;
-    let pool_size = batches.iter().copied().max().unwrap_or(128).max(10_000);
+    let pool_size = batches.iter().copied().max().unwrap_or(128).max(tenants);
     eprintln!("validate: attaching {pool_size} tenants first");
     let shards: Vec<_> = (0..pool_size as u64)
         .map(|i| tenant(ns::VALIDATE, i))

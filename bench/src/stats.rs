@@ -62,7 +62,9 @@ pub fn percentile(sorted: &[u32], p: f64) -> Option<u32> {
         return None;
     }
     let p = p.clamp(0.0, 100.0);
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    // The epsilon keeps float noise (99.9 / 100 * 1000 = 999.0000000000001) from
+    // bumping an exact rank to the next one.
+    let rank = ((p / 100.0) * sorted.len() as f64 - 1e-9).ceil() as usize;
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
