@@ -35,7 +35,7 @@ done
 follower=$(( leader % 3 + 1 ))
 pid_of() { # the local-cluster child serving replica $1
   for p in $(pgrep -P "$LC"); do
-    tr '\0' ' ' <"/proc/$p/cmdline" | grep -q -- "--id $1 " && echo "$p"
+    if tr '\0' ' ' <"/proc/$p/cmdline" | grep -q -- "--id $1 "; then echo "$p"; fi
   done
 }
 LPID=$(pid_of "$leader"); FPID=$(pid_of "$follower")
@@ -71,8 +71,9 @@ groups = [
     ("domain (generations registry)", r"pageserver_controller::domain|BTreeMap|btree|hashbrown"),
     ("async runtime (tokio)", r"tokio::|mio::|futures_"),
     ("allocator and memcpy", r"malloc|free|realloc|memcpy|memmove|memset|_int_|cfree|alloc::"),
-    ("kernel: network (tcp, loopback)", r"tcp_|ip_|__dev_queue|net_rx|sock_|skb|loopback|__netif|inet_|__sys_|sendmsg|recvmsg|netif"),
-    ("kernel: scheduling, futex, epoll", r"futex|schedule|__schedule|ep_|epoll|finish_task_switch|try_to_wake|syscall|entry_SYSCALL|do_syscall|_raw_spin"),
+    ("kernel: network (tcp, loopback)", r"tcp_|ip_|__dev_queue|net_rx|sock_|skb|loopback|__netif|inet_|__sys_|sendmsg|recvmsg|netif|softirq"),
+    ("kernel: virtio I/O kicks (disk and network)", r"iowrite|virtqueue|vring|vp_notify"),
+    ("kernel: scheduling, futex, epoll (context switches)", r"futex|schedule|__schedule|ep_|epoll|finish_task_switch|try_to_wake|syscall|entry_SYSCALL|do_syscall|_raw_spin|irqentry_exit|exit_to_user|rseq|wake_up|parking_lot"),
 ]
 for name in ["via-leader", "via-follower-follower"]:
     path = out / f"{name}.report.txt"

@@ -174,6 +174,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         duration: Duration::from_secs(common.duration),
         max_ops: common.ops,
         runs: common.runs.max(1),
+        pids: Vec::new(),
     };
     if let Scenario::NullServer { listen } = cli.scenario {
         return crate::peers::null_http::serve(listen).await;
@@ -234,6 +235,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         };
         let cluster = LocalCluster::start(&server_bin(common)?, 3, &extra)?;
         ctx.seeds = cluster.urls();
+        ctx.pids = cluster.pids();
         eprintln!("started a local cluster in {}", cluster.root().display());
         local = Some(cluster);
     }

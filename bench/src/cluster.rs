@@ -184,6 +184,14 @@ impl LocalCluster {
         self.replicas[&id].child.is_some()
     }
 
+    /// Process ids of the running replicas.
+    pub fn pids(&self) -> Vec<u32> {
+        self.replicas
+            .keys()
+            .filter_map(|id| self.pid(*id))
+            .collect()
+    }
+
     pub fn pid(&self, id: u64) -> Option<u32> {
         self.replicas[&id].child.as_ref().map(Child::id)
     }
@@ -266,6 +274,27 @@ impl Drop for LocalCluster {
     }
 }
 
+/// User + system CPU seconds consumed so far by processes `pids` (from /proc; `None`
+/// without pids or if one is gone).
+pub fn cpu_seconds(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    // SAFETY: sysconf has no memory effects.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut total = 0.0;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        total += (utime + stime) / ticks;
+    }
+    Some(total)
+}
+
 /// Bytes of all files under `path` (apparent sizes).
 pub fn dir_size(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
@@ -308,5 +337,12 @@ mod tests {
         assert_eq!(logged_micros(log, "built snapshot"), vec![4567, 12]);
         assert_eq!(logged_micros(log, "installed snapshot"), vec![89]);
         assert!(logged_micros(log, "loaded snapshot").is_empty());
+    }
+
+    #[test]
+    fn cpu_time_of_this_process_is_readable() {
+        let me = std::process::id();
+        assert!(cpu_seconds(&[me]).is_some_and(|s| s >= 0.0));
+        assert_eq!(cpu_seconds(&[]), None);
     }
 }

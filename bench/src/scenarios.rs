@@ -30,6 +30,9 @@ pub struct Ctx {
     pub max_ops: u64,
     /// Measured runs per configuration (the median is reported).
     pub runs: usize,
+    /// Process ids of the replicas when the bench started them: their CPU time per
+    /// operation is a figure that a busy machine blurs far less than throughput.
+    pub pids: Vec<u32>,
 }
 
 impl Ctx {
@@ -155,10 +158,12 @@ async fn measure(
     load::run(&warm, kinds, op.clone()).await;
     let before_metrics = metrics::scrape(&ctx.http, &leader).await;
     let before_index = last_log_index(&ctx.http, &leader).await;
+    let before_cpu = crate::cluster::cpu_seconds(&ctx.pids);
     let mut runs = Vec::new();
     for _ in 0..ctx.runs {
         runs.push(load::run(load, kinds, op.clone()).await);
     }
+    let after_cpu = crate::cluster::cpu_seconds(&ctx.pids);
     let after_index = last_log_index(&ctx.http, &leader).await;
     let after_metrics = metrics::scrape(&ctx.http, &leader).await;
     let writes: u64 = runs.iter().map(|r| r.total_ops()).sum();
@@ -166,8 +171,14 @@ async fn measure(
         (Some(b), Some(a)) if writes > 0 => format!("{} Raft entries for {writes} ops", a - b),
         _ => "Raft entries n/a".to_owned(),
     };
+    let cpu = match (before_cpu, after_cpu) {
+        (Some(b), Some(a)) if writes > 0 => {
+            format!("; replicas' CPU {:.0} µs/op", (a - b) * 1e6 / writes as f64)
+        }
+        _ => String::new(),
+    };
     let server = format!(
-        "{entries}; /metrics: {}",
+        "{entries}{cpu}; /metrics: {}",
         metrics::describe(before_metrics.as_ref(), after_metrics.as_ref())
     );
     (runs.into_iter().map(|r| r.kinds).collect(), server)

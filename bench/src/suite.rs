@@ -56,6 +56,7 @@ pub async fn run(ctx_template: &Ctx, bin: &Path, args: &SuiteArgs) -> anyhow::Re
         let mut cluster = LocalCluster::start(bin, 3, &[])?;
         let ctx = Ctx {
             seeds: cluster.urls(),
+            pids: cluster.pids(),
             ..ctx_template.clone()
         };
         discover(&ctx.http, &ctx.seeds, Duration::from_secs(30)).await?;
@@ -139,6 +140,7 @@ pub async fn run(ctx_template: &Ctx, bin: &Path, args: &SuiteArgs) -> anyhow::Re
         let mut cluster = LocalCluster::start(bin, 3, &extra)?;
         let ctx = Ctx {
             seeds: cluster.urls(),
+            pids: cluster.pids(),
             ..ctx_template.clone()
         };
         let figures = scale(&ctx, &mut cluster, args.scale_shards, 256).await?;
