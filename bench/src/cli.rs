@@ -43,6 +43,10 @@ pub struct Common {
     /// The `pageserver-controller` binary for local clusters (default: next to this one).
     #[arg(long, global = true)]
     pub server_bin: Option<PathBuf>,
+    /// An extra `serve` flag for the replicas of local clusters (repeatable), e.g.
+    /// --serve-arg=--election-timeout-min-ms=300.
+    #[arg(long = "serve-arg", global = true, allow_hyphen_values = true)]
+    pub serve_args: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,6 +199,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             failover_rounds: *failover_rounds,
             scale_shards: *scale_shards,
             scale_cache_mb: *scale_cache_mb,
+            serve_args: common.serve_args.clone(),
         };
         let report = suite::run(&ctx, &server_bin(common)?, &args).await?;
         println!("\n{report}");
@@ -220,6 +225,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             server_bin: common.server_bin.clone(),
             null_server: !no_null_server,
             baseline_bin: baseline_bin.clone(),
+            serve_args: common.serve_args.clone(),
         };
         println!("\n{}", suite::environment());
         println!("{}", compare(&args, http).await?);
@@ -229,10 +235,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // A local cluster when no --url is given (always for failover and scale).
     let mut local = None;
     if common.url.is_empty() || needs_own_cluster(&cli.scenario) {
-        let extra = match &cli.scenario {
-            Scenario::Scale { cache_mb, .. } => vec!["--cache-mb".to_owned(), cache_mb.to_string()],
-            _ => Vec::new(),
-        };
+        let mut extra = common.serve_args.clone();
+        if let Scenario::Scale { cache_mb, .. } = &cli.scenario {
+            extra.extend(["--cache-mb".to_owned(), cache_mb.to_string()]);
+        }
         let cluster = LocalCluster::start(&server_bin(common)?, 3, &extra)?;
         ctx.seeds = cluster.urls();
         ctx.pids = cluster.pids();
@@ -362,6 +368,18 @@ mod tests {
             Cli::try_parse_from(["bench", "compare", "--etcd", "127.0.0.1:1,127.0.0.1:2"]).unwrap();
         assert!(
             matches!(cli.scenario, Scenario::Compare { ref etcd, concurrency: 64, .. } if etcd.len() == 2)
+        );
+        let cli = Cli::try_parse_from([
+            "bench",
+            "failover",
+            "--serve-arg=--election-timeout-min-ms=300",
+            "--serve-arg",
+            "--heartbeat-ms=50",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.common.serve_args,
+            vec!["--election-timeout-min-ms=300", "--heartbeat-ms=50"]
         );
         assert!(Cli::try_parse_from(["bench", "failover", "--signal", "hup"]).is_err());
         assert!(Cli::try_parse_from(["bench", "nonsense"]).is_err());

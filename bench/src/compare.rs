@@ -42,6 +42,8 @@ pub struct CompareArgs {
     /// Another server binary (e.g. the build before a change): a second local cluster
     /// of it is measured alongside, so before/after is a ratio from the same run.
     pub baseline_bin: Option<PathBuf>,
+    /// Extra `serve` flags for the replicas of local clusters.
+    pub serve_args: Vec<String>,
 }
 
 fn bin_name(bin: &std::path::Path) -> String {
@@ -74,14 +76,14 @@ pub async fn compare(args: &CompareArgs, http: reqwest::Client) -> anyhow::Resul
             Some(bin) => bin.clone(),
             None => crate::cluster::default_server_bin()?,
         };
-        let cluster = LocalCluster::start(&bin, 3, &[])?;
+        let cluster = LocalCluster::start(&bin, 3, &args.serve_args)?;
         ours.push((format!("ours [{}]", bin_name(&bin)), cluster.urls()));
         locals.push(cluster);
     } else {
         ours.push(("ours".to_owned(), args.cluster.clone()));
     }
     if let Some(bin) = &args.baseline_bin {
-        let cluster = LocalCluster::start(bin, 3, &[])?;
+        let cluster = LocalCluster::start(bin, 3, &args.serve_args)?;
         ours.push((format!("ours [{}]", bin_name(bin)), cluster.urls()));
         locals.push(cluster);
     }

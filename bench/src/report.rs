@@ -18,6 +18,8 @@ pub struct Row {
     pub errors: u64,
     /// Free-form server-side figures: Raft entries per op, /metrics counters.
     pub server: String,
+    /// One or two error messages, if there were errors.
+    pub error_samples: Vec<String>,
 }
 
 fn med(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
@@ -39,6 +41,17 @@ impl Row {
             max_ms: med(runs.iter().map(|s| s.max_ms)),
             errors: runs.iter().map(|s| s.errors).sum(),
             server,
+            error_samples: {
+                let mut samples: Vec<String> = Vec::new();
+                for message in runs.iter().flat_map(|s| s.error_samples.iter()) {
+                    // Long server messages are cut: the table cell must stay readable.
+                    let short: String = message.chars().take(160).collect();
+                    if samples.len() < 2 && !samples.contains(&short) {
+                        samples.push(short);
+                    }
+                }
+                samples
+            },
         }
     }
 
@@ -56,6 +69,9 @@ impl Row {
             self.errors,
             self.server
         );
+        for message in &self.error_samples {
+            println!("    error: {message}");
+        }
     }
 }
 
@@ -82,7 +98,15 @@ pub fn table(rows: &[Row]) -> Table {
             ms(r.p99_ms),
             ms(r.p999_ms),
             ms(r.max_ms),
-            r.errors.to_string(),
+            if r.error_samples.is_empty() {
+                r.errors.to_string()
+            } else {
+                format!(
+                    "{} (e.g. {})",
+                    r.errors,
+                    r.error_samples.join("; ").replace('|', "/")
+                )
+            },
             r.server.clone(),
         ]);
     }

@@ -19,6 +19,8 @@ pub struct SuiteArgs {
     /// 0 skips the scale scenario.
     pub scale_shards: u64,
     pub scale_cache_mb: u64,
+    /// Extra `serve` flags for every replica.
+    pub serve_args: Vec<String>,
 }
 
 /// A few facts about the machine and the moment, for the report's header.
@@ -44,6 +46,12 @@ pub fn environment() -> String {
 pub async fn run(ctx_template: &Ctx, bin: &Path, args: &SuiteArgs) -> anyhow::Result<String> {
     let mut out = String::from("## bench local\n\n");
     out.push_str(&environment());
+    if !args.serve_args.is_empty() {
+        out.push_str(&format!(
+            "- extra serve flags: {}\n",
+            args.serve_args.join(" ")
+        ));
+    }
     out.push_str(&format!(
         "- per configuration: {} runs of {} s (at most {} ops), median reported\n\n",
         ctx_template.runs,
@@ -53,7 +61,7 @@ pub async fn run(ctx_template: &Ctx, bin: &Path, args: &SuiteArgs) -> anyhow::Re
     let mut verdicts = Vec::new();
     let mut rows: Vec<Row> = Vec::new();
     {
-        let mut cluster = LocalCluster::start(bin, 3, &[])?;
+        let mut cluster = LocalCluster::start(bin, 3, &args.serve_args)?;
         let ctx = Ctx {
             seeds: cluster.urls(),
             pids: cluster.pids(),
@@ -136,7 +144,8 @@ pub async fn run(ctx_template: &Ctx, bin: &Path, args: &SuiteArgs) -> anyhow::Re
     }
 
     if args.scale_shards > 0 {
-        let extra = vec!["--cache-mb".to_owned(), args.scale_cache_mb.to_string()];
+        let mut extra = args.serve_args.clone();
+        extra.extend(["--cache-mb".to_owned(), args.scale_cache_mb.to_string()]);
         let mut cluster = LocalCluster::start(bin, 3, &extra)?;
         let ctx = Ctx {
             seeds: cluster.urls(),

@@ -38,7 +38,10 @@ fn error_counts(table: &str) -> Vec<u64> {
     table
         .lines()
         .filter(|l| l.starts_with("| ") && !l.starts_with("| scenario") && !l.starts_with("| ---"))
-        .map(|l| l.split('|').nth(9).unwrap().trim().parse().unwrap())
+        .map(|l| {
+            let cell = l.split('|').nth(9).unwrap();
+            cell.split_whitespace().next().unwrap().parse().unwrap()
+        })
         .collect()
 }
 
