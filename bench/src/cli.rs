@@ -288,7 +288,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let (kills, errors) = failover(&ctx, cluster, *rounds, sig).await?;
                 let (median, min, max) = gap_figures(&kills);
                 println!(
-                    "failover {name}: {} rounds, kill to next attach: median {} ms, min {} ms, max {} ms; {errors} background attach errors",
+                    "failover {name}: {} rounds, longest attach outage: median {} ms, min {} ms, max {} ms; {errors} background attach errors",
                     kills.len(),
                     ms(median),
                     ms(min),

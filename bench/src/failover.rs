@@ -42,12 +42,16 @@ pub async fn wait_all_ready(
 /// What one kill measured.
 #[derive(Debug, Clone)]
 pub struct Kill {
+    /// The longest time without a successful attach, from the signal until the first
+    /// success after the old leader exited (a leader that drains on SIGTERM may still
+    /// serve for a while; the outage is what follows).
     pub gap: Duration,
+    /// From the old leader's exit to the first successful attach after it.
+    pub after_exit: Duration,
 }
 
-/// Kills the leader `rounds` times with `signal` while attach traffic runs through the
-/// other replicas; returns the gap from each kill to the first attach that was sent after
-/// the kill and succeeded through a surviving replica.
+/// Signals the leader `rounds` times with `signal` while attach traffic runs through the
+/// other replicas; for each, the longest attach outage seen through the survivors.
 pub async fn failover(
     ctx: &Ctx,
     cluster: &mut LocalCluster,
@@ -84,68 +88,113 @@ pub async fn failover(
         };
         tokio::time::sleep(Duration::from_secs(1)).await;
         let pid = cluster.pid(leader).context("the leader is not running")?;
+        let probes = Probes::start(ctx, &survivors);
         let killed_at = Instant::now();
         // SAFETY: kill(2) on a child process we started and have not yet reaped.
         unsafe { libc::kill(pid as libc::pid_t, signal) };
-        let gap = probe_until_attach(ctx, &survivors, killed_at).await;
         let reaped =
             tokio::task::block_in_place(|| cluster.stop(leader, signal, Duration::from_secs(15)));
+        let exited_at = Instant::now();
         reaped.context("reaping the old leader")?;
+        let kill = probes.finish(killed_at, exited_at).await;
         let bg = background.await.context("background load")?;
         background_errors += bg.kinds[0].errors;
-        let gap = gap?;
+        let kill = kill?;
         eprintln!(
-            "  failover round {}: killed leader {leader} (signal {signal}); attach served again after {:.0} ms",
+            "  failover round {}: leader {leader} got signal {signal}, exited after {:.0} ms; \
+             longest attach outage {:.0} ms; first attach after the exit {:.0} ms after it",
             round + 1,
-            gap.as_secs_f64() * 1000.0
+            (exited_at - killed_at).as_secs_f64() * 1000.0,
+            kill.gap.as_secs_f64() * 1000.0,
+            kill.after_exit.as_secs_f64() * 1000.0,
         );
-        kills.push(Kill { gap });
+        kills.push(kill);
         cluster.spawn(leader)?;
     }
     wait_all_ready(ctx, cluster, Duration::from_secs(60)).await?;
     Ok((kills, background_errors))
 }
 
-/// Three sequential probers send attaches through the survivors from `since` on; returns
-/// the time from `since` to the first success.
-async fn probe_until_attach(
-    ctx: &Ctx,
-    survivors: &[String],
-    since: Instant,
-) -> anyhow::Result<Duration> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-    let mut probers = Vec::new();
-    for p in 0..3usize {
-        let clients: Vec<_> = survivors
-            .iter()
-            .map(|u| ctx.client(u).with_timeout(Duration::from_secs(3)))
-            .collect();
-        let tx = tx.clone();
-        probers.push(tokio::spawn(async move {
-            let mut i = p;
-            let deadline = since + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                let client = &clients[i % clients.len()];
-                i += 1;
-                let shard = tenant(ns::FAILOVER, 20_000 + (i % 1000) as u64);
-                if client
-                    .attach_hook(shard, Some(NodeId(1)), None)
-                    .await
-                    .is_ok()
-                {
-                    let _ = tx.send(since.elapsed()).await;
-                    return;
+/// Three sequential probers sending attaches through the surviving replicas, each
+/// reporting when an attach succeeded.
+struct Probes {
+    successes: tokio::sync::mpsc::UnboundedReceiver<Instant>,
+    probers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Probes {
+    fn start(ctx: &Ctx, survivors: &[String]) -> Probes {
+        let (tx, successes) = tokio::sync::mpsc::unbounded_channel();
+        let mut probers = Vec::new();
+        for p in 0..3usize {
+            let clients: Vec<_> = survivors
+                .iter()
+                .map(|u| ctx.client(u).with_timeout(Duration::from_secs(3)))
+                .collect();
+            let tx = tx.clone();
+            probers.push(tokio::spawn(async move {
+                let mut i = p;
+                // Bounded: `finish` aborts the probers; this is the backstop.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while Instant::now() < deadline {
+                    let client = &clients[i % clients.len()];
+                    i += 1;
+                    let shard = tenant(ns::FAILOVER, 20_000 + (i % 1000) as u64);
+                    if client
+                        .attach_hook(shard, Some(NodeId(1)), None)
+                        .await
+                        .is_ok()
+                        && tx.send(Instant::now()).is_err()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            }));
+        }
+        Probes { successes, probers }
+    }
+
+    /// Waits for the first success after the old leader's exit; the outage is the
+    /// longest time without a successful attach from the signal until then.
+    async fn finish(mut self, signalled: Instant, exited: Instant) -> anyhow::Result<Kill> {
+        let mut times = vec![signalled];
+        let deadline = exited + Duration::from_secs(30);
+        let result = loop {
+            match tokio::time::timeout_at(deadline.into(), self.successes.recv()).await {
+                Ok(Some(at)) if at < signalled => {}
+                Ok(Some(at)) => {
+                    times.push(at);
+                    if at > exited {
+                        break Ok(Kill {
+                            gap: longest_gap(&times),
+                            after_exit: at - exited,
+                        });
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    break Err(anyhow::anyhow!(
+                        "no attach succeeded within 30 s of the old leader's exit"
+                    ))
+                }
             }
-        }));
+        };
+        for prober in self.probers {
+            prober.abort();
+        }
+        result
     }
-    drop(tx);
-    let first = rx.recv().await;
-    for prober in probers {
-        prober.abort();
-    }
-    first.context("no attach succeeded within 30 s of the kill")
+}
+
+/// The longest interval between consecutive instants (sorted here).
+fn longest_gap(times: &[Instant]) -> Duration {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    sorted
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default()
 }
 
 /// Figures of the `scale` scenario: a table, plus the two the targets judge.
@@ -331,4 +380,21 @@ pub fn gap_figures(kills: &[Kill]) -> (Option<f64>, Option<f64>, Option<f64>) {
         ms.iter().copied().reduce(f64::min),
         ms.iter().copied().reduce(f64::max),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outage_is_the_longest_gap_between_successes() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(
+            longest_gap(&[at(0), at(5), at(900), at(910)]),
+            Duration::from_millis(895)
+        );
+        assert_eq!(longest_gap(&[at(30), at(0)]), Duration::from_millis(30));
+        assert_eq!(longest_gap(&[at(0)]), Duration::ZERO);
+    }
 }

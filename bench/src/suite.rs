@@ -108,11 +108,11 @@ pub async fn run(ctx_template: &Ctx, bin: &Path, args: &SuiteArgs) -> anyhow::Re
         out.push_str("### Traffic\n\n");
         out.push_str(&table(&rows).to_string());
 
-        out.push_str("\n### Failover (attach traffic through the survivors)\n\n");
+        out.push_str("\n### Failover (attach traffic through the survivors; outage = longest time without a successful attach, from the signal until the first success after the old leader exited)\n\n");
         let mut t = Table::new(&[
             "signal",
             "rounds",
-            "median ms",
+            "median outage ms",
             "min ms",
             "max ms",
             "background attach errors",
