@@ -168,7 +168,9 @@ async fn measure(
     let after_metrics = metrics::scrape(&ctx.http, &leader).await;
     let writes: u64 = runs.iter().map(|r| r.total_ops()).sum();
     let entries = match (before_index, after_index) {
-        (Some(b), Some(a)) if writes > 0 => format!("{} Raft entries for {writes} ops", a - b),
+        (Some(b), Some(a)) if writes > 0 => {
+            format!("{} Raft entries appended during {writes} ops", a - b)
+        }
         _ => "Raft entries n/a".to_owned(),
     };
     let cpu = match (before_cpu, after_cpu) {

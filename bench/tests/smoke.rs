@@ -62,7 +62,7 @@ fn tiny_scenarios_run_against_a_local_cluster() {
     ]);
     assert!(out.contains("| attach | leader c=4"), "{out}");
     assert!(out.contains("| attach | follower c=4"), "{out}");
-    assert!(out.contains("Raft entries for"), "{out}");
+    assert!(out.contains("Raft entries appended during"), "{out}");
     assert_eq!(error_counts(&out), vec![0, 0], "{out}");
 
     let out = bench(&[
