@@ -51,6 +51,33 @@ impl ClientError {
 
 pub type Result<T> = std::result::Result<T, ClientError>;
 
+/// Retries `call` the way a pageserver does: every error except a refusal (4xx) is retried,
+/// with a backoff growing by 10% from `initial` up to `max`, until `deadline` has passed.
+/// Note that a write that failed with a 5xx or no answer may have been applied, and is
+/// applied again by a retry (for generations that only means a higher one).
+pub async fn retry<T, F, Fut>(
+    deadline: Duration,
+    initial: Duration,
+    max: Duration,
+    mut call: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let end = std::time::Instant::now() + deadline;
+    let mut pause = initial;
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(e) if e.is_refusal() || std::time::Instant::now() >= end => return Err(e),
+            Err(e) => tracing::debug!(error = %e, "retrying"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = pause.mul_f64(1.1).min(max);
+    }
+}
+
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -104,14 +131,16 @@ impl Client {
         &self.base
     }
 
-    async fn call<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+    /// Sends a request; the answer's body on success, the server's error otherwise.
+    async fn send<Req: Serialize + ?Sized>(
         &self,
         method: Method,
         path: &str,
         body: Option<&Req>,
-    ) -> Result<Resp> {
+        timeout: Duration,
+    ) -> Result<(String, bytes::Bytes)> {
         let url = format!("{}{}", self.base, path);
-        let mut request = self.http.request(method, &url).timeout(self.timeout);
+        let mut request = self.http.request(method, &url).timeout(timeout);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -138,10 +167,29 @@ impl Client {
                 msg,
             });
         }
+        Ok((url, bytes))
+    }
+
+    async fn call<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Req>,
+    ) -> Result<Resp> {
+        let (url, bytes) = self.send(method, path, body, self.timeout).await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
             url,
             reason: e.to_string(),
         })
+    }
+
+    /// A backup of the whole registry, taken on the leader at a linearizable point.
+    pub async fn backup(&self) -> Result<Vec<u8>> {
+        let timeout = self.timeout.max(Duration::from_secs(300));
+        let (_, bytes) = self
+            .send::<()>(Method::GET, "/v1/backup", None, timeout)
+            .await?;
+        Ok(bytes.to_vec())
     }
 
     async fn get<Resp: DeserializeOwned>(&self, path: &str) -> Result<Resp> {
@@ -275,5 +323,43 @@ impl Client {
 
     pub async fn cluster_status(&self) -> Result<ClusterStatus> {
         self.get("/v1/cluster").await
+    }
+
+    /// Adds replica `id` at `url`; returns once it caught up and (unless `learner`) votes.
+    pub async fn add_member(&self, id: u64, url: &str, learner: bool) -> Result<ClusterStatus> {
+        let request = AddMemberRequest {
+            id,
+            url: url.to_owned(),
+        };
+        let path = if learner {
+            "/v1/cluster/members?learner=true"
+        } else {
+            "/v1/cluster/members"
+        };
+        // The leader waits (up to a minute by default) for the new member to catch up.
+        let patient = self
+            .clone()
+            .with_timeout(self.timeout.max(Duration::from_secs(120)));
+        patient.call(Method::POST, path, Some(&request)).await
+    }
+
+    /// Removes replica `id`; `force` skips the quorum-safety check.
+    pub async fn remove_member(&self, id: u64, force: bool) -> Result<ClusterStatus> {
+        let path = format!(
+            "/v1/cluster/members/{id}{}",
+            if force { "?force=true" } else { "" }
+        );
+        self.call::<(), ClusterStatus>(Method::DELETE, &path, None)
+            .await
+    }
+
+    /// Hands leadership to replica `id`.
+    pub async fn transfer_leader(&self, id: u64) -> Result<ClusterStatus> {
+        self.call(
+            Method::POST,
+            "/v1/cluster/leader",
+            Some(&TransferLeaderRequest { id }),
+        )
+        .await
     }
 }

@@ -15,10 +15,14 @@
 //! know nothing of generations; this crate ties them to the domain.
 
 pub mod api;
+pub mod backup;
 pub mod cli;
 pub mod client;
 pub mod consensus;
 pub mod domain;
 pub mod logging;
+pub mod membership;
+pub mod metrics;
+pub mod recovery;
 pub mod replica;
 pub mod server;

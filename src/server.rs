@@ -31,7 +31,10 @@ use tokio_util::sync::CancellationToken;
 use crate::api::routing::Forwarder;
 use crate::api::types::ClusterStatus;
 use crate::api::{self, ApiState, Limits};
+use crate::client::Client;
 use crate::consensus::{LogStore, StateMachine};
+use crate::membership::Membership;
+use crate::metrics::{self, Metrics, MetricsState};
 use crate::replica::{Deadlines, Replica};
 
 /// Everything `serve` needs, already parsed.
@@ -44,6 +47,8 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Members of a new cluster; ignored once the data dir exists.
     pub initial_cluster: BTreeMap<u64, Member>,
+    /// A replica of a running cluster to ask for membership (fresh data dir only).
+    pub join: Option<String>,
     pub cluster_name: String,
     pub timing: Timing,
     pub deadlines: Deadlines,
@@ -70,37 +75,90 @@ pub fn derive_cluster_id(name: &str, members: &BTreeMap<u64, Member>) -> String 
         .collect()
 }
 
-/// Opens the data dir, creating it for a fresh member of the initial cluster.
-fn open_data_dir(config: &ServeConfig) -> anyhow::Result<DataDir> {
+/// Opens the data dir, creating it for a fresh member of the initial cluster or for a
+/// replica joining a running one.
+async fn open_data_dir(config: &ServeConfig, http: &reqwest::Client) -> anyhow::Result<DataDir> {
     let root = &config.data_dir;
     if DataDir::peek(root)?.is_some() {
         let dir = DataDir::open(root, config.id, Some(&config.cluster_name))?;
-        tracing::info!(path = %root.display(), cluster = %dir.identity().cluster_id, "opened existing data dir; --initial-cluster is ignored");
+        tracing::info!(path = %root.display(), cluster = %dir.identity().cluster_id, "opened existing data dir; --initial-cluster and --join are ignored");
         return Ok(dir);
     }
-    if config.initial_cluster.is_empty() {
-        bail!(
-            "data dir {} is empty: pass --initial-cluster listing every member (including \
-             replica {}) to bootstrap a new cluster",
+    let (cluster_id, bootstrap) = match (&config.join, config.initial_cluster.is_empty()) {
+        (Some(_), false) => bail!("pass either --initial-cluster (a new cluster) or --join (a running one), not both"),
+        (Some(url), true) => (cluster_to_join(config, url, http).await?, Bootstrap::Joined),
+        (None, true) => bail!(
+            "data dir {} is empty: pass --initial-cluster listing every member (including replica {}) to \
+             bootstrap a new cluster, or --join URL to join a running one",
             root.display(),
             config.id
-        );
-    }
-    if !config.initial_cluster.contains_key(&config.id) {
-        bail!(
-            "--initial-cluster does not list replica {}; a replica can only bootstrap a \
-             cluster it is a member of",
-            config.id
-        );
-    }
+        ),
+        (None, false) => {
+            if !config.initial_cluster.contains_key(&config.id) {
+                bail!(
+                    "--initial-cluster does not list replica {}; a replica can only bootstrap a cluster it \
+                     is a member of (use --join to join a running cluster)",
+                    config.id
+                );
+            }
+            (
+                derive_cluster_id(&config.cluster_name, &config.initial_cluster),
+                Bootstrap::InitialMember,
+            )
+        }
+    };
     let identity = Identity {
         format_version: FORMAT_VERSION,
         cluster_name: config.cluster_name.clone(),
-        cluster_id: derive_cluster_id(&config.cluster_name, &config.initial_cluster),
+        cluster_id,
         replica_id: config.id,
-        bootstrap: Bootstrap::InitialMember,
+        bootstrap,
     };
     Ok(DataDir::create(root, identity)?)
+}
+
+/// How long a joining replica keeps trying to reach the cluster it joins.
+const JOIN_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Asks the replica at `url` which cluster it belongs to, checking the name matches.
+async fn cluster_to_join(
+    config: &ServeConfig,
+    url: &str,
+    http: &reqwest::Client,
+) -> anyhow::Result<String> {
+    let client = Client::with_http(url, http.clone()).with_timeout(Duration::from_secs(2));
+    let deadline = std::time::Instant::now() + JOIN_PATIENCE;
+    loop {
+        match client.cluster_status().await {
+            Ok(status) if status.cluster_name != config.cluster_name => bail!(
+                "{url} belongs to cluster {:?}, not {:?} (--cluster-name)",
+                status.cluster_name,
+                config.cluster_name
+            ),
+            Ok(status)
+                if status
+                    .members
+                    .iter()
+                    .any(|m| m.id == config.id && m.url != config.advertise_url) =>
+            {
+                bail!(
+                    "replica id {} is already a member of cluster {} at another URL; remove it first or pick \
+                     another id",
+                    config.id,
+                    status.cluster_id
+                )
+            }
+            Ok(status) => {
+                tracing::info!(%url, cluster = %status.cluster_id, "joining a running cluster");
+                return Ok(status.cluster_id);
+            }
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::info!(%url, error = %e, "waiting for the cluster to join");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => bail!("could not reach {url} to join its cluster: {e}"),
+        }
+    }
 }
 
 /// One pooled HTTP client for all replica-to-replica traffic.
@@ -118,7 +176,8 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let data_dir = open_data_dir(&config)?;
+    let client = peer_client()?;
+    let data_dir = open_data_dir(&config, &client).await?;
     let identity = data_dir.identity().clone();
     let log = LogStore::open(&data_dir.log_path(), config.id, config.cache_bytes)?;
     let state_machine = StateMachine::open(&data_dir.snapshot_path())
@@ -127,7 +186,6 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
-    let client = peer_client()?;
     let peer_identity = Arc::new(PeerIdentity {
         cluster_id: identity.cluster_id.clone(),
         replica_id: config.id,
@@ -140,14 +198,20 @@ pub async fn serve(
             &config.cluster_name,
             &config.timing,
             config.deadlines,
-            network,
+            network.clone(),
             log,
             state_machine,
         )
         .await?,
     );
+    let membership = Membership::new(replica.clone(), network.clone(), client.clone());
+    let metrics = Metrics::new();
+    metrics.attach(&replica);
     let api_state = Arc::new(ApiState {
         replica: replica.clone(),
+        metrics: metrics.clone(),
+        membership: membership.clone(),
+        cluster_name: identity.cluster_name.clone(),
         cluster_id: identity.cluster_id.clone(),
         forwarder: Forwarder {
             client: client.clone(),
@@ -157,11 +221,25 @@ pub async fn serve(
         leader_wait: config.leader_wait,
         limits: config.limits,
     });
-    let app = api::router(api_state).merge(transport::router(
-        replica.raft().clone(),
-        peer_identity,
-        peer_auth,
-    ));
+    let app = api::router(api_state)
+        .merge(transport::router(
+            replica.raft().clone(),
+            peer_identity,
+            peer_auth,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            metrics.clone(),
+            metrics::track_requests,
+        ))
+        .merge(
+            axum::Router::new()
+                .route("/metrics", axum::routing::get(metrics::serve_metrics))
+                .with_state(MetricsState {
+                    metrics: metrics.clone(),
+                    replica: replica.clone(),
+                    data_dir: data_dir.root().to_owned(),
+                }),
+        );
     tracing::info!(
         listen = %config.listen,
         url = %config.advertise_url,
@@ -184,23 +262,45 @@ pub async fn serve(
             stop.cancel();
         });
     }
-    if identity.bootstrap == Bootstrap::InitialMember && !replica.raft().is_initialized().await? {
-        tokio::spawn(bootstrap(
-            replica.clone(),
-            client.clone(),
-            identity.cluster_id.clone(),
-            config.initial_cluster.clone(),
-            stop.clone(),
-        ));
+    let initialized = replica.raft().is_initialized().await?;
+    match (identity.bootstrap, &config.join) {
+        (Bootstrap::InitialMember, _) if !initialized => {
+            tokio::spawn(bootstrap(
+                replica.clone(),
+                client.clone(),
+                identity.cluster_id.clone(),
+                config.initial_cluster.clone(),
+                stop.clone(),
+            ));
+        }
+        (Bootstrap::Joined, Some(url)) if !initialized => {
+            tokio::spawn(ask_to_join(
+                replica.clone(),
+                Client::with_http(url, client.clone()),
+                config.advertise_url.clone(),
+                stop.clone(),
+                failure.clone(),
+            ));
+        }
+        (Bootstrap::Joined, None) if !initialized => tracing::warn!(
+            "this replica joined a cluster but has not been added yet; pass --join URL or add it with \
+             `cluster add`"
+        ),
+        _ => {}
     }
 
+    // The listener keeps accepting until leadership has been handed away: the handoff
+    // needs the peers' votes and heartbeats to reach this replica.
+    let close_listener = CancellationToken::new();
     let graceful = {
-        let stop = stop.clone();
-        async move { stop.cancelled().await }
+        let close_listener = close_listener.clone();
+        async move { close_listener.cancelled().await }
     };
     let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
     let server = tokio::spawn(async move { server.await });
     stop.cancelled().await;
+    hand_leadership_away(&replica, &membership).await;
+    close_listener.cancel();
     tracing::info!("shutting down: draining in-flight requests");
     match tokio::time::timeout(config.drain, server).await {
         Ok(Ok(Ok(()))) => {}
@@ -221,6 +321,69 @@ pub async fn serve(
             config.id
         ),
         None => Ok(()),
+    }
+}
+
+/// On the way out, a leader hands leadership to the most up-to-date voter so the cluster
+/// does not wait an election timeout (a rolling restart then costs no election).
+async fn hand_leadership_away(replica: &Replica, membership: &Membership) {
+    if !replica.is_leader() {
+        return;
+    }
+    let Some(to) = membership.best_successor().await else {
+        return;
+    };
+    if let Err(e) = membership.transfer(to, HANDOFF_PATIENCE).await {
+        tracing::warn!(to, error = %e, "could not hand leadership over before stopping; the cluster will elect a new leader");
+    }
+}
+
+/// How long a stopping leader tries to hand leadership over.
+const HANDOFF_PATIENCE: Duration = Duration::from_secs(3);
+
+/// A joining replica asks the cluster to add it, until it is added or refused.
+async fn ask_to_join(
+    replica: Arc<Replica>,
+    cluster: Client,
+    url: String,
+    stop: CancellationToken,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
+) {
+    let id = replica.id();
+    loop {
+        // The answer may have been lost (the replica asked may have died after adding
+        // us): the replicated membership says whether we are in.
+        let is_voter = replica
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id);
+        if is_voter {
+            tracing::info!("this replica is a voter of the cluster");
+            return;
+        }
+        tokio::select! {
+            result = cluster.add_member(id, &url, false) => match result {
+                Ok(status) => {
+                    tracing::info!(leader = ?status.leader, "added to the cluster as a voter");
+                    return;
+                }
+                Err(e) if e.is_refusal() => {
+                    tracing::error!(error = %e, "the cluster refused to add this replica");
+                    *failure.lock().expect("failure lock") = Some(format!("join refused: {e}"));
+                    stop.cancel();
+                    return;
+                }
+                Err(e) => tracing::info!(error = %e, "asking to join again shortly"),
+            },
+            () = stop.cancelled() => return,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stop.cancelled() => return,
+        }
     }
 }
 

@@ -1,9 +1,11 @@
 //! Raft timings and log-compaction policy.
 //!
-//! Heartbeats every 100 ms and an election timeout drawn from 500..900 ms: followers notice
-//! a dead leader after at most 0.9 s and a candidate needs one round trip on a LAN, so a
-//! new leader is normally serving within about a second. The lower bound stays five
-//! heartbeats above zero so a busy two-core machine does not depose healthy leaders.
+//! openraft 0.9 makes a follower that heard from a leader wait for the leader's lease
+//! (`election_timeout_max`) *plus* its own election timeout (drawn once per replica from
+//! `min..max`) before it campaigns. With heartbeats every 100 ms and 300..500 ms, a dead
+//! leader is replaced 0.8 to 1.0 s after its last heartbeat, plus one vote round trip: a
+//! new leader within about a second. Three heartbeats fit in the shortest timeout, so a
+//! busy two-core machine does not depose healthy leaders.
 
 use openraft::{Config, SnapshotPolicy};
 
@@ -24,8 +26,8 @@ impl Default for Timing {
     fn default() -> Self {
         Self {
             heartbeat_ms: 100,
-            election_timeout_min_ms: 500,
-            election_timeout_max_ms: 900,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 500,
             snapshot_every_entries: 5_000,
             keep_entries_behind_snapshot: 1_000,
         }
@@ -65,7 +67,12 @@ mod tests {
     #[test]
     fn default_timing_is_a_valid_config() {
         let config = Timing::default().config("test").unwrap();
-        assert!(config.election_timeout_min > 4 * config.heartbeat_interval);
+        assert!(config.election_timeout_min >= 3 * config.heartbeat_interval);
+        let worst_failover = config.election_timeout_max * 2;
+        assert!(
+            worst_failover <= 1_000,
+            "a dead leader is replaced within about a second"
+        );
         assert!(RAFT_BODY_LIMIT_BYTES as u64 > 2 * config.snapshot_max_chunk_size);
     }
 }

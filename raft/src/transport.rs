@@ -41,6 +41,7 @@ use crate::{Member, ReplicaId, RAFT_PREFIX};
 const APPEND: &str = "/append";
 const VOTE: &str = "/vote";
 const SNAPSHOT: &str = "/snapshot";
+const CAMPAIGN: &str = "/campaign";
 
 /// Adds credentials to outgoing peer requests and checks them on incoming ones.
 /// The default lets everything through; the application installs a real one when
@@ -83,6 +84,33 @@ impl HttpNetwork {
             client,
             identity,
             auth,
+        }
+    }
+}
+
+impl HttpNetwork {
+    /// Asks `target` to start an election now: the second half of a leadership transfer
+    /// (openraft 0.9 has no transfer of its own). The target only obeys its current
+    /// leader, so no other peer can use this to disrupt the cluster.
+    pub async fn request_campaign(&self, target: ReplicaId, member: &Member) -> Result<(), String> {
+        let url = member.endpoint(&format!("{RAFT_PREFIX}{CAMPAIGN}"));
+        let mut builder = self.client.post(url).timeout(Duration::from_secs(2));
+        for (name, value) in self.identity.request_headers(target) {
+            builder = builder.header(name, value);
+        }
+        if let Some((name, value)) = self.auth.outgoing() {
+            builder = builder.header(name, value);
+        }
+        let response = builder.send().await.map_err(|e| format!("{e:#}"))?;
+        let status = response.status();
+        PeerIdentity::check_responder(response.headers(), target).map_err(|e| e.to_string())?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "refused with {status}: {}",
+                response.text().await.unwrap_or_default()
+            ))
         }
     }
 }
@@ -235,6 +263,7 @@ where
         .route(&format!("{RAFT_PREFIX}{APPEND}"), post(append::<C>))
         .route(&format!("{RAFT_PREFIX}{VOTE}"), post(vote::<C>))
         .route(&format!("{RAFT_PREFIX}{SNAPSHOT}"), post(snapshot::<C>))
+        .route(&format!("{RAFT_PREFIX}{CAMPAIGN}"), post(campaign::<C>))
         .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT_BYTES))
         .with_state(service)
 }
@@ -350,4 +379,41 @@ where
     )?;
     let result = service.raft.install_snapshot(request).await;
     Ok(answer(service.identity.replica_id, &result))
+}
+
+/// Starts an election on this replica when its current leader asks (leadership transfer).
+async fn campaign<C>(
+    State(service): State<Arc<Service<C>>>,
+    headers: HeaderMap,
+) -> Result<Response, Refused>
+where
+    C: RaftTypeConfig<NodeId = ReplicaId, Node = Member>,
+{
+    service
+        .auth
+        .check(&headers)
+        .map_err(|reason| Refused(StatusCode::FORBIDDEN, reason))?;
+    let from = service.identity.check_incoming(&headers)?;
+    let leader = service.raft.metrics().borrow().current_leader;
+    if leader != Some(from) {
+        return Err(Refused(
+            StatusCode::CONFLICT,
+            format!("only the current leader may ask for a campaign; replica {from} is not (leader: {leader:?})"),
+        ));
+    }
+    tracing::info!(
+        from,
+        "campaigning at the leader's request (leadership transfer)"
+    );
+    service
+        .raft
+        .trigger()
+        .elect()
+        .await
+        .map_err(|e| Refused(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok((
+        [(HEADER_RESPONDER, service.identity.replica_id.to_string())],
+        "",
+    )
+        .into_response())
 }

@@ -16,10 +16,17 @@ use axum::Json as JsonResponse;
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 
+use axum::extract::{Path, RawQuery};
+
 use super::error::ApiError;
+use super::json::Json;
 use super::routing::Forwarded;
-use super::types::{ClusterMember, ClusterStatus, ReadyResponse, StatusResponse};
+use super::types::{
+    AddMemberQuery, AddMemberRequest, ClusterMember, ClusterStatus, ReadyResponse,
+    RemoveMemberQuery, StatusResponse, TransferLeaderRequest,
+};
 use super::ApiState;
+use crate::membership::MembershipError;
 
 type Api = State<Arc<ApiState>>;
 
@@ -69,6 +76,7 @@ pub async fn ready(State(api): Api) -> Result<JsonResponse<ReadyResponse>, ApiEr
                 &Uri::from_static(READ_INDEX_PATH),
                 &HeaderMap::new(),
                 Bytes::new(),
+                None,
             )
             .await;
         let response = match forwarded {
@@ -148,6 +156,7 @@ pub async fn cluster_status_of(api: &ApiState) -> ClusterStatus {
         })
         .collect();
     ClusterStatus {
+        cluster_name: api.cluster_name.clone(),
         cluster_id: api.cluster_id.clone(),
         replica_id: replica.id(),
         state: state_name(metrics.state).into(),
@@ -160,10 +169,119 @@ pub async fn cluster_status_of(api: &ApiState) -> ClusterStatus {
         snapshot_index: metrics.snapshot.map(|id| id.index),
         purged_index: metrics.purged.map(|id| id.index),
         millis_since_quorum_ack: metrics.millis_since_quorum_ack,
+        joint: membership.get_joint_config().len() > 1,
     }
 }
 
 /// `GET /v1/cluster`
 pub async fn cluster(State(api): Api) -> JsonResponse<ClusterStatus> {
     JsonResponse(cluster_status_of(&api).await)
+}
+
+impl From<MembershipError> for ApiError {
+    fn from(e: MembershipError) -> Self {
+        let msg = e.to_string();
+        match e {
+            MembershipError::NotLeader(_) => ApiError::NotLeader(msg),
+            MembershipError::NotFound(_) => ApiError::NotFound(msg),
+            MembershipError::Conflict(_) => ApiError::Conflict(msg),
+            MembershipError::Unavailable(_) => ApiError::Unavailable(msg),
+        }
+    }
+}
+
+fn query<T: serde::de::DeserializeOwned + Default>(raw: Option<String>) -> Result<T, ApiError> {
+    match raw {
+        Some(raw) => serde_urlencoded::from_str(&raw)
+            .map_err(|e| ApiError::BadRequest(format!("query string: {e}"))),
+        None => Ok(T::default()),
+    }
+}
+
+/// Default wait for a new member to catch up before it is promoted.
+pub const CATCH_UP_DEFAULT: Duration = Duration::from_secs(60);
+
+/// `POST /v1/cluster/members?learner=BOOL&timeout_s=N` (leader)
+pub async fn add_member(
+    State(api): Api,
+    RawQuery(raw): RawQuery,
+    Json(request): Json<AddMemberRequest>,
+) -> Result<JsonResponse<ClusterStatus>, ApiError> {
+    let options: AddMemberQuery = query(raw)?;
+    if request.id == 0 {
+        return Err(ApiError::BadRequest("id: replica ids start at 1".into()));
+    }
+    let member = controller_raft::Member::parse(&request.url)
+        .map_err(|e| ApiError::BadRequest(format!("url: {e}")))?;
+    let catch_up = options
+        .timeout_s
+        .map_or(CATCH_UP_DEFAULT, Duration::from_secs);
+    api.membership
+        .add(request.id, &member.url, options.learner, catch_up)
+        .await?;
+    Ok(JsonResponse(cluster_status_of(&api).await))
+}
+
+/// `DELETE /v1/cluster/members/{id}?force=BOOL` (leader)
+pub async fn remove_member(
+    State(api): Api,
+    Path(raw_id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<JsonResponse<ClusterStatus>, ApiError> {
+    let options: RemoveMemberQuery = query(raw)?;
+    let id: u64 = raw_id.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "replica id {raw_id:?} in the path is not an unsigned integer"
+        ))
+    })?;
+    api.membership.remove(id, options.force).await?;
+    Ok(JsonResponse(cluster_status_of(&api).await))
+}
+
+/// `POST /v1/cluster/leader` (leader): hand leadership to another voter.
+pub async fn transfer_leader(
+    State(api): Api,
+    Json(request): Json<TransferLeaderRequest>,
+) -> Result<JsonResponse<ClusterStatus>, ApiError> {
+    api.membership
+        .transfer(request.id, Duration::from_secs(5))
+        .await?;
+    Ok(JsonResponse(cluster_status_of(&api).await))
+}
+
+/// `GET /v1/backup` (leader): the whole registry at a linearizable point, as a backup file.
+pub async fn backup(State(api): Api) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let read_index = api.replica.read_index().await?;
+    let bytes = {
+        let applied = api
+            .replica
+            .local_state()
+            .read()
+            .expect("state lock poisoned: a panic while applying");
+        let header = crate::backup::BackupHeader {
+            cluster_name: api.cluster_name.clone(),
+            cluster_id: api.cluster_id.clone(),
+            taken_at_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            read_index,
+            shards: applied.state.shard_count(),
+            nodes: applied.state.node_count(),
+            written_by: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        crate::backup::encode(&header, &applied.state)
+    };
+    tracing::info!(read_index, bytes = bytes.len(), "backup taken");
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "application/octet-stream"),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                "attachment; filename=\"pageserver-controller.backup\"",
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
 }

@@ -19,6 +19,8 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware::from_fn_with_state;
 use axum::routing::{delete, get, post, put};
+
+use crate::membership::Membership;
 use axum::Router;
 
 use crate::replica::Replica;
@@ -47,6 +49,9 @@ impl Default for Limits {
 /// What handlers share.
 pub struct ApiState {
     pub replica: Arc<Replica>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub membership: Membership,
+    pub cluster_name: String,
     pub cluster_id: String,
     pub forwarder: Forwarder,
     /// How long a request waits for a leader before a 503.
@@ -56,11 +61,12 @@ pub struct ApiState {
 
 /// The public routes (the Raft routes are merged in by the server).
 pub fn router(api: Arc<ApiState>) -> Router {
-    let on_leader = |policy| {
+    let on_leader = |policy, forward_timeout| {
         from_fn_with_state(
             Routing {
                 api: api.clone(),
                 policy,
+                forward_timeout,
             },
             route_to_leader,
         )
@@ -80,7 +86,7 @@ pub fn router(api: Arc<ApiState>) -> Router {
             "/control/v1/tenant/{tenant_shard_id}/migrate",
             put(handlers::migrate),
         )
-        .route_layer(on_leader(Policy::Write));
+        .route_layer(on_leader(Policy::Write, None));
     let reads = Router::new()
         .route("/upcall/v1/validate", post(handlers::validate))
         .route("/validate", post(handlers::validate))
@@ -90,7 +96,19 @@ pub fn router(api: Arc<ApiState>) -> Router {
         .route("/control/v1/node/{node_id}", get(handlers::get_node))
         .route("/control/v1/tenant", get(handlers::list_tenants))
         .route(cluster::READ_INDEX_PATH, get(cluster::read_index))
-        .route_layer(on_leader(Policy::Read));
+        .route_layer(on_leader(Policy::Retryable, None));
+    // Membership changes are idempotent (adding the same member again, removing one
+    // that is gone, moving leadership where it is) and may wait for a new member to
+    // catch up, so they are forwarded with a long timeout.
+    let membership = Router::new()
+        .route("/v1/cluster/members", post(cluster::add_member))
+        .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
+        .route("/v1/cluster/leader", post(cluster::transfer_leader))
+        .route("/v1/backup", get(cluster::backup))
+        .route_layer(on_leader(
+            Policy::Retryable,
+            Some(cluster::CATCH_UP_DEFAULT * 10),
+        ));
     let local = Router::new()
         .route("/status", get(cluster::status))
         .route("/ready", get(cluster::ready))
@@ -98,6 +116,7 @@ pub fn router(api: Arc<ApiState>) -> Router {
     Router::new()
         .merge(writes)
         .merge(reads)
+        .merge(membership)
         .merge(local)
         .layer(DefaultBodyLimit::max(api.limits.body_bytes))
         .fallback(not_found)

@@ -1,8 +1,9 @@
 //! Any replica answers: requests that need the leader are routed to it here, once, for
 //! every route, so handlers are written as if they always ran on the leader.
 //!
-//! On the leader the handler runs. If it answers "not the leader" (leadership moved while
-//! it ran; nothing was applied) the request is routed again. On a follower the request
+//! On the leader the handler runs. If it answers "not the leader" (leadership moved
+//! before the request reached Raft, or a handoff paused writes; nothing was applied) the
+//! request is routed again. On a follower the request
 //! is forwarded, unchanged, to the leader, whose answer is returned unchanged.
 //!
 //! Bounds and guarantees:
@@ -11,9 +12,10 @@
 //!   replicas that disagree about the leader never bounce a request between them;
 //! - while no leader is known the replica waits, up to `leader_wait`, then answers 503;
 //! - a write is re-sent only when it certainly was not applied (the leader said "not the
-//!   leader", or the connection was never made); when a forwarded write's fate is
-//!   unknown (timeout, connection lost after sending) the caller gets a 503 saying so,
-//!   never a silent second attempt. Reads are always safe to re-send.
+//!   leader", or the connection was never made); when a write's fate is unknown (it was
+//!   in flight when leadership changed, a timeout, a connection lost after sending) the
+//!   caller gets a 503 saying so, never a silent second attempt. Reads are always safe
+//!   to re-send.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,18 +40,21 @@ const FORWARDED_HEADERS: [axum::http::HeaderName; 3] = [
     axum::http::header::ACCEPT,
 ];
 
-/// Whether a route changes state (re-sent only when certainly not applied) or only reads
-/// it (always safe to re-send).
+/// Whether a route changes state (re-sent only when certainly not applied) or is safe
+/// to send again (reads, and idempotent cluster operations).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
     Write,
-    Read,
+    Retryable,
 }
 
 #[derive(Clone)]
 pub struct Routing {
     pub api: Arc<ApiState>,
     pub policy: Policy,
+    /// How long to wait for the leader's answer to a forwarded request, when longer than
+    /// the forwarder's default (a new member catching up, for one).
+    pub forward_timeout: Option<Duration>,
 }
 
 /// What became of a request sent to the leader.
@@ -79,12 +84,13 @@ impl Forwarder {
         uri: &Uri,
         headers: &HeaderMap,
         body: Bytes,
+        timeout: Option<Duration>,
     ) -> Forwarded {
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let mut request = self
             .client
             .request(method.clone(), leader.endpoint(path))
-            .timeout(self.timeout)
+            .timeout(timeout.unwrap_or(self.timeout))
             .header(FORWARDED_BY_HEADER, self.self_id.to_string())
             .body(body);
         for name in FORWARDED_HEADERS {
@@ -166,6 +172,11 @@ pub async fn route_to_leader(
                 .into_response();
             }
             Some((leader, member)) => {
+                let route = parts
+                    .extensions
+                    .get::<axum::extract::MatchedPath>()
+                    .map_or("unmatched", |p| p.as_str());
+                api.metrics.forwarded(route);
                 match api
                     .forwarder
                     .forward(
@@ -174,6 +185,7 @@ pub async fn route_to_leader(
                         &parts.uri,
                         &parts.headers,
                         body.clone(),
+                        routing.forward_timeout,
                     )
                     .await
                 {
@@ -184,7 +196,7 @@ pub async fn route_to_leader(
                     Forwarded::NotSent(e) => {
                         last_problem = format!("could not reach leader {leader} at {member}: {e}");
                     }
-                    Forwarded::Unknown(e) if routing.policy == Policy::Read => {
+                    Forwarded::Unknown(e) if routing.policy == Policy::Retryable => {
                         last_problem = format!("no answer from leader {leader} at {member}: {e}");
                     }
                     Forwarded::Unknown(e) => {

@@ -195,9 +195,42 @@ pub struct ReadyResponse {
     pub applied: u64,
 }
 
+/// `POST /v1/cluster/members`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddMemberRequest {
+    pub id: u64,
+    pub url: String,
+}
+
+/// Query of `POST /v1/cluster/members`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddMemberQuery {
+    /// Keep the new member a learner (it replicates but does not vote).
+    #[serde(default)]
+    pub learner: bool,
+    /// How long to wait for the new member to catch up, in seconds (default 60).
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+}
+
+/// Query of `DELETE /v1/cluster/members/{id}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveMemberQuery {
+    /// Remove even if the remaining voters that answer could not form a quorum.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/cluster/leader`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferLeaderRequest {
+    pub id: u64,
+}
+
 /// `GET /v1/cluster`: this replica's view of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {
+    pub cluster_name: String,
     pub cluster_id: String,
     pub replica_id: u64,
     /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
@@ -212,6 +245,9 @@ pub struct ClusterStatus {
     pub purged_index: Option<u64>,
     /// Milliseconds since a quorum last acknowledged this replica as leader.
     pub millis_since_quorum_ack: Option<u64>,
+    /// True while a membership change is between its two steps (joint consensus): a
+    /// quorum of both the old and the new voters is then needed.
+    pub joint: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! the rest are operator commands that talk to any replica through [`crate::client`].
 
 mod local_cluster;
+mod offline;
 mod ops;
 mod serve;
 
@@ -44,6 +45,13 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Run a three-replica cluster on loopback as child processes (Ctrl-C stops them).
     LocalCluster(LocalClusterArgs),
+    /// Save a consistent backup of the whole registry from a running cluster.
+    Backup(offline::BackupArgs),
+    /// Seed the first replica of a NEW cluster from a backup (offline).
+    Restore(offline::RestoreArgs),
+    /// Disaster recovery: rebuild a one-member cluster from a surviving replica's data dir
+    /// after a majority of replicas is lost for good (offline; refuses a live data dir).
+    Recover(offline::RecoverArgs),
     #[command(flatten)]
     Ops(OpsCommand),
 }
@@ -61,6 +69,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::LocalCluster(args) => {
             crate::logging::init(&cli.log, cli.log_format, None);
             runtime.block_on(local_cluster::run(args, &cli.log, cli.log_format))
+        }
+        Command::Backup(args) => {
+            crate::logging::init("warn", cli.log_format, None);
+            runtime.block_on(offline::backup(args))
+        }
+        Command::Restore(args) => {
+            crate::logging::init(&cli.log, cli.log_format, Some(args.id));
+            runtime.block_on(offline::restore(args))
+        }
+        Command::Recover(args) => {
+            crate::logging::init(&cli.log, cli.log_format, Some(args.id));
+            runtime.block_on(offline::recover(args))
         }
         Command::Ops(command) => {
             crate::logging::init("warn", cli.log_format, None);

@@ -25,7 +25,7 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
-    fn client(&self) -> Client {
+    pub fn client(&self) -> Client {
         Client::new(&self.url)
     }
 }
@@ -125,6 +125,39 @@ pub enum ClusterCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Add a replica (started with an empty data dir) to the cluster: it catches up as a
+    /// learner, then becomes a voter.
+    Add {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The new replica's id.
+        #[arg(long)]
+        id: u64,
+        /// The URL its peers reach it at.
+        #[arg(long)]
+        member_url: String,
+        /// Keep it a learner (replicates, does not vote).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a replica from the cluster (a leader hands leadership over first).
+    Remove {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        id: u64,
+        /// Remove even if the remaining voters that answer could not form a quorum.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Hand leadership to another voter.
+    Transfer {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The voter to become leader.
+        #[arg(long)]
+        to: u64,
+    },
 }
 
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
@@ -154,6 +187,11 @@ pub fn print_cluster_status(status: &ClusterStatus) {
         status.cluster_id, status.replica_id, status.state, status.term
     );
     println!("leader: {}", or_dash(status.leader));
+    if status.joint {
+        println!(
+            "membership change in progress (joint consensus: old and new voters must both agree)"
+        );
+    }
     println!("{:<4} {:<8} {:<10} {:<32}", "ID", "ROLE", "MATCHED", "URL");
     for member in &status.members {
         let mark = if Some(member.id) == status.leader {
@@ -326,8 +364,30 @@ pub async fn run(command: OpsCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        OpsCommand::Cluster(ClusterCommand::Status { client }) => {
-            let status = client.client().cluster_status().await?;
+        OpsCommand::Cluster(command) => {
+            let (client, status) = match command {
+                ClusterCommand::Status { client } => {
+                    let status = client.client().cluster_status().await?;
+                    (client, status)
+                }
+                ClusterCommand::Add {
+                    client,
+                    id,
+                    member_url,
+                    learner,
+                } => {
+                    let status = client.client().add_member(id, &member_url, learner).await?;
+                    (client, status)
+                }
+                ClusterCommand::Remove { client, id, force } => {
+                    let status = client.client().remove_member(id, force).await?;
+                    (client, status)
+                }
+                ClusterCommand::Transfer { client, to } => {
+                    let status = client.client().transfer_leader(to).await?;
+                    (client, status)
+                }
+            };
             if client.json {
                 return print_json(&status);
             }

@@ -37,6 +37,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ID=URL,...")]
     pub initial_cluster: Option<String>,
 
+    /// Join the running cluster that the replica at this URL belongs to (fresh data dir
+    /// only): the replica asks to be added, catches up, then votes.
+    #[arg(long, value_name = "URL", conflicts_with = "initial_cluster")]
+    pub join: Option<String>,
+
     /// Name of the cluster; a data dir of another cluster is refused.
     #[arg(long, default_value = "pageserver-controller")]
     pub cluster_name: String,
@@ -148,6 +153,7 @@ impl ServeArgs {
             advertise_url,
             data_dir: self.data_dir.clone(),
             initial_cluster,
+            join: self.join.clone(),
             cluster_name: self.cluster_name.clone(),
             timing,
             deadlines: Deadlines {

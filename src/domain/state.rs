@@ -338,6 +338,29 @@ impl Registry {
         }
     }
 
+    /// Raises every shard's generation by `by`: used when a cluster is rebuilt from a backup
+    /// or from a surviving replica, which may be missing generations issued after it was
+    /// taken. Any generation handed out later is then above all of those, provided fewer
+    /// than `by` attaches happened in the gap. All or nothing: refused if a shard would
+    /// wrap. Returns how many shards were raised.
+    pub fn bump_generations(&mut self, by: u32) -> Result<usize, Refusal> {
+        if let Some((shard, _)) = self
+            .shards
+            .iter()
+            .find(|(_, r)| r.generation.is_some_and(|g| g.0.checked_add(by).is_none()))
+        {
+            return Err(Refusal::GenerationExhausted(*shard));
+        }
+        let mut raised = 0;
+        for record in self.shards.values_mut() {
+            if let Some(generation) = &mut record.generation {
+                generation.0 += by;
+                raised += 1;
+            }
+        }
+        Ok(raised)
+    }
+
     /// Valid only if `generation` is the shard's current generation. Unknown shards are
     /// left out, as Neon's pageserver expects (it treats a missing answer as invalid).
     pub fn validate(

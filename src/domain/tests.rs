@@ -444,3 +444,59 @@ fn replicas_applying_the_same_commands_agree() {
     }
     assert_eq!(a, b);
 }
+
+#[test]
+fn bumping_raises_every_generation_and_keeps_attachments() {
+    let mut reg = Registry::default();
+    attach(&mut reg, shard(1), 1);
+    attach(&mut reg, shard(2), 2);
+    reg.apply(&Command::AttachHook {
+        shard: shard(2),
+        node: None,
+        generation_override: None,
+    });
+    assert_eq!(reg.bump_generations(1000), Ok(2));
+    assert_eq!(
+        reg.attachment(&shard(1)),
+        Some((Generation(1001), NodeId(1)))
+    );
+    assert_eq!(
+        reg.shard(&shard(2)).unwrap().generation,
+        Some(Generation(1001))
+    );
+    assert_eq!(
+        validate(&reg, shard(1), 1),
+        Some(false),
+        "old generations are superseded"
+    );
+    assert_eq!(gen_of(attach(&mut reg, shard(2), 3)), 1002);
+    let re_attached = reg.apply(&Command::ReAttach {
+        node: NodeId(1),
+        register: None,
+    });
+    assert_eq!(
+        re_attached,
+        Outcome::ReAttached {
+            shards: vec![(shard(1), Generation(1002))]
+        }
+    );
+}
+
+#[test]
+fn bumping_past_u32_is_refused_whole() {
+    let mut reg = Registry::default();
+    attach(&mut reg, shard(1), 1);
+    reg.apply(&Command::AttachHook {
+        shard: shard(2),
+        node: Some(NodeId(1)),
+        generation_override: Some(Generation(u32::MAX - 5)),
+    });
+    assert_eq!(
+        reg.bump_generations(10),
+        Err(Refusal::GenerationExhausted(shard(2)))
+    );
+    assert_eq!(
+        reg.shard(&shard(1)).unwrap().generation,
+        Some(Generation(1))
+    );
+}

@@ -47,13 +47,22 @@ pub struct BatchStats {
 
 pub(super) struct WriteBatcher {
     queue: mpsc::Sender<PendingWrite>,
+    /// Set while leadership is being handed away: queued writes are answered "not the
+    /// leader" (nothing applied) so the routing layer sends them to the next leader.
+    paused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl WriteBatcher {
     pub(super) fn start(raft: Raft, deadline: Duration, stats: Arc<BatchStats>) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run_writes(raft, rx, deadline, stats));
-        Self { queue }
+        let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn(run_writes(raft, rx, deadline, stats, paused.clone()));
+        Self { queue, paused }
+    }
+
+    pub(super) fn set_paused(&self, paused: bool) {
+        self.paused
+            .store(paused, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Proposes `command` in the next batch; answers within `deadline`.
@@ -85,6 +94,7 @@ async fn run_writes(
     mut rx: mpsc::Receiver<PendingWrite>,
     deadline: Duration,
     stats: Arc<BatchStats>,
+    paused: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let slots = Arc::new(Semaphore::new(PROPOSAL_SLOTS));
     loop {
@@ -103,6 +113,14 @@ async fn run_writes(
         // leaving it out is safe because it was never proposed.
         batch.retain(|pending| !pending.reply.is_closed());
         if batch.is_empty() {
+            continue;
+        }
+        if paused.load(std::sync::atomic::Ordering::SeqCst) {
+            for pending in batch {
+                let _ = pending
+                    .reply
+                    .send(Err(ProposeError::NotLeader { leader: None }));
+            }
             continue;
         }
         stats

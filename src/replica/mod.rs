@@ -2,10 +2,16 @@
 //!
 //! - [`Replica::propose`] commits commands through the log and returns what applying them
 //!   answered. Its errors say precisely what is known: [`ProposeError::NotLeader`] means
-//!   the commands were certainly not applied (openraft rejected them before appending, or
-//!   truncated them unapplied), so the caller may route them elsewhere;
-//!   [`ProposeError::Indeterminate`] means they may or may not commit later, so nobody may
-//!   retry them silently.
+//!   the commands were never handed to Raft, so the caller may route them elsewhere;
+//!   [`ProposeError::LeadershipLost`] and [`ProposeError::Indeterminate`] mean they may or
+//!   may not commit, so nobody may retry them silently.
+//!
+//!   openraft answers `ForwardToLeader` both for a write it rejected before appending and
+//!   for one it appended and then had to truncate when a new leader overwrote its log.
+//!   The second kind is not dead: another replica may hold the same entry, win the next
+//!   election and commit it. The two cannot be told apart, so both count as "fate
+//!   unknown" (the chaos scenario `truncated_write_retried` shows the double apply that
+//!   treating them as "not applied" would cause).
 //! - [`Replica::read`] answers from the registry only after this replica confirmed with a
 //!   quorum that it is still the leader and applied everything committed before the read
 //!   began (openraft's read index). A deposed leader therefore cannot answer from stale
@@ -54,6 +60,11 @@ pub enum ProposeError {
     #[error("this replica is not the leader (leader: {leader:?}); nothing was applied")]
     NotLeader { leader: Option<u64> },
     #[error(
+        "leadership changed while the write was in flight (leader now: {leader:?}); it may or \
+         may not be applied"
+    )]
+    LeadershipLost { leader: Option<u64> },
+    #[error(
         "the write was not confirmed within {0:?}: it may or may not be applied \
          (is a quorum of replicas reachable?)"
     )]
@@ -77,6 +88,11 @@ pub enum ReadError {
 pub struct Replica {
     id: u64,
     raft: Raft,
+    /// openraft's leader lease (`election_timeout_max`): a voter that heard from a leader
+    /// this recently refuses to vote for anyone else.
+    lease: Duration,
+    /// When this replica last became leader.
+    leader_since: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
     state: SharedState,
     deadlines: Deadlines,
     flush_stats: Arc<FlushStats>,
@@ -111,9 +127,13 @@ impl Replica {
             batching::WriteBatcher::start(raft.clone(), deadlines.write, batch_stats.clone());
         let reads =
             batching::ReadCoalescer::start(raft.clone(), deadlines.read, batch_stats.clone());
+        let leader_since = Arc::new(std::sync::Mutex::new(None));
+        tokio::spawn(track_leadership(raft.metrics(), leader_since.clone()));
         Ok(Replica {
             id,
             raft,
+            lease: Duration::from_millis(timing.election_timeout_max_ms),
+            leader_since,
             state,
             deadlines,
             flush_stats,
@@ -204,6 +224,28 @@ impl Replica {
         self.reads.read_index(self.deadlines.read).await
     }
 
+    /// openraft's leader lease (see the field).
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// How long this replica has been leader, if it is.
+    pub fn leader_for(&self) -> Option<Duration> {
+        if !self.is_leader() {
+            return None;
+        }
+        self.leader_since
+            .lock()
+            .expect("leader_since lock")
+            .map(|since| since.elapsed())
+    }
+
+    /// While paused, writes are answered "not the leader" without being proposed (used
+    /// while handing leadership to another replica).
+    pub fn pause_writes(&self, paused: bool) {
+        self.writes.set_paused(paused);
+    }
+
     /// Waits until this replica applied `index`, for at most `timeout`.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
         self.raft
@@ -221,6 +263,29 @@ impl Replica {
     }
 }
 
+/// Records when this replica becomes leader (a new term as leader counts as new).
+async fn track_leadership(
+    mut metrics: watch::Receiver<RaftMetrics<u64, Member>>,
+    since: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+) {
+    let mut leading_term = None;
+    loop {
+        let (state, term) = {
+            let m = metrics.borrow();
+            (m.state, m.current_term)
+        };
+        let now_leading = (state == ServerState::Leader).then_some(term);
+        if now_leading != leading_term {
+            *since.lock().expect("leader_since lock") =
+                now_leading.map(|_| tokio::time::Instant::now());
+            leading_term = now_leading;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// One log entry carrying `commands`, committed within `deadline`.
 async fn propose_entry(
     raft: &Raft,
@@ -232,9 +297,10 @@ async fn propose_entry(
     let response = match tokio::time::timeout(deadline, write).await {
         Err(_) => return Err(ProposeError::Indeterminate(deadline)),
         Ok(Ok(response)) => response,
-        // Rejected before appending, or appended and then truncated unapplied.
+        // Rejected before appending, or appended and truncated here but possibly held by
+        // a replica that will commit it: see the module docs.
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-            return Err(ProposeError::NotLeader {
+            return Err(ProposeError::LeadershipLost {
                 leader: forward.leader_id,
             })
         }

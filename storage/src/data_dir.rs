@@ -27,8 +27,8 @@ pub struct Identity {
     /// Derived from the name and the initial members; checked on every peer RPC.
     pub cluster_id: String,
     pub replica_id: u64,
-    /// How this replica first joined: it bootstrapped the initial cluster, or it was
-    /// added to a running one. A joined replica never initializes a cluster of its own.
+    /// How this replica first joined: it bootstrapped the initial cluster, was added to a
+    /// running one, or was seeded offline. Only an initial member ever initializes.
     pub bootstrap: Bootstrap,
 }
 
@@ -37,6 +37,9 @@ pub struct Identity {
 pub enum Bootstrap {
     InitialMember,
     Joined,
+    /// Seeded offline as a one-member cluster (restore from a backup, or recovery from
+    /// a surviving replica); other members join it.
+    Seeded,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +202,14 @@ impl DataDir {
                 path: root.to_owned(),
             })?;
         Ok(file)
+    }
+
+    /// Rewrites the identity (recovery keeps the cluster but changes how it began).
+    pub fn set_identity(&mut self, identity: Identity) -> Result<(), DataDirError> {
+        let bytes = serde_json::to_vec_pretty(&identity).expect("identity serializes");
+        write_atomically(&self.root.join(IDENTITY_FILE), &bytes).map_err(io_err(&self.root))?;
+        self.identity = identity;
+        Ok(())
     }
 
     pub fn identity(&self) -> &Identity {

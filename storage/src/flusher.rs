@@ -25,43 +25,39 @@ pub(crate) const BLOB_RISK_BYTES: usize = 64 * 1024;
 
 type Waiter = Box<dyn FnOnce(io::Result<()>) + Send>;
 
-/// Counters for metrics: how often, how many waiters per flush, how long.
-#[derive(Debug, Default)]
+/// Receives the duration of every flush (for a latency histogram).
+pub type FlushObserver = Box<dyn Fn(std::time::Duration) + Send + Sync>;
+
+/// Counters for metrics: how many flushes, and how many writers they served (the ratio
+/// is the group-commit factor). Durations go to the [`FlushObserver`], if one is set.
+#[derive(Default)]
 pub struct FlushStats {
     pub flushes: AtomicU64,
     pub waiters: AtomicU64,
-    pub total_micros: AtomicU64,
-    pub max_micros: AtomicU64,
-    /// Buckets of flush latency in microseconds, upper bounds in [`FlushStats::BUCKETS`].
-    pub histogram: [AtomicU64; 12],
+    observer: std::sync::OnceLock<FlushObserver>,
+}
+
+impl std::fmt::Debug for FlushStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlushStats")
+            .field("flushes", &self.flushes)
+            .field("waiters", &self.waiters)
+            .finish()
+    }
 }
 
 impl FlushStats {
-    pub const BUCKETS: [u64; 12] = [
-        100,
-        250,
-        500,
-        1_000,
-        2_500,
-        5_000,
-        10_000,
-        25_000,
-        50_000,
-        100_000,
-        250_000,
-        u64::MAX,
-    ];
+    /// Sets the observer of flush durations; only the first call has an effect.
+    pub fn observe_with(&self, observer: FlushObserver) {
+        let _ = self.observer.set(observer);
+    }
 
-    fn record(&self, micros: u64, waiters: usize) {
+    fn record(&self, elapsed: std::time::Duration, waiters: usize) {
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.waiters.fetch_add(waiters as u64, Ordering::Relaxed);
-        self.total_micros.fetch_add(micros, Ordering::Relaxed);
-        self.max_micros.fetch_max(micros, Ordering::Relaxed);
-        let bucket = Self::BUCKETS
-            .iter()
-            .position(|b| micros <= *b)
-            .unwrap_or(11);
-        self.histogram[bucket].fetch_add(1, Ordering::Relaxed);
+        if let Some(observer) = self.observer.get() {
+            observer(elapsed);
+        }
     }
 }
 
@@ -160,8 +156,7 @@ impl Worker {
             waiters.extend(rx.try_iter());
             let started = Instant::now();
             let result = self.flush_once();
-            let micros = started.elapsed().as_micros() as u64;
-            self.stats.record(micros, waiters.len());
+            self.stats.record(started.elapsed(), waiters.len());
             if let Err(e) = &result {
                 tracing::error!(error = %e, "storage flush failed; the replica cannot persist its log");
             }

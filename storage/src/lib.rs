@@ -33,10 +33,10 @@ mod state_machine;
 
 pub use data_dir::Bootstrap;
 pub use data_dir::{DataDir, DataDirError, Identity};
-pub use flusher::FlushStats;
+pub use flusher::{FlushObserver, FlushStats};
 pub use log_store::LogOpenError;
 pub use log_store::LogStore;
-pub use snapshot::SnapshotError;
+pub use snapshot::{write_snapshot, SnapshotError};
 pub use state_machine::{
     Applied, Builder, ReplicatedState, SharedState, SnapshotStats, StateMachineStore,
 };

@@ -177,6 +177,19 @@ where
         Ok(())
     }
 
+    /// Replaces the whole log with "everything up to `last` is committed and purged" and
+    /// `vote`, durably. Only for offline tools that seed a data dir (restore, recovery),
+    /// together with a snapshot at `last`.
+    pub async fn reset_to(&mut self, vote: Vote<u64>, last: LogId<u64>) -> Result<()> {
+        self.log
+            .clear()
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        self.write_meta(LAST_PURGED, &last, ErrorSubject::Logs)?;
+        self.write_meta(COMMITTED, &last, ErrorSubject::Store)?;
+        self.write_meta(VOTE, &vote, ErrorSubject::Vote)?;
+        self.flush(ErrorSubject::Logs).await
+    }
+
     /// Flush counters for metrics.
     pub fn flush_stats(&self) -> std::sync::Arc<FlushStats> {
         self.flusher.stats()

@@ -152,6 +152,17 @@ impl SnapshotDir {
     }
 }
 
+/// Durably makes a snapshot of `state` at `meta` the current one in `dir`. For offline
+/// tools that seed a data dir; a running replica builds snapshots through openraft.
+pub fn write_snapshot<S: Serialize>(
+    dir: &Path,
+    meta: &Meta,
+    state: &S,
+) -> Result<(), SnapshotError> {
+    let bytes = encode(meta, state)?;
+    SnapshotDir::open(dir)?.replace_current(&bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

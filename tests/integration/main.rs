@@ -5,4 +5,6 @@ mod support;
 
 mod api;
 mod failover;
+mod membership;
+mod operations;
 mod restart;

@@ -27,6 +27,8 @@ pub struct Replica {
     pub port: u16,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// `Some(url)`: started with `--join url` instead of the initial cluster.
+    pub join: Option<String>,
     child: Option<Child>,
 }
 
@@ -86,6 +88,7 @@ impl TestCluster {
                     port,
                     data_dir: dir.path().join(format!("replica-{id}")),
                     log: dir.path().join(format!("replica-{id}.log")),
+                    join: None,
                     child: None,
                 },
             );
@@ -122,13 +125,17 @@ impl TestCluster {
             .append(true)
             .open(&replica.log)
             .expect("log file");
+        let bootstrap = match &replica.join {
+            Some(url) => ["--join".to_owned(), url.clone()],
+            None => ["--initial-cluster".to_owned(), initial_cluster],
+        };
         let child = Command::new(BIN)
             .args(["--log", "info,openraft=warn", "serve"])
             .args(["--id", &id.to_string()])
             .args(["--listen", &format!("127.0.0.1:{}", replica.port)])
             .arg("--data-dir")
             .arg(&replica.data_dir)
-            .args(["--initial-cluster", &initial_cluster])
+            .args(bootstrap)
             .args(&extra)
             .stdout(Stdio::null())
             .stderr(log)
@@ -197,6 +204,74 @@ impl TestCluster {
             async move { client.status().await.ok() }
         })
         .await;
+    }
+
+    /// Starts a new replica `id` with an empty data dir that joins through replica `via`.
+    pub async fn join(&mut self, id: u64, via: u64) {
+        assert!(!self.replicas.contains_key(&id), "replica {id} exists");
+        let root = self.root().to_owned();
+        self.replicas.insert(
+            id,
+            Replica {
+                id,
+                port: free_port(),
+                data_dir: root.join(format!("replica-{id}")),
+                log: root.join(format!("replica-{id}.log")),
+                join: Some(self.url(via)),
+                child: None,
+            },
+        );
+        self.restart(id).await;
+    }
+
+    /// Deletes a stopped replica's data dir (a lost disk).
+    pub fn wipe(&mut self, id: u64) {
+        assert!(!self.is_running(id), "stop replica {id} before wiping it");
+        let replica = self.replicas.get_mut(&id).expect("known replica");
+        std::fs::remove_dir_all(&replica.data_dir).expect("wiping the data dir");
+    }
+
+    /// Forgets a stopped replica (it was removed from the cluster).
+    pub fn forget(&mut self, id: u64) {
+        assert!(
+            !self.is_running(id),
+            "stop replica {id} before forgetting it"
+        );
+        self.replicas.remove(&id);
+    }
+
+    /// Waits until the leader reports exactly `voters` as voters, no learners, and no
+    /// membership change half done (joint consensus).
+    pub async fn wait_for_voters(&self, voters: &[u64]) {
+        let expected: Vec<u64> = voters.to_vec();
+        wait_for(&format!("voters {expected:?}"), DEADLINE, || {
+            let expected = expected.clone();
+            async move {
+                let leader = self.status_of(self.leader_now().await?).await?;
+                let mut got: Vec<u64> = leader
+                    .members
+                    .iter()
+                    .filter(|m| m.role == "voter")
+                    .map(|m| m.id)
+                    .collect();
+                got.sort_unstable();
+                let learners = leader.members.iter().any(|m| m.role != "voter");
+                (got == expected && !learners && !leader.joint).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// The leader as some running replica reports it right now.
+    pub async fn leader_now(&self) -> Option<u64> {
+        for id in self.running() {
+            if let Some(status) = self.status_of(id).await {
+                if let Some(leader) = status.leader {
+                    return Some(leader);
+                }
+            }
+        }
+        None
     }
 
     /// The view of `id`, if it answers.

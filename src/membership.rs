@@ -1,0 +1,409 @@
+//! Changing who is in the cluster, on the leader: add, remove, hand leadership over.
+//!
+//! - Adding a member makes it a learner, waits until it has *applied* what the leader had
+//!   committed (openraft's own wait only checks a replication lag threshold), and only
+//!   then makes it a voter, so a slow newcomer never becomes a voter that holds back
+//!   commits. Adding the same id and URL again is a no-op, so a joining replica may retry.
+//! - Removing a voter is refused when the remaining voters that answer could not form a
+//!   quorum of the new configuration (the cluster would stop), unless forced. Removing the
+//!   leader first hands leadership to another voter.
+//! - Handing leadership over: openraft 0.9 has no transfer call, so the leader stops
+//!   proposing writes (they are answered "not the leader" and re-routed), waits until the
+//!   target holds its whole log, and asks the target to campaign. The old leader's own
+//!   lease (openraft's, `election_timeout_max` since it was elected) must have expired for
+//!   it to grant the vote; in a five-voter cluster a third vote is needed and arrives once
+//!   the others' leases lapse, so the transfer is retried until it lands or times out.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use controller_raft::transport::HttpNetwork;
+use controller_raft::Member;
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+
+use crate::api::types::ClusterStatus;
+use crate::client::Client;
+use crate::replica::Replica;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MembershipError {
+    #[error("this replica is not the leader (leader: {0:?})")]
+    NotLeader(Option<u64>),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Leader-side cluster changes. Cheap to clone.
+#[derive(Clone)]
+pub struct Membership {
+    replica: Arc<Replica>,
+    network: HttpNetwork,
+    http: reqwest::Client,
+}
+
+/// How long a single probe of a member may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a membership change may take to commit before the caller is told its fate is
+/// unknown (it needs a quorum of the old and the new configuration).
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a membership write with [`CHANGE_TIMEOUT`].
+async fn bounded<T>(
+    what: &str,
+    change: impl std::future::Future<Output = Result<T, RaftError<u64, ClientWriteError<u64, Member>>>>,
+) -> Result<T, MembershipError> {
+    match tokio::time::timeout(CHANGE_TIMEOUT, change).await {
+        Ok(result) => result.map_err(from_write_error),
+        Err(_) => Err(MembershipError::Unavailable(format!(
+            "{what} was not committed within {CHANGE_TIMEOUT:?}; it may still complete (is a quorum of the old \
+             and the new configuration up?)"
+        ))),
+    }
+}
+
+fn from_write_error(e: RaftError<u64, ClientWriteError<u64, Member>>) -> MembershipError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            MembershipError::NotLeader(f.leader_id)
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(p),
+        )) => MembershipError::Conflict(format!("another membership change is in progress: {p}")),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            MembershipError::Conflict(e.to_string())
+        }
+        RaftError::Fatal(f) => MembershipError::Unavailable(f.to_string()),
+    }
+}
+
+impl Membership {
+    pub fn new(replica: Arc<Replica>, network: HttpNetwork, http: reqwest::Client) -> Self {
+        Self {
+            replica,
+            network,
+            http,
+        }
+    }
+
+    fn ensure_leader(&self) -> Result<(), MembershipError> {
+        let metrics = self.replica.metrics().borrow().clone();
+        if metrics.state == ServerState::Leader {
+            Ok(())
+        } else {
+            Err(MembershipError::NotLeader(metrics.current_leader))
+        }
+    }
+
+    fn voters(&self) -> BTreeSet<u64> {
+        self.replica
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    fn member(&self, id: u64) -> Option<Member> {
+        self.replica
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
+    }
+
+    async fn status_of(&self, member: &Member) -> Option<ClusterStatus> {
+        Client::with_http(&member.url, self.http.clone())
+            .with_timeout(PROBE_TIMEOUT)
+            .cluster_status()
+            .await
+            .ok()
+    }
+
+    async fn committed(&self) -> u64 {
+        self.replica
+            .raft()
+            .with_raft_state(|s| s.committed.map_or(0, |id| id.index))
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Adds `id` at `url` as a learner, waits until it caught up, then (unless
+    /// `learner_only`) promotes it to voter.
+    pub async fn add(
+        &self,
+        id: u64,
+        url: &str,
+        learner_only: bool,
+        catch_up: Duration,
+    ) -> Result<(), MembershipError> {
+        self.ensure_leader()?;
+        let member = Member::new(url);
+        let is_voter = self.voters().contains(&id);
+        match self.member(id) {
+            Some(existing) if existing.url != member.url => {
+                return Err(MembershipError::Conflict(format!(
+                    "replica {id} is already a member at {existing}; remove it first to move it to {member}"
+                )))
+            }
+            Some(_) if is_voter || learner_only => {
+                tracing::info!(id, %member, "already a member; nothing to do");
+                return Ok(());
+            }
+            Some(_) => {}
+            None => {
+                tracing::info!(id, %member, "adding a learner");
+                bounded("adding the learner", self.replica.raft().add_learner(id, member.clone(), false)).await?;
+            }
+        }
+        self.wait_caught_up(id, &member, catch_up).await?;
+        if learner_only {
+            return Ok(());
+        }
+        tracing::info!(id, %member, "promoting the learner to voter");
+        bounded(
+            "promoting the learner",
+            self.replica
+                .raft()
+                .change_membership(ChangeMembers::AddVoterIds([id].into()), false),
+        )
+        .await?;
+        tracing::info!(id, "replica is now a voter");
+        Ok(())
+    }
+
+    /// Waits until the member has applied what the leader had committed when it looked.
+    async fn wait_caught_up(
+        &self,
+        id: u64,
+        member: &Member,
+        within: Duration,
+    ) -> Result<(), MembershipError> {
+        let deadline = Instant::now() + within;
+        let mut last_report = Instant::now();
+        loop {
+            self.ensure_leader()?;
+            let committed = self.committed().await;
+            let applied = self.status_of(member).await.and_then(|s| s.applied_index);
+            if applied.is_some_and(|a| a >= committed) {
+                tracing::info!(id, committed, "learner caught up");
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(MembershipError::Unavailable(format!(
+                    "replica {id} at {member} did not catch up within {within:?} (applied {applied:?} of {committed}); \
+                     it stays a learner; retry to promote it"
+                )));
+            }
+            if last_report.elapsed() > Duration::from_secs(5) {
+                tracing::info!(id, committed, applied = ?applied, "waiting for the learner to catch up");
+                last_report = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Removes `id`. Handing leadership away first when `id` is this leader is the caller's
+    /// job: [`MembershipError::NotLeader`] is returned after the handoff so the request is
+    /// routed to the new leader.
+    pub async fn remove(&self, id: u64, force: bool) -> Result<(), MembershipError> {
+        self.ensure_leader()?;
+        if self.member(id).is_none() {
+            return Err(MembershipError::NotFound(format!(
+                "replica {id} is not a member"
+            )));
+        }
+        let voters = self.voters();
+        if id == self.replica.id() {
+            let to = self.best_successor().await.ok_or_else(|| {
+                MembershipError::Conflict("this is the only voter; it cannot be removed".into())
+            })?;
+            self.transfer(to, Duration::from_secs(5)).await?;
+            return Err(MembershipError::NotLeader(Some(to)));
+        }
+        if voters.contains(&id) {
+            let remaining: Vec<u64> = voters.iter().copied().filter(|v| *v != id).collect();
+            if remaining.is_empty() {
+                return Err(MembershipError::Conflict(
+                    "cannot remove the last voter".into(),
+                ));
+            }
+            let quorum = remaining.len() / 2 + 1;
+            let mut answering = 0;
+            for voter in &remaining {
+                let alive = *voter == self.replica.id()
+                    || match self.member(*voter) {
+                        Some(member) => self.status_of(&member).await.is_some(),
+                        None => false,
+                    };
+                answering += usize::from(alive);
+            }
+            if answering < quorum && !force {
+                return Err(MembershipError::Conflict(format!(
+                    "refusing to remove replica {id}: of the {} remaining voters only {answering} answer, and a \
+                     quorum of them needs {quorum}; the cluster would stop. Bring replicas back first, or pass \
+                     force=true",
+                    remaining.len()
+                )));
+            }
+            tracing::info!(id, remaining = ?remaining, force, "removing a voter");
+            bounded(
+                "removing the voter",
+                self.replica
+                    .raft()
+                    .change_membership(ChangeMembers::RemoveVoters([id].into()), false),
+            )
+            .await?;
+        } else {
+            tracing::info!(id, "removing a learner");
+            bounded(
+                "removing the learner",
+                self.replica
+                    .raft()
+                    .change_membership(ChangeMembers::RemoveNodes([id].into()), false),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The voter with the most of the log, other than this replica.
+    pub async fn best_successor(&self) -> Option<u64> {
+        let metrics = self.replica.metrics().borrow().clone();
+        let replication = metrics.replication.clone().unwrap_or_default();
+        self.voters()
+            .into_iter()
+            .filter(|v| *v != self.replica.id())
+            .max_by_key(|v| replication.get(v).cloned().flatten().map(|l| l.index))
+    }
+
+    /// Hands leadership to `to` within `within`.
+    pub async fn transfer(&self, to: u64, within: Duration) -> Result<(), MembershipError> {
+        self.ensure_leader()?;
+        if to == self.replica.id() {
+            return Ok(());
+        }
+        if !self.voters().contains(&to) {
+            return Err(MembershipError::NotFound(format!(
+                "replica {to} is not a voter"
+            )));
+        }
+        let member = self
+            .member(to)
+            .ok_or_else(|| MembershipError::NotFound(format!("replica {to} is not a member")))?;
+        tracing::info!(to, "handing leadership over");
+        self.replica.pause_writes(true);
+        let result = self.hand_over(to, &member, within).await;
+        self.replica.pause_writes(false);
+        match &result {
+            Ok(()) => tracing::info!(to, "leadership handed over"),
+            Err(e) => tracing::warn!(to, error = %e, "leadership transfer did not complete"),
+        }
+        result
+    }
+
+    async fn hand_over(
+        &self,
+        to: u64,
+        member: &Member,
+        within: Duration,
+    ) -> Result<(), MembershipError> {
+        let deadline = Instant::now() + within;
+        let lease = self.replica.lease();
+        // This leader grants the target's vote only once its own lease (counted from its
+        // election) has passed.
+        if let Some(leading) = self.replica.leader_for() {
+            if leading < lease {
+                tokio::time::sleep(lease - leading + Duration::from_millis(20)).await;
+            }
+        }
+        // With three voters, the old leader's vote plus the target's own are a quorum.
+        // With more, other followers must vote too, and they refuse while they still hear
+        // heartbeats: stop sending them and let their leases run out first.
+        let quorum = self.voters().len() / 2 + 1;
+        let quiet = quorum > 2;
+        if quiet {
+            self.wait_matched(to, deadline).await?;
+            self.replica.raft().runtime_config().heartbeat(false);
+            tokio::time::sleep(lease + Duration::from_millis(50)).await;
+        }
+        let result = self.campaign_until_moved(to, member, deadline).await;
+        self.replica.raft().runtime_config().heartbeat(true);
+        result
+    }
+
+    /// Waits until `to` holds this leader's whole log.
+    async fn wait_matched(&self, to: u64, deadline: Instant) -> Result<(), MembershipError> {
+        let mut metrics = self.replica.metrics();
+        loop {
+            let now = metrics.borrow().clone();
+            let last = now.last_log_index.unwrap_or(0);
+            let matched = now
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&to).cloned().flatten())
+                .map_or(0, |l| l.index);
+            if matched >= last {
+                return Ok(());
+            }
+            if now.state != ServerState::Leader {
+                return Err(MembershipError::NotLeader(now.current_leader));
+            }
+            if Instant::now() >= deadline {
+                return Err(MembershipError::Unavailable(format!(
+                    "replica {to} did not catch up with the leader's log ({matched} of {last}) in time"
+                )));
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
+        }
+    }
+
+    /// Asks `to` to campaign (again every 300 ms, each campaign costs it a term) until it
+    /// leads or `deadline` passes.
+    async fn campaign_until_moved(
+        &self,
+        to: u64,
+        member: &Member,
+        deadline: Instant,
+    ) -> Result<(), MembershipError> {
+        let mut metrics = self.replica.metrics();
+        let mut last_campaign: Option<Instant> = None;
+        loop {
+            let now = metrics.borrow().clone();
+            if now.current_leader == Some(to) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(MembershipError::Unavailable(format!(
+                    "leadership did not move to replica {to} in time (leader: {:?})",
+                    now.current_leader
+                )));
+            }
+            let due = last_campaign.is_none_or(|at| at.elapsed() >= Duration::from_millis(300));
+            if due && now.state == ServerState::Leader {
+                let last = now.last_log_index.unwrap_or(0);
+                let matched = now
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&to).cloned().flatten())
+                    .map_or(0, |l| l.index);
+                if matched >= last {
+                    last_campaign = Some(Instant::now());
+                    if let Err(e) = self.network.request_campaign(to, member).await {
+                        tracing::debug!(to, error = %e, "campaign request failed; retrying");
+                    }
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
+        }
+    }
+}

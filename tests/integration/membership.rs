@@ -1,0 +1,311 @@
+//! Operators grow, shrink, repair and roll the cluster while pageservers keep calling.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pageserver_controller::client::{retry, Client};
+use pageserver_controller::domain::NodeId;
+
+use crate::support::{shard, wait_for, TestCluster, DEADLINE};
+
+/// Clients that retry like pageservers; every call must eventually succeed.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), String>>>,
+}
+
+impl Traffic {
+    fn start(urls: Arc<Mutex<Vec<String>>>, workers: u32) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let tasks = (0..workers)
+            .map(|w| {
+                let (urls, stop, ok) = (urls.clone(), stop.clone(), ok.clone());
+                tokio::spawn(async move {
+                    let mut i = 0u32;
+                    while !stop.load(Ordering::SeqCst) {
+                        i += 1;
+                        let shard = shard(w * 1000 + i % 20);
+                        // Like pageservers behind a load balancer: each attempt may land on
+                        // another replica.
+                        let mut attempt = w as usize + i as usize;
+                        let mut next_client = || {
+                            attempt += 1;
+                            let urls = urls.lock().unwrap();
+                            Client::new(urls[attempt % urls.len()].clone())
+                                .with_timeout(Duration::from_secs(15))
+                        };
+                        let attach =
+                                retry(
+                                    DEADLINE,
+                                    Duration::from_millis(50),
+                                    Duration::from_millis(500),
+                                    || {
+                                        let client = next_client();
+                                        async move {
+                                            client.attach_hook(shard, Some(NodeId(1)), None).await
+                                        }
+                                    },
+                                )
+                                .await;
+                        let generation =
+                            attach.map_err(|e| format!("attach failed after retries: {e}"))?;
+                        let validate =
+                            retry(
+                                DEADLINE,
+                                Duration::from_millis(50),
+                                Duration::from_millis(500),
+                                || {
+                                    let client = next_client();
+                                    async move {
+                                        client.validate(&[(shard, generation.unwrap_or(0))]).await
+                                    }
+                                },
+                            )
+                            .await;
+                        validate.map_err(|e| format!("validate failed after retries: {e}"))?;
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        Traffic { stop, ok, tasks }
+    }
+
+    async fn progress(&self, at_least: u64) {
+        let target = self.ok.load(Ordering::SeqCst) + at_least;
+        wait_for(
+            &format!("{at_least} more successful calls"),
+            DEADLINE,
+            || async move { (self.ok.load(Ordering::SeqCst) >= target).then_some(()) },
+        )
+        .await;
+    }
+
+    async fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        for task in self.tasks {
+            task.await
+                .unwrap()
+                .expect("no request may fail after retries");
+        }
+        self.ok.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grow_to_five_and_shrink_back_under_traffic() {
+    let mut cluster = TestCluster::start(3).await;
+    let urls = Arc::new(Mutex::new(
+        (1..=3).map(|id| cluster.url(id)).collect::<Vec<_>>(),
+    ));
+    let traffic = Traffic::start(urls.clone(), 4);
+    traffic.progress(10).await;
+
+    cluster.join(4, 1).await;
+    cluster.wait_for_voters(&[1, 2, 3, 4]).await;
+    cluster.join(5, 2).await;
+    cluster.wait_for_voters(&[1, 2, 3, 4, 5]).await;
+    urls.lock()
+        .unwrap()
+        .extend([cluster.url(4), cluster.url(5)]);
+    traffic.progress(20).await;
+
+    // Shrink: remove the leader first (it hands leadership over), then another.
+    let leader = cluster.wait_for_leader().await;
+    let status = cluster
+        .client(4)
+        .remove_member(leader, false)
+        .await
+        .unwrap();
+    assert!(!status.members.iter().any(|m| m.id == leader), "{status:?}");
+    let other = [1, 2, 3, 4, 5]
+        .into_iter()
+        .find(|id| *id != leader && *id != status.leader.unwrap())
+        .unwrap();
+    cluster
+        .client(status.leader.unwrap())
+        .remove_member(other, false)
+        .await
+        .unwrap();
+    urls.lock()
+        .unwrap()
+        .retain(|u| *u != cluster.url(leader) && *u != cluster.url(other));
+    let mut remaining: Vec<u64> = [1, 2, 3, 4, 5]
+        .into_iter()
+        .filter(|id| *id != leader && *id != other)
+        .collect();
+    remaining.sort_unstable();
+    cluster.wait_for_voters(&remaining).await;
+    traffic.progress(20).await;
+    cluster.stop(leader);
+    cluster.stop(other);
+    traffic.progress(10).await;
+    let done = traffic.finish().await;
+    assert!(done >= 60, "{done} calls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_disk_was_lost_is_replaced_and_catches_up_from_a_snapshot() {
+    let mut cluster = TestCluster::start_with(
+        3,
+        &["--snapshot-every", "20", "--snapshot-keep-entries", "5"],
+    )
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    let lost = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let client = cluster.client(leader);
+    for i in 0..30 {
+        client
+            .attach_hook(shard(i), Some(NodeId(1)), None)
+            .await
+            .unwrap();
+    }
+    cluster.kill(lost);
+    cluster.wipe(lost);
+    // Runbook: remove it, then add it back with an empty data dir through --join.
+    cluster
+        .client(leader)
+        .remove_member(lost, false)
+        .await
+        .unwrap();
+    cluster.wait_for_voters(&cluster.running()).await;
+    for i in 0..30 {
+        client
+            .attach_hook(shard(i), Some(NodeId(2)), None)
+            .await
+            .unwrap();
+    }
+    cluster.forget(lost);
+    cluster.join(lost, leader).await;
+    let mut all = cluster.running();
+    all.sort_unstable();
+    cluster.wait_for_voters(&all).await;
+    let committed = cluster
+        .status_of(leader)
+        .await
+        .unwrap()
+        .committed_index
+        .unwrap();
+    cluster.wait_applied(lost, committed).await;
+    assert!(
+        cluster.log_of(lost).contains("installed snapshot"),
+        "caught up from a snapshot"
+    );
+
+    // The replaced member carries the cluster with one of the others.
+    cluster.kill(leader);
+    cluster.wait_for_leader().await;
+    for i in 0..30 {
+        assert_eq!(
+            cluster.client(lost).inspect(shard(i)).await.unwrap(),
+            Some((2, NodeId(2)))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_on_request_and_when_the_leader_is_stopped() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let target = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let status = retry(
+        DEADLINE,
+        Duration::from_millis(100),
+        Duration::from_secs(1),
+        || {
+            let client = cluster.client(leader);
+            async move { client.transfer_leader(target).await }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(status.leader, Some(target));
+    assert_eq!(cluster.wait_for_leader().await, target);
+
+    // SIGTERM on the leader hands leadership over before the replica exits.
+    let client = cluster.client(target);
+    client
+        .attach_hook(shard(1), Some(NodeId(1)), None)
+        .await
+        .unwrap();
+    cluster.stop(target);
+    assert!(
+        cluster.log_of(target).contains("leadership handed over"),
+        "{}",
+        cluster.log_of(target)
+    );
+    let next = cluster.wait_for_leader().await;
+    assert_ne!(next, target);
+    assert_eq!(
+        cluster.client(next).inspect(shard(1)).await.unwrap(),
+        Some((1, NodeId(1)))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_under_traffic_fails_no_request() {
+    let mut cluster = TestCluster::start(3).await;
+    let urls = Arc::new(Mutex::new(
+        (1..=3).map(|id| cluster.url(id)).collect::<Vec<_>>(),
+    ));
+    let traffic = Traffic::start(urls, 4);
+    traffic.progress(10).await;
+    for id in [1, 2, 3] {
+        cluster.stop(id);
+        traffic.progress(5).await;
+        cluster.restart(id).await;
+        wait_for(&format!("replica {id} ready"), DEADLINE, || {
+            let client = cluster.client(id);
+            async move { client.ready().await.ok() }
+        })
+        .await;
+    }
+    traffic.progress(10).await;
+    traffic.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_that_would_stop_the_cluster_is_refused() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let followers: Vec<u64> = cluster
+        .running()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    cluster.kill(followers[0]);
+    let refused = cluster
+        .client(leader)
+        .remove_member(followers[1], false)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(409), "{refused}");
+    assert!(refused.to_string().contains("quorum"), "{refused}");
+    let missing = cluster
+        .client(leader)
+        .remove_member(42, false)
+        .await
+        .unwrap_err();
+    assert_eq!(missing.status(), Some(404), "{missing}");
+    // Removing the dead one is fine: the two that answer are a quorum of two.
+    cluster
+        .client(leader)
+        .remove_member(followers[0], false)
+        .await
+        .unwrap();
+    let mut voters = vec![leader, followers[1]];
+    voters.sort_unstable();
+    cluster.wait_for_voters(&voters).await;
+}

@@ -1,0 +1,514 @@
+//! Backup and restore, disaster recovery, metrics, readiness, bounded data dirs, logs.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use pageserver_controller::api::types::NodeRegisterRequest;
+use pageserver_controller::client::Client;
+use pageserver_controller::domain::NodeId;
+
+use crate::support::{shard, wait_for, TestCluster, BIN, DEADLINE};
+
+const BUMP: u32 = 1000;
+
+fn run(args: &[&str]) -> String {
+    let output = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("running the binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{args:?} failed: {text}");
+    text
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A replica started on a seeded data dir (restore or recover), killed on drop.
+struct Seeded(Child);
+
+impl Drop for Seeded {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve_seeded(id: u64, port: u16, data_dir: &std::path::Path, log: &std::path::Path) -> Seeded {
+    let log = std::fs::File::create(log).unwrap();
+    Seeded(
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--id",
+                &id.to_string(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stderr(log)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn wait_ready(client: &Client) {
+    wait_for("the replica to be ready", DEADLINE, || {
+        let client = client.clone();
+        async move { client.ready().await.ok() }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restores_into_a_new_cluster_with_generations_above_the_original() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let client = cluster.client(leader);
+    client
+        .register_node(&NodeRegisterRequest {
+            node_id: NodeId(7),
+            listen_pg_addr: "ps-7".into(),
+            listen_pg_port: 6400,
+            listen_http_addr: "ps-7".into(),
+            listen_http_port: 9898,
+            availability_zone_id: None,
+        })
+        .await
+        .unwrap();
+    for i in 0..20 {
+        client
+            .attach_hook(shard(i), Some(NodeId(7)), None)
+            .await
+            .unwrap();
+    }
+    client.attach_hook(shard(3), None, None).await.unwrap();
+    let original = client.list_tenants(None, None).await.unwrap();
+
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let file = cluster.root().join("backup.psc");
+    let printed = run(&[
+        "backup",
+        "--url",
+        &cluster.url(follower),
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(printed.contains("20 tenant shards"), "{printed}");
+
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let restored_dir = cluster.root().join("restored-1");
+    run(&[
+        "restore",
+        "--from",
+        file.to_str().unwrap(),
+        "--data-dir",
+        restored_dir.to_str().unwrap(),
+        "--id",
+        "1",
+        "--advertise-url",
+        &url,
+        "--generation-bump",
+        &BUMP.to_string(),
+    ]);
+    let _restored = serve_seeded(
+        1,
+        port,
+        &restored_dir,
+        &cluster.root().join("restored-1.log"),
+    );
+    let restored = Client::new(&url);
+    wait_ready(&restored).await;
+
+    let after = restored.list_tenants(None, None).await.unwrap();
+    assert_eq!(after.len(), original.len());
+    for (before, now) in original.iter().zip(&after) {
+        assert_eq!(before.tenant_shard_id, now.tenant_shard_id);
+        assert_eq!(before.node_id, now.node_id);
+        assert_eq!(
+            now.generation,
+            before.generation.map(|g| g + BUMP),
+            "every generation is raised"
+        );
+    }
+    let old = original[0].generation.unwrap();
+    let answers = restored
+        .validate(&[(original[0].tenant_shard_id, old)])
+        .await
+        .unwrap();
+    assert!(
+        !answers.tenants[0].valid,
+        "no generation from before the backup is valid"
+    );
+    assert_eq!(
+        restored
+            .attach_hook(shard(0), Some(NodeId(7)), None)
+            .await
+            .unwrap(),
+        Some(old + BUMP + 1)
+    );
+    assert_eq!(
+        restored.get_node(NodeId(7)).await.unwrap().listen_http_addr,
+        "ps-7"
+    );
+    let status = restored.cluster_status().await.unwrap();
+    assert_ne!(
+        status.cluster_id,
+        cluster.status_of(leader).await.unwrap().cluster_id,
+        "a restore is a new cluster"
+    );
+
+    // A newer backup format is refused with a message.
+    let mut newer = std::fs::read(&file).unwrap();
+    newer[8] = 99;
+    let newer_file = cluster.root().join("newer.psc");
+    std::fs::write(&newer_file, newer).unwrap();
+    let output = Command::new(BIN)
+        .args([
+            "restore",
+            "--from",
+            newer_file.to_str().unwrap(),
+            "--id",
+            "1",
+            "--advertise-url",
+            &url,
+        ])
+        .arg("--data-dir")
+        .arg(cluster.root().join("restored-2"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("newer"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_majority_is_recovered_from_a_survivor_and_grows_again() {
+    let mut cluster = TestCluster::start_with(3, &["--snapshot-every", "10"]).await;
+    let leader = cluster.wait_for_leader().await;
+    let client = cluster.client(leader);
+    for i in 0..25 {
+        client
+            .attach_hook(shard(i), Some(NodeId(1)), None)
+            .await
+            .unwrap();
+    }
+    let original = client.list_tenants(None, None).await.unwrap();
+    let survivor = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let committed = cluster
+        .status_of(leader)
+        .await
+        .unwrap()
+        .committed_index
+        .unwrap();
+    cluster.wait_applied(survivor, committed).await;
+    for id in cluster.running() {
+        cluster.kill(id);
+    }
+    let dir = cluster.replicas[&survivor].data_dir.clone();
+    let id = survivor.to_string();
+
+    // Refused without the confirmation flag.
+    let output = Command::new(BIN)
+        .args(["recover", "--id", &id])
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--confirm-other-replicas-are-lost"));
+    run(&[
+        "recover",
+        "--id",
+        &id,
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--generation-bump",
+        &BUMP.to_string(),
+        "--confirm-other-replicas-are-lost",
+    ]);
+    cluster.restart(survivor).await;
+    let client = cluster.client(survivor);
+    wait_ready(&client).await;
+    let after = client.list_tenants(None, None).await.unwrap();
+    for (before, now) in original.iter().zip(&after) {
+        assert_eq!(now.generation, before.generation.map(|g| g + BUMP));
+    }
+    // Fresh replicas join the recovered cluster.
+    cluster.join(4, survivor).await;
+    cluster.wait_for_voters(&[survivor, 4]).await;
+    assert_eq!(
+        cluster
+            .client(4)
+            .inspect(shard(3))
+            .await
+            .unwrap()
+            .unwrap()
+            .0,
+        original[3].generation.unwrap() + BUMP
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_refuses_a_data_dir_in_use() {
+    let cluster = TestCluster::start(3).await;
+    let dir = cluster.replicas[&1].data_dir.clone();
+    let output = Command::new(BIN)
+        .args(["recover", "--id", "1", "--confirm-other-replicas-are-lost"])
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("in use by another process"),
+        "{stderr}"
+    );
+}
+
+/// Checks the Prometheus text format line by line; returns the sample names.
+fn parse_prometheus(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(comment) = line.strip_prefix("# ") {
+            assert!(
+                comment.starts_with("HELP ") || comment.starts_with("TYPE "),
+                "bad comment: {line}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        assert!(
+            value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
+            "bad value: {line}"
+        );
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad name: {line}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "bad labels: {line}"
+            );
+        }
+        names.push(name.to_owned());
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_prometheus_text_with_the_operational_series() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let via_follower = cluster.client(follower);
+    for i in 0..5 {
+        via_follower
+            .attach_hook(shard(i), Some(NodeId(1)), None)
+            .await
+            .unwrap();
+    }
+    via_follower.validate(&[(shard(1), 1)]).await.unwrap();
+    let http = reqwest::Client::new();
+    for (id, must_have) in [
+        (
+            leader,
+            vec![
+                "psc_http_requests_total",
+                "psc_http_request_duration_seconds_bucket",
+                "psc_raft_term",
+                "psc_raft_committed_index",
+                "psc_raft_applied_index",
+                "psc_raft_purged_index",
+                "psc_raft_log_entries",
+                "psc_raft_leader_changes_total",
+                "psc_storage_flush_duration_seconds_bucket",
+                "psc_snapshot_build_seconds",
+                "psc_snapshot_install_seconds",
+                "psc_tenant_shards",
+                "psc_nodes",
+                "psc_replication_lag_entries",
+                "psc_raft_proposed_commands_total",
+                "process_resident_memory_bytes",
+            ],
+        ),
+        (
+            follower,
+            vec!["psc_forwarded_requests_total", "psc_data_dir_bytes"],
+        ),
+    ] {
+        let response = http
+            .get(format!("{}/metrics", cluster.url(id)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        let names = parse_prometheus(&text);
+        for series in must_have {
+            assert!(
+                names.iter().any(|n| n == series),
+                "replica {id} lacks {series}:\n{text}"
+            );
+        }
+        if id == leader {
+            assert!(text.contains("psc_tenant_shards 5"), "{text}");
+            assert!(text.contains("route=\"/debug/v1/attach-hook\""), "{text}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_503_without_a_quorum() {
+    let mut cluster = TestCluster::start(3).await;
+    for id in [1, 2, 3] {
+        wait_ready(&cluster.client(id)).await;
+    }
+    cluster.kill(2);
+    cluster.kill(3);
+    let client = cluster.client(1);
+    let not_ready = wait_for("replica 1 to report not ready", DEADLINE, || {
+        let client = client.clone();
+        async move { client.ready().await.err() }
+    })
+    .await;
+    assert_eq!(not_ready.status(), Some(503), "{not_ready}");
+    assert_eq!(
+        client.status().await.unwrap().replica_id,
+        1,
+        "/status stays up"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_replica_id() {
+    let output = Command::new(BIN)
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--id",
+            "4",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(tempfile::tempdir().unwrap().path().join("empty"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON log line");
+    let parsed: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(parsed["replica"], 4);
+    assert_eq!(parsed["level"], "ERROR");
+    assert!(parsed["message"]
+        .as_str()
+        .unwrap()
+        .contains("--initial-cluster"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_attaches_leave_a_bounded_data_dir() {
+    let cluster = TestCluster::start_with(
+        3,
+        &["--snapshot-every", "500", "--snapshot-keep-entries", "100"],
+    )
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    let http = reqwest::Client::new();
+    let size = |id: u64| dir_size(&cluster.replicas[&id].data_dir);
+    let mut sizes = Vec::new();
+    for round in 0..4u32 {
+        let tasks: Vec<_> = (0..64u32)
+            .map(|worker| {
+                let client = Client::with_http(cluster.url(leader), http.clone())
+                    .with_timeout(Duration::from_secs(30));
+                tokio::spawn(async move {
+                    for i in 0..(25_000 / 64 + 1) {
+                        let n = (worker * 7919 + i * 31 + round) % 5_000;
+                        client
+                            .attach_hook(shard(n), Some(NodeId(u64::from(i % 4))), None)
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        sizes.push(size(leader));
+        eprintln!(
+            "after {}k attaches: data dir {} bytes",
+            (round + 1) * 25,
+            sizes.last().unwrap()
+        );
+    }
+    let status = cluster.status_of(leader).await.unwrap();
+    assert!(status.purged_index.unwrap_or(0) > 0, "{status:?}");
+    // The registry has at most 5,000 shards; once snapshots and purges run, the data dir
+    // must stop growing with the number of attaches.
+    let (first, last) = (sizes[1], *sizes.last().unwrap());
+    assert!(
+        last < 64 << 20,
+        "data dir is {last} bytes after 100k attaches: {sizes:?}"
+    );
+    assert!(
+        last < first * 2,
+        "data dir keeps growing with attaches: {sizes:?}"
+    );
+}
+
+fn dir_size(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| {
+                    let meta = e.metadata().unwrap();
+                    if meta.is_dir() {
+                        dir_size(&e.path())
+                    } else {
+                        meta.len()
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
