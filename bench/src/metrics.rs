@@ -63,11 +63,63 @@ pub fn moved(before: &Scrape, after: &Scrape, limit: usize) -> Vec<(String, f64)
     out
 }
 
+/// Growth of the sum of all series of metric `name` (any labels) between two scrapes.
+fn delta(before: &Scrape, after: &Scrape, name: &str) -> Option<f64> {
+    let sum = |scrape: &Scrape| {
+        let series: Vec<f64> = scrape
+            .iter()
+            .filter(|(k, _)| k.split('{').next() == Some(name))
+            .map(|(_, v)| *v)
+            .collect();
+        (!series.is_empty()).then(|| series.iter().sum::<f64>())
+    };
+    Some(sum(after)? - sum(before).unwrap_or(0.0))
+}
+
+/// Ratios of the replica's own counters that say how work was grouped: commands per
+/// Raft entry, reads per leadership round, mean flush time. Empty if the names differ.
+fn known_figures(before: &Scrape, after: &Scrape) -> Vec<String> {
+    let d = |name| delta(before, after, name);
+    let mut out = Vec::new();
+    if let (Some(commands), Some(proposals)) = (
+        d("psc_raft_proposed_commands_total"),
+        d("psc_raft_proposals_total"),
+    ) {
+        if proposals > 0.0 {
+            out.push(format!("{:.1} commands/entry", commands / proposals));
+        }
+    }
+    if let (Some(reads), Some(rounds)) = (
+        d("psc_read_index_reads_total"),
+        d("psc_read_index_rounds_total"),
+    ) {
+        if rounds > 0.0 {
+            out.push(format!("{:.1} reads/leadership round", reads / rounds));
+        }
+    }
+    if let (Some(sum), Some(count)) = (
+        d("psc_storage_flush_duration_seconds_sum"),
+        d("psc_storage_flush_duration_seconds_count"),
+    ) {
+        if count > 0.0 {
+            out.push(format!(
+                "{count:.0} flushes, mean {:.2} ms",
+                sum / count * 1000.0
+            ));
+        }
+    }
+    out
+}
+
 /// One line describing what the server's counters did, or "n/a".
 pub fn describe(before: Option<&Scrape>, after: Option<&Scrape>) -> String {
     match (before, after) {
         (Some(before), Some(after)) => {
-            let moved = moved(before, after, 8);
+            let known = known_figures(before, after);
+            if !known.is_empty() {
+                return format!("leader: {}", known.join(", "));
+            }
+            let moved = moved(before, after, 4);
             if moved.is_empty() {
                 "no counter moved".to_owned()
             } else {
