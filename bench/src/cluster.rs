@@ -13,7 +13,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use pageserver_controller::client::Client;
 
 /// One shared connection pool for all bench traffic to our service.
 pub fn http_pool() -> reqwest::Client {
@@ -45,6 +44,26 @@ impl View {
     }
 }
 
+/// `GET /v1/cluster` read as loose JSON. Traffic goes through the typed client, but the
+/// bench also measures older builds (before/after a change) whose status carried fewer
+/// fields than today's `ClusterStatus`; only `leader`, `members[].{id,url}` and
+/// `last_log_index` are read here, which every build has served.
+async fn cluster_json(http: &reqwest::Client, url: &str) -> Result<serde_json::Value, String> {
+    let response = http
+        .get(format!("{url}/v1/cluster"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("{url}/v1/cluster: {}", response.status()));
+    }
+    response
+        .json()
+        .await
+        .map_err(|e| format!("{url}/v1/cluster: {e}"))
+}
+
 /// Asks the replicas at `urls` (any of them) for members and leader; waits up to
 /// `wait` for a leader.
 pub async fn discover(
@@ -56,15 +75,16 @@ pub async fn discover(
     let mut last_error = String::from("no replica answered");
     loop {
         for url in urls {
-            let client =
-                Client::with_http(url.clone(), http.clone()).with_timeout(Duration::from_secs(2));
-            match client.cluster_status().await {
-                Ok(status) => match status.leader {
+            match cluster_json(http, url).await {
+                Ok(status) => match status["leader"].as_u64() {
                     Some(leader) => {
-                        let urls = status
-                            .members
-                            .iter()
-                            .map(|m| (m.id, m.url.clone()))
+                        let urls = status["members"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|m| {
+                                Some((m["id"].as_u64()?, m["url"].as_str()?.to_owned()))
+                            })
                             .collect::<BTreeMap<_, _>>();
                         if urls.contains_key(&leader) {
                             return Ok(View { urls, leader });
@@ -73,7 +93,7 @@ pub async fn discover(
                     }
                     None => last_error = format!("{url} knows no leader"),
                 },
-                Err(e) => last_error = e.to_string(),
+                Err(e) => last_error = e,
             }
         }
         if Instant::now() >= deadline {
@@ -86,12 +106,7 @@ pub async fn discover(
 /// The leader's last log index: the difference over a run is the number of Raft entries
 /// it appended, which shows whether commands share entries.
 pub async fn last_log_index(http: &reqwest::Client, url: &str) -> Option<u64> {
-    Client::with_http(url.to_owned(), http.clone())
-        .with_timeout(Duration::from_secs(5))
-        .cluster_status()
-        .await
-        .ok()?
-        .last_log_index
+    cluster_json(http, url).await.ok()?["last_log_index"].as_u64()
 }
 
 fn free_port() -> anyhow::Result<u16> {
