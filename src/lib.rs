@@ -15,6 +15,7 @@
 //! know nothing of generations; this crate ties them to the domain.
 
 pub mod api;
+pub mod auth;
 pub mod backup;
 pub mod cli;
 pub mod client;

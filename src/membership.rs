@@ -45,6 +45,8 @@ pub struct Membership {
     replica: Arc<Replica>,
     network: HttpNetwork,
     http: reqwest::Client,
+    /// Presented when probing other members.
+    peer_token: Option<String>,
 }
 
 /// How long a single probe of a member may take.
@@ -84,11 +86,17 @@ fn from_write_error(e: RaftError<u64, ClientWriteError<u64, Member>>) -> Members
 }
 
 impl Membership {
-    pub fn new(replica: Arc<Replica>, network: HttpNetwork, http: reqwest::Client) -> Self {
+    pub fn new(
+        replica: Arc<Replica>,
+        network: HttpNetwork,
+        http: reqwest::Client,
+        peer_token: Option<String>,
+    ) -> Self {
         Self {
             replica,
             network,
             http,
+            peer_token,
         }
     }
 
@@ -123,6 +131,7 @@ impl Membership {
 
     async fn status_of(&self, member: &Member) -> Option<ClusterStatus> {
         Client::with_http(&member.url, self.http.clone())
+            .with_token(self.peer_token.clone())
             .with_timeout(PROBE_TIMEOUT)
             .cluster_status()
             .await

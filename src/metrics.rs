@@ -370,7 +370,8 @@ impl Metrics {
     }
 }
 
-fn dir_size(path: &std::path::Path) -> u64 {
+/// Bytes used by the files under `path`.
+pub fn dir_size(path: &std::path::Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;
     };

@@ -29,8 +29,8 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::routing::Forwarder;
-use crate::api::types::ClusterStatus;
 use crate::api::{self, ApiState, Limits};
+use crate::auth::{JwtKeys, PeerJwt};
 use crate::client::Client;
 use crate::consensus::{LogStore, StateMachine};
 use crate::membership::Membership;
@@ -58,6 +58,35 @@ pub struct ServeConfig {
     pub cache_bytes: u64,
     /// How long in-flight requests may take to finish at shut-down.
     pub drain: Duration,
+    pub security: Security,
+}
+
+/// How a replica authenticates callers and peers, and whether it speaks TLS.
+#[derive(Clone, Default)]
+pub struct Security {
+    /// Public keys of accepted tokens; `None` turns authentication off.
+    pub keys: Option<Arc<JwtKeys>>,
+    /// This replica's `controller_peer` token, presented to its peers.
+    pub peer_token: Option<String>,
+    /// Certificate chain and private key (PEM) to serve HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// CA certificate (PEM) that peers' certificates are checked against.
+    pub ca: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token.
+        f.debug_struct("Security")
+            .field("auth", &self.keys.is_some())
+            .field(
+                "peer_token",
+                &self.peer_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("tls", &self.tls)
+            .field("ca", &self.ca)
+            .finish()
+    }
 }
 
 /// The cluster id all initial members derive alike from the name and the member list.
@@ -77,7 +106,11 @@ pub fn derive_cluster_id(name: &str, members: &BTreeMap<u64, Member>) -> String 
 
 /// Opens the data dir, creating it for a fresh member of the initial cluster or for a
 /// replica joining a running one.
-async fn open_data_dir(config: &ServeConfig, http: &reqwest::Client) -> anyhow::Result<DataDir> {
+async fn open_data_dir(
+    config: &ServeConfig,
+    http: &reqwest::Client,
+    peer_token: Option<String>,
+) -> anyhow::Result<DataDir> {
     let root = &config.data_dir;
     if DataDir::peek(root)?.is_some() {
         let dir = DataDir::open(root, config.id, Some(&config.cluster_name))?;
@@ -86,7 +119,7 @@ async fn open_data_dir(config: &ServeConfig, http: &reqwest::Client) -> anyhow::
     }
     let (cluster_id, bootstrap) = match (&config.join, config.initial_cluster.is_empty()) {
         (Some(_), false) => bail!("pass either --initial-cluster (a new cluster) or --join (a running one), not both"),
-        (Some(url), true) => (cluster_to_join(config, url, http).await?, Bootstrap::Joined),
+        (Some(url), true) => (cluster_to_join(config, url, http, peer_token).await?, Bootstrap::Joined),
         (None, true) => bail!(
             "data dir {} is empty: pass --initial-cluster listing every member (including replica {}) to \
              bootstrap a new cluster, or --join URL to join a running one",
@@ -125,8 +158,11 @@ async fn cluster_to_join(
     config: &ServeConfig,
     url: &str,
     http: &reqwest::Client,
+    peer_token: Option<String>,
 ) -> anyhow::Result<String> {
-    let client = Client::with_http(url, http.clone()).with_timeout(Duration::from_secs(2));
+    let client = Client::with_http(url, http.clone())
+        .with_token(peer_token)
+        .with_timeout(Duration::from_secs(2));
     let deadline = std::time::Instant::now() + JOIN_PATIENCE;
     loop {
         match client.cluster_status().await {
@@ -161,14 +197,21 @@ async fn cluster_to_join(
     }
 }
 
-/// One pooled HTTP client for all replica-to-replica traffic.
-pub fn peer_client() -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// One pooled HTTP client for all replica-to-replica traffic; trusts `ca` in addition
+/// to the system roots when given.
+pub fn peer_client(ca: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(60))
-        .connect_timeout(Duration::from_secs(1))
-        .build()
-        .context("building the HTTP client")
+        .connect_timeout(Duration::from_secs(1));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca)
+            .with_context(|| format!("reading the CA certificate {}", ca.display()))?;
+        let certificate = reqwest::Certificate::from_pem(&pem)
+            .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
+        builder = builder.add_root_certificate(certificate);
+    }
+    builder.build().context("building the HTTP client")
 }
 
 /// Runs a replica until `shutdown` resolves or Raft fails; `Err` if it failed.
@@ -176,8 +219,9 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let client = peer_client()?;
-    let data_dir = open_data_dir(&config, &client).await?;
+    let security = config.security.clone();
+    let client = peer_client(security.ca.as_deref())?;
+    let data_dir = open_data_dir(&config, &client, security.peer_token.clone()).await?;
     let identity = data_dir.identity().clone();
     let log = LogStore::open(&data_dir.log_path(), config.id, config.cache_bytes)?;
     let state_machine = StateMachine::open(&data_dir.snapshot_path())
@@ -190,7 +234,11 @@ pub async fn serve(
         cluster_id: identity.cluster_id.clone(),
         replica_id: config.id,
     });
-    let peer_auth: Arc<dyn PeerAuth> = Arc::new(NoPeerAuth);
+    let peer_auth: Arc<dyn PeerAuth> = match (&security.keys, &security.peer_token) {
+        (Some(keys), Some(token)) => Arc::new(PeerJwt::new(token, keys.clone())?),
+        (None, None) => Arc::new(NoPeerAuth),
+        _ => bail!("authentication needs both --auth-public-key and --peer-token-file"),
+    };
     let network = HttpNetwork::new(client.clone(), peer_identity.clone(), peer_auth.clone());
     let replica = Arc::new(
         Replica::start(
@@ -204,7 +252,12 @@ pub async fn serve(
         )
         .await?,
     );
-    let membership = Membership::new(replica.clone(), network.clone(), client.clone());
+    let membership = Membership::new(
+        replica.clone(),
+        network.clone(),
+        client.clone(),
+        security.peer_token.clone(),
+    );
     let metrics = Metrics::new();
     metrics.attach(&replica);
     let api_state = Arc::new(ApiState {
@@ -217,6 +270,7 @@ pub async fn serve(
             client: client.clone(),
             self_id: config.id,
             timeout: config.deadlines.write + Duration::from_secs(3),
+            peer_token: security.peer_token.clone(),
         },
         leader_wait: config.leader_wait,
         limits: config.limits,
@@ -226,6 +280,10 @@ pub async fn serve(
             replica.raft().clone(),
             peer_identity,
             peer_auth,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            security.keys.clone(),
+            api::auth::authorize,
         ))
         .route_layer(axum::middleware::from_fn_with_state(
             metrics.clone(),
@@ -268,6 +326,7 @@ pub async fn serve(
             tokio::spawn(bootstrap(
                 replica.clone(),
                 client.clone(),
+                security.peer_token.clone(),
                 identity.cluster_id.clone(),
                 config.initial_cluster.clone(),
                 stop.clone(),
@@ -276,7 +335,7 @@ pub async fn serve(
         (Bootstrap::Joined, Some(url)) if !initialized => {
             tokio::spawn(ask_to_join(
                 replica.clone(),
-                Client::with_http(url, client.clone()),
+                Client::with_http(url, client.clone()).with_token(security.peer_token.clone()),
                 config.advertise_url.clone(),
                 stop.clone(),
                 failure.clone(),
@@ -291,18 +350,13 @@ pub async fn serve(
 
     // The listener keeps accepting until leadership has been handed away: the handoff
     // needs the peers' votes and heartbeats to reach this replica.
-    let close_listener = CancellationToken::new();
-    let graceful = {
-        let close_listener = close_listener.clone();
-        async move { close_listener.cancelled().await }
-    };
-    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
-    let server = tokio::spawn(async move { server.await });
+    let handle = axum_server::Handle::new();
+    let server = start_listener(listener.into_std()?, app, &security, handle.clone()).await?;
     stop.cancelled().await;
     hand_leadership_away(&replica, &membership).await;
-    close_listener.cancel();
     tracing::info!("shutting down: draining in-flight requests");
-    match tokio::time::timeout(config.drain, server).await {
+    handle.graceful_shutdown(Some(config.drain));
+    match tokio::time::timeout(config.drain + Duration::from_secs(1), server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
@@ -323,6 +377,48 @@ pub async fn serve(
         None => Ok(()),
     }
 }
+
+/// Serves `app` on `listener`, over TLS when configured. Connections that stall while
+/// sending headers are dropped, so slow clients cannot hold connections open.
+async fn start_listener(
+    listener: std::net::TcpListener,
+    app: axum::Router,
+    security: &Security,
+    handle: axum_server::Handle<SocketAddr>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let service = app.into_make_service();
+    Ok(match &security.tls {
+        None => {
+            let mut server = axum_server::from_tcp(listener)?.handle(handle);
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            tokio::spawn(server.serve(service))
+        }
+        Some((cert, key)) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "loading the TLS certificate {} and key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            let mut server =
+                axum_server::tls_rustls::from_tcp_rustls(listener, tls)?.handle(handle);
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            tokio::spawn(server.serve(service))
+        }
+    })
+}
+
+/// A client must send its request headers within this.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// On the way out, a leader hands leadership to the most up-to-date voter so the cluster
 /// does not wait an election timeout (a rolling restart then costs no election).
@@ -415,20 +511,18 @@ async fn watch_for_fatal(
 async fn bootstrap(
     replica: Arc<Replica>,
     client: reqwest::Client,
+    peer_token: Option<String>,
     cluster_id: String,
     members: BTreeMap<u64, Member>,
     stop: CancellationToken,
 ) {
     for (id, member) in members.iter().filter(|(id, _)| **id != replica.id()) {
-        let probe = client
-            .get(member.endpoint("/v1/cluster"))
-            .timeout(Duration::from_secs(1))
-            .send()
+        let probe = Client::with_http(&member.url, client.clone())
+            .with_token(peer_token.clone())
+            .with_timeout(Duration::from_secs(1))
+            .cluster_status()
             .await;
-        let Ok(response) = probe else { continue };
-        let Ok(status) = response.json::<ClusterStatus>().await else {
-            continue;
-        };
+        let Ok(status) = probe else { continue };
         if status.cluster_id != cluster_id {
             tracing::error!(peer = id, url = %member, theirs = %status.cluster_id, ours = %cluster_id,
                 "a listed peer belongs to another cluster: check --initial-cluster and --cluster-name on every replica");

@@ -17,6 +17,10 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
@@ -41,6 +45,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -104,8 +110,10 @@ impl From<ReadError> for ApiError {
     fn from(e: ReadError) -> Self {
         let msg = e.to_string();
         match e {
-            ReadError::NotLeader { .. } => ApiError::NotLeader(msg),
-            ReadError::NoQuorum(_) | ReadError::Stopped(_) => ApiError::Unavailable(msg),
+            // A read that could not confirm leadership did nothing: route it again (the
+            // routing layer gives up with a 503 once it has waited long enough).
+            ReadError::NotLeader { .. } | ReadError::NoQuorum(_) => ApiError::NotLeader(msg),
+            ReadError::Stopped(_) => ApiError::Unavailable(msg),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! handler), [`error::ApiError`] is the only error shape, and [`json::Json`] makes a
 //! malformed body a 400 that names the bad field.
 
+pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod handlers;
@@ -34,6 +35,10 @@ pub struct Limits {
     pub body_bytes: usize,
     /// Most tenant shards in one validate call.
     pub validate_tenants: usize,
+    /// Most API requests in flight; more are shed with a 503.
+    pub max_in_flight: usize,
+    /// Longest an API request may take before a 503.
+    pub request_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -42,6 +47,8 @@ impl Default for Limits {
             // 10,000 validate entries are about 700 KB of JSON; leave room above that.
             body_bytes: 4 << 20,
             validate_tenants: 20_000,
+            max_in_flight: 1024,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -71,6 +78,13 @@ pub fn router(api: Arc<ApiState>) -> Router {
             route_to_leader,
         )
     };
+    let shed = from_fn_with_state(
+        Arc::new(Shedder {
+            permits: Arc::new(tokio::sync::Semaphore::new(api.limits.max_in_flight)),
+            limits: api.limits,
+        }),
+        shed_and_time_out,
+    );
     let writes = Router::new()
         .route("/upcall/v1/re-attach", post(handlers::re_attach))
         .route("/re-attach", post(handlers::re_attach_legacy))
@@ -86,7 +100,8 @@ pub fn router(api: Arc<ApiState>) -> Router {
             "/control/v1/tenant/{tenant_shard_id}/migrate",
             put(handlers::migrate),
         )
-        .route_layer(on_leader(Policy::Write, None));
+        .route_layer(on_leader(Policy::Write, None))
+        .route_layer(shed.clone());
     let reads = Router::new()
         .route("/upcall/v1/validate", post(handlers::validate))
         .route("/validate", post(handlers::validate))
@@ -96,7 +111,8 @@ pub fn router(api: Arc<ApiState>) -> Router {
         .route("/control/v1/node/{node_id}", get(handlers::get_node))
         .route("/control/v1/tenant", get(handlers::list_tenants))
         .route(cluster::READ_INDEX_PATH, get(cluster::read_index))
-        .route_layer(on_leader(Policy::Retryable, None));
+        .route_layer(on_leader(Policy::Retryable, None))
+        .route_layer(shed);
     // Membership changes are idempotent (adding the same member again, removing one
     // that is gone, moving leadership where it is) and may wait for a new member to
     // catch up, so they are forwarded with a long timeout.
@@ -138,4 +154,35 @@ async fn method_not_allowed(request: Request) -> ApiError {
         request.method(),
         request.uri().path()
     ))
+}
+
+/// Bounds the API's work: at most `max_in_flight` requests at once (the rest are
+/// refused at once rather than queued without bound) and none longer than
+/// `request_timeout`.
+struct Shedder {
+    permits: Arc<tokio::sync::Semaphore>,
+    limits: Limits,
+}
+
+async fn shed_and_time_out(
+    axum::extract::State(shedder): axum::extract::State<Arc<Shedder>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Ok(_permit) = shedder.permits.clone().try_acquire_owned() else {
+        return ApiError::Unavailable(format!(
+            "overloaded: {} requests are in flight; nothing was done, retry shortly",
+            shedder.limits.max_in_flight
+        ))
+        .into_response();
+    };
+    match tokio::time::timeout(shedder.limits.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Indeterminate(format!(
+            "no answer within {:?}; a write may or may not have been applied",
+            shedder.limits.request_timeout
+        ))
+        .into_response(),
+    }
 }

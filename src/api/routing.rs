@@ -74,6 +74,9 @@ pub struct Forwarder {
     pub client: reqwest::Client,
     pub self_id: u64,
     pub timeout: Duration,
+    /// This replica's own `controller_peer` token, for requests it makes on its own
+    /// behalf (a forwarded client request carries the client's token instead).
+    pub peer_token: Option<String>,
 }
 
 impl Forwarder {
@@ -96,6 +99,11 @@ impl Forwarder {
         for name in FORWARDED_HEADERS {
             if let Some(value) = headers.get(&name) {
                 request = request.header(name, value);
+            }
+        }
+        if !headers.contains_key(axum::http::header::AUTHORIZATION) {
+            if let Some(token) = &self.peer_token {
+                request = request.bearer_auth(token);
             }
         }
         let response = match request.send().await {
@@ -157,7 +165,8 @@ pub async fn route_to_leader(
                 if !response.headers().contains_key(NOT_LEADER_HEADER) || forwarded_by.is_some() {
                     return response;
                 }
-                last_problem = "leadership moved while the request ran".into();
+                last_problem =
+                    "leadership could not be confirmed or moved while the request ran".into();
             }
             Some((leader, _)) if forwarded_by.is_some() => {
                 let from = forwarded_by

@@ -52,6 +52,10 @@ pub enum Command {
     /// Disaster recovery: rebuild a one-member cluster from a surviving replica's data dir
     /// after a majority of replicas is lost for good (offline; refuses a live data dir).
     Recover(offline::RecoverArgs),
+    /// Mint a JWT (EdDSA) for pageservers, operators or replicas.
+    Token(offline::TokenArgs),
+    /// Generate an Ed25519 key pair for signing and checking tokens.
+    Keygen(offline::KeygenArgs),
     #[command(flatten)]
     Ops(OpsCommand),
 }
@@ -82,6 +86,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             crate::logging::init(&cli.log, cli.log_format, Some(args.id));
             runtime.block_on(offline::recover(args))
         }
+        Command::Token(args) => offline::token(args),
+        Command::Keygen(args) => offline::keygen(args),
         Command::Ops(command) => {
             crate::logging::init("warn", cli.log_format, None);
             runtime.block_on(ops::run(command))

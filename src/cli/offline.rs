@@ -63,7 +63,7 @@ pub struct RecoverArgs {
 }
 
 pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
-    let bytes = args.client.client().backup().await?;
+    let bytes = args.client.client()?.backup().await?;
     let (header, _) =
         crate::backup::decode_header(&bytes).context("the server sent an unreadable backup")?;
     controller_storage::data_dir::write_atomically(&args.out, &bytes)
@@ -137,5 +137,73 @@ pub async fn recover(args: RecoverArgs) -> anyhow::Result<()> {
         args.id, seeded.cluster_id, seeded.shards, seeded.raised, args.generation_bump
     );
     eprintln!("!!! start it with serve, then add fresh replicas with serve --join; never restart the lost ones !!!");
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Ed25519 private key in PKCS#8 PEM (see `keygen`, or `openssl genpkey -algorithm ed25519`).
+    #[arg(long, value_name = "PATH")]
+    pub private_key: PathBuf,
+    /// Scope of the token: generations_api for pageservers, admin for operators, infra for
+    /// node registration, controller_peer for replicas.
+    #[arg(long, value_enum)]
+    pub scope: crate::auth::Scope,
+    /// Expire the token after this many seconds (default: never).
+    #[arg(long)]
+    pub expires_in_secs: Option<u64>,
+    /// Optional tenant_id claim.
+    #[arg(long)]
+    pub tenant_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the private key (PKCS#8 PEM, mode 0600). Keep it off the replicas.
+    #[arg(long, value_name = "PATH")]
+    pub private_key: PathBuf,
+    /// Where to write the public key (PEM) that replicas get with --auth-public-key.
+    #[arg(long, value_name = "PATH")]
+    pub public_key: PathBuf,
+}
+
+/// Prints a signed token on stdout (and nothing else, so it can be redirected to a file).
+pub fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let pem = std::fs::read(&args.private_key)
+        .with_context(|| format!("reading {}", args.private_key.display()))?;
+    let token = crate::auth::mint(
+        &pem,
+        args.scope,
+        args.tenant_id,
+        args.expires_in_secs.map(std::time::Duration::from_secs),
+    )?;
+    println!("{token}");
+    Ok(())
+}
+
+/// Writes a new Ed25519 key pair.
+pub fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (private, public) = crate::auth::generate_key_pair()?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&args.private_key)
+        .and_then(|mut f| f.write_all(private.as_bytes()))
+        .with_context(|| {
+            format!(
+                "writing {} (it must not exist yet)",
+                args.private_key.display()
+            )
+        })?;
+    std::fs::write(&args.public_key, public)
+        .with_context(|| format!("writing {}", args.public_key.display()))?;
+    eprintln!(
+        "wrote {} (private, keep it safe) and {} (public, give it to every replica)",
+        args.private_key.display(),
+        args.public_key.display()
+    );
     Ok(())
 }

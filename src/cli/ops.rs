@@ -22,11 +22,34 @@ pub struct ClientArgs {
     /// Print the server's JSON answer instead of a summary.
     #[arg(long)]
     pub json: bool,
+
+    /// File holding the bearer token to send (JWT). Never printed or logged.
+    #[arg(long, value_name = "PATH", conflicts_with = "token")]
+    pub token_file: Option<std::path::PathBuf>,
+
+    /// The bearer token itself, from the environment only.
+    #[arg(
+        long = "token-from-env",
+        env = "PAGESERVER_CONTROLLER_TOKEN",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// CA certificate (PEM) to trust for an https:// --url.
+    #[arg(long, value_name = "PATH")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl ClientArgs {
-    pub fn client(&self) -> Client {
-        Client::new(&self.url)
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let token = match (&self.token_file, &self.token) {
+            (Some(path), _) => Some(crate::auth::read_token_file(path)?),
+            (None, Some(token)) => Some(token.trim().to_owned()),
+            (None, None) => None,
+        };
+        let http = crate::server::peer_client(self.tls_ca.as_deref())?;
+        Ok(Client::with_http(&self.url, http).with_token(token))
     }
 }
 
@@ -226,7 +249,7 @@ pub async fn run(command: OpsCommand) -> anyhow::Result<()> {
             generation_override,
         } => {
             let generation = client
-                .client()
+                .client()?
                 .attach_hook(tenant, Some(NodeId(node)), generation_override)
                 .await?;
             if client.json {
@@ -238,14 +261,14 @@ pub async fn run(command: OpsCommand) -> anyhow::Result<()> {
             );
         }
         OpsCommand::Detach { client, tenant } => {
-            client.client().attach_hook(tenant, None, None).await?;
+            client.client()?.attach_hook(tenant, None, None).await?;
             if client.json {
                 return print_json(&serde_json::json!({ "gen": null }));
             }
             println!("{tenant} detached");
         }
         OpsCommand::Inspect { client, tenant } => {
-            let attachment = client.client().inspect(tenant).await?;
+            let attachment = client.client()?.inspect(tenant).await?;
             if client.json {
                 return print_json(&serde_json::json!({ "attachment": attachment }));
             }
@@ -257,7 +280,7 @@ pub async fn run(command: OpsCommand) -> anyhow::Result<()> {
             }
         }
         OpsCommand::ReAttach { client, node } => {
-            let response = client.client().re_attach(NodeId(node), None).await?;
+            let response = client.client()?.re_attach(NodeId(node), None).await?;
             if client.json {
                 return print_json(&response);
             }
@@ -274,7 +297,7 @@ pub async fn run(command: OpsCommand) -> anyhow::Result<()> {
                 .iter()
                 .map(|e| parse_entry(e))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let response = client.client().validate(&entries).await?;
+            let response = client.client()?.validate(&entries).await?;
             if client.json {
                 return print_json(&response);
             }
@@ -294,7 +317,7 @@ pub async fn run(command: OpsCommand) -> anyhow::Result<()> {
             tenant,
             node,
         } => {
-            let generation = client.client().migrate(tenant, NodeId(node)).await?;
+            let generation = client.client()?.migrate(tenant, NodeId(node)).await?;
             if client.json {
                 return print_json(&serde_json::json!({ "gen": generation }));
             }
@@ -317,11 +340,11 @@ pub async fn run(command: OpsCommand) -> anyhow::Result<()> {
                 listen_http_port: http_port,
                 availability_zone_id: availability_zone,
             };
-            client.client().register_node(&request).await?;
+            client.client()?.register_node(&request).await?;
             println!("node {node} registered");
         }
         OpsCommand::Nodes { client } => {
-            let nodes = client.client().list_nodes().await?;
+            let nodes = client.client()?.list_nodes().await?;
             if client.json {
                 return print_json(&nodes);
             }
@@ -345,7 +368,7 @@ pub async fn run(command: OpsCommand) -> anyhow::Result<()> {
             after,
             limit,
         } => {
-            let page = client.client().list_tenants(after, Some(limit)).await?;
+            let page = client.client()?.list_tenants(after, Some(limit)).await?;
             if client.json {
                 return print_json(&page);
             }
@@ -367,7 +390,7 @@ pub async fn run(command: OpsCommand) -> anyhow::Result<()> {
         OpsCommand::Cluster(command) => {
             let (client, status) = match command {
                 ClusterCommand::Status { client } => {
-                    let status = client.client().cluster_status().await?;
+                    let status = client.client()?.cluster_status().await?;
                     (client, status)
                 }
                 ClusterCommand::Add {
@@ -376,15 +399,18 @@ pub async fn run(command: OpsCommand) -> anyhow::Result<()> {
                     member_url,
                     learner,
                 } => {
-                    let status = client.client().add_member(id, &member_url, learner).await?;
+                    let status = client
+                        .client()?
+                        .add_member(id, &member_url, learner)
+                        .await?;
                     (client, status)
                 }
                 ClusterCommand::Remove { client, id, force } => {
-                    let status = client.client().remove_member(id, force).await?;
+                    let status = client.client()?.remove_member(id, force).await?;
                     (client, status)
                 }
                 ClusterCommand::Transfer { client, to } => {
-                    let status = client.client().transfer_leader(to).await?;
+                    let status = client.client()?.transfer_leader(to).await?;
                     (client, status)
                 }
             };

@@ -12,7 +12,10 @@ use controller_raft::Member;
 
 use crate::api::Limits;
 use crate::replica::Deadlines;
-use crate::server::{serve, ServeConfig};
+use std::sync::Arc;
+
+use crate::auth::JwtKeys;
+use crate::server::{serve, Security, ServeConfig};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -83,9 +86,45 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = Limits::default().validate_tenants)]
     pub max_validate_tenants: usize,
 
+    /// Most API requests handled at once; beyond it requests get 503 at once (load
+    /// shedding) instead of queueing without bound.
+    #[arg(long, default_value_t = Limits::default().max_in_flight)]
+    pub max_in_flight: usize,
+
+    /// An API request still unanswered after this many milliseconds gets a 503.
+    #[arg(long, default_value_t = Limits::default().request_timeout.as_millis() as u64)]
+    pub request_timeout_ms: u64,
+
     /// Upper bound of the storage page cache in MiB.
     #[arg(long, default_value_t = 64)]
     pub cache_mb: u64,
+
+    /// Turns authentication on: Ed25519 public key(s) in PEM, a file or a directory of
+    /// files tried in turn. Callers then need a JWT (EdDSA) with the right scope.
+    #[arg(long, value_name = "PATH", requires = "peer_token_file")]
+    pub auth_public_key: Option<PathBuf>,
+
+    /// File holding this replica's token of scope `controller_peer`, presented to the
+    /// other replicas (required with --auth-public-key).
+    #[arg(long, value_name = "PATH", requires = "auth_public_key")]
+    pub peer_token_file: Option<PathBuf>,
+
+    /// Listen on a non-loopback address without authentication. Anyone who can reach the
+    /// port could then hand out generations or delete nodes.
+    #[arg(long, conflicts_with = "auth_public_key")]
+    pub insecure_no_auth: bool,
+
+    /// Serve HTTPS with this certificate chain (PEM).
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificate (PEM) that peers' HTTPS certificates are checked against.
+    #[arg(long, value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Parses `1=http://a:7001,2=http://b:7001`.
@@ -164,9 +203,50 @@ impl ServeArgs {
             limits: Limits {
                 body_bytes: self.max_body_bytes,
                 validate_tenants: self.max_validate_tenants,
+                max_in_flight: self.max_in_flight,
+                request_timeout: Duration::from_millis(self.request_timeout_ms),
             },
             cache_bytes: self.cache_mb << 20,
             drain: Duration::from_secs(5),
+            security: self.security()?,
+        })
+    }
+
+    /// Loads keys and tokens, and refuses an unauthenticated non-loopback listener.
+    fn security(&self) -> anyhow::Result<Security> {
+        let keys = self
+            .auth_public_key
+            .as_deref()
+            .map(JwtKeys::load)
+            .transpose()?
+            .map(Arc::new);
+        let peer_token = self
+            .peer_token_file
+            .as_deref()
+            .map(crate::auth::read_token_file)
+            .transpose()?;
+        if keys.is_none() && !self.insecure_no_auth && !self.listen.ip().is_loopback() {
+            bail!(
+                "refusing to listen on {} without authentication: anyone who can reach it could hand out \
+                 generations or remove replicas. Pass --auth-public-key and --peer-token-file (see README, \
+                 Security), or --insecure-no-auth if the network is trusted",
+                self.listen
+            );
+        }
+        if self.tls_cert.is_some()
+            && !self
+                .advertise_url
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("https://")
+        {
+            tracing::warn!("--tls-cert is set but --advertise-url is not https://; peers will not reach this replica");
+        }
+        Ok(Security {
+            keys,
+            peer_token,
+            tls: self.tls_cert.clone().zip(self.tls_key.clone()),
+            ca: self.tls_ca.clone(),
         })
     }
 }

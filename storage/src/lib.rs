@@ -36,7 +36,7 @@ pub use data_dir::{DataDir, DataDirError, Identity};
 pub use flusher::{FlushObserver, FlushStats};
 pub use log_store::LogOpenError;
 pub use log_store::LogStore;
-pub use snapshot::{write_snapshot, SnapshotError};
+pub use snapshot::{decode as decode_snapshot, write_snapshot, SnapshotError};
 pub use state_machine::{
     Applied, Builder, ReplicatedState, SharedState, SnapshotStats, StateMachineStore,
 };

@@ -5,6 +5,8 @@ mod support;
 
 mod api;
 mod failover;
+mod fuzz;
 mod membership;
 mod operations;
 mod restart;
+mod security;

@@ -266,11 +266,7 @@ async fn rolling_restart_under_traffic_fails_no_request() {
         cluster.stop(id);
         traffic.progress(5).await;
         cluster.restart(id).await;
-        wait_for(&format!("replica {id} ready"), DEADLINE, || {
-            let client = cluster.client(id);
-            async move { client.ready().await.ok() }
-        })
-        .await;
+        crate::support::wait_ready(&cluster.client(id)).await;
     }
     traffic.progress(10).await;
     traffic.finish().await;

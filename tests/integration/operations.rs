@@ -4,33 +4,19 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use pageserver_controller::api::types::NodeRegisterRequest;
-use pageserver_controller::client::Client;
+use pageserver_controller::client::{retry, Client};
 use pageserver_controller::domain::NodeId;
 
-use crate::support::{shard, wait_for, TestCluster, BIN, DEADLINE};
+use crate::support::{
+    free_port, run_binary, shard, wait_for, wait_ready, TestCluster, BIN, DEADLINE,
+};
 
 const BUMP: u32 = 1000;
 
 fn run(args: &[&str]) -> String {
-    let output = Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("running the binary");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{args:?} failed: {text}");
+    let (ok, text) = run_binary(args);
+    assert!(ok, "{args:?} failed: {text}");
     text
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A replica started on a seeded data dir (restore or recover), killed on drop.
@@ -61,14 +47,6 @@ fn serve_seeded(id: u64, port: u16, data_dir: &std::path::Path, log: &std::path:
             .spawn()
             .unwrap(),
     )
-}
-
-async fn wait_ready(client: &Client) {
-    wait_for("the replica to be ready", DEADLINE, || {
-        let client = client.clone();
-        async move { client.ready().await.ok() }
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -452,7 +430,7 @@ async fn a_hundred_thousand_attaches_leave_a_bounded_data_dir() {
     .await;
     let leader = cluster.wait_for_leader().await;
     let http = reqwest::Client::new();
-    let size = |id: u64| dir_size(&cluster.replicas[&id].data_dir);
+    let size = |id: u64| pageserver_controller::metrics::dir_size(&cluster.replicas[&id].data_dir);
     let mut sizes = Vec::new();
     for round in 0..4u32 {
         let tasks: Vec<_> = (0..64u32)
@@ -462,10 +440,15 @@ async fn a_hundred_thousand_attaches_leave_a_bounded_data_dir() {
                 tokio::spawn(async move {
                     for i in 0..(25_000 / 64 + 1) {
                         let n = (worker * 7919 + i * 31 + round) % 5_000;
-                        client
-                            .attach_hook(shard(n), Some(NodeId(u64::from(i % 4))), None)
-                            .await
-                            .unwrap();
+                        // Like a pageserver: a 503 during a (rare) election is retried.
+                        retry(
+                            DEADLINE,
+                            Duration::from_millis(50),
+                            Duration::from_millis(500),
+                            || client.attach_hook(shard(n), Some(NodeId(u64::from(i % 4))), None),
+                        )
+                        .await
+                        .unwrap();
                     }
                 })
             })
@@ -493,22 +476,4 @@ async fn a_hundred_thousand_attaches_leave_a_bounded_data_dir() {
         last < first * 2,
         "data dir keeps growing with attaches: {sizes:?}"
     );
-}
-
-fn dir_size(path: &std::path::Path) -> u64 {
-    std::fs::read_dir(path)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| {
-                    let meta = e.metadata().unwrap();
-                    if meta.is_dir() {
-                        dir_size(&e.path())
-                    } else {
-                        meta.len()
-                    }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }

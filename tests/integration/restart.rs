@@ -1,10 +1,8 @@
 //! Restarts: from the log, from a snapshot, all at once; and data dirs that must not start.
 
-use std::process::Command;
-
 use pageserver_controller::domain::NodeId;
 
-use crate::support::{shard, wait_for, TestCluster, BIN, DEADLINE};
+use crate::support::{run_binary, shard, wait_for, TestCluster, DEADLINE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_replica_catches_up_through_a_snapshot() {
@@ -62,11 +60,7 @@ async fn a_restarted_replica_catches_up_through_a_snapshot() {
             expected
         );
     }
-    wait_for("the restarted replica to report ready", DEADLINE, || {
-        let client = via_follower.clone();
-        async move { client.ready().await.ok() }
-    })
-    .await;
+    crate::support::wait_ready(&via_follower).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,15 +107,9 @@ async fn stopping_and_restarting_the_whole_cluster_keeps_all_state() {
 }
 
 fn serve_once(args: &[&str]) -> (bool, String) {
-    let output = Command::new(BIN)
-        .arg("serve")
-        .args(args)
-        .output()
-        .expect("running serve");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let mut all = vec!["serve"];
+    all.extend_from_slice(args);
+    run_binary(&all)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

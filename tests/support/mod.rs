@@ -36,10 +36,16 @@ pub struct TestCluster {
     dir: Option<tempfile::TempDir>,
     pub replicas: BTreeMap<u64, Replica>,
     initial_cluster: String,
+    /// `http` or `https`.
+    scheme: &'static str,
+    /// Sent by [`TestCluster::client`] (an admin token when auth is on).
+    token: Option<String>,
+    /// Shared by every client; trusts the test CA when TLS is on.
+    http: reqwest::Client,
     extra_args: Vec<String>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("binding an ephemeral port")
         .local_addr()
@@ -74,10 +80,23 @@ impl TestCluster {
 
     /// Like [`TestCluster::start`], passing `extra_args` to every `serve`.
     pub async fn start_with(n: u64, extra_args: &[&str]) -> TestCluster {
+        Self::start_secure(n, extra_args, None, None).await
+    }
+
+    /// Like [`TestCluster::start_with`]; `token` is what [`TestCluster::client`] sends,
+    /// and `ca` (a PEM file) switches the replicas' URLs to https and is trusted.
+    pub async fn start_secure(
+        n: u64,
+        extra_args: &[&str],
+        token: Option<String>,
+        ca: Option<&Path>,
+    ) -> TestCluster {
         let dir = tempfile::Builder::new()
             .prefix("psc-test-")
             .tempdir()
             .expect("tempdir");
+        let scheme = if ca.is_some() { "https" } else { "http" };
+        let http = pageserver_controller::server::peer_client(ca).expect("an HTTP client");
         let mut replicas = BTreeMap::new();
         for id in 1..=n {
             let port = free_port();
@@ -95,13 +114,16 @@ impl TestCluster {
         }
         let initial_cluster = replicas
             .values()
-            .map(|r| format!("{}=http://127.0.0.1:{}", r.id, r.port))
+            .map(|r| format!("{}={scheme}://127.0.0.1:{}", r.id, r.port))
             .collect::<Vec<_>>()
             .join(",");
         let mut cluster = TestCluster {
             dir: Some(dir),
             replicas,
             initial_cluster,
+            scheme,
+            token,
+            http,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
         for id in 1..=n {
@@ -118,6 +140,7 @@ impl TestCluster {
     fn spawn(&mut self, id: u64) {
         let initial_cluster = self.initial_cluster.clone();
         let extra = self.extra_args.clone();
+        let advertise = self.url(id);
         let replica = self.replicas.get_mut(&id).expect("known replica");
         assert!(replica.child.is_none(), "replica {id} is already running");
         let log = File::options()
@@ -136,6 +159,16 @@ impl TestCluster {
             .arg("--data-dir")
             .arg(&replica.data_dir)
             .args(bootstrap)
+            .args(["--advertise-url", &advertise])
+            // Slower elections than the production default: the test machine may be
+            // starved of CPU for longer than a production heartbeat timeout, and a
+            // spurious election turns writes in flight into 503s.
+            .args([
+                "--election-timeout-min-ms",
+                "700",
+                "--election-timeout-max-ms",
+                "1000",
+            ])
             .args(&extra)
             .stdout(Stdio::null())
             .stderr(log)
@@ -145,11 +178,18 @@ impl TestCluster {
     }
 
     pub fn url(&self, id: u64) -> String {
-        format!("http://127.0.0.1:{}", self.replicas[&id].port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.replicas[&id].port)
     }
 
     pub fn client(&self, id: u64) -> Client {
-        Client::new(self.url(id)).with_timeout(Duration::from_secs(30))
+        Client::with_http(self.url(id), self.http.clone())
+            .with_token(self.token.clone())
+            .with_timeout(Duration::from_secs(30))
+    }
+
+    /// The shared HTTP client (trusts the test CA when TLS is on).
+    pub fn http(&self) -> reqwest::Client {
+        self.http.clone()
     }
 
     pub fn is_running(&self, id: u64) -> bool {
@@ -353,4 +393,27 @@ pub fn shard(n: u32) -> pageserver_controller::domain::TenantShardId {
     pageserver_controller::domain::TenantShardId::unsharded(
         pageserver_controller::domain::TenantId::from_bytes(bytes),
     )
+}
+
+/// Runs the binary to completion: (succeeded, stdout + stderr).
+pub fn run_binary(args: &[&str]) -> (bool, String) {
+    let output = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("running the binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Waits until the replica behind `client` answers `/ready` with 200.
+pub async fn wait_ready(client: &Client) {
+    wait_for("the replica to be ready", DEADLINE, || {
+        let client = client.clone();
+        async move { client.ready().await.ok() }
+    })
+    .await;
 }

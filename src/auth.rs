@@ -1,0 +1,320 @@
+//! Authentication as Neon does it: EdDSA (Ed25519) JWTs with a `scope` claim.
+//!
+//! Replicas are given one or more public keys (a PEM file, or a directory of PEM files
+//! tried in turn). A token is accepted only if it is signed with EdDSA by one of them:
+//! the algorithm is fixed, so a token signed with HS256 using a public key as the secret,
+//! an `alg: none` token or an RS256 token is refused. `exp` is checked when present and
+//! not required (Neon's tokens often have none).
+//!
+//! Which scope each endpoint needs is decided in [`crate::api::auth`]. Replica-to-replica
+//! Raft traffic uses its own scope, `controller_peer`, checked by [`PeerJwt`]: a
+//! pageserver's or an operator's token cannot forge a vote or a log entry.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// Neon's token scopes, spelled as Neon spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Scope {
+    #[serde(rename = "tenant")]
+    #[value(name = "tenant")]
+    Tenant,
+    #[serde(rename = "pageserverapi")]
+    #[value(name = "pageserverapi")]
+    PageServerApi,
+    #[serde(rename = "generations_api")]
+    #[value(name = "generations_api")]
+    GenerationsApi,
+    #[serde(rename = "safekeeperdata")]
+    #[value(name = "safekeeperdata")]
+    SafekeeperData,
+    #[serde(rename = "admin")]
+    #[value(name = "admin")]
+    Admin,
+    #[serde(rename = "infra")]
+    #[value(name = "infra")]
+    Infra,
+    #[serde(rename = "scrubber")]
+    #[value(name = "scrubber")]
+    Scrubber,
+    #[serde(rename = "controller_peer")]
+    #[value(name = "controller_peer")]
+    ControllerPeer,
+}
+
+/// The claims of a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub scope: Scope,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// Expiry, seconds since the Unix epoch; checked when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+}
+
+/// Why a token was refused (never shown to the caller, who only gets Neon's message).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TokenError(String);
+
+/// The public keys tokens are checked against.
+pub struct JwtKeys {
+    keys: Vec<DecodingKey>,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JwtKeys({} keys)", self.keys.len())
+    }
+}
+
+impl JwtKeys {
+    /// Loads Ed25519 public keys from a PEM file, or from every file of a directory.
+    pub fn load(path: &Path) -> anyhow::Result<JwtKeys> {
+        let mut files = Vec::new();
+        if path.is_dir() {
+            for entry in
+                std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
+            {
+                let entry = entry?;
+                if entry.file_type()?.is_file() {
+                    files.push(entry.path());
+                }
+            }
+            files.sort();
+        } else {
+            files.push(path.to_owned());
+        }
+        let mut keys = Vec::new();
+        for file in &files {
+            let pem = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            let key = DecodingKey::from_ed_pem(&pem).with_context(|| {
+                format!("{} is not an Ed25519 public key in PEM", file.display())
+            })?;
+            keys.push(key);
+        }
+        if keys.is_empty() {
+            bail!("no public keys found in {}", path.display());
+        }
+        Ok(Self::from_keys(keys))
+    }
+
+    fn from_keys(keys: Vec<DecodingKey>) -> JwtKeys {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.required_spec_claims = HashSet::new();
+        validation.validate_exp = true;
+        validation.leeway = 5;
+        validation.validate_aud = false;
+        JwtKeys { keys, validation }
+    }
+
+    /// The claims of `token` if one of the keys signed it with EdDSA and it has not expired.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let mut last = None;
+        for key in &self.keys {
+            match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(TokenError(
+            last.map_or_else(|| "no keys".to_owned(), |e| e.to_string()),
+        ))
+    }
+}
+
+/// The bearer token of a request, if it carries one.
+pub fn bearer(headers: &HeaderMap) -> Option<Result<&str, TokenError>> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?;
+    Some(
+        value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| TokenError("the Authorization header is not a bearer token".into())),
+    )
+}
+
+/// Signs a token with an Ed25519 private key (PKCS#8 PEM).
+pub fn mint(
+    private_key_pem: &[u8],
+    scope: Scope,
+    tenant_id: Option<String>,
+    expires_in: Option<Duration>,
+) -> anyhow::Result<String> {
+    let key = EncodingKey::from_ed_pem(private_key_pem)
+        .context("the private key is not an Ed25519 key in PKCS#8 PEM")?;
+    let exp = expires_in.map(|d| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |now| now.as_secs())
+            + d.as_secs()
+    });
+    let claims = Claims {
+        scope,
+        tenant_id,
+        exp,
+    };
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::EdDSA),
+        &claims,
+        &key,
+    )?)
+}
+
+/// A new Ed25519 key pair as (private PKCS#8 PEM, public SPKI PEM).
+pub fn generate_key_pair() -> anyhow::Result<(String, String)> {
+    use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+    let signing = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+    let private = signing
+        .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .context("encoding the private key")?;
+    let public = signing
+        .verifying_key()
+        .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .context("encoding the public key")?;
+    Ok((private.to_string(), public))
+}
+
+/// Reads a token from a file, trimming whitespace; refuses an empty one.
+pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    let token = token.trim().to_owned();
+    if token.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(token)
+}
+
+/// Replica-to-replica credentials: presents this replica's `controller_peer` token and
+/// accepts only `controller_peer` tokens (an admin token is refused here on purpose).
+pub struct PeerJwt {
+    outgoing: HeaderValue,
+    keys: std::sync::Arc<JwtKeys>,
+}
+
+impl PeerJwt {
+    pub fn new(token: &str, keys: std::sync::Arc<JwtKeys>) -> anyhow::Result<PeerJwt> {
+        let claims = keys.verify(token).map_err(|e| {
+            anyhow::anyhow!("the peer token does not verify against --auth-public-key: {e}")
+        })?;
+        if claims.scope != Scope::ControllerPeer {
+            bail!(
+                "the peer token has scope {:?}; it needs controller_peer",
+                claims.scope
+            );
+        }
+        let mut outgoing = HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the peer token is not a valid header value")?;
+        outgoing.set_sensitive(true);
+        Ok(PeerJwt { outgoing, keys })
+    }
+}
+
+impl controller_raft::transport::PeerAuth for PeerJwt {
+    fn outgoing(&self) -> Option<(HeaderName, HeaderValue)> {
+        Some((axum::http::header::AUTHORIZATION, self.outgoing.clone()))
+    }
+
+    fn check(&self, headers: &HeaderMap) -> Result<(), String> {
+        let token = match bearer(headers) {
+            None => return Err("missing peer token".into()),
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(token)) => token,
+        };
+        match self.keys.verify(token) {
+            Ok(claims) if claims.scope == Scope::ControllerPeer => Ok(()),
+            Ok(claims) => Err(format!(
+                "a {:?} token cannot speak for a replica",
+                claims.scope
+            )),
+            Err(_) => Err("invalid peer token".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> (String, JwtKeys) {
+        let (private, public) = generate_key_pair().unwrap();
+        let keys = JwtKeys::from_keys(vec![DecodingKey::from_ed_pem(public.as_bytes()).unwrap()]);
+        (private, keys)
+    }
+
+    #[test]
+    fn minted_tokens_verify_with_their_scope() {
+        let (private, keys) = keys();
+        let token = mint(private.as_bytes(), Scope::GenerationsApi, None, None).unwrap();
+        assert_eq!(keys.verify(&token).unwrap().scope, Scope::GenerationsApi);
+        let claims: serde_json::Value =
+            serde_json::from_slice(&base64_url_decode(token.split('.').nth(1).unwrap())).unwrap();
+        assert_eq!(claims, serde_json::json!({"scope": "generations_api"}));
+    }
+
+    #[test]
+    fn expired_tokens_and_other_keys_are_refused() {
+        let (private, keys) = keys();
+        let (other_private, _) = generate_key_pair().unwrap();
+        let past = Claims {
+            scope: Scope::Admin,
+            tenant_id: None,
+            exp: Some(1),
+        };
+        let key = EncodingKey::from_ed_pem(private.as_bytes()).unwrap();
+        let expired = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &past, &key).unwrap();
+        assert!(keys.verify(&expired).is_err());
+        let foreign = mint(other_private.as_bytes(), Scope::Admin, None, None).unwrap();
+        assert!(keys.verify(&foreign).is_err());
+        let fresh = mint(
+            private.as_bytes(),
+            Scope::Admin,
+            None,
+            Some(Duration::from_secs(60)),
+        )
+        .unwrap();
+        assert!(keys.verify(&fresh).is_ok());
+    }
+
+    #[test]
+    fn unknown_scopes_are_refused() {
+        let (private, keys) = keys();
+        let key = EncodingKey::from_ed_pem(private.as_bytes()).unwrap();
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::EdDSA),
+            &serde_json::json!({"scope": "superuser"}),
+            &key,
+        )
+        .unwrap();
+        assert!(keys.verify(&token).is_err());
+    }
+
+    fn base64_url_decode(s: &str) -> Vec<u8> {
+        // Tiny decoder for the test: URL-safe alphabet, no padding.
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut bits = 0u32;
+        let mut n = 0;
+        let mut out = Vec::new();
+        for c in s.bytes() {
+            let v = alphabet.iter().position(|a| *a == c).unwrap() as u32;
+            bits = (bits << 6) | v;
+            n += 6;
+            if n >= 8 {
+                n -= 8;
+                out.push((bits >> n) as u8);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,567 @@
+//! Authentication, authorization, peer authentication, limits and TLS, against real
+//! replicas started with keys.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use pageserver_controller::auth::{generate_key_pair, mint, Scope};
+use pageserver_controller::consensus::{Proposal, TypeConfig};
+use pageserver_controller::domain::{Command as DomainCommand, NodeId};
+use reqwest::Method;
+
+use crate::support::{shard, TestCluster, BIN};
+
+const ALL_SCOPES: [Scope; 8] = [
+    Scope::Tenant,
+    Scope::PageServerApi,
+    Scope::GenerationsApi,
+    Scope::SafekeeperData,
+    Scope::Admin,
+    Scope::Infra,
+    Scope::Scrubber,
+    Scope::ControllerPeer,
+];
+
+struct Keys {
+    dir: tempfile::TempDir,
+    private: String,
+    public: String,
+}
+
+impl Keys {
+    fn new() -> Keys {
+        let (private, public) = generate_key_pair().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("public.pem"), &public).unwrap();
+        let keys = Keys {
+            dir,
+            private,
+            public,
+        };
+        std::fs::write(
+            keys.dir.path().join("peer.token"),
+            keys.token(Scope::ControllerPeer),
+        )
+        .unwrap();
+        keys
+    }
+
+    fn token(&self, scope: Scope) -> String {
+        mint(self.private.as_bytes(), scope, None, None).unwrap()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--auth-public-key".into(),
+            self.path("public.pem").display().to_string(),
+            "--peer-token-file".into(),
+            self.path("peer.token").display().to_string(),
+        ]
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, b| (n << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// Tokens that must be refused whatever the route: (name, token).
+fn hostile_tokens(keys: &Keys) -> Vec<(&'static str, String)> {
+    let claims = serde_json::json!({"scope": "admin"});
+    let hs256 = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(keys.public.as_bytes()),
+    )
+    .unwrap();
+    let none = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(claims.to_string().as_bytes())
+    );
+    let rsa = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/rsa-test-key.pem"
+    ))
+    .unwrap();
+    let rs256 = jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(&rsa).unwrap(),
+    )
+    .unwrap();
+    let expired = {
+        let key = EncodingKey::from_ed_pem(keys.private.as_bytes()).unwrap();
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::EdDSA),
+            &serde_json::json!({"scope": "admin", "exp": 1000}),
+            &key,
+        )
+        .unwrap()
+    };
+    let (other_private, _) = generate_key_pair().unwrap();
+    let foreign = mint(other_private.as_bytes(), Scope::Admin, None, None).unwrap();
+    vec![
+        ("HS256 with the public key as secret", hs256),
+        ("alg none", none),
+        ("RS256", rs256),
+        ("expired", expired),
+        ("signed by another key", foreign),
+        ("garbage", "not.a.token".into()),
+    ]
+}
+
+struct Endpoint {
+    method: Method,
+    path: String,
+    body: Option<serde_json::Value>,
+    /// `None`: public. `Some(scopes)`: these or admin.
+    allowed: Option<&'static [Scope]>,
+}
+
+fn endpoints(cluster: &TestCluster, leader: u64) -> Vec<Endpoint> {
+    use serde_json::json;
+    let tenant = shard(1).to_string();
+    let e = |method: Method,
+             path: &str,
+             body: Option<serde_json::Value>,
+             allowed: Option<&'static [Scope]>| Endpoint {
+        method,
+        path: path.to_owned(),
+        body,
+        allowed,
+    };
+    let register = json!({"node_id": 1, "listen_pg_addr": "ps-1", "listen_pg_port": 6400,
+                          "listen_http_addr": "ps-1", "listen_http_port": 9898});
+    vec![
+        e(
+            Method::POST,
+            "/upcall/v1/re-attach",
+            Some(json!({"node_id": 1})),
+            Some(&[Scope::GenerationsApi]),
+        ),
+        e(
+            Method::POST,
+            "/upcall/v1/validate",
+            Some(json!({"tenants": []})),
+            Some(&[Scope::GenerationsApi]),
+        ),
+        e(
+            Method::POST,
+            "/re-attach",
+            Some(json!({"node_id": 1})),
+            Some(&[Scope::GenerationsApi]),
+        ),
+        e(
+            Method::POST,
+            "/validate",
+            Some(json!({"tenants": []})),
+            Some(&[Scope::GenerationsApi]),
+        ),
+        e(
+            Method::POST,
+            "/debug/v1/attach-hook",
+            Some(json!({"tenant_shard_id": tenant, "node_id": 1})),
+            Some(&[]),
+        ),
+        e(
+            Method::POST,
+            "/attach-hook",
+            Some(json!({"tenant_id": tenant, "node_id": 1})),
+            Some(&[]),
+        ),
+        e(
+            Method::POST,
+            "/debug/v1/inspect",
+            Some(json!({"tenant_shard_id": tenant})),
+            Some(&[]),
+        ),
+        e(
+            Method::POST,
+            "/inspect",
+            Some(json!({"tenant_shard_id": tenant})),
+            Some(&[]),
+        ),
+        e(
+            Method::POST,
+            "/control/v1/node",
+            Some(register),
+            Some(&[Scope::Infra]),
+        ),
+        e(Method::GET, "/control/v1/node", None, Some(&[Scope::Infra])),
+        e(
+            Method::GET,
+            "/control/v1/node/1",
+            None,
+            Some(&[Scope::Infra]),
+        ),
+        e(
+            Method::PUT,
+            "/control/v1/node/1/config",
+            Some(json!({"node_id": 1, "scheduling": "Active"})),
+            Some(&[]),
+        ),
+        e(Method::DELETE, "/control/v1/node/999", None, Some(&[])),
+        e(
+            Method::PUT,
+            &format!("/control/v1/tenant/{tenant}/migrate"),
+            Some(json!({"tenant_shard_id": tenant, "node_id": 1})),
+            Some(&[]),
+        ),
+        e(Method::GET, "/control/v1/tenant", None, Some(&[])),
+        e(
+            Method::GET,
+            "/v1/cluster",
+            None,
+            Some(&[Scope::ControllerPeer]),
+        ),
+        e(
+            Method::POST,
+            "/v1/cluster/members",
+            Some(json!({"id": leader, "url": cluster.url(leader)})),
+            Some(&[Scope::ControllerPeer]),
+        ),
+        e(Method::DELETE, "/v1/cluster/members/99", None, Some(&[])),
+        e(
+            Method::POST,
+            "/v1/cluster/leader",
+            Some(json!({"id": leader})),
+            Some(&[]),
+        ),
+        e(Method::GET, "/v1/backup", None, Some(&[])),
+        e(Method::GET, "/status", None, None),
+        e(Method::GET, "/ready", None, None),
+        e(Method::GET, "/metrics", None, None),
+    ]
+}
+
+async fn call(
+    http: &reqwest::Client,
+    base: &str,
+    endpoint: &Endpoint,
+    token: Option<&str>,
+) -> (u16, String) {
+    let mut request = http.request(endpoint.method.clone(), format!("{base}{}", endpoint.path));
+    if let Some(body) = &endpoint.body {
+        request = request.json(body);
+    }
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_checks_scopes_like_neon_through_any_replica() {
+    let keys = Keys::new();
+    let args = keys.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cluster = TestCluster::start_secure(3, &args, Some(keys.token(Scope::Admin)), None).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let http = reqwest::Client::new();
+    let hostile = hostile_tokens(&keys);
+    for id in [follower, leader] {
+        let base = cluster.url(id);
+        for endpoint in endpoints(&cluster, leader) {
+            let what = format!("{} {} on replica {id}", endpoint.method, endpoint.path);
+            let (status, body) = call(&http, &base, &endpoint, None).await;
+            match endpoint.allowed {
+                None => assert!(
+                    status != 401 && status != 403,
+                    "{what} is public, got {status} {body}"
+                ),
+                Some(_) => {
+                    assert_eq!(status, 401, "{what} without a token: {body}");
+                    assert!(
+                        body.contains("Unauthorized: missing authorization header"),
+                        "{what}: {body}"
+                    );
+                }
+            }
+            for scope in ALL_SCOPES {
+                let (status, body) = call(&http, &base, &endpoint, Some(&keys.token(scope))).await;
+                let allowed = endpoint
+                    .allowed
+                    .is_none_or(|s| scope == Scope::Admin || s.contains(&scope));
+                if allowed {
+                    assert!(
+                        status != 401 && status != 403,
+                        "{what} with {scope:?} is allowed, got {status} {body}"
+                    );
+                } else {
+                    assert_eq!(status, 403, "{what} with {scope:?}: {body}");
+                    assert!(
+                        body.contains("Forbidden: JWT authentication error"),
+                        "{what}: {body}"
+                    );
+                }
+            }
+            if endpoint.allowed.is_some() {
+                for (name, token) in &hostile {
+                    let (status, body) = call(&http, &base, &endpoint, Some(token)).await;
+                    assert_eq!(status, 403, "{what} with a token {name}: {body}");
+                }
+            }
+        }
+    }
+    // A follower's readiness asks the leader for a read index with its peer token.
+    crate::support::wait_ready(&cluster.client(follower)).await;
+    // A request that claims to have been forwarded gains nothing by it.
+    let response = http
+        .post(format!("{}/debug/v1/attach-hook", cluster.url(leader)))
+        .header("x-controller-forwarded-by", follower.to_string())
+        .json(&serde_json::json!({"tenant_shard_id": shard(2).to_string(), "node_id": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    // Tokens never show up in logs.
+    for id in cluster.running() {
+        let log = cluster.log_of(id);
+        assert!(
+            !log.contains(&keys.token(Scope::Admin))
+                && !log.contains(&keys.token(Scope::ControllerPeer))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_raft_traffic_is_refused_and_changes_nothing() {
+    let keys = Keys::new();
+    let args = keys.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cluster = TestCluster::start_secure(3, &args, Some(keys.token(Scope::Admin)), None).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let status = cluster.status_of(follower).await.unwrap();
+    let cluster_id = status.cluster_id.clone();
+
+    // A leader-looking append from "replica `leader`" that would attach a shard.
+    let term = status.term + 5;
+    let last = status.last_log_index.unwrap();
+    let entry = openraft::Entry::<TypeConfig> {
+        log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(term, leader), last + 1),
+        payload: openraft::EntryPayload::Normal(Proposal {
+            commands: vec![DomainCommand::AttachHook {
+                shard: shard(77),
+                node: Some(NodeId(66)),
+                generation_override: None,
+            }],
+        }),
+    };
+    let append = openraft::raft::AppendEntriesRequest::<TypeConfig> {
+        vote: openraft::Vote::new_committed(term, leader),
+        prev_log_id: None,
+        entries: vec![entry],
+        leader_commit: Some(openraft::LogId::new(
+            openraft::CommittedLeaderId::new(term, leader),
+            last + 1,
+        )),
+    };
+    let body = controller_raft::codec::encode(&append).unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("{}/raft/v1/append", cluster.url(follower));
+    for (token, header_cluster) in [
+        (None, cluster_id.as_str()),
+        (Some(keys.token(Scope::Admin)), cluster_id.as_str()),
+        (Some(keys.token(Scope::GenerationsApi)), cluster_id.as_str()),
+        (Some(keys.token(Scope::ControllerPeer)), "another-cluster"),
+    ] {
+        let mut request = http
+            .post(&url)
+            .header("x-controller-cluster", header_cluster)
+            .header("x-controller-from", leader.to_string())
+            .header("x-controller-to", follower.to_string())
+            .body(body.clone());
+        if let Some(token) = &token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        assert_eq!(
+            status, 403,
+            "token {token:?}, cluster {header_cluster}: {text}"
+        );
+    }
+    let after = cluster.status_of(follower).await.unwrap();
+    assert_eq!(after.term, status.term, "the forged vote changed nothing");
+    assert_eq!(
+        cluster.client(leader).inspect(shard(77)).await.unwrap(),
+        None,
+        "nothing was attached"
+    );
+    assert!(cluster
+        .log_of(follower)
+        .contains("cannot speak for a replica"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_public_listener_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let output = Command::new(BIN)
+        .args([
+            "serve",
+            "--id",
+            "1",
+            "--listen",
+            "0.0.0.0:0",
+            "--initial-cluster",
+            "1=http://127.0.0.1:1",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("without authentication"),
+        "{stderr}"
+    );
+    assert!(!data.exists(), "nothing was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_malformed_bodies_get_clear_errors() {
+    let keys = Keys::new();
+    let args = keys.args();
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--max-body-bytes", "65536", "--max-validate-tenants", "100"]);
+    let cluster = TestCluster::start_secure(3, &args, Some(keys.token(Scope::Admin)), None).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let http = reqwest::Client::new();
+    let admin = keys.token(Scope::Admin);
+    for id in [leader, follower] {
+        let base = cluster.url(id);
+        let big = format!(
+            r#"{{"tenants": [{}]}}"#,
+            vec![r#"{"id": "00000000000000000000000000000000", "gen": 1}"#; 2000].join(",")
+        );
+        let response = http
+            .post(format!("{base}/upcall/v1/validate"))
+            .bearer_auth(&admin)
+            .body(big)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 413);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(
+            body["msg"].as_str().unwrap().contains("too large")
+                || body["msg"].as_str().unwrap().contains("larger than"),
+            "{body}"
+        );
+
+        let many = serde_json::json!({"tenants": (0..101).map(|i| serde_json::json!({"id": shard(i).to_string(), "gen": 1})).collect::<Vec<_>>()});
+        let response = http
+            .post(format!("{base}/upcall/v1/validate"))
+            .bearer_auth(&admin)
+            .json(&many)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        assert!(response.text().await.unwrap().contains("at most 100"));
+
+        for endpoint in endpoints(&cluster, leader)
+            .into_iter()
+            .filter(|e| e.body.is_some())
+        {
+            let response = http
+                .request(endpoint.method.clone(), format!("{base}{}", endpoint.path))
+                .bearer_auth(&admin)
+                .header("content-type", "application/json")
+                .body("{\"malformed")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                response.status(),
+                400,
+                "{} {}",
+                endpoint.method,
+                endpoint.path
+            );
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert!(body["msg"].as_str().unwrap().contains("JSON"), "{body}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_between_replicas_and_clients() {
+    let keys = Keys::new();
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    let cert = keys.path("cert.pem");
+    let key = keys.path("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let mut args = keys.args();
+    for (flag, path) in [
+        ("--tls-cert", &cert),
+        ("--tls-key", &key),
+        ("--tls-ca", &cert),
+    ] {
+        args.push(flag.into());
+        args.push(path.display().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cluster =
+        TestCluster::start_secure(3, &args, Some(keys.token(Scope::Admin)), Some(&cert)).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    assert!(cluster.url(follower).starts_with("https://"));
+    let client = cluster.client(follower);
+    assert_eq!(
+        client
+            .attach_hook(shard(5), Some(NodeId(1)), None)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        cluster.client(leader).inspect(shard(5)).await.unwrap(),
+        Some((1, NodeId(1)))
+    );
+    // Plain HTTP to a TLS listener gets nowhere.
+    let plain = reqwest::Client::new()
+        .get(cluster.url(follower).replace("https://", "http://") + "/status")
+        .send()
+        .await;
+    assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
+}
