@@ -158,4 +158,25 @@ mod tests {
             "n/a (the replica serves no /metrics)"
         );
     }
+
+    #[test]
+    fn known_counters_become_ratios() {
+        let before = parse(
+            "psc_raft_proposals_total 10\npsc_raft_proposed_commands_total 100\n\
+             psc_storage_flush_duration_seconds_sum 0.5\n\
+             psc_storage_flush_duration_seconds_count 10\n",
+        );
+        let after = parse(
+            "psc_raft_proposals_total 20\npsc_raft_proposed_commands_total 300\n\
+             psc_storage_flush_duration_seconds_sum 0.7\n\
+             psc_storage_flush_duration_seconds_count 110\n",
+        );
+        assert_eq!(
+            describe(Some(&before), Some(&after)),
+            "leader: 20.0 commands/entry, 100 flushes, mean 2.00 ms"
+        );
+        // Unknown names fall back to the counters that moved.
+        let plain = describe(Some(&parse("a_total 1\n")), Some(&parse("a_total 3\n")));
+        assert_eq!(plain, "a_total +2");
+    }
 }
