@@ -260,18 +260,20 @@ pub async fn serve(
     );
     let metrics = Metrics::new();
     metrics.attach(&replica);
+    let forwarder = Forwarder {
+        client: client.clone(),
+        self_id: config.id,
+        timeout: config.deadlines.write + Duration::from_secs(3),
+        peer_token: security.peer_token.clone(),
+    };
+    replica.serve_follower_reads(Arc::new(forwarder.clone()));
     let api_state = Arc::new(ApiState {
         replica: replica.clone(),
         metrics: metrics.clone(),
         membership: membership.clone(),
         cluster_name: identity.cluster_name.clone(),
         cluster_id: identity.cluster_id.clone(),
-        forwarder: Forwarder {
-            client: client.clone(),
-            self_id: config.id,
-            timeout: config.deadlines.write + Duration::from_secs(3),
-            peer_token: security.peer_token.clone(),
-        },
+        forwarder,
         leader_wait: config.leader_wait,
         limits: config.limits,
     });

@@ -2,10 +2,11 @@
 //!
 //! openraft 0.9 makes a follower that heard from a leader wait for the leader's lease
 //! (`election_timeout_max`) *plus* its own election timeout (drawn once per replica from
-//! `min..max`) before it campaigns. With heartbeats every 100 ms and 300..500 ms, a dead
-//! leader is replaced 0.8 to 1.0 s after its last heartbeat, plus one vote round trip: a
-//! new leader within about a second. Three heartbeats fit in the shortest timeout, so a
-//! busy two-core machine does not depose healthy leaders.
+//! `min..max`) before it campaigns. With heartbeats every 100 ms and 250..400 ms, a dead
+//! leader is replaced 0.65 to 0.8 s after its last heartbeat, plus one vote round trip:
+//! a new leader within about a second even counting the heartbeat it missed. Two and a
+//! half heartbeats fit in the shortest timeout and six in the lease plus it, so a busy
+//! machine rarely deposes a healthy leader; raise both bounds where it does.
 
 use openraft::{Config, SnapshotPolicy};
 
@@ -26,8 +27,8 @@ impl Default for Timing {
     fn default() -> Self {
         Self {
             heartbeat_ms: 100,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 500,
+            election_timeout_min_ms: 250,
+            election_timeout_max_ms: 400,
             snapshot_every_entries: 5_000,
             keep_entries_behind_snapshot: 1_000,
         }
@@ -67,7 +68,7 @@ mod tests {
     #[test]
     fn default_timing_is_a_valid_config() {
         let config = Timing::default().config("test").unwrap();
-        assert!(config.election_timeout_min >= 3 * config.heartbeat_interval);
+        assert!(config.election_timeout_min >= 2 * config.heartbeat_interval);
         let worst_failover = config.election_timeout_max * 2;
         assert!(
             worst_failover <= 1_000,

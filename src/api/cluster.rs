@@ -9,9 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, Uri};
 use axum::Json as JsonResponse;
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
@@ -20,7 +18,6 @@ use axum::extract::{Path, RawQuery};
 
 use super::error::ApiError;
 use super::json::Json;
-use super::routing::Forwarded;
 use super::types::{
     AddMemberQuery, AddMemberRequest, ClusterMember, ClusterStatus, ReadyResponse,
     RemoveMemberQuery, StatusResponse, TransferLeaderRequest,
@@ -59,59 +56,19 @@ pub async fn ready(State(api): Api) -> Result<JsonResponse<ReadyResponse>, ApiEr
     let not_ready = |why: String| {
         ApiError::Unavailable(format!("replica {} is not ready: {why}", replica.id()))
     };
-    let Some((leader, member)) = replica.leader() else {
+    let Some((leader, _)) = replica.leader() else {
         return Err(not_ready("no leader is known".into()));
     };
-    let index = if leader == replica.id() {
-        replica
-            .read_index()
-            .await
-            .map_err(|e| not_ready(e.to_string()))?
-    } else {
-        let forwarded = api
-            .forwarder
-            .forward(
-                &member,
-                &Method::GET,
-                &Uri::from_static(READ_INDEX_PATH),
-                &HeaderMap::new(),
-                Bytes::new(),
-                None,
-            )
-            .await;
-        let response = match forwarded {
-            Forwarded::Answer(response) if response.status().is_success() => response,
-            Forwarded::Answer(response) => {
-                return Err(not_ready(format!(
-                    "leader {leader} answered {}",
-                    response.status()
-                )))
-            }
-            Forwarded::NotLeader => {
-                return Err(not_ready(format!(
-                    "replica {leader} is no longer the leader"
-                )))
-            }
-            Forwarded::NotSent(e) | Forwarded::Unknown(e) => {
-                return Err(not_ready(format!("leader {leader} unreachable: {e}")))
-            }
-        };
-        let body = axum::body::to_bytes(response.into_body(), 1024)
-            .await
-            .map_err(|e| not_ready(format!("reading the leader's read index: {e}")))?;
-        let read: ReadIndex = serde_json::from_slice(&body)
-            .map_err(|e| not_ready(format!("decoding the leader's read index: {e}")))?;
-        read.index
-    };
-    if !replica.wait_applied(index, READY_WAIT).await {
-        return Err(not_ready(format!(
-            "has not applied up to the leader's commit index {index}"
-        )));
-    }
+    // A read index: the leader confirmed itself with a quorum after this probe began,
+    // and this replica applied everything committed up to then.
+    let applied = tokio::time::timeout(READY_WAIT, replica.read_index())
+        .await
+        .map_err(|_| not_ready(format!("no read index within {READY_WAIT:?}")))?
+        .map_err(|e| not_ready(e.to_string()))?;
     Ok(JsonResponse(ReadyResponse {
         replica_id: replica.id(),
         leader,
-        applied: index,
+        applied,
     }))
 }
 

@@ -110,9 +110,12 @@ pub fn router(api: Arc<ApiState>) -> Router {
         .route("/control/v1/node", get(handlers::list_nodes))
         .route("/control/v1/node/{node_id}", get(handlers::get_node))
         .route("/control/v1/tenant", get(handlers::list_tenants))
-        .route(cluster::READ_INDEX_PATH, get(cluster::read_index))
-        .route_layer(on_leader(Policy::Retryable, None))
+        .route_layer(on_leader(Policy::Read, None))
         .route_layer(shed);
+    // The read index itself comes from the leader.
+    let read_index = Router::new()
+        .route(cluster::READ_INDEX_PATH, get(cluster::read_index))
+        .route_layer(on_leader(Policy::Retryable, None));
     // Membership changes are idempotent (adding the same member again, removing one
     // that is gone, moving leadership where it is) and may wait for a new member to
     // catch up, so they are forwarded with a long timeout.
@@ -132,6 +135,7 @@ pub fn router(api: Arc<ApiState>) -> Router {
     Router::new()
         .merge(writes)
         .merge(reads)
+        .merge(read_index)
         .merge(membership)
         .merge(local)
         .layer(DefaultBodyLimit::max(api.limits.body_bytes))

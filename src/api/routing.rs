@@ -40,12 +40,16 @@ const FORWARDED_HEADERS: [axum::http::HeaderName; 3] = [
     axum::http::header::ACCEPT,
 ];
 
-/// Whether a route changes state (re-sent only when certainly not applied) or is safe
-/// to send again (reads, and idempotent cluster operations).
+/// How a route is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
+    /// On the leader; re-sent only when certainly not applied.
     Write,
+    /// On the leader; safe to send again (idempotent cluster operations).
     Retryable,
+    /// On any replica once a leader is known: a linearizable read asks the leader only
+    /// for a read index, and answers from this replica's state once it applied up to it.
+    Read,
 }
 
 #[derive(Clone)]
@@ -158,7 +162,7 @@ pub async fn route_to_leader(
     let mut last_problem = String::from("no leader is known");
     loop {
         match replica.leader() {
-            Some((leader, _)) if leader == replica.id() => {
+            Some((leader, _)) if leader == replica.id() || routing.policy == Policy::Read => {
                 let mut local = Request::from_parts(clone_parts(&parts), Body::from(body.clone()));
                 local.extensions_mut().clone_from(&parts.extensions);
                 let response = next.clone().run(local).await;
@@ -205,7 +209,7 @@ pub async fn route_to_leader(
                     Forwarded::NotSent(e) => {
                         last_problem = format!("could not reach leader {leader} at {member}: {e}");
                     }
-                    Forwarded::Unknown(e) if routing.policy == Policy::Retryable => {
+                    Forwarded::Unknown(e) if routing.policy != Policy::Write => {
                         last_problem = format!("no answer from leader {leader} at {member}: {e}");
                     }
                     Forwarded::Unknown(e) => {
@@ -251,4 +255,44 @@ fn clone_parts(parts: &axum::http::request::Parts) -> axum::http::request::Parts
         .expect("method, uri and version came from a valid request")
         .into_parts();
     new_parts
+}
+
+impl crate::replica::LeaderReadIndex for Forwarder {
+    fn fetch(
+        &self,
+        leader: u64,
+        member: Member,
+    ) -> futures::future::BoxFuture<'_, Result<u64, String>> {
+        Box::pin(async move {
+            let uri = Uri::from_static(super::cluster::READ_INDEX_PATH);
+            let answer = self
+                .forward(
+                    &member,
+                    &Method::GET,
+                    &uri,
+                    &HeaderMap::new(),
+                    Bytes::new(),
+                    None,
+                )
+                .await;
+            let response = match answer {
+                Forwarded::Answer(response) if response.status().is_success() => response,
+                Forwarded::Answer(response) => {
+                    return Err(format!("leader {leader} answered {}", response.status()))
+                }
+                Forwarded::NotLeader => {
+                    return Err(format!("replica {leader} is no longer the leader"))
+                }
+                Forwarded::NotSent(e) | Forwarded::Unknown(e) => {
+                    return Err(format!("leader {leader}: {e}"))
+                }
+            };
+            let body = to_bytes(response.into_body(), 1024)
+                .await
+                .map_err(|e| format!("reading leader {leader}'s read index: {e}"))?;
+            serde_json::from_slice::<super::cluster::ReadIndex>(&body)
+                .map(|r| r.index)
+                .map_err(|e| format!("decoding leader {leader}'s read index: {e}"))
+        })
+    }
 }

@@ -8,9 +8,11 @@
 //! near one round.
 //!
 //! Reads: a linearizable read needs a read index, i.e. a round of heartbeats confirming
-//! leadership with a quorum. Reads that arrived before a round starts share it; a read
-//! that arrives while a round is running waits for the next one, because a round begun
-//! before the read was invoked could miss a write the reader already saw acknowledged.
+//! leadership with a quorum (on a follower: one request to the leader for its read
+//! index, then waiting to apply up to it). Reads that arrived before a round starts
+//! share it; a read that arrives while a round is running waits for the next one,
+//! because a round begun before the read was invoked could miss a write the reader
+//! already saw acknowledged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,9 +159,14 @@ pub(super) struct ReadCoalescer {
 }
 
 impl ReadCoalescer {
-    pub(super) fn start(raft: Raft, deadline: Duration, stats: Arc<BatchStats>) -> Self {
+    pub(super) fn start(
+        raft: Raft,
+        deadline: Duration,
+        stats: Arc<BatchStats>,
+        remote: Arc<std::sync::OnceLock<Arc<dyn super::LeaderReadIndex>>>,
+    ) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_reads(raft, rx, deadline, stats));
+        tokio::spawn(run_reads(raft, rx, deadline, stats, remote));
         Self { queue }
     }
 
@@ -182,6 +189,7 @@ async fn run_reads(
     mut rx: mpsc::UnboundedReceiver<ReadWaiter>,
     deadline: Duration,
     stats: Arc<BatchStats>,
+    remote: Arc<std::sync::OnceLock<Arc<dyn super::LeaderReadIndex>>>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut waiters = vec![first];
@@ -199,7 +207,7 @@ async fn run_reads(
             .reads
             .fetch_add(waiters.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let started = Instant::now();
-        let result = super::confirm_read_index(&raft, deadline).await;
+        let result = super::read_index_round(&raft, remote.get(), deadline).await;
         tracing::trace!(
             readers = waiters.len(),
             micros = started.elapsed().as_micros() as u64,

@@ -101,6 +101,18 @@ pub struct Replica {
     log: LogStore,
     writes: batching::WriteBatcher,
     reads: batching::ReadCoalescer,
+    remote_read_index: Arc<std::sync::OnceLock<Arc<dyn LeaderReadIndex>>>,
+}
+
+/// How a follower asks the leader for a read index (over HTTP, in the server). Without
+/// one, only the leader serves reads.
+pub trait LeaderReadIndex: Send + Sync + 'static {
+    /// The leader's read index, after it confirmed its leadership with a quorum.
+    fn fetch(
+        &self,
+        leader: u64,
+        member: Member,
+    ) -> futures::future::BoxFuture<'_, Result<u64, String>>;
 }
 
 impl Replica {
@@ -125,8 +137,13 @@ impl Replica {
         let batch_stats = Arc::new(BatchStats::default());
         let writes =
             batching::WriteBatcher::start(raft.clone(), deadlines.write, batch_stats.clone());
-        let reads =
-            batching::ReadCoalescer::start(raft.clone(), deadlines.read, batch_stats.clone());
+        let remote_read_index = Arc::new(std::sync::OnceLock::new());
+        let reads = batching::ReadCoalescer::start(
+            raft.clone(),
+            deadlines.read,
+            batch_stats.clone(),
+            remote_read_index.clone(),
+        );
         let leader_since = Arc::new(std::sync::Mutex::new(None));
         tokio::spawn(track_leadership(raft.metrics(), leader_since.clone()));
         Ok(Replica {
@@ -142,6 +159,7 @@ impl Replica {
             log,
             writes,
             reads,
+            remote_read_index,
         })
     }
 
@@ -207,8 +225,15 @@ impl Replica {
         self.writes.propose(command, self.deadlines.write).await
     }
 
-    /// Reads the registry linearizably: only as the confirmed leader, only after applying
-    /// everything committed when the read began.
+    /// Lets this replica serve reads as a follower, asking the leader only for a read
+    /// index. Set once; later calls are ignored.
+    pub fn serve_follower_reads(&self, source: Arc<dyn LeaderReadIndex>) {
+        let _ = self.remote_read_index.set(source);
+    }
+
+    /// Reads the registry linearizably: after applying everything committed when the read
+    /// began, as confirmed by the leader with a quorum (this replica, or the leader asked
+    /// for its read index when follower reads are on).
     pub async fn read<T>(&self, f: impl FnOnce(&Registry) -> T) -> Result<T, ReadError> {
         self.read_index().await?;
         let applied = self
@@ -218,8 +243,8 @@ impl Replica {
         Ok(f(&applied.state))
     }
 
-    /// Confirms leadership with a quorum and waits until everything committed before the
-    /// call is applied here; returns that read index. Concurrent calls share one round.
+    /// A read index confirmed by the leader with a quorum after this call began, applied
+    /// here before it returns. Concurrent calls share one round.
     pub async fn read_index(&self) -> Result<u64, ReadError> {
         self.reads.read_index(self.deadlines.read).await
     }
@@ -316,6 +341,49 @@ async fn propose_entry(
         "applying a proposal answers once per command"
     );
     Ok(outcomes)
+}
+
+/// One read-index round: on the leader, a quorum confirmation; on a follower, the
+/// leader's read index (if follower reads are on), then waiting to apply up to it.
+async fn read_index_round(
+    raft: &Raft,
+    remote: Option<&Arc<dyn LeaderReadIndex>>,
+    deadline: Duration,
+) -> Result<u64, ReadError> {
+    let (state, leader, member) = {
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow();
+        let member = metrics
+            .current_leader
+            .and_then(|l| metrics.membership_config.membership().get_node(&l).cloned());
+        (metrics.state, metrics.current_leader, member)
+    };
+    let (Some(remote), Some(leader), Some(member)) = (remote, leader, member) else {
+        return confirm_read_index(raft, deadline).await;
+    };
+    if state == ServerState::Leader {
+        return confirm_read_index(raft, deadline).await;
+    }
+    let started = tokio::time::Instant::now();
+    let index = match tokio::time::timeout(deadline, remote.fetch(leader, member)).await {
+        Ok(Ok(index)) => index,
+        Ok(Err(e)) => {
+            tracing::debug!(leader, error = %e, "no read index from the leader");
+            return Err(ReadError::NotLeader {
+                leader: Some(leader),
+            });
+        }
+        Err(_) => return Err(ReadError::NoQuorum(deadline)),
+    };
+    let left = deadline.saturating_sub(started.elapsed());
+    match raft
+        .wait(Some(left))
+        .applied_index_at_least(Some(index), "follower read")
+        .await
+    {
+        Ok(_) => Ok(index),
+        Err(_) => Err(ReadError::NoQuorum(deadline)),
+    }
 }
 
 /// Confirms leadership with a quorum and waits until the state machine caught up with the

@@ -1,0 +1,84 @@
+//! Smoke test: the bench binary runs tiny scenarios against a local cluster it starts
+//! itself and prints its table. No figure is asserted (targets live in BENCHMARKS.md,
+//! never in tests); only that the tool works end to end and counts no errors.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_bench");
+
+/// The server binary of the same build, next to the bench binary. `cargo test
+/// --workspace` builds it (the root package's integration tests need it); a lone
+/// `cargo test -p bench` may not have, and then there is nothing to smoke-test against.
+fn server_bin() -> Option<PathBuf> {
+    let bin = PathBuf::from(BENCH).with_file_name("pageserver-controller");
+    bin.exists().then_some(bin)
+}
+
+fn bench(args: &[&str]) -> String {
+    let server = server_bin().expect("checked by the caller");
+    let output = Command::new(BENCH)
+        .arg("--server-bin")
+        .arg(&server)
+        .args(["--duration", "1", "--runs", "1", "--ops", "300"])
+        .args(args)
+        .output()
+        .expect("running the bench");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "bench {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The error counts of every table row (the ninth column).
+fn error_counts(table: &str) -> Vec<u64> {
+    table
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| scenario") && !l.starts_with("| ---"))
+        .map(|l| {
+            let cell = l.split('|').nth(9).unwrap();
+            cell.split_whitespace().next().unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn tiny_scenarios_run_against_a_local_cluster() {
+    if server_bin().is_none() {
+        eprintln!("skipped: build pageserver-controller first (cargo test --workspace does)");
+        return;
+    }
+    let out = bench(&[
+        "attach",
+        "--tenants",
+        "50",
+        "--concurrency",
+        "4",
+        "--via",
+        "leader,follower",
+    ]);
+    assert!(out.contains("| attach | leader c=4"), "{out}");
+    assert!(out.contains("| attach | follower c=4"), "{out}");
+    assert!(out.contains("Raft entries appended during"), "{out}");
+    assert_eq!(error_counts(&out), vec![0, 0], "{out}");
+
+    let out = bench(&[
+        "validate",
+        "--tenants",
+        "64",
+        "--batch",
+        "8",
+        "--concurrency",
+        "2",
+        "--background",
+        "2",
+    ]);
+    assert_eq!(error_counts(&out), vec![0, 0], "{out}");
+
+    let out = bench(&["re-attach", "--shards", "20"]);
+    assert!(out.contains("| re-attach | 20 shards, via leader"), "{out}");
+    assert_eq!(error_counts(&out), vec![0, 0], "{out}");
+}
