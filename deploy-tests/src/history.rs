@@ -101,12 +101,32 @@ pub struct Op {
     pub outcome: Outcome,
 }
 
+/// A request sent and not answered yet.
+#[derive(Debug, Clone)]
+struct Pending {
+    client: String,
+    via: u64,
+    call_us: u64,
+    request: Request,
+}
+
+#[derive(Default)]
+struct Inner {
+    ops: Vec<Op>,
+    pending: BTreeMap<u64, Pending>,
+    next: u64,
+}
+
 /// The shared recorder. Cheap to clone.
 #[derive(Clone)]
 pub struct History {
     start: Instant,
-    ops: Arc<Mutex<Vec<Op>>>,
+    inner: Arc<Mutex<Inner>>,
 }
+
+/// A request in flight, from [`History::begin`] to [`History::end`].
+#[must_use]
+pub struct Call(u64);
 
 impl Default for History {
     fn default() -> Self {
@@ -118,7 +138,7 @@ impl History {
     pub fn new() -> History {
         History {
             start: Instant::now(),
-            ops: Arc::default(),
+            inner: Arc::default(),
         }
     }
 
@@ -127,23 +147,63 @@ impl History {
         self.start.elapsed().as_micros() as u64
     }
 
-    pub fn record(&self, client: &str, via: u64, call_us: u64, request: Request, outcome: Outcome) {
-        let return_us = self.now_us();
-        let mut ops = self.ops.lock().expect("history lock");
-        let id = ops.len() as u64;
-        ops.push(Op {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("history lock")
+    }
+
+    /// Notes a request as it is sent: until [`History::end`], it shows in [`History::ops`]
+    /// as indeterminate, so a check in the middle of a run allows for its effect.
+    pub fn begin(&self, client: &str, via: u64, request: Request) -> Call {
+        let call_us = self.now_us();
+        let mut inner = self.lock();
+        let id = inner.next;
+        inner.next += 1;
+        inner.pending.insert(
             id,
-            client: client.to_owned(),
-            via,
-            call_us,
+            Pending {
+                client: client.to_owned(),
+                via,
+                call_us,
+                request,
+            },
+        );
+        Call(id)
+    }
+
+    /// Records the outcome of a request noted by [`History::begin`].
+    pub fn end(&self, call: Call, outcome: Outcome) {
+        let return_us = self.now_us();
+        let mut inner = self.lock();
+        let pending = inner.pending.remove(&call.0).expect("each call ends once");
+        inner.ops.push(Op {
+            id: call.0,
+            client: pending.client,
+            via: pending.via,
+            call_us: pending.call_us,
             return_us,
-            request,
+            request: pending.request,
             outcome,
         });
     }
 
+    /// Every answered request, and every one still in flight as indeterminate.
     pub fn ops(&self) -> Vec<Op> {
-        self.ops.lock().expect("history lock").clone()
+        let now = self.now_us();
+        let inner = self.lock();
+        let mut ops = inner.ops.clone();
+        ops.extend(inner.pending.iter().map(|(id, p)| Op {
+            id: *id,
+            client: p.client.clone(),
+            via: p.via,
+            call_us: p.call_us,
+            return_us: now,
+            request: p.request.clone(),
+            outcome: Outcome::Indeterminate {
+                reason: "in flight".into(),
+            },
+        }));
+        ops.sort_by_key(|op| op.id);
+        ops
     }
 
     /// Writes the history as JSON lines (kept when a test fails).
@@ -434,6 +494,28 @@ mod tests {
                 "expected {expected:?} for {ops:#?}, got {violations:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_request_in_flight_counts_as_indeterminate_until_it_ends() {
+        let history = History::new();
+        let request = Request::Attach {
+            shard: shard(),
+            node: NodeId(2),
+        };
+        let call = history.begin("c", 1, request.clone());
+        let ops = history.ops();
+        assert_eq!(ops.len(), 1);
+        assert!(matches!(ops[0].outcome, Outcome::Indeterminate { .. }));
+        let answer = Outcome::Ok {
+            answer: Answer::Generation { generation: 3 },
+        };
+        history.end(call, answer.clone());
+        let ops = history.ops();
+        assert_eq!(
+            (ops.len(), &ops[0].request, &ops[0].outcome),
+            (1, &request, &answer)
+        );
     }
 
     #[test]

@@ -116,7 +116,7 @@ impl Caller {
                     .with_token(this.token.clone())
                     .with_timeout(Duration::from_secs(10));
                 async move {
-                    let call_us = this.history.now_us();
+                    let call = this.history.begin(&this.name, via, request_ref.clone());
                     let result = send(client).await;
                     let outcome = match &result {
                         Ok(value) => Outcome::Ok {
@@ -124,8 +124,7 @@ impl Caller {
                         },
                         Err(e) => Outcome::from_error(e),
                     };
-                    this.history
-                        .record(&this.name, via, call_us, request_ref.clone(), outcome);
+                    this.history.end(call, outcome);
                     result
                 }
             },

@@ -5,6 +5,7 @@ mod support;
 
 mod amnesia;
 mod api;
+mod concurrent_joins;
 mod failover;
 mod fuzz;
 mod membership;
