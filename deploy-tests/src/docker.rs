@@ -185,6 +185,11 @@ impl ContainerCluster {
             "no-new-privileges:true",
             "--stop-timeout",
             "30",
+            // Like the kubelet (restartPolicy: Always) and compose.yaml: a replica that
+            // exits with an error is started again. `docker stop` and `docker kill` are
+            // not undone by it.
+            "--restart",
+            "on-failure",
         ]);
         args.extend(self.run_options.iter().cloned());
         args.push(image.to_owned());
@@ -294,6 +299,18 @@ impl ContainerCluster {
         ]))
         .await?;
         Ok(out.trim().to_owned())
+    }
+
+    /// How often Docker restarted the pod's current container after a failure.
+    pub async fn restarts(&self, ordinal: u32) -> anyhow::Result<u32> {
+        let out = docker(strings(&[
+            "inspect",
+            "--format",
+            "{{.RestartCount}}",
+            &self.pod(ordinal).container,
+        ]))
+        .await?;
+        out.trim().parse().context("a restart count")
     }
 
     /// The last lines of a pod's log.
