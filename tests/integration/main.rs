@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod compatibility;
 mod failover;
 mod fuzz;
 mod membership;
