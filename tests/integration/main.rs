@@ -5,6 +5,7 @@ mod support;
 
 mod amnesia;
 mod api;
+mod compatibility;
 mod concurrent_joins;
 mod failover;
 mod fuzz;
