@@ -17,6 +17,7 @@
 pub mod api;
 pub mod auth;
 pub mod backup;
+pub mod bootstrap;
 pub mod cli;
 pub mod client;
 pub mod consensus;

@@ -75,9 +75,12 @@ fn from_write_error(e: RaftError<u64, ClientWriteError<u64, Member>>) -> Members
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
             MembershipError::NotLeader(f.leader_id)
         }
+        // Transient: the change ahead of it finishes in a moment; the caller retries.
         RaftError::APIError(ClientWriteError::ChangeMembershipError(
             ChangeMembershipError::InProgress(p),
-        )) => MembershipError::Conflict(format!("another membership change is in progress: {p}")),
+        )) => MembershipError::Unavailable(format!(
+            "another membership change is in progress ({p}); retry shortly"
+        )),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             MembershipError::Conflict(e.to_string())
         }

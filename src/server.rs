@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::routing::Forwarder;
 use crate::api::{self, ApiState, Limits};
 use crate::auth::{JwtKeys, PeerJwt};
+use crate::bootstrap;
 use crate::client::Client;
 use crate::consensus::{LogStore, StateMachine};
 use crate::membership::Membership;
@@ -105,40 +106,63 @@ pub fn derive_cluster_id(name: &str, members: &BTreeMap<u64, Member>) -> String 
 }
 
 /// Opens the data dir, creating it for a fresh member of the initial cluster or for a
-/// replica joining a running one.
+/// replica joining a running one. Returns the replica to join through, if joining.
+///
+/// An initial member with an empty data dir first asks its peers whether the cluster
+/// already runs; if so it joins instead of bootstrapping, and if the cluster still lists
+/// it (its disk was lost) it leaves first, so that it never votes with an empty log (see
+/// [`crate::bootstrap`]).
 async fn open_data_dir(
     config: &ServeConfig,
     http: &reqwest::Client,
     peer_token: Option<String>,
-) -> anyhow::Result<DataDir> {
+) -> anyhow::Result<(DataDir, Option<String>)> {
     let root = &config.data_dir;
     if DataDir::peek(root)?.is_some() {
         let dir = DataDir::open(root, config.id, Some(&config.cluster_name))?;
-        tracing::info!(path = %root.display(), cluster = %dir.identity().cluster_id, "opened existing data dir; --initial-cluster and --join are ignored");
-        return Ok(dir);
+        tracing::info!(path = %root.display(), cluster = %dir.identity().cluster_id, "opened existing data dir; --initial-cluster is ignored");
+        return Ok((dir, config.join.clone()));
     }
-    let (cluster_id, bootstrap) = match (&config.join, config.initial_cluster.is_empty()) {
-        (Some(_), false) => bail!("pass either --initial-cluster (a new cluster) or --join (a running one), not both"),
-        (Some(url), true) => (cluster_to_join(config, url, http, peer_token).await?, Bootstrap::Joined),
-        (None, true) => bail!(
+    let mut join = config.join.clone();
+    if join.is_none() && !config.initial_cluster.is_empty() {
+        if !config.initial_cluster.contains_key(&config.id) {
+            bail!(
+                "--initial-cluster does not list replica {}; a replica can only bootstrap a cluster it \
+                 is a member of (use --join to join a running cluster)",
+                config.id
+            );
+        }
+        let peers: Vec<String> = config
+            .initial_cluster
+            .iter()
+            .filter(|(id, _)| **id != config.id)
+            .map(|(_, member)| member.url.clone())
+            .collect();
+        let answers =
+            bootstrap::probe(&peers, &config.cluster_name, http, peer_token.clone()).await?;
+        if let Some((via, status)) = answers
+            .iter()
+            .find(|(_, status)| bootstrap::is_running(status))
+        {
+            if status.members.iter().any(|m| m.id == config.id) {
+                bootstrap::leave_to_rejoin(via, config.id, http, peer_token.clone()).await?;
+            }
+            tracing::info!(%via, "the cluster already runs: joining it instead of bootstrapping");
+            join = Some(via.clone());
+        }
+    }
+    let (cluster_id, bootstrap) = match &join {
+        Some(url) => (cluster_to_join(config, url, http, peer_token).await?, Bootstrap::Joined),
+        None if config.initial_cluster.is_empty() => bail!(
             "data dir {} is empty: pass --initial-cluster listing every member (including replica {}) to \
              bootstrap a new cluster, or --join URL to join a running one",
             root.display(),
             config.id
         ),
-        (None, false) => {
-            if !config.initial_cluster.contains_key(&config.id) {
-                bail!(
-                    "--initial-cluster does not list replica {}; a replica can only bootstrap a cluster it \
-                     is a member of (use --join to join a running cluster)",
-                    config.id
-                );
-            }
-            (
-                derive_cluster_id(&config.cluster_name, &config.initial_cluster),
-                Bootstrap::InitialMember,
-            )
-        }
+        None => (
+            derive_cluster_id(&config.cluster_name, &config.initial_cluster),
+            Bootstrap::InitialMember,
+        ),
     };
     let identity = Identity {
         format_version: FORMAT_VERSION,
@@ -147,7 +171,7 @@ async fn open_data_dir(
         replica_id: config.id,
         bootstrap,
     };
-    Ok(DataDir::create(root, identity)?)
+    Ok((DataDir::create(root, identity)?, join))
 }
 
 /// How long a joining replica keeps trying to reach the cluster it joins.
@@ -221,7 +245,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let security = config.security.clone();
     let client = peer_client(security.ca.as_deref())?;
-    let data_dir = open_data_dir(&config, &client, security.peer_token.clone()).await?;
+    let (data_dir, join) = open_data_dir(&config, &client, security.peer_token.clone()).await?;
     let identity = data_dir.identity().clone();
     let log = LogStore::open(&data_dir.log_path(), config.id, config.cache_bytes)?;
     let state_machine = StateMachine::open(&data_dir.snapshot_path())
@@ -323,7 +347,7 @@ pub async fn serve(
         });
     }
     let initialized = replica.raft().is_initialized().await?;
-    match (identity.bootstrap, &config.join) {
+    match (identity.bootstrap, &join) {
         (Bootstrap::InitialMember, _) if !initialized => {
             tokio::spawn(bootstrap(
                 replica.clone(),

@@ -36,7 +36,8 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// A Python tool pinned in `.ci/deploy-tools.txt`: from `PATH`, else from the virtual
-/// environment `.ci/run` installs them into (`target/deploy-tools`).
+/// environment `target/deploy-tools`, which is created and filled from PyPI on first use
+/// (so `cargo test --workspace` works on a fresh machine that has `python3`).
 pub fn python_tool(program: &str) -> PathBuf {
     let venv = repo_root().join("target/deploy-tools/bin").join(program);
     let on_path = std::env::var_os("PATH").and_then(|path| {
@@ -44,15 +45,74 @@ pub fn python_tool(program: &str) -> PathBuf {
             .map(|dir| dir.join(program))
             .find(|candidate| is_executable(candidate))
     });
-    on_path
-        .or_else(|| is_executable(&venv).then_some(venv))
-        .unwrap_or_else(|| {
-            require(
-                program,
-                "Install the pinned Python tools: python3 -m venv target/deploy-tools && \
-                 target/deploy-tools/bin/pip install -r .ci/deploy-tools.txt",
-            )
+    if let Some(found) = on_path {
+        return found;
+    }
+    if !is_executable(&venv) {
+        if let Err(e) = install_python_tools() {
+            panic!("installing the pinned Python tools failed: {e:#}");
+        }
+    }
+    if is_executable(&venv) {
+        return venv;
+    }
+    require(
+        program,
+        "Install the pinned Python tools: python3 -m venv target/deploy-tools && \
+         target/deploy-tools/bin/pip install -r .ci/deploy-tools.txt",
+    )
+}
+
+/// Creates `target/deploy-tools` and installs `.ci/deploy-tools.txt` into it, once per
+/// test process (tests of one binary share the result).
+fn install_python_tools() -> anyhow::Result<()> {
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let root = repo_root();
+            let venv = root.join("target/deploy-tools");
+            eprintln!(
+                "[deploy tests] installing the pinned Python tools into {} (once)",
+                venv.display()
+            );
+            let python = require(
+                "python3",
+                "Install Python 3 (Debian: python3, python3-venv).",
+            );
+            let steps: [(&Path, Vec<std::ffi::OsString>); 2] = [
+                (
+                    &python,
+                    vec!["-m".into(), "venv".into(), venv.clone().into()],
+                ),
+                (
+                    &venv.join("bin/pip"),
+                    vec![
+                        "install".into(),
+                        "--quiet".into(),
+                        "--disable-pip-version-check".into(),
+                        "-r".into(),
+                        root.join(".ci/deploy-tools.txt").into(),
+                    ],
+                ),
+            ];
+            for (program, args) in steps {
+                let out = Command::new(program)
+                    .args(&args)
+                    .output()
+                    .map_err(|e| format!("running {}: {e}", program.display()))?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "{} {:?} failed: {}",
+                        program.display(),
+                        args,
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+            }
+            Ok(())
         })
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Runs `command`; its output whatever the exit status.

@@ -6,7 +6,8 @@
 //! hooks, migrate, node config and delete, tenant listing, cluster membership, leader
 //! transfer and backups need `admin`; node registration and listing need `infra`.
 //! `admin` is accepted everywhere. Replicas use `controller_peer` for what they ask each
-//! other (joining, probing, read indexes). Health and metrics need nothing. A route
+//! other (probing, read indexes, joining, and leaving to rejoin after a lost disk; a
+//! peer token can already speak Raft, so this grants it nothing more). Health and metrics need nothing. A route
 //! missing from the table needs `admin`: new routes are closed until opened here.
 //! The Raft routes are not in this table: the transport checks them, and accepts only
 //! `controller_peer` tokens.
@@ -41,9 +42,10 @@ pub fn access(method: &Method, route: &str) -> Access {
         }
         ("POST", "/control/v1/node")
         | ("GET", "/control/v1/node" | "/control/v1/node/{node_id}") => Access::Scopes(&[Infra]),
-        ("GET", "/v1/cluster" | "/v1/cluster/read-index") | ("POST", "/v1/cluster/members") => {
-            Access::Scopes(&[ControllerPeer])
-        }
+        // Replicas join, and a replica that lost its disk leaves before joining again.
+        ("GET", "/v1/cluster" | "/v1/cluster/read-index")
+        | ("POST", "/v1/cluster/members")
+        | ("DELETE", "/v1/cluster/members/{id}") => Access::Scopes(&[ControllerPeer]),
         _ => Access::Scopes(&[]),
     }
 }

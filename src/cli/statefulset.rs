@@ -30,9 +30,9 @@
 //! - Empty, and a peer answers with a running cluster (a leader, or log entries) before
 //!   that: the pod joins it, as a learner that catches up before it votes. If the cluster
 //!   still lists this id, the pod lost its data (or was scaled away without `cluster
-//!   remove`): it does **not** start Raft, logs the command an operator must run
-//!   (`cluster remove --id N`; a replica's token may not remove members), and joins once
-//!   the cluster no longer lists it: the runbook "remove, wipe, join".
+//!   remove`): it does **not** start Raft; it asks the cluster to remove it (refused if
+//!   the remaining voters could not form a quorum) and then joins: the runbook "remove,
+//!   wipe, join", done by the pod itself (see [`crate::bootstrap`]).
 //! - Empty, ordinal `>= N` (or `--join` given): join as above; it never bootstraps.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,7 +44,7 @@ use controller_raft::Member;
 use controller_storage::{Bootstrap, DataDir};
 
 use crate::api::types::{ClusterStatus, ErrorBody, StatusResponse};
-use crate::client::Client;
+use crate::bootstrap::{is_fresh, is_running, probe};
 use crate::server::{derive_cluster_id, peer_client, start_listener, ServeConfig};
 
 /// The flags that place a replica in a StatefulSet.
@@ -289,20 +289,6 @@ fn hostname() -> anyhow::Result<String> {
     Ok(name)
 }
 
-/// Whether a peer's answer shows a cluster that has run: it knows a leader, or holds log
-/// entries beyond the initial membership entry (index 0), which only an elected leader
-/// writes. An initial member that initialized and is still campaigning is not: it
-/// needs the other members' votes. (The server's own bootstrap probe uses this rule.)
-pub fn is_running(status: &ClusterStatus) -> bool {
-    status.leader.is_some() || status.last_log_index.is_some_and(|i| i > 0)
-}
-
-/// Whether a peer's answer shows a replica without any log: in its waiting room, or
-/// serving but not initialized yet. Such a replica holds no data and no vote.
-pub fn is_fresh(status: &ClusterStatus) -> bool {
-    status.leader.is_none() && status.last_log_index.is_none()
-}
-
 /// How a pod with an empty data dir comes to life.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FreshStart {
@@ -310,8 +296,8 @@ pub enum FreshStart {
     Bootstrap,
     /// Join the running cluster through this URL.
     Join { via: String },
-    /// The running cluster still lists this id: wait until an operator removed it.
-    WaitForRemoval { via: String },
+    /// The running cluster still lists this id, which lost its data: leave, then join.
+    Rejoin { via: String },
 }
 
 /// The decision for an empty data dir, given every answer so far: `None` while the pod
@@ -335,7 +321,7 @@ pub fn decide_fresh_start(
     let (via, status) = answers.iter().find(|(_, status)| is_running(status))?;
     let via = via.clone();
     if status.members.iter().any(|m| m.id == placement.id()) {
-        Some(FreshStart::WaitForRemoval { via })
+        Some(FreshStart::Rejoin { via })
     } else {
         Some(FreshStart::Join { via })
     }
@@ -408,17 +394,6 @@ pub async fn settle(config: &mut ServeConfig, placement: &Placement) -> anyhow::
         .await?;
         let due = |every: Duration| last_report.is_none_or(|at: Instant| at.elapsed() >= every);
         match decide_fresh_start(placement, &peers, may_bootstrap, &mut seen_fresh, &answers) {
-            Some(FreshStart::WaitForRemoval { via }) => {
-                if due(Duration::from_secs(30)) {
-                    last_report = Some(Instant::now());
-                    let id = placement.id();
-                    tracing::error!(id, %via,
-                        "the data dir is empty but the running cluster still lists replica {id}: it lost its \
-                         data, or was scaled away without `cluster remove`. It will not vote with an empty \
-                         log. An operator must run `pageserver-controller cluster remove --id {id} --url \
-                         {via}` (admin token); this replica then joins by itself (README: Deploy)");
-                }
-            }
             Some(decided) => break decided,
             None => {
                 if due(Duration::from_secs(10)) {
@@ -445,38 +420,23 @@ pub async fn settle(config: &mut ServeConfig, placement: &Placement) -> anyhow::
             config.initial_cluster.clear();
             config.join = Some(via);
         }
-        FreshStart::WaitForRemoval { .. } => unreachable!("the loop goes on while listed"),
+        FreshStart::Rejoin { via } => {
+            room.close().await;
+            crate::bootstrap::leave_to_rejoin(
+                &via,
+                placement.id(),
+                &http,
+                config.security.peer_token.clone(),
+            )
+            .await?;
+            tracing::info!(%via, "removed from the running cluster: joining it again");
+            config.initial_cluster.clear();
+            config.join = Some(via);
+            return Ok(());
+        }
     }
     room.close().await;
     Ok(())
-}
-
-/// The answers of the peers that answer, each checked to be of this cluster.
-async fn probe(
-    peers: &[String],
-    cluster_name: &str,
-    http: &reqwest::Client,
-    token: Option<String>,
-) -> anyhow::Result<Vec<(String, ClusterStatus)>> {
-    let asks = peers.iter().map(|url| {
-        let client = Client::with_http(url, http.clone())
-            .with_token(token.clone())
-            .with_timeout(Duration::from_secs(2));
-        async move { (url.clone(), client.cluster_status().await) }
-    });
-    let mut answers = Vec::new();
-    for (url, answer) in futures::future::join_all(asks).await {
-        match answer {
-            Ok(status) if status.cluster_name != cluster_name => bail!(
-                "peer {url} belongs to cluster {:?}, not {cluster_name:?}: check --cluster-name and \
-                 --peer-url-template",
-                status.cluster_name
-            ),
-            Ok(status) => answers.push((url, status)),
-            Err(e) => tracing::debug!(%url, error = %e, "peer did not answer"),
-        }
-    }
-    Ok(answers)
 }
 
 /// What a pod with an empty data dir serves on its port while it decides: enough for
@@ -726,13 +686,13 @@ mod tests {
         ]);
         assert_eq!(
             decide_fresh_start(&p, &peers, true, &mut seen, &got),
-            Some(FreshStart::WaitForRemoval { via: P1.into() })
+            Some(FreshStart::Rejoin { via: P1.into() })
         );
         // A leaderless cluster with a log (peers restarting) counts as running.
         let got = answers(&[(P0, status(None, 3, Some(9), &[1, 2, 3]))]);
         assert_eq!(
             decide_fresh_start(&p, &peers, true, &mut seen, &got),
-            Some(FreshStart::WaitForRemoval { via: P0.into() })
+            Some(FreshStart::Rejoin { via: P0.into() })
         );
         // Once an operator removed it, it joins.
         let got = answers(&[(P1, status(Some(2), 4, Some(22), &[1, 2]))]);
@@ -770,7 +730,7 @@ mod tests {
         )];
         assert_eq!(
             decide_fresh_start(&p, &peers, false, &mut seen, &listed),
-            Some(FreshStart::WaitForRemoval {
+            Some(FreshStart::Rejoin {
                 via: peers[1].clone()
             })
         );

@@ -1,9 +1,9 @@
-//! A replica that lost its disk must not vote as if it remembered (a core bug, kept as a
-//! named reproducer until it is fixed; found while deploying, see README: Deploy).
+//! A replica that lost its disk must not vote as if it remembered (found while deploying;
+//! fixed by deciding, before Raft starts, to leave and rejoin: see `src/bootstrap.rs`).
 //!
-//! `serve` with `--initial-cluster` and an empty data dir, while the cluster runs, "waits
-//! to be replicated to" (server.rs, `bootstrap`), but it runs Raft as a voter with an
-//! empty log and no vote: it grants its vote to any candidate. Here generation 1 is
+//! `serve` with `--initial-cluster` and an empty data dir, while the cluster runs, used to
+//! "wait to be replicated to" while running Raft as a voter with an empty log and no vote:
+//! it granted its vote to any candidate. Here generation 1 is
 //! acknowledged with replicas 1 and 3; replica 3 loses its disk and replica 1 dies; the
 //! wiped replica 3 elects replica 2, which never had generation 1, and the acknowledged
 //! generation is gone (the next attach hands out generation 1 a second time). A correct
@@ -16,7 +16,6 @@ use pageserver_controller::domain::NodeId;
 use crate::support::{shard, wait_for, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "core bug: a replica restarted on an empty data dir votes with an empty log"]
 async fn a_replica_that_lost_its_disk_cannot_elect_a_leader_without_acknowledged_writes() {
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
@@ -44,7 +43,9 @@ async fn a_replica_that_lost_its_disk_cannot_elect_a_leader_without_acknowledged
     cluster.wipe(3);
     cluster.kill(1);
     cluster.restart(2).await;
-    cluster.restart(3).await;
+    // Replica 3 finds the cluster that still lists it: it asks to be removed before it
+    // joins again, which cannot happen without a quorum, so it never starts Raft.
+    cluster.launch(3);
 
     // Either the cluster stays unavailable (correct), or whatever leads must still know
     // generation 1.
@@ -64,6 +65,53 @@ async fn a_replica_that_lost_its_disk_cannot_elect_a_leader_without_acknowledged
             found.is_some_and(|(g, _)| g >= 1),
             "replica {leader} leads without the acknowledged generation 1 (it shows {found:?}): the \
              wiped replica 3 voted for it"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_lost_its_disk_leaves_and_rejoins_by_itself() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let client = cluster.client(leader);
+    for i in 0..10 {
+        client
+            .attach_hook(shard(i), Some(NodeId(1)), None)
+            .await
+            .unwrap();
+    }
+    let lost = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    cluster.kill(lost);
+    cluster.wipe(lost);
+    // Same flags as before the disk was lost: the replica sorts itself out.
+    cluster.restart(lost).await;
+    let mut all = cluster.running();
+    all.sort_unstable();
+    cluster.wait_for_voters(&all).await;
+    assert!(
+        cluster
+            .log_of(lost)
+            .contains("Asking the cluster to remove it"),
+        "{}",
+        cluster.log_of(lost)
+    );
+    let committed = cluster
+        .status_of(leader)
+        .await
+        .unwrap()
+        .committed_index
+        .unwrap();
+    cluster.wait_applied(lost, committed).await;
+    cluster.kill(leader);
+    cluster.wait_for_leader().await;
+    for i in 0..10 {
+        assert_eq!(
+            cluster.client(lost).inspect(shard(i)).await.unwrap(),
+            Some((1, NodeId(1)))
         );
     }
 }

@@ -1,14 +1,12 @@
 //! Two replicas joining at once, as StatefulSet pods 3 and 4 do after `kubectl scale
-//! --replicas 5` with `podManagementPolicy: Parallel` (a core bug, kept as a named
-//! reproducer until it is fixed; found by the Docker deploy test, where it struck about
-//! one run in three).
+//! --replicas 5` with `podManagementPolicy: Parallel` (found by the Docker deploy test,
+//! where it struck about one run in three).
 //!
-//! The leader answers the second `POST /v1/cluster/members` with 409 "another membership
-//! change is in progress" while it adds the first; `serve --join` takes a 4xx as a final
-//! refusal and the replica exits with "join refused". Under Kubernetes the kubelet
-//! restarts it and the retry succeeds; without a supervisor the replica is gone. A change
-//! in progress is transient: it should be retried (or answered 503), not refused.
-//! The two joins race, so this fails often rather than always.
+//! The leader used to answer the second `POST /v1/cluster/members` with 409 "another
+//! membership change is in progress" while it added the first, and `serve --join` took a
+//! 4xx as a final refusal: the replica exited. A change in progress is transient, so it
+//! is now a 503 that the joiner retries. The two joins race, so the old bug showed often
+//! rather than always.
 
 use std::process::{Child, Command, Stdio};
 
@@ -29,7 +27,6 @@ impl Drop for Joiners {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "core bug: a join that meets another membership change in progress exits instead of retrying"]
 async fn two_replicas_joining_at_once_both_become_voters() {
     let cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;

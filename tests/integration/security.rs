@@ -233,7 +233,12 @@ fn endpoints(cluster: &TestCluster, leader: u64) -> Vec<Endpoint> {
             Some(json!({"id": leader, "url": cluster.url(leader)})),
             Some(&[Scope::ControllerPeer]),
         ),
-        e(Method::DELETE, "/v1/cluster/members/99", None, Some(&[])),
+        e(
+            Method::DELETE,
+            "/v1/cluster/members/99",
+            None,
+            Some(&[Scope::ControllerPeer]),
+        ),
         e(
             Method::POST,
             "/v1/cluster/leader",

@@ -235,6 +235,25 @@ impl TestCluster {
         }
     }
 
+    /// Starts a stopped replica's process without waiting for it to answer (it may
+    /// legitimately refuse to serve, for one while it settles how to start).
+    pub fn launch(&mut self, id: u64) {
+        self.spawn(id);
+    }
+
+    /// Whether replica `id`'s process has exited (reaping it if so).
+    pub fn has_exited(&mut self, id: u64) -> bool {
+        let replica = self.replicas.get_mut(&id).expect("known replica");
+        match replica.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) => {
+                replica.child = None;
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
+
     /// Starts a stopped replica again on its data dir.
     pub async fn restart(&mut self, id: u64) {
         self.spawn(id);
