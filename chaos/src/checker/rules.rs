@@ -1,0 +1,284 @@
+//! The safety rules, checked directly so that a violation is reported in the words of the
+//! rule it breaks, with the operations that prove it.
+//!
+//! Each rule compares acknowledged operations ordered in real time (one returned before
+//! the other was called), so it never blames a correct history: whatever order a
+//! correct system applied concurrent operations in, these pairs are ordered the same way.
+//! The rules are not complete on their own (the search in [`super::search`] is); they
+//! exist to name what went wrong.
+//!
+//! Generations make the rules sharp: every acknowledged increment (an attach, or a shard
+//! listed by a re-attach) answers the generation it created, so each fixes a point in
+//! the shard's sequence of states, and any observation of a generation orders itself
+//! against it.
+
+use std::collections::BTreeMap;
+
+use pageserver_controller::domain::TenantShardId;
+
+use super::model::Step;
+use super::project::TenantOp;
+use super::{Rule, Violation};
+
+/// A generation a shard was acknowledged to reach, and by which operation.
+#[derive(Debug, Clone, Copy)]
+struct Issued {
+    op: u64,
+    call_us: u64,
+    return_us: u64,
+    generation: u32,
+}
+
+/// Acknowledged increments of one shard: attaches and re-attach listings. (A migrate
+/// answers the current generation when the shard already is on the target, so its
+/// answer does not say whether it issued one.)
+fn issued(ops: &[TenantOp]) -> Vec<Issued> {
+    ops.iter()
+        .filter_map(|o| {
+            let generation = match o.step {
+                Step::Attach {
+                    node: Some(_),
+                    observed: Some(Some(g)),
+                    ..
+                } => g,
+                Step::ReAttach {
+                    observed: Some(Some(g)),
+                    ..
+                } => g,
+                _ => return None,
+            };
+            Some(Issued {
+                op: o.op,
+                call_us: o.call_us,
+                return_us: o.return_us?,
+                generation,
+            })
+        })
+        .collect()
+}
+
+/// Answers "the highest generation acknowledged before time t" in O(log n).
+struct NewestBefore {
+    by_return: Vec<Issued>,
+    /// Index (into `by_return`) of the highest generation among the first k+1.
+    best: Vec<usize>,
+}
+
+impl NewestBefore {
+    fn new(mut issued: Vec<Issued>) -> NewestBefore {
+        issued.sort_by_key(|i| i.return_us);
+        let mut best: Vec<usize> = Vec::with_capacity(issued.len());
+        for (k, i) in issued.iter().enumerate() {
+            let keep = match best.last() {
+                Some(&b) if issued[b].generation >= i.generation => b,
+                _ => k,
+            };
+            best.push(keep);
+        }
+        NewestBefore {
+            by_return: issued,
+            best,
+        }
+    }
+
+    fn at(&self, t: u64) -> Option<Issued> {
+        let n = self.by_return.partition_point(|i| i.return_us < t);
+        Some(self.by_return[*self.best.get(n.checked_sub(1)?)?])
+    }
+}
+
+/// The rules for one shard.
+pub fn check_shard(shard: TenantShardId, ops: &[TenantOp], out: &mut Vec<Violation>) {
+    let issued = issued(ops);
+    let mut violation = |rule, ops: Vec<u64>, message: String| {
+        out.push(Violation {
+            rule,
+            shard: Some(shard),
+            ops,
+            message,
+        })
+    };
+
+    let mut first_issue: BTreeMap<u32, u64> = BTreeMap::new();
+    for i in &issued {
+        if let Some(first) = first_issue.insert(i.generation, i.op) {
+            violation(
+                Rule::DuplicateGeneration,
+                vec![first, i.op],
+                format!(
+                    "generation {} was handed out twice (ops {first} and {})",
+                    i.generation, i.op
+                ),
+            );
+        }
+    }
+
+    let newest = NewestBefore::new(issued.clone());
+    for i in &issued {
+        if let Some(before) = newest.at(i.call_us) {
+            if i.generation <= before.generation {
+                violation(
+                    Rule::GenerationNotIncreasing,
+                    vec![before.op, i.op],
+                    format!(
+                        "op {} was handed generation {} after op {} had been acknowledged \
+                         generation {}: a later attach must get a higher generation",
+                        i.op, i.generation, before.op, before.generation
+                    ),
+                );
+            }
+        }
+    }
+
+    for o in ops {
+        let Some(before) = newest.at(o.call_us) else {
+            continue;
+        };
+        match o.step {
+            Step::Validate {
+                generation,
+                valid: Some(true),
+            } if generation < before.generation => violation(
+                Rule::StaleValid,
+                vec![before.op, o.op],
+                format!(
+                    "op {} called generation {generation} valid after op {} had been \
+                     acknowledged generation {}, which supersedes it",
+                    o.op, before.op, before.generation
+                ),
+            ),
+            Step::Validate { valid: None, .. } => violation(
+                Rule::LostGeneration,
+                vec![before.op, o.op],
+                format!(
+                    "op {} did not know the shard although op {} had been acknowledged \
+                     generation {} for it",
+                    o.op, before.op, before.generation
+                ),
+            ),
+            Step::Inspect {
+                attachment: Some((shown, _)),
+            } if shown < before.generation => violation(
+                Rule::LostGeneration,
+                vec![before.op, o.op],
+                format!(
+                    "op {} showed generation {shown} although op {} had been acknowledged \
+                     generation {}: an acknowledged generation was lost",
+                    o.op, before.op, before.generation
+                ),
+            ),
+            Step::Migrate {
+                observed: Some(shown),
+                ..
+            } if shown < before.generation => violation(
+                Rule::LostGeneration,
+                vec![before.op, o.op],
+                format!(
+                    "op {} (migrate) answered generation {shown} although op {} had been \
+                     acknowledged generation {}: an acknowledged generation was lost",
+                    o.op, before.op, before.generation
+                ),
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// What one shard says about when a re-attach that listed it can have taken effect.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    shard: TenantShardId,
+    op: u64,
+    time_us: u64,
+}
+
+/// A re-attach applies to every shard of its node at one point of the committed history.
+/// Each shard it listed with generation g pins that point between the operations on the
+/// shard that saw a generation below g (it comes after their calls) and those that saw g
+/// or above (it comes before their returns). If the latest such call is not before the
+/// earliest such return, no single point explains the answer: the re-attach was torn
+/// across states.
+pub fn check_re_attaches(
+    per_shard: &BTreeMap<TenantShardId, Vec<TenantOp>>,
+    out: &mut Vec<Violation>,
+) {
+    // re-attach op id -> (latest lower bound, earliest upper bound)
+    let mut bounds: BTreeMap<u64, (Option<Bound>, Option<Bound>)> = BTreeMap::new();
+    for (shard, ops) in per_shard {
+        for r in ops {
+            let Step::ReAttach {
+                observed: Some(Some(listed)),
+                ..
+            } = r.step
+            else {
+                continue;
+            };
+            let entry = bounds.entry(r.op).or_default();
+            for o in ops.iter().filter(|o| o.op != r.op) {
+                let Some(return_us) = o.return_us else {
+                    continue;
+                };
+                let seen = match o.step {
+                    Step::Attach {
+                        node: Some(_),
+                        observed: Some(Some(g)),
+                        ..
+                    }
+                    | Step::ReAttach {
+                        observed: Some(Some(g)),
+                        ..
+                    }
+                    | Step::Migrate {
+                        observed: Some(g), ..
+                    }
+                    | Step::Validate {
+                        generation: g,
+                        valid: Some(true),
+                    }
+                    | Step::Inspect {
+                        attachment: Some((g, _)),
+                    } => g,
+                    _ => continue,
+                };
+                if seen < listed {
+                    let bound = Bound {
+                        shard: *shard,
+                        op: o.op,
+                        time_us: o.call_us,
+                    };
+                    if entry.0.is_none_or(|b| b.time_us < bound.time_us) {
+                        entry.0 = Some(bound);
+                    }
+                } else {
+                    let bound = Bound {
+                        shard: *shard,
+                        op: o.op,
+                        time_us: return_us,
+                    };
+                    if entry.1.is_none_or(|b| b.time_us > bound.time_us) {
+                        entry.1 = Some(bound);
+                    }
+                }
+            }
+        }
+    }
+    for (op, bounds) in bounds {
+        let (Some(after), Some(before)) = bounds else {
+            continue;
+        };
+        // Within one shard the search reports it; across shards only this rule can.
+        if after.time_us >= before.time_us && after.shard != before.shard {
+            out.push(Violation {
+                rule: Rule::TornReAttach,
+                shard: None,
+                ops: vec![op, after.op, before.op],
+                message: format!(
+                    "re-attach op {op} cannot have happened at one point: on shard {} it \
+                     must come after op {} was called ({} µs), on shard {} before op {} \
+                     returned ({} µs)",
+                    after.shard, after.op, after.time_us, before.shard, before.op, before.time_us
+                ),
+            });
+        }
+    }
+}

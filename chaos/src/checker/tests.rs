@@ -1,0 +1,390 @@
+//! Hand-made histories, good and bad: a checker that cannot fail proves nothing.
+
+use pageserver_controller::domain::{NodeId, TenantId, TenantShardId};
+
+use super::*;
+use crate::history::{Answer, Op, Outcome, Request};
+
+fn shard(n: u8) -> TenantShardId {
+    TenantShardId::unsharded(TenantId::from_bytes([n; 16]))
+}
+
+/// Builds histories with readable times (call, return in µs).
+#[derive(Default)]
+struct H(Vec<Op>);
+
+impl H {
+    fn push(&mut self, call: u64, ret: u64, request: Request, outcome: Outcome) -> &mut Self {
+        let id = self.0.len() as u64;
+        self.0.push(Op {
+            id,
+            client: format!("c{id}"),
+            via: 1,
+            call_us: call,
+            return_us: ret,
+            request,
+            outcome,
+        });
+        self
+    }
+
+    fn ok(&mut self, call: u64, ret: u64, request: Request, answer: Answer) -> &mut Self {
+        self.push(call, ret, request, Outcome::Ok { answer })
+    }
+
+    fn attach(&mut self, call: u64, ret: u64, s: u8, node: u64, generation: u32) -> &mut Self {
+        self.ok(
+            call,
+            ret,
+            attach_request(s, Some(node)),
+            Answer::Generation {
+                generation: Some(generation),
+            },
+        )
+    }
+
+    fn attach_unknown(&mut self, call: u64, ret: u64, s: u8, node: u64) -> &mut Self {
+        self.push(
+            call,
+            ret,
+            attach_request(s, Some(node)),
+            Outcome::Indeterminate {
+                reason: "503 may or may not".into(),
+            },
+        )
+    }
+
+    fn detach(&mut self, call: u64, ret: u64, s: u8) -> &mut Self {
+        self.ok(
+            call,
+            ret,
+            attach_request(s, None),
+            Answer::Generation { generation: None },
+        )
+    }
+
+    fn validate(&mut self, call: u64, ret: u64, s: u8, generation: u32, valid: bool) -> &mut Self {
+        self.ok(
+            call,
+            ret,
+            Request::Validate {
+                tenants: vec![(shard(s), generation)],
+            },
+            Answer::Validated {
+                tenants: vec![(shard(s), valid)],
+            },
+        )
+    }
+
+    fn inspect(&mut self, call: u64, ret: u64, s: u8, attachment: Option<(u32, u64)>) -> &mut Self {
+        self.ok(
+            call,
+            ret,
+            Request::Inspect { shard: shard(s) },
+            Answer::Attachment {
+                attachment: attachment.map(|(g, n)| (g, NodeId(n))),
+            },
+        )
+    }
+
+    fn re_attach(&mut self, call: u64, ret: u64, node: u64, listed: &[(u8, u32)]) -> &mut Self {
+        self.ok(
+            call,
+            ret,
+            Request::ReAttach { node: NodeId(node) },
+            Answer::ReAttached {
+                tenants: listed.iter().map(|(s, g)| (shard(*s), *g)).collect(),
+            },
+        )
+    }
+
+    fn verdict(&self) -> Verdict {
+        check(&self.0)
+    }
+}
+
+fn attach_request(s: u8, node: Option<u64>) -> Request {
+    Request::Attach {
+        shard: shard(s),
+        node: node.map(NodeId),
+        generation_override: None,
+    }
+}
+
+fn assert_passes(h: &H) {
+    let verdict = h.verdict();
+    assert!(verdict.passed(), "expected a pass, got {verdict:#?}");
+}
+
+fn assert_breaks(h: &H, rule: Rule) {
+    let verdict = h.verdict();
+    assert!(
+        verdict.breaks(rule),
+        "expected {rule} to be broken, got {verdict:#?}"
+    );
+    assert!(
+        verdict.breaks(Rule::NotLinearizable),
+        "every safety violation is also a linearizability violation: {verdict:#?}"
+    );
+}
+
+#[test]
+fn a_neon_shaped_history_passes() {
+    let mut h = H::default();
+    h.attach(0, 10, 1, 1, 1)
+        .attach(0, 10, 2, 1, 1)
+        .validate(11, 12, 1, 1, true)
+        // pageserver 1 restarts
+        .re_attach(13, 20, 1, &[(1, 2), (2, 2)])
+        .validate(21, 22, 1, 1, false)
+        // the operator moves shard 2 to pageserver 2
+        .attach(23, 30, 2, 2, 3)
+        .validate(31, 32, 2, 2, false)
+        .validate(31, 32, 2, 3, true)
+        .re_attach(33, 40, 1, &[(1, 3)])
+        .detach(41, 42, 1)
+        .inspect(43, 44, 1, None)
+        .validate(45, 46, 1, 3, true)
+        .attach(47, 50, 1, 2, 4)
+        .inspect(51, 52, 1, Some((4, 2)))
+        .inspect(51, 52, 2, Some((3, 2)));
+    assert_passes(&h);
+}
+
+#[test]
+fn writes_of_unknown_outcome_may_land_late_or_never() {
+    let mut h = H::default();
+    h.attach(0, 10, 1, 1, 1)
+        // Two writes time out: one lands long after its client gave up, one never does.
+        .attach_unknown(11, 20, 1, 2)
+        .attach_unknown(12, 21, 1, 3)
+        .validate(22, 23, 1, 1, true)
+        .attach(30, 40, 1, 1, 2)
+        .validate(41, 42, 1, 2, false)
+        .inspect(43, 44, 1, Some((3, 3)));
+    assert_passes(&h);
+}
+
+#[test]
+fn concurrent_attaches_may_be_ordered_either_way() {
+    let mut h = H::default();
+    h.attach(0, 100, 1, 1, 2)
+        .attach(10, 50, 1, 2, 1)
+        .validate(101, 102, 1, 2, true)
+        .validate(101, 102, 1, 1, false);
+    assert_passes(&h);
+}
+
+#[test]
+fn a_generation_handed_out_twice_is_caught() {
+    let mut h = H::default();
+    h.attach(0, 10, 1, 1, 1).attach(5, 12, 1, 2, 1);
+    assert_breaks(&h, Rule::DuplicateGeneration);
+}
+
+#[test]
+fn a_lower_generation_after_a_higher_one_is_caught() {
+    let mut h = H::default();
+    h.attach(0, 10, 1, 1, 1)
+        .attach(11, 20, 1, 1, 2)
+        .attach_unknown(21, 25, 1, 1)
+        .attach(30, 40, 1, 2, 2);
+    let verdict = h.verdict();
+    assert!(
+        verdict.breaks(Rule::GenerationNotIncreasing),
+        "{verdict:#?}"
+    );
+    assert!(verdict.breaks(Rule::DuplicateGeneration), "{verdict:#?}");
+}
+
+#[test]
+fn a_superseded_generation_called_valid_is_caught() {
+    let mut h = H::default();
+    h.attach(0, 10, 1, 1, 1)
+        .attach(11, 20, 1, 2, 2)
+        .validate(21, 22, 1, 1, true);
+    assert_breaks(&h, Rule::StaleValid);
+}
+
+#[test]
+fn a_stale_valid_from_a_deposed_leader_is_caught_even_when_concurrent_with_nothing() {
+    // The classic: the old leader answers a validate after the new leader acknowledged a
+    // newer generation; the validate started after that acknowledgement.
+    let mut h = H::default();
+    h.attach(0, 10, 1, 1, 5)
+        .attach(100, 200, 1, 2, 6)
+        .validate(201, 900, 1, 5, true);
+    assert_breaks(&h, Rule::StaleValid);
+}
+
+#[test]
+fn a_lost_acknowledged_write_is_caught() {
+    let mut h = H::default();
+    h.attach(0, 10, 1, 1, 1)
+        .attach(11, 20, 1, 1, 2)
+        .inspect(1_000, 1_010, 1, Some((1, 1)));
+    assert_breaks(&h, Rule::LostGeneration);
+
+    let mut forgotten = H::default();
+    forgotten
+        .attach(0, 10, 1, 1, 1)
+        .validate(1_000, 1_010, 1, 1, true)
+        .ok(
+            1_020,
+            1_030,
+            Request::Validate {
+                tenants: vec![(shard(1), 1)],
+            },
+            Answer::Validated { tenants: vec![] },
+        );
+    assert_breaks(&forgotten, Rule::LostGeneration);
+}
+
+#[test]
+fn a_re_attach_torn_across_two_states_is_caught() {
+    // Node 1 holds shards 1 and 2. While its re-attach runs, another client attaches both
+    // again. The re-attach lists shard 1 from before that client's first attach and shard
+    // 2 from after its second: no single point explains both.
+    let mut h = H::default();
+    h.attach(0, 5, 1, 1, 1)
+        .attach(0, 5, 2, 1, 1)
+        .re_attach(10, 100, 1, &[(1, 2), (2, 3)])
+        .attach(20, 30, 1, 1, 3)
+        .attach(40, 50, 2, 1, 2);
+    let verdict = h.verdict();
+    assert!(verdict.breaks(Rule::TornReAttach), "{verdict:#?}");
+    // Each shard on its own is fine: only the cross-shard rule sees it.
+    assert!(!verdict.breaks(Rule::NotLinearizable), "{verdict:#?}");
+}
+
+#[test]
+fn a_re_attach_that_misses_a_shard_or_lists_a_foreign_one_is_caught() {
+    let mut missed = H::default();
+    missed
+        .attach(0, 10, 1, 1, 1)
+        .attach(0, 10, 2, 1, 1)
+        .re_attach(20, 30, 1, &[(1, 2)]);
+    assert!(missed.verdict().breaks(Rule::NotLinearizable));
+
+    let mut foreign = H::default();
+    foreign
+        .attach(0, 10, 1, 1, 1)
+        .attach(0, 10, 2, 2, 1)
+        .re_attach(20, 30, 1, &[(1, 2), (2, 2)]);
+    assert!(foreign.verdict().breaks(Rule::NotLinearizable));
+}
+
+#[test]
+fn a_wrong_node_is_caught_by_the_search_alone() {
+    // No generation rule is broken; only the model knows that the shard is on node 2.
+    let mut h = H::default();
+    h.attach(0, 10, 1, 1, 1)
+        .attach(11, 20, 1, 2, 2)
+        .inspect(21, 22, 1, Some((2, 1)));
+    let verdict = h.verdict();
+    assert_eq!(
+        verdict
+            .violations
+            .iter()
+            .map(|v| v.rule)
+            .collect::<Vec<_>>(),
+        [Rule::NotLinearizable],
+        "{verdict:#?}"
+    );
+}
+
+#[test]
+fn an_answer_about_a_shard_not_asked_is_malformed() {
+    let mut h = H::default();
+    h.attach(0, 10, 1, 1, 1).ok(
+        11,
+        12,
+        Request::Validate {
+            tenants: vec![(shard(1), 1)],
+        },
+        Answer::Validated {
+            tenants: vec![(shard(1), true), (shard(9), true)],
+        },
+    );
+    assert!(h.verdict().breaks(Rule::MalformedAnswer));
+}
+
+#[test]
+fn refused_and_unsent_requests_change_nothing() {
+    let mut h = H::default();
+    h.attach(0, 10, 1, 1, 1)
+        .push(
+            11,
+            12,
+            attach_request(1, Some(2)),
+            Outcome::NotSent {
+                reason: "connection refused".into(),
+            },
+        )
+        .push(
+            13,
+            14,
+            Request::Migrate {
+                shard: shard(1),
+                node: NodeId(7),
+            },
+            Outcome::Refused {
+                status: 404,
+                msg: "node 7 is not registered".into(),
+            },
+        )
+        .validate(15, 16, 1, 1, true);
+    assert_passes(&h);
+    // Had the unsent attach been applied, generation 1 would be stale: the checker
+    // relies on "not sent" meaning exactly that.
+    let mut lied = H::default();
+    lied.attach(0, 10, 1, 1, 1)
+        .push(
+            11,
+            12,
+            attach_request(1, Some(2)),
+            Outcome::NotSent {
+                reason: "connection refused".into(),
+            },
+        )
+        .inspect(15, 16, 1, Some((2, 2)));
+    assert!(lied.verdict().breaks(Rule::NotLinearizable));
+}
+
+#[test]
+fn migrate_to_where_the_shard_is_keeps_its_generation() {
+    let mut h = H::default();
+    h.attach(0, 10, 1, 1, 1)
+        .ok(
+            11,
+            20,
+            Request::Migrate {
+                shard: shard(1),
+                node: NodeId(1),
+            },
+            Answer::Migrated { generation: 1 },
+        )
+        .ok(
+            21,
+            30,
+            Request::Migrate {
+                shard: shard(1),
+                node: NodeId(2),
+            },
+            Answer::Migrated { generation: 2 },
+        )
+        .validate(31, 32, 1, 2, true);
+    assert_passes(&h);
+}
+
+#[test]
+fn an_exhausted_budget_is_inconclusive_not_a_pass() {
+    let mut h = H::default();
+    for i in 0..30 {
+        h.attach_unknown(i, i + 1, 1, i + 1);
+    }
+    h.validate(100, 101, 1, 31, true);
+    let verdict = check_with_budget(&h.0, 1_000);
+    assert!(!verdict.passed());
+    assert_eq!(verdict.inconclusive, [shard(1)]);
+}

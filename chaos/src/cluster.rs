@@ -1,0 +1,556 @@
+//! The cluster under test: real `serve` processes on loopback, their peer links through
+//! the fault-injecting [`Proxy`], and the health check that brackets every fault.
+//!
+//! Each replica listens on its own port for clients, and advertises the proxy's address
+//! for it to its peers, so every byte between replicas crosses the proxy while the
+//! harness's clients reach each replica directly (a replica cut off from its peers is
+//! still answering clients, as a deposed leader behind a partition would be).
+//!
+//! A replica is a process the harness starts, kills (SIGKILL), stops (SIGTERM), pauses
+//! (SIGSTOP) and resumes, with its own data dir and log file under the run's folder.
+//!
+//! Health is what must hold before a fault is injected and after it healed: every
+//! replica that should run answers, all agree on one leader, that leader lists exactly
+//! the expected voters (no learner, no half-done membership change), and every replica
+//! is ready (it knows the leader, the leader has a quorum, and it applied everything
+//! committed). A fault that never heals is thus reported as such, never mistaken for a
+//! consistency bug.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use pageserver_controller::api::types::ClusterStatus;
+use pageserver_controller::client::Client;
+
+use crate::proxy::Proxy;
+
+/// How to start a replica process: a program and the arguments that come before
+/// `pageserver-controller`'s own (`serve ...`).
+#[derive(Debug, Clone)]
+pub struct ServerCommand {
+    pub program: PathBuf,
+    pub prefix: Vec<String>,
+}
+
+impl ServerCommand {
+    /// A `pageserver-controller` binary.
+    pub fn binary(path: impl Into<PathBuf>) -> ServerCommand {
+        ServerCommand {
+            program: path.into(),
+            prefix: Vec::new(),
+        }
+    }
+
+    /// The chaos binary itself, whose hidden `replica` command runs the controller's
+    /// command line (so harness and server are always built from the same sources).
+    pub fn embedded(chaos_binary: impl Into<PathBuf>) -> ServerCommand {
+        ServerCommand {
+            program: chaos_binary.into(),
+            prefix: vec![crate::EMBEDDED_REPLICA_COMMAND.to_owned()],
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub replicas: u64,
+    /// Data dirs and logs go below this folder.
+    pub root: PathBuf,
+    pub server: ServerCommand,
+    /// Extra `serve` flags for every replica (timings, snapshot policy).
+    pub serve_args: Vec<String>,
+    /// Seeds the proxy's random choices.
+    pub seed: u64,
+}
+
+/// How a replica's data dir came to be, which decides its start flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    /// A member of the initial cluster: `--initial-cluster`.
+    Initial,
+    /// Added later: `--join URL`.
+    Joined(String),
+}
+
+#[derive(Debug)]
+pub struct Replica {
+    pub id: u64,
+    /// Where clients reach it.
+    pub listen: SocketAddr,
+    /// Where its peers reach it (the proxy).
+    pub peer_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    origin: Origin,
+    child: Option<Child>,
+    paused: bool,
+    /// Restarts so far (the log file is appended to).
+    pub starts: u32,
+}
+
+impl Replica {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// What the health check found.
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub leader: u64,
+    pub term: u64,
+    pub committed_index: u64,
+}
+
+pub struct Cluster {
+    config: ClusterConfig,
+    replicas: BTreeMap<u64, Replica>,
+    /// The voters the cluster should have.
+    members: Vec<u64>,
+    proxy: Proxy,
+    http: reqwest::Client,
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+impl Cluster {
+    /// Starts every replica of a new cluster and waits until it is healthy.
+    pub async fn start(config: ClusterConfig) -> anyhow::Result<Cluster> {
+        std::fs::create_dir_all(&config.root)
+            .with_context(|| format!("creating {}", config.root.display()))?;
+        let proxy = Proxy::new(config.seed);
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .build()
+            .context("building the HTTP client")?;
+        let mut cluster = Cluster {
+            replicas: BTreeMap::new(),
+            members: (1..=config.replicas).collect(),
+            proxy,
+            http,
+            config,
+        };
+        for id in 1..=cluster.config.replicas {
+            cluster.add_replica(id, Origin::Initial).await?;
+        }
+        for id in 1..=cluster.config.replicas {
+            cluster.launch(id)?;
+        }
+        cluster.wait_healthy(Duration::from_secs(60)).await?;
+        Ok(cluster)
+    }
+
+    async fn add_replica(&mut self, id: u64, origin: Origin) -> anyhow::Result<()> {
+        let listen = free_port()?;
+        let peer_addr = self.proxy.add(id, listen).await?;
+        self.replicas.insert(
+            id,
+            Replica {
+                id,
+                listen,
+                peer_addr,
+                data_dir: self.config.root.join(format!("replica-{id}")),
+                log: self.config.root.join(format!("replica-{id}.log")),
+                origin,
+                child: None,
+                paused: false,
+                starts: 0,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn proxy(&self) -> &Proxy {
+        &self.proxy
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.config.root
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.replicas.keys().copied().collect()
+    }
+
+    /// The voters the cluster should have.
+    pub fn members(&self) -> &[u64] {
+        &self.members
+    }
+
+    pub fn replica(&self, id: u64) -> &Replica {
+        &self.replicas[&id]
+    }
+
+    pub fn replicas(&self) -> impl Iterator<Item = &Replica> {
+        self.replicas.values()
+    }
+
+    /// The URL clients use for replica `id`.
+    pub fn client_url(&self, id: u64) -> String {
+        format!("http://{}", self.replicas[&id].listen)
+    }
+
+    /// The URL peers use for replica `id` (through the proxy).
+    pub fn peer_url(&self, id: u64) -> String {
+        format!("http://{}", self.replicas[&id].peer_addr)
+    }
+
+    /// A client of replica `id` that gives up after `timeout`.
+    pub fn client(&self, id: u64, timeout: Duration) -> Client {
+        Client::with_http(self.client_url(id), self.http.clone()).with_timeout(timeout)
+    }
+
+    /// (id, client URL) of every replica, for traffic.
+    pub fn endpoints(&self) -> Vec<(u64, String)> {
+        self.ids()
+            .into_iter()
+            .map(|id| (id, self.client_url(id)))
+            .collect()
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.replicas
+            .values()
+            .filter(|r| r.origin == Origin::Initial)
+            .map(|r| format!("{}={}", r.id, self.peer_url(r.id)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.replicas[&id].child.is_some()
+    }
+
+    pub fn is_paused(&self, id: u64) -> bool {
+        self.replicas[&id].paused
+    }
+
+    /// Starts replica `id`'s process on its data dir, without waiting for it.
+    pub fn launch(&mut self, id: u64) -> anyhow::Result<()> {
+        let initial_cluster = self.initial_cluster();
+        let peer_url = self.peer_url(id);
+        let replica = self.replicas.get_mut(&id).context("unknown replica")?;
+        if replica.child.is_some() {
+            bail!("replica {id} is already running");
+        }
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&replica.log)
+            .with_context(|| format!("opening {}", replica.log.display()))?;
+        let origin = match &replica.origin {
+            Origin::Initial => ["--initial-cluster".to_owned(), initial_cluster],
+            Origin::Joined(url) => ["--join".to_owned(), url.clone()],
+        };
+        let child = Command::new(&self.config.server.program)
+            .args(&self.config.server.prefix)
+            .args(["--log", "info,openraft=warn", "serve"])
+            .args(["--id", &id.to_string()])
+            .args(["--listen", &replica.listen.to_string()])
+            .args(["--advertise-url", &peer_url])
+            .arg("--data-dir")
+            .arg(&replica.data_dir)
+            .args(origin)
+            .args(&self.config.serve_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.config.server.program.display()))?;
+        replica.starts += 1;
+        replica.paused = false;
+        self.proxy.set_pid(id, Some(child.id()));
+        replica.child = Some(child);
+        tracing::debug!(id, "replica started");
+        Ok(())
+    }
+
+    fn signal(&self, id: u64, signal: libc::c_int) -> anyhow::Result<()> {
+        let pid = self.replicas[&id]
+            .pid()
+            .with_context(|| format!("replica {id} is not running"))?;
+        // SAFETY: kill(2) on a child process we started and have not reaped.
+        if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
+            bail!(
+                "signal {signal} to replica {id}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+
+    /// kill -9, and reap it.
+    pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        self.signal(id, libc::SIGKILL)?;
+        let replica = self.replicas.get_mut(&id).context("unknown replica")?;
+        if let Some(mut child) = replica.child.take() {
+            child.wait().context("reaping a killed replica")?;
+        }
+        replica.paused = false;
+        self.proxy.set_pid(id, None);
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the process to exit (a leader hands leadership over and
+    /// in-flight requests drain first). Killed if it does not exit within `patience`.
+    /// Returns whether it exited cleanly on its own.
+    pub async fn stop(&mut self, id: u64, patience: Duration) -> anyhow::Result<bool> {
+        if self.replicas[&id].paused {
+            self.resume(id)?;
+        }
+        self.signal(id, libc::SIGTERM)?;
+        let end = Instant::now() + patience;
+        loop {
+            let replica = self.replicas.get_mut(&id).context("unknown replica")?;
+            let child = replica.child.as_mut().context("replica is not running")?;
+            if let Some(status) = child.try_wait().context("waiting for a replica")? {
+                replica.child = None;
+                self.proxy.set_pid(id, None);
+                if !status.success() {
+                    tracing::warn!(id, %status, "replica exited with an error after SIGTERM");
+                }
+                return Ok(status.success());
+            }
+            if Instant::now() >= end {
+                tracing::warn!(
+                    id,
+                    ?patience,
+                    "replica did not stop after SIGTERM; killing it"
+                );
+                self.kill(id)?;
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGSTOP: the process freezes with its sockets open.
+    pub fn pause(&mut self, id: u64) -> anyhow::Result<()> {
+        self.signal(id, libc::SIGSTOP)?;
+        self.replicas
+            .get_mut(&id)
+            .context("unknown replica")?
+            .paused = true;
+        Ok(())
+    }
+
+    /// SIGCONT.
+    pub fn resume(&mut self, id: u64) -> anyhow::Result<()> {
+        self.signal(id, libc::SIGCONT)?;
+        self.replicas
+            .get_mut(&id)
+            .context("unknown replica")?
+            .paused = false;
+        Ok(())
+    }
+
+    /// Deletes a stopped replica's data dir: a lost disk.
+    pub fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
+        if self.is_running(id) {
+            bail!("stop replica {id} before wiping its data dir");
+        }
+        let dir = &self.replicas[&id].data_dir;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("wiping {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// From now on replica `id` starts with `--join` through `via` (its data dir was
+    /// wiped after it was removed, as the runbook says).
+    pub fn rejoin_through(&mut self, id: u64, via: u64) {
+        let url = self.peer_url(via);
+        if let Some(replica) = self.replicas.get_mut(&id) {
+            replica.origin = Origin::Joined(url);
+        }
+    }
+
+    /// Processes that exited on their own (a crash, or a refusal to start), reaped.
+    pub fn exited(&mut self) -> Vec<(u64, String)> {
+        let mut exited = Vec::new();
+        for replica in self.replicas.values_mut() {
+            if let Some(child) = replica.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    exited.push((replica.id, status.to_string()));
+                    replica.child = None;
+                    self.proxy.set_pid(replica.id, None);
+                }
+            }
+        }
+        exited
+    }
+
+    /// Replica `id`'s view of the cluster, if it answers within a second.
+    pub async fn status(&self, id: u64) -> Option<ClusterStatus> {
+        if !self.is_running(id) || self.is_paused(id) {
+            return None;
+        }
+        self.client(id, Duration::from_secs(1))
+            .cluster_status()
+            .await
+            .ok()
+    }
+
+    /// The leader as running replicas see it right now, if they agree.
+    pub async fn leader(&self) -> Option<u64> {
+        let mut leader = None;
+        for id in self.ids() {
+            if let Some(status) = self.status(id).await {
+                match (leader, status.leader) {
+                    (_, None) => {}
+                    (None, Some(l)) => leader = Some(l),
+                    (Some(a), Some(b)) if a != b => return None,
+                    _ => {}
+                }
+            }
+        }
+        leader
+    }
+
+    /// One look at the cluster: `Ok` if healthy, else what is wrong.
+    pub async fn health(&self) -> Result<Health, String> {
+        let mut leader = None;
+        for id in &self.members {
+            let Some(replica) = self.replicas.get(id) else {
+                return Err(format!("replica {id} is unknown"));
+            };
+            if replica.child.is_none() {
+                return Err(format!("replica {id} is not running"));
+            }
+            if replica.paused {
+                return Err(format!("replica {id} is paused"));
+            }
+            let status = self
+                .status(*id)
+                .await
+                .ok_or_else(|| format!("replica {id} does not answer"))?;
+            let theirs = status
+                .leader
+                .ok_or_else(|| format!("replica {id} knows no leader"))?;
+            match leader {
+                None => leader = Some(theirs),
+                Some(l) if l != theirs => {
+                    return Err(format!(
+                        "replicas disagree on the leader ({l} and {theirs})"
+                    ))
+                }
+                _ => {}
+            }
+            let ready = self.client(*id, Duration::from_secs(2)).ready().await;
+            if let Err(e) = ready {
+                return Err(format!("replica {id} is not ready: {e}"));
+            }
+        }
+        let leader = leader.ok_or("no members")?;
+        let view = self
+            .status(leader)
+            .await
+            .ok_or_else(|| format!("leader {leader} does not answer"))?;
+        if view.state != "leader" {
+            return Err(format!("replica {leader} is not leading ({})", view.state));
+        }
+        let mut voters: Vec<u64> = view
+            .members
+            .iter()
+            .filter(|m| m.role == "voter")
+            .map(|m| m.id)
+            .collect();
+        voters.sort_unstable();
+        let learners = view.members.iter().filter(|m| m.role != "voter").count();
+        if voters != self.members || learners > 0 || view.joint {
+            return Err(format!(
+                "leader {leader} lists voters {voters:?} and {learners} learners (joint: {}), expected voters {:?}",
+                view.joint, self.members
+            ));
+        }
+        Ok(Health {
+            leader,
+            term: view.term,
+            committed_index: view.committed_index.unwrap_or(0),
+        })
+    }
+
+    /// Waits until [`Cluster::health`] passes, for at most `deadline`.
+    pub async fn wait_healthy(&self, deadline: Duration) -> anyhow::Result<Health> {
+        let end = Instant::now() + deadline;
+        loop {
+            match self.health().await {
+                Ok(health) => return Ok(health),
+                Err(problem) if Instant::now() >= end => {
+                    bail!("the cluster was not healthy within {deadline:?}: {problem}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Removes replica `id` from the membership, asking any other running replica, and
+    /// retrying through elections for up to `deadline`.
+    pub async fn remove_member(&mut self, id: u64, deadline: Duration) -> anyhow::Result<()> {
+        let end = Instant::now() + deadline;
+        let others: Vec<u64> = self.members.iter().copied().filter(|m| *m != id).collect();
+        let mut turn = 0usize;
+        loop {
+            let via = others[turn % others.len()];
+            turn += 1;
+            match self
+                .client(via, Duration::from_secs(30))
+                .remove_member(id, false)
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if Instant::now() >= end => {
+                    bail!("removing replica {id} through replica {via}: {e}")
+                }
+                Err(e) => {
+                    tracing::debug!(id, via, error = %e, "removal not done yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        self.members.retain(|m| *m != id);
+        Ok(())
+    }
+
+    /// Counts replica `id` as a voter again (it joined).
+    pub fn expect_member(&mut self, id: u64) {
+        if !self.members.contains(&id) {
+            self.members.push(id);
+            self.members.sort_unstable();
+        }
+    }
+
+    /// Stops every process (SIGKILL; nothing is kept running after a run).
+    pub fn shutdown(&mut self) {
+        for replica in self.replicas.values_mut() {
+            if let Some(mut child) = replica.child.take() {
+                if replica.paused {
+                    // SAFETY: kill(2) on our own child.
+                    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// The last `lines` lines of replica `id`'s log, for error messages.
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.replicas[&id].log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

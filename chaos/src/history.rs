@@ -1,0 +1,384 @@
+//! The record of what every client asked, when, of which replica, and what it learned.
+//!
+//! One [`Op`] per request *attempt* (a retried call leaves one per try), with call and
+//! return times on one monotonic clock. The outcome says only what the caller can know:
+//! an answer, a refusal (4xx: nothing changed), certainly not sent (the connection was
+//! refused), or indeterminate (a 5xx, a timeout, a connection lost after sending: a write
+//! may have been applied, now or later). The checker ([`crate::checker`]) reads nothing
+//! else, so a history saved as JSON lines can be checked again offline
+//! (`chaos check FILE`).
+//!
+//! Requests still in flight when the history is read count as indeterminate, so a check
+//! in the middle of a run allows for their effects.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context;
+use pageserver_controller::client::ClientError;
+use pageserver_controller::domain::{NodeId, TenantShardId};
+use serde::{Deserialize, Serialize};
+
+/// What a client asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Request {
+    /// `attach-hook`: attach to `node`, or detach with `node: None`.
+    Attach {
+        shard: TenantShardId,
+        node: Option<NodeId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        generation_override: Option<u32>,
+    },
+    /// `migrate`: move to a registered node.
+    Migrate { shard: TenantShardId, node: NodeId },
+    /// `re-attach`: a pageserver restarted.
+    ReAttach { node: NodeId },
+    /// `validate`: which of these generations are still current.
+    Validate { tenants: Vec<(TenantShardId, u32)> },
+    /// `inspect`: generation and node of one shard.
+    Inspect { shard: TenantShardId },
+}
+
+impl Request {
+    /// Whether the request may change the registry.
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Request::Attach { .. } | Request::Migrate { .. } | Request::ReAttach { .. }
+        )
+    }
+
+    /// A short name for reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Attach { node: Some(_), .. } => "attach",
+            Request::Attach { node: None, .. } => "detach",
+            Request::Migrate { .. } => "migrate",
+            Request::ReAttach { .. } => "re-attach",
+            Request::Validate { .. } => "validate",
+            Request::Inspect { .. } => "inspect",
+        }
+    }
+}
+
+/// What the server answered to a request that succeeded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Answer {
+    /// `attach-hook`: the new generation, `None` for a detach.
+    Generation { generation: Option<u32> },
+    /// `migrate`: the shard's generation afterwards.
+    Migrated { generation: u32 },
+    /// `re-attach`: every shard the node holds, with its new generation.
+    ReAttached { tenants: Vec<(TenantShardId, u32)> },
+    /// `validate`: one verdict per known shard (unknown shards are omitted).
+    Validated { tenants: Vec<(TenantShardId, bool)> },
+    /// `inspect`: (generation, node) while attached.
+    Attachment { attachment: Option<(u32, NodeId)> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    Ok {
+        answer: Answer,
+    },
+    /// A 4xx: the server refused and changed nothing.
+    Refused {
+        status: u16,
+        msg: String,
+    },
+    /// The request never reached a server (connection refused).
+    NotSent {
+        reason: String,
+    },
+    /// No usable answer: a 5xx, a timeout, a connection lost after sending.
+    Indeterminate {
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// What a caller knows from a client error.
+    pub fn from_error(error: &ClientError) -> Outcome {
+        match error {
+            ClientError::Http { status, msg } if (400..500).contains(status) => Outcome::Refused {
+                status: *status,
+                msg: msg.clone(),
+            },
+            ClientError::Transport {
+                not_sent: true,
+                reason,
+                ..
+            } => Outcome::NotSent {
+                reason: reason.clone(),
+            },
+            other => Outcome::Indeterminate {
+                reason: other.to_string(),
+            },
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Ok { .. })
+    }
+
+    pub fn is_indeterminate(&self) -> bool {
+        matches!(self, Outcome::Indeterminate { .. })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    pub id: u64,
+    /// The sequential client that sent it (`pageserver-2`, `operator`, `final`, ...).
+    pub client: String,
+    /// The replica it was sent to.
+    pub via: u64,
+    /// Microseconds since the history began.
+    pub call_us: u64,
+    pub return_us: u64,
+    pub request: Request,
+    pub outcome: Outcome,
+}
+
+/// A request sent and not answered yet.
+#[derive(Debug, Clone)]
+struct Pending {
+    client: String,
+    via: u64,
+    call_us: u64,
+    request: Request,
+}
+
+#[derive(Default)]
+struct Inner {
+    ops: Vec<Op>,
+    pending: BTreeMap<u64, Pending>,
+    next: u64,
+}
+
+/// The shared recorder. Cheap to clone; every clone records into the same history.
+#[derive(Clone)]
+pub struct History {
+    start: Instant,
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// A request in flight, from [`History::begin`] to [`History::end`].
+#[must_use = "a call that is never ended stays indeterminate"]
+pub struct Call(u64);
+
+impl Default for History {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl History {
+    pub fn new() -> History {
+        History {
+            start: Instant::now(),
+            inner: Arc::default(),
+        }
+    }
+
+    /// Microseconds since the history began: the clock of every record.
+    pub fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    /// When the history began.
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("history lock")
+    }
+
+    /// Notes a request as it is sent; until [`History::end`] it counts as indeterminate.
+    pub fn begin(&self, client: &str, via: u64, request: Request) -> Call {
+        let call_us = self.now_us();
+        let mut inner = self.lock();
+        let id = inner.next;
+        inner.next += 1;
+        inner.pending.insert(
+            id,
+            Pending {
+                client: client.to_owned(),
+                via,
+                call_us,
+                request,
+            },
+        );
+        Call(id)
+    }
+
+    /// Records the outcome of a request noted by [`History::begin`].
+    pub fn end(&self, call: Call, outcome: Outcome) {
+        let return_us = self.now_us();
+        let mut inner = self.lock();
+        let pending = inner.pending.remove(&call.0).expect("each call ends once");
+        inner.ops.push(Op {
+            id: call.0,
+            client: pending.client,
+            via: pending.via,
+            call_us: pending.call_us,
+            return_us,
+            request: pending.request,
+            outcome,
+        });
+    }
+
+    /// Number of requests answered so far.
+    pub fn len(&self) -> usize {
+        self.lock().ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every answered request, and every one still in flight as indeterminate, by id.
+    pub fn ops(&self) -> Vec<Op> {
+        let now = self.now_us();
+        let inner = self.lock();
+        let mut ops = inner.ops.clone();
+        ops.extend(inner.pending.iter().map(|(id, p)| Op {
+            id: *id,
+            client: p.client.clone(),
+            via: p.via,
+            call_us: p.call_us,
+            return_us: now,
+            request: p.request.clone(),
+            outcome: Outcome::Indeterminate {
+                reason: "still in flight".into(),
+            },
+        }));
+        ops.sort_by_key(|op| op.id);
+        ops
+    }
+
+    /// Answered requests from index `from` on (in answer order), for incremental readers.
+    pub fn answered_since(&self, from: usize) -> Vec<Op> {
+        let inner = self.lock();
+        inner
+            .ops
+            .get(from..)
+            .map(<[Op]>::to_vec)
+            .unwrap_or_default()
+    }
+}
+
+/// A fault as the harness injected it, on the history's clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultSpan {
+    /// The fault kind, e.g. `kill-leader`.
+    pub name: String,
+    /// The replicas it hit.
+    pub targets: Vec<u64>,
+    /// When it was injected.
+    pub start_us: u64,
+    /// When the harness undid it (restarted, resumed, reconnected); `None` if never.
+    pub healed_us: Option<u64>,
+    /// When the cluster was healthy again afterwards; `None` if it never was.
+    pub healthy_us: Option<u64>,
+}
+
+/// Writes `ops` as JSON lines.
+pub fn write_jsonl(ops: &[Op], path: &Path) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    for op in ops {
+        serde_json::to_writer(&mut out, op)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Reads a history written by [`write_jsonl`].
+pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Op>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut ops = Vec::new();
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        ops.push(
+            serde_json::from_str(&line)
+                .with_context(|| format!("{} line {}", path.display(), n + 1))?,
+        );
+    }
+    Ok(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pageserver_controller::domain::TenantId;
+
+    fn shard() -> TenantShardId {
+        TenantShardId::unsharded(TenantId::from_bytes([7; 16]))
+    }
+
+    #[test]
+    fn a_request_in_flight_counts_as_indeterminate_until_it_ends() {
+        let history = History::new();
+        let request = Request::Attach {
+            shard: shard(),
+            node: Some(NodeId(2)),
+            generation_override: None,
+        };
+        let call = history.begin("c", 1, request.clone());
+        let ops = history.ops();
+        assert_eq!(ops.len(), 1);
+        assert!(ops[0].outcome.is_indeterminate());
+        let answer = Outcome::Ok {
+            answer: Answer::Generation {
+                generation: Some(3),
+            },
+        };
+        history.end(call, answer.clone());
+        let ops = history.ops();
+        assert_eq!(
+            (ops.len(), &ops[0].request, &ops[0].outcome),
+            (1, &request, &answer)
+        );
+    }
+
+    #[test]
+    fn a_history_survives_a_round_trip_through_json_lines() {
+        let history = History::new();
+        let requests = [
+            Request::ReAttach { node: NodeId(1) },
+            Request::Validate {
+                tenants: vec![(shard(), 4)],
+            },
+            Request::Migrate {
+                shard: shard(),
+                node: NodeId(3),
+            },
+        ];
+        for request in requests {
+            let call = history.begin("c", 2, request);
+            history.end(
+                call,
+                Outcome::Indeterminate {
+                    reason: "503".into(),
+                },
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        write_jsonl(&history.ops(), &path).unwrap();
+        assert_eq!(read_jsonl(&path).unwrap(), history.ops());
+    }
+}

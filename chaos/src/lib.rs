@@ -1,0 +1,30 @@
+//! Chaos: kill, pause and partition replicas under Neon-shaped traffic, and prove from the
+//! recorded history that no answer was wrong.
+//!
+//! The shape is the one etcd's robustness tests and Jepsen use: traffic, one injected
+//! fault at a time, a history of every request, and a checker that compares the history
+//! with a model.
+//!
+//! - [`history`]: what every client asked, of which replica, when, and what it learned.
+//! - [`checker`]: the verdict: the safety rules by name, then linearizability of each
+//!   tenant shard's history against the generation model.
+//! - [`cluster`]: real `serve` processes on loopback, started, killed, paused, wiped.
+//! - [`proxy`]: the fault-injecting proxy every replica-to-replica byte crosses.
+//! - [`faults`]: the named faults.
+//! - [`traffic`]: simulated pageservers, an operator and random clients.
+//! - [`run`]: one run, from a fresh cluster to a verdict.
+//! - [`report`], [`timeline`]: the summary, and the failure folder with its picture.
+
+pub mod checker;
+pub mod cluster;
+pub mod faults;
+pub mod history;
+pub mod proxy;
+pub mod report;
+pub mod run;
+pub mod timeline;
+pub mod traffic;
+
+/// The hidden command of the `chaos` binary that runs the controller's own command line
+/// (`chaos replica serve ...` is `pageserver-controller serve ...`).
+pub const EMBEDDED_REPLICA_COMMAND: &str = "replica";

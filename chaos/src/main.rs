@@ -1,0 +1,264 @@
+//! `chaos`: the command line of the chaos harness (parsing and wiring only).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use chaos::cluster::ServerCommand;
+use chaos::faults::{FaultKind, Timings};
+use chaos::run::{run, RunConfig};
+use chaos::traffic::TrafficConfig;
+use clap::{Args, Parser, Subcommand};
+
+/// Kill, pause and partition a real pageserver-controller cluster under Neon-shaped
+/// traffic, then check the recorded history for wrong answers.
+///
+/// Without a command, `run` is meant: `cargo run -p chaos -- --duration-secs 600`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "chaos",
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// One run: a fresh cluster, traffic, faults in rounds, final reads, the verdict.
+    Run(RunArgs),
+    /// Check a history saved by a run (`history.jsonl` of a failure folder) again.
+    Check {
+        /// The history file (JSON lines).
+        history: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+struct RunArgs {
+    /// Seed of every random choice (fault order, targets, durations, traffic). Default:
+    /// from the clock, printed so the run can be replayed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Replicas in the cluster (3 or 5).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=5))]
+    replicas: u64,
+    /// Inject faults for at least this long; the round in progress is completed.
+    #[arg(long, default_value_t = 180)]
+    duration_secs: u64,
+    /// Fault kinds to inject, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    faults: Vec<FaultKind>,
+    /// Where run folders are created.
+    #[arg(long, default_value = "target/chaos")]
+    out: PathBuf,
+    /// Run this pageserver-controller binary for the replicas instead of the controller
+    /// built into this harness (e.g. a release build).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// An extra flag for every replica's `serve` (repeatable), e.g.
+    /// `--serve-arg=--election-timeout-min-ms=700`.
+    #[arg(long = "serve-arg", allow_hyphen_values = true)]
+    serve_args: Vec<String>,
+    /// Keep the run folder (logs, data dirs, history) even when the run passes.
+    #[arg(long)]
+    keep: bool,
+    /// Check the history so far after every this many faults and stop at the first
+    /// violation (0: only at the end).
+    #[arg(long, default_value_t = 25)]
+    check_every: usize,
+    /// Simulated pageservers.
+    #[arg(long, default_value_t = 3)]
+    pageservers: u64,
+    /// Clients sending random requests.
+    #[arg(long, default_value_t = 2)]
+    random_clients: u64,
+    /// Shards in use at a time (each is retired after --ops-per-shard operations).
+    #[arg(long, default_value_t = 24)]
+    active_shards: usize,
+    #[arg(long, default_value_t = 60)]
+    ops_per_shard: u32,
+    /// Shortest and longest time a fault is held, in milliseconds.
+    #[arg(long, default_value_t = 800)]
+    hold_min_ms: u64,
+    #[arg(long, default_value_t = 3_000)]
+    hold_max_ms: u64,
+    /// Shortest and longest pause between faults, in milliseconds.
+    #[arg(long, default_value_t = 300)]
+    quiet_min_ms: u64,
+    #[arg(long, default_value_t = 1_500)]
+    quiet_max_ms: u64,
+    /// How long the cluster may take to be healthy again after a fault.
+    #[arg(long, default_value_t = 60)]
+    patience_secs: u64,
+    /// Seconds between progress lines.
+    #[arg(long, default_value_t = 5)]
+    progress_secs: u64,
+}
+
+impl RunArgs {
+    /// The command line that replays this run.
+    fn replay(&self, seed: u64, faults: &[FaultKind]) -> String {
+        let mut line = format!(
+            "cargo run -p chaos -- run --seed {seed} --replicas {} --duration-secs {} --faults {}",
+            self.replicas,
+            self.duration_secs,
+            faults
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        line += &format!(
+            " --pageservers {} --random-clients {} --active-shards {} --ops-per-shard {} \
+             --hold-min-ms {} --hold-max-ms {} --quiet-min-ms {} --quiet-max-ms {}",
+            self.pageservers,
+            self.random_clients,
+            self.active_shards,
+            self.ops_per_shard,
+            self.hold_min_ms,
+            self.hold_max_ms,
+            self.quiet_min_ms,
+            self.quiet_max_ms
+        );
+        for arg in &self.serve_args {
+            line += &format!(" --serve-arg={arg}");
+        }
+        if let Some(bin) = &self.server_bin {
+            line += &format!(" --server-bin {}", bin.display());
+        }
+        line
+    }
+
+    fn into_config(self) -> anyhow::Result<RunConfig> {
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64 % 1_000_000)
+        });
+        let faults = if self.faults.is_empty() {
+            FaultKind::ALL.to_vec()
+        } else {
+            self.faults.clone()
+        };
+        let server = match &self.server_bin {
+            Some(bin) => ServerCommand::binary(bin),
+            None => ServerCommand::embedded(
+                std::env::current_exe().context("locating the chaos executable")?,
+            ),
+        };
+        let mut serve_args = RunConfig::default_serve_args();
+        serve_args.extend(self.serve_args.iter().cloned());
+        anyhow::ensure!(
+            self.hold_min_ms <= self.hold_max_ms && self.quiet_min_ms <= self.quiet_max_ms,
+            "a minimum is above its maximum"
+        );
+        Ok(RunConfig {
+            seed,
+            replicas: self.replicas,
+            duration: Duration::from_secs(self.duration_secs),
+            replay: self.replay(seed, &faults),
+            faults,
+            out: self.out,
+            server,
+            serve_args,
+            traffic: TrafficConfig {
+                seed,
+                pageservers: self.pageservers,
+                random_clients: self.random_clients,
+                active_shards: self.active_shards,
+                ops_per_shard: self.ops_per_shard,
+                ..TrafficConfig::default()
+            },
+            timings: Timings {
+                hold_ms: (self.hold_min_ms, self.hold_max_ms),
+                patience: Duration::from_secs(self.patience_secs),
+            },
+            quiet_ms: (self.quiet_min_ms, self.quiet_max_ms),
+            check_every: self.check_every,
+            keep: self.keep,
+            progress_every: Duration::from_secs(self.progress_secs.max(1)),
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    // `chaos replica ARGS` is `pageserver-controller ARGS`: the replicas the harness starts.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(chaos::EMBEDDED_REPLICA_COMMAND) {
+        let cli = <pageserver_controller::cli::Cli as Parser>::parse_from(
+            std::iter::once("pageserver-controller".to_owned()).chain(args[2..].iter().cloned()),
+        );
+        return match pageserver_controller::cli::run(cli) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CHAOS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Some(Command::Check { history }) => check(&history),
+        Some(Command::Run(args)) => run_once(args),
+        None => run_once(cli.run),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_once(args: RunArgs) -> anyhow::Result<bool> {
+    let config = args.into_config()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(run(config))?;
+    print!("{}", chaos::report::render(&result.summary));
+    if let Some(folder) = &result.folder {
+        println!("run folder: {}", folder.display());
+    }
+    Ok(result.summary.passed())
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<bool> {
+    let ops = chaos::history::read_jsonl(path)?;
+    let verdict = chaos::checker::check(&ops);
+    println!(
+        "{} operations, {} shards, {} after projection, largest shard history {}",
+        ops.len(),
+        verdict.shards,
+        verdict.projected_ops,
+        verdict.largest_shard_history
+    );
+    for violation in &verdict.violations {
+        println!("VIOLATION: {violation}");
+    }
+    for shard in &verdict.inconclusive {
+        println!("INCONCLUSIVE: shard {shard}");
+    }
+    println!(
+        "verdict: {}",
+        if verdict.passed() { "PASS" } else { "FAIL" }
+    );
+    Ok(verdict.passed())
+}
