@@ -152,7 +152,18 @@ async fn open_data_dir(
         }
     }
     let (cluster_id, bootstrap) = match &join {
-        Some(url) => (cluster_to_join(config, url, http, peer_token).await?, Bootstrap::Joined),
+        Some(url) => {
+            let (cluster_id, listed) = cluster_to_join(config, url, http, peer_token.clone()).await?;
+            if listed {
+                // This id is a member already, but the data dir is empty: the disk was
+                // lost after it joined. Voting now, with no log and no memory of its
+                // vote, could elect a leader that lacks an acknowledged write (and
+                // makes the leader's replication panic over a log that went backwards),
+                // so it leaves first, like an initial member does.
+                bootstrap::leave_to_rejoin(url, config.id, http, peer_token).await?;
+            }
+            (cluster_id, Bootstrap::Joined)
+        }
         None if config.initial_cluster.is_empty() => bail!(
             "data dir {} is empty: pass --initial-cluster listing every member (including replica {}) to \
              bootstrap a new cluster, or --join URL to join a running one",
@@ -178,12 +189,14 @@ async fn open_data_dir(
 const JOIN_PATIENCE: Duration = Duration::from_secs(120);
 
 /// Asks the replica at `url` which cluster it belongs to, checking the name matches.
+/// Returns the cluster id, and whether the cluster already lists this replica (at the
+/// same URL).
 async fn cluster_to_join(
     config: &ServeConfig,
     url: &str,
     http: &reqwest::Client,
     peer_token: Option<String>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, bool)> {
     let client = Client::with_http(url, http.clone())
         .with_token(peer_token)
         .with_timeout(Duration::from_secs(2));
@@ -210,7 +223,8 @@ async fn cluster_to_join(
             }
             Ok(status) => {
                 tracing::info!(%url, cluster = %status.cluster_id, "joining a running cluster");
-                return Ok(status.cluster_id);
+                let listed = status.members.iter().any(|m| m.id == config.id);
+                return Ok((status.cluster_id, listed));
             }
             Err(e) if std::time::Instant::now() < deadline => {
                 tracing::info!(%url, error = %e, "waiting for the cluster to join");
@@ -509,8 +523,9 @@ async fn ask_to_join(
     }
 }
 
-/// Stops the process when Raft hits a fatal error (a storage failure, say): a replica that
-/// cannot persist must not keep answering as if it could.
+/// Stops the process when Raft hits a fatal error (a storage failure, a panic in its
+/// core): a replica that cannot persist or replicate must not keep answering as if it
+/// could, and an exit lets the supervisor restart it.
 async fn watch_for_fatal(
     replica: Arc<Replica>,
     stop: CancellationToken,
@@ -518,19 +533,33 @@ async fn watch_for_fatal(
 ) {
     let mut metrics = replica.metrics();
     loop {
-        if let Err(fatal) = &metrics.borrow().running_state {
-            if !stop.is_cancelled() {
-                tracing::error!(error = %fatal, "raft stopped with a fatal error; shutting the replica down");
-                *failure.lock().expect("failure lock") = Some(fatal.to_string());
-                stop.cancel();
-            }
+        let fatal = match &metrics.borrow().running_state {
+            Err(fatal) => Some(fatal.to_string()),
+            Ok(()) => None,
+        };
+        if let Some(fatal) = fatal {
+            fail(&stop, &failure, fatal);
             return;
         }
         tokio::select! {
-            changed = metrics.changed() => if changed.is_err() { return },
+            changed = metrics.changed() => if changed.is_err() {
+                // The core dropped its metrics without being asked to stop: it died (a
+                // panic does this without ever reporting a fatal state).
+                fail(&stop, &failure, "the raft core stopped unexpectedly".into());
+                return;
+            },
             () = stop.cancelled() => return,
         }
     }
+}
+
+fn fail(stop: &CancellationToken, failure: &std::sync::Mutex<Option<String>>, reason: String) {
+    if stop.is_cancelled() {
+        return;
+    }
+    tracing::error!(error = %reason, "raft stopped with a fatal error; shutting the replica down");
+    *failure.lock().expect("failure lock") = Some(reason);
+    stop.cancel();
 }
 
 /// Forms the initial cluster unless one is already running.

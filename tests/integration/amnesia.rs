@@ -1,5 +1,9 @@
 //! A replica that lost its disk must not vote as if it remembered (found while deploying;
 //! fixed by deciding, before Raft starts, to leave and rejoin: see `src/bootstrap.rs`).
+//! The same for a replica that had joined with `--join` (found by the chaos harness's
+//! `disk-loss` fault after a `member-replace`: the leader answered the join "already a
+//! member", the wiped replica voted again, and the leader's Raft core panicked on a
+//! follower log that went backwards).
 //!
 //! `serve` with `--initial-cluster` and an empty data dir, while the cluster runs, used to
 //! "wait to be replicated to" while running Raft as a voter with an empty log and no vote:
@@ -114,4 +118,63 @@ async fn a_replica_that_lost_its_disk_leaves_and_rejoins_by_itself() {
             Some((1, NodeId(1)))
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_replica_that_lost_its_disk_leaves_and_rejoins_by_itself() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.join(4, leader).await;
+    cluster.wait_for_voters(&[1, 2, 3, 4]).await;
+    let client = cluster.client(leader);
+    for i in 0..10 {
+        client
+            .attach_hook(shard(i), Some(NodeId(1)), None)
+            .await
+            .unwrap();
+    }
+    let committed = cluster
+        .status_of(leader)
+        .await
+        .unwrap()
+        .committed_index
+        .unwrap();
+    cluster.wait_applied(4, committed).await;
+    cluster.kill(4);
+    cluster.wipe(4);
+    // Same flags as before: `--join` through the leader.
+    cluster.restart(4).await;
+    cluster.wait_for_voters(&[1, 2, 3, 4]).await;
+    // Every replica's Raft is alive: writes commit, and the rejoined replica serves them.
+    let leader = cluster.wait_for_leader().await;
+    for i in 0..10 {
+        assert_eq!(
+            cluster
+                .client(leader)
+                .attach_hook(shard(i), Some(NodeId(2)), None)
+                .await
+                .unwrap(),
+            Some(2)
+        );
+    }
+    for id in [1, 2, 3, 4] {
+        assert!(
+            !cluster.has_exited(id),
+            "replica {id} exited:\n{}",
+            cluster.log_of(id)
+        );
+    }
+    for i in 0..10 {
+        assert_eq!(
+            cluster.client(4).inspect(shard(i)).await.unwrap(),
+            Some((2, NodeId(2)))
+        );
+    }
+    assert!(
+        cluster
+            .log_of(4)
+            .contains("Asking the cluster to remove it"),
+        "{}",
+        cluster.log_of(4)
+    );
 }
