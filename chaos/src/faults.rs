@@ -10,6 +10,7 @@
 //! | `kill-follower` | kill -9 a follower, restart it |
 //! | `pause-leader` | SIGSTOP the leader past the election timeout, then SIGCONT: it wakes up believing it leads |
 //! | `isolate-leader` | cut the leader off from its peers (clients still reach it), then reconnect |
+//! | `deaf-leader` | the leader's messages reach its peers but their answers do not reach it (it appends writes it can never commit), then it is cut off entirely and a new leader commits them |
 //! | `split` | partition a minority from a majority (1 / 2, or 2 / 3), the leader on a random side |
 //! | `snapshot-catch-up` | cut a follower off until the leader has purged the log it needs, reconnect, and check it installed a snapshot |
 //! | `delay-peers` | delay every peer message by tens to hundreds of milliseconds |
@@ -38,6 +39,7 @@ pub enum FaultKind {
     KillFollower,
     PauseLeader,
     IsolateLeader,
+    DeafLeader,
     Split,
     SnapshotCatchUp,
     DelayPeers,
@@ -48,11 +50,12 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::PauseLeader,
         FaultKind::IsolateLeader,
+        FaultKind::DeafLeader,
         FaultKind::Split,
         FaultKind::SnapshotCatchUp,
         FaultKind::DelayPeers,
@@ -68,6 +71,7 @@ impl FaultKind {
             FaultKind::KillFollower => "kill-follower",
             FaultKind::PauseLeader => "pause-leader",
             FaultKind::IsolateLeader => "isolate-leader",
+            FaultKind::DeafLeader => "deaf-leader",
             FaultKind::Split => "split",
             FaultKind::SnapshotCatchUp => "snapshot-catch-up",
             FaultKind::DelayPeers => "delay-peers",
@@ -170,6 +174,18 @@ impl Injector<'_> {
             }
             FaultKind::IsolateLeader => {
                 let mut span = self.span(kind, vec![leader]);
+                self.cluster.proxy().isolate(leader);
+                tokio::time::sleep(self.hold() + Duration::from_millis(800)).await;
+                self.cluster.proxy().heal();
+                span.healed_us = self.now();
+                Ok(span)
+            }
+            FaultKind::DeafLeader => {
+                let mut span = self.span(kind, vec![leader]);
+                for follower in self.followers(leader) {
+                    self.cluster.proxy().set_link(follower, leader, Link::Down);
+                }
+                tokio::time::sleep(self.hold() / 2).await;
                 self.cluster.proxy().isolate(leader);
                 tokio::time::sleep(self.hold() + Duration::from_millis(800)).await;
                 self.cluster.proxy().heal();

@@ -14,6 +14,7 @@
 //! - [`traffic`]: simulated pageservers, an operator and random clients.
 //! - [`run`]: one run, from a fresh cluster to a verdict.
 //! - [`report`], [`timeline`]: the summary, and the failure folder with its picture.
+//! - [`sim`]: the same checker over hundreds of fault schedules run in one process.
 
 pub mod checker;
 pub mod cluster;
@@ -22,6 +23,7 @@ pub mod history;
 pub mod proxy;
 pub mod report;
 pub mod run;
+pub mod sim;
 pub mod timeline;
 pub mod traffic;
 

@@ -37,6 +37,27 @@ enum Command {
         /// The history file (JSON lines).
         history: PathBuf,
     },
+    /// Many short fault schedules, replicas in this process over a simulated network.
+    Sim(SimArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct SimArgs {
+    /// The first seed.
+    #[arg(long, default_value_t = 1)]
+    first_seed: u64,
+    /// How many seeds (schedules) to run.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// Faults per schedule.
+    #[arg(long, default_value_t = 4)]
+    faults: usize,
+    /// Schedules run at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Where data dirs go (a failed seed's folder and history are kept there).
+    #[arg(long, default_value = "target/chaos-sim")]
+    out: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -187,6 +208,11 @@ impl RunArgs {
     }
 }
 
+/// The harness's own progress; the replicas of `sim` run in this process and would
+/// drown it.
+const DEFAULT_LOG: &str =
+    "info,openraft=off,pageserver_controller=warn,controller_storage=warn,controller_raft=warn";
+
 fn main() -> ExitCode {
     // `chaos replica ARGS` is `pageserver-controller ARGS`: the replicas the harness starts.
     let args: Vec<String> = std::env::args().collect();
@@ -208,7 +234,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CHAOS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -217,6 +243,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Check { history }) => check(&history),
         Some(Command::Run(args)) => run_once(args),
+        Some(Command::Sim(args)) => simulate(args),
         None => run_once(cli.run),
     };
     match result {
@@ -261,4 +288,45 @@ fn check(path: &std::path::Path) -> anyhow::Result<bool> {
         if verdict.passed() { "PASS" } else { "FAIL" }
     );
     Ok(verdict.passed())
+}
+
+fn simulate(args: SimArgs) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let results = runtime.block_on(chaos::sim::run_seeds(
+        args.first_seed,
+        args.seeds,
+        args.concurrency,
+        &args.out,
+        args.faults,
+    ))?;
+    let failed: Vec<_> = results.iter().filter(|r| !r.passed()).collect();
+    let faults: usize = results.iter().map(|r| r.faults.len()).sum();
+    let ops: usize = results
+        .iter()
+        .map(|r| r.counts.ok + r.counts.indeterminate)
+        .sum();
+    for result in &failed {
+        println!(
+            "seed {} ({} replicas; faults: {}) FAILED:",
+            result.seed,
+            result.replicas,
+            result.faults.join(", ")
+        );
+        for problem in &result.liveness {
+            println!("  LIVENESS: {problem}");
+        }
+        for violation in &result.verdict.violations {
+            println!("  VIOLATION: {violation}");
+        }
+        for shard in &result.verdict.inconclusive {
+            println!("  INCONCLUSIVE: shard {shard}");
+        }
+    }
+    println!(
+        "{} seeds from {}, {faults} faults, {ops} operations checked: {} failed",
+        results.len(),
+        args.first_seed,
+        failed.len()
+    );
+    Ok(failed.is_empty())
 }

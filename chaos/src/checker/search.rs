@@ -15,6 +15,9 @@
 //! either happen or not, the search linearizes them wherever it is convenient.
 
 use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+
+use rand::{Rng, SeedableRng};
 
 use super::model::States;
 use super::project::TenantOp;
@@ -143,18 +146,53 @@ impl Events {
     }
 }
 
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct Bits(Vec<u64>);
+/// The memo key of a configuration: which operations are linearized (a Zobrist hash:
+/// the XOR of a random 128-bit value per linearized operation, updated in O(1) as the
+/// search moves) combined with a hash of the possible states. 128 bits make a collision,
+/// which could wrongly prune a branch, vanishingly unlikely (under 2^-80 for a
+/// hundred million configurations); the values come from a fixed seed so every check of
+/// a history explores the same way.
+struct Memo {
+    per_op: Vec<(u64, u64)>,
+    linearized: (u64, u64),
+    seen: HashSet<(u64, u64)>,
+}
 
-impl Bits {
-    fn new(n: usize) -> Bits {
-        Bits(vec![0; n.div_ceil(64)])
+impl Memo {
+    fn new(ops: usize) -> Memo {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x11ea_11ab);
+        Memo {
+            per_op: (0..ops).map(|_| (rng.gen(), rng.gen())).collect(),
+            linearized: (0, 0),
+            seen: HashSet::new(),
+        }
     }
-    fn set(&mut self, i: usize) {
-        self.0[i / 64] |= 1 << (i % 64);
+
+    fn toggle(&mut self, op: usize) {
+        let (a, b) = self.per_op[op];
+        self.linearized.0 ^= a;
+        self.linearized.1 ^= b;
     }
-    fn clear(&mut self, i: usize) {
-        self.0[i / 64] &= !(1 << (i % 64));
+
+    /// Records the configuration "linearized set plus `op`, in `states`"; false if it
+    /// was explored before. On true, `op` counts as linearized.
+    fn visit(&mut self, op: usize, states: &States) -> bool {
+        self.toggle(op);
+        let mut first = std::collections::hash_map::DefaultHasher::new();
+        states.hash(&mut first);
+        let mut second = std::collections::hash_map::DefaultHasher::new();
+        0x5ec0_u16.hash(&mut second);
+        states.hash(&mut second);
+        let key = (
+            self.linearized.0 ^ first.finish(),
+            self.linearized.1 ^ second.finish(),
+        );
+        if self.seen.insert(key) {
+            true
+        } else {
+            self.toggle(op);
+            false
+        }
     }
 }
 
@@ -162,8 +200,7 @@ impl Bits {
 /// `max_steps` steps.
 pub fn check(ops: &[TenantOp], max_steps: u64) -> Linearizability {
     let mut events = Events::new(ops);
-    let mut linearized = Bits::new(ops.len());
-    let mut seen: HashSet<(Bits, States)> = HashSet::new();
+    let mut memo = Memo::new(ops.len());
     let mut states = States::initial();
     // (call event of the linearized operation, the states before it)
     let mut stack: Vec<(usize, States)> = Vec::new();
@@ -178,15 +215,11 @@ pub fn check(ops: &[TenantOp], max_steps: u64) -> Linearizability {
         let event = events.events[at];
         if event.is_call {
             let next = states.step(&ops[event.op].step);
-            if !next.is_empty() {
-                linearized.set(event.op);
-                if seen.insert((linearized.clone(), next.clone())) {
-                    stack.push((at, std::mem::replace(&mut states, next)));
-                    events.lift(event.op);
-                    at = events.first();
-                    continue;
-                }
-                linearized.clear(event.op);
+            if !next.is_empty() && memo.visit(event.op, &next) {
+                stack.push((at, std::mem::replace(&mut states, next)));
+                events.lift(event.op);
+                at = events.first();
+                continue;
             }
             at = events.next[at];
         } else {
@@ -202,7 +235,7 @@ pub fn check(ops: &[TenantOp], max_steps: u64) -> Linearizability {
             };
             let op = events.events[call].op;
             states = before;
-            linearized.clear(op);
+            memo.toggle(op);
             events.unlift(op);
             at = events.next[call];
         }

@@ -1,0 +1,711 @@
+//! Fault schedules in one process: hundreds of seeds in minutes, with the same checker.
+//!
+//! Each seed builds a cluster of replicas in this process, each a real
+//! `pageserver_controller::replica::Replica` (Raft, sled storage in a temporary folder,
+//! write batching, read index), connected by [`network::SimNet`] instead of HTTP. Clients
+//! call the replicas directly, routing writes to the leader the way the API's routing
+//! layer does (a write answered "not the leader" was never proposed, so it is sent
+//! again; any other failure is indeterminate). The seed draws the cluster size, a few
+//! faults (isolate, cut, partition, lose, delay, crash and restart from disk), their
+//! targets and durations, and every client choice.
+//!
+//! What this covers that the process harness does not: many more schedules, and message
+//! level faults (one direction cut, answers lost after the request took effect). What it
+//! does not: HTTP, forwarding, process death (a crash here is Raft's shutdown, then a
+//! reopen of the same data dir). `crate::run` covers those with real processes.
+
+pub mod network;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use controller_raft::timing::Timing;
+use controller_raft::Member;
+use pageserver_controller::consensus::{LogStore, StateMachine};
+use pageserver_controller::domain::{
+    Command, Generation, NodeAddress, NodeId, Outcome as DomainOutcome, Refusal, TenantId,
+    TenantShardId,
+};
+use pageserver_controller::replica::{Deadlines, ProposeError, Replica};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::checker::{self, Verdict};
+use crate::history::{Answer, History, Op, Outcome, Request};
+use crate::proxy::Link;
+use crate::report::OpCounts;
+use network::{SimNet, SimNetwork, SimReadIndex};
+
+/// What one seed does.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Where the replicas' data dirs go (a folder per seed below it).
+    pub root: PathBuf,
+    /// Faults per seed.
+    pub faults: usize,
+    pub clients: usize,
+    pub shards: u32,
+}
+
+/// What one seed found.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeedResult {
+    pub seed: u64,
+    pub replicas: u64,
+    pub faults: Vec<String>,
+    pub counts: OpCounts,
+    pub verdict: Verdict,
+    /// The cluster did not recover after the faults were undone.
+    pub liveness: Vec<String>,
+    pub elapsed: Duration,
+}
+
+impl SeedResult {
+    pub fn passed(&self) -> bool {
+        self.verdict.passed() && self.liveness.is_empty()
+    }
+}
+
+/// Timings of simulated replicas: quicker than the defaults, so a seed takes seconds.
+fn timing() -> Timing {
+    Timing {
+        heartbeat_ms: 50,
+        election_timeout_min_ms: 200,
+        election_timeout_max_ms: 400,
+        snapshot_every_entries: 100,
+        keep_entries_behind_snapshot: 20,
+    }
+}
+
+const DEADLINES: Deadlines = Deadlines {
+    write: Duration::from_secs(2),
+    read: Duration::from_secs(1),
+};
+
+/// The replicas of one seed.
+struct SimCluster {
+    net: Arc<SimNet>,
+    root: PathBuf,
+    ids: Vec<u64>,
+    members: BTreeMap<u64, Member>,
+}
+
+impl SimCluster {
+    async fn start(seed: u64, replicas: u64, root: &Path) -> anyhow::Result<SimCluster> {
+        let ids: Vec<u64> = (1..=replicas).collect();
+        let cluster = SimCluster {
+            net: SimNet::new(seed),
+            root: root.to_owned(),
+            members: ids
+                .iter()
+                .map(|id| (*id, Member::new(format!("sim://replica-{id}"))))
+                .collect(),
+            ids,
+        };
+        for id in &cluster.ids {
+            cluster.boot(*id).await?;
+        }
+        cluster
+            .net
+            .replica(1)
+            .context("replica 1 just started")?
+            .raft()
+            .initialize(cluster.members.clone())
+            .await
+            .context("initializing the simulated cluster")?;
+        Ok(cluster)
+    }
+
+    /// Opens replica `id`'s storage (retrying while a crashed instance still holds the
+    /// sled lock) and starts it.
+    async fn boot(&self, id: u64) -> anyhow::Result<()> {
+        let dir = self.root.join(format!("replica-{id}"));
+        std::fs::create_dir_all(&dir)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let log = loop {
+            match LogStore::open(&dir.join("log"), id, 16 << 20) {
+                Ok(log) => break log,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(id, error = %e, "storage still held; retrying");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e).context("opening the log"),
+            }
+        };
+        let state_machine =
+            StateMachine::open(&dir.join("snapshot")).context("opening the snapshot")?;
+        let network = SimNetwork {
+            from: id,
+            net: self.net.clone(),
+        };
+        let replica = Arc::new(
+            Replica::start(id, "sim", &timing(), DEADLINES, network, log, state_machine).await?,
+        );
+        replica.serve_follower_reads(Arc::new(SimReadIndex {
+            from: id,
+            net: self.net.clone(),
+        }));
+        self.net.set_replica(id, Some(replica));
+        Ok(())
+    }
+
+    /// Stops replica `id` and releases its storage (its data dir stays).
+    async fn crash(&self, id: u64) {
+        let Some(replica) = self.net.replica(id) else {
+            return;
+        };
+        self.net.set_replica(id, None);
+        replica.shutdown().await;
+    }
+
+    fn is_up(&self, id: u64) -> bool {
+        self.net.replica(id).is_some()
+    }
+
+    /// The leader every running replica agrees on, if they do and it leads.
+    fn agreed_leader(&self) -> Option<u64> {
+        let mut leader = None;
+        for id in &self.ids {
+            let replica = self.net.replica(*id)?;
+            let theirs = replica.leader()?.0;
+            if leader.is_some_and(|l| l != theirs) {
+                return None;
+            }
+            leader = Some(theirs);
+        }
+        let leader = leader?;
+        self.net.replica(leader)?.is_leader().then_some(leader)
+    }
+
+    /// Waits until every replica runs, agrees on a leader and applied the leader's log.
+    async fn wait_settled(&self, within: Duration) -> Result<u64, String> {
+        let end = Instant::now() + within;
+        loop {
+            if let Some(leader) = self.agreed_leader() {
+                let last = self
+                    .net
+                    .replica(leader)
+                    .map(|r| r.metrics().borrow().last_log_index)
+                    .unwrap_or_default();
+                let caught_up = self.ids.iter().all(|id| {
+                    self.net
+                        .replica(*id)
+                        .is_some_and(|r| r.metrics().borrow().last_applied.map(|l| l.index) >= last)
+                });
+                if caught_up {
+                    return Ok(leader);
+                }
+            }
+            if Instant::now() >= end {
+                let views: Vec<String> = self
+                    .ids
+                    .iter()
+                    .map(|id| match self.net.replica(*id) {
+                        Some(r) => {
+                            let m = r.metrics().borrow().clone();
+                            format!(
+                                "{id}: {:?} leader {:?} applied {:?}",
+                                m.state,
+                                m.current_leader,
+                                m.last_applied.map(|l| l.index)
+                            )
+                        }
+                        None => format!("{id}: down"),
+                    })
+                    .collect();
+                return Err(format!(
+                    "no settled leader within {within:?} ({})",
+                    views.join("; ")
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn shutdown(&self) {
+        for id in &self.ids {
+            self.crash(*id).await;
+        }
+    }
+}
+
+fn registration(node: NodeId) -> (NodeAddress, Option<String>) {
+    (
+        NodeAddress {
+            listen_pg_addr: format!("pageserver-{node}"),
+            listen_pg_port: 6400,
+            listen_http_addr: format!("pageserver-{node}"),
+            listen_http_port: 9898,
+        },
+        None,
+    )
+}
+
+fn refused(refusal: Refusal) -> Outcome {
+    let status = match refusal {
+        Refusal::UnknownNode(_) | Refusal::UnknownShard(_) => 404,
+        _ => 409,
+    };
+    Outcome::Refused {
+        status,
+        msg: refusal.to_string(),
+    }
+}
+
+/// Serves `request` on replica `via` as the API would: writes go to the leader (sent
+/// again only when certainly not applied), reads are answered where they arrive.
+async fn serve(net: &SimNet, via: u64, request: &Request) -> Outcome {
+    let not_sent = |why: String| Outcome::NotSent { reason: why };
+    let Some(replica) = net.replica(via) else {
+        return not_sent(format!("replica {via} is down"));
+    };
+    let command = match request {
+        Request::Attach {
+            shard,
+            node,
+            generation_override,
+        } => Command::AttachHook {
+            shard: *shard,
+            node: *node,
+            generation_override: generation_override.map(Generation),
+        },
+        Request::Migrate { shard, node } => Command::Migrate {
+            shard: *shard,
+            node: *node,
+        },
+        Request::ReAttach { node } => Command::ReAttach {
+            node: *node,
+            register: Some(registration(*node)),
+        },
+        Request::Validate { tenants } => {
+            let pairs: Vec<(TenantShardId, Generation)> =
+                tenants.iter().map(|(s, g)| (*s, Generation(*g))).collect();
+            return match replica.read(|r| r.validate(pairs)).await {
+                Ok(verdicts) => Outcome::Ok {
+                    answer: Answer::Validated {
+                        tenants: verdicts.iter().map(|v| (v.shard, v.valid)).collect(),
+                    },
+                },
+                Err(e) => Outcome::Indeterminate {
+                    reason: e.to_string(),
+                },
+            };
+        }
+        Request::Inspect { shard } => {
+            return match replica.read(|r| r.attachment(shard)).await {
+                Ok(attachment) => Outcome::Ok {
+                    answer: Answer::Attachment {
+                        attachment: attachment.map(|(g, n)| (g.0, n)),
+                    },
+                },
+                Err(e) => Outcome::Indeterminate {
+                    reason: e.to_string(),
+                },
+            };
+        }
+    };
+    // Route to the leader for up to a second, as the routing layer waits for one.
+    let end = Instant::now() + Duration::from_secs(1);
+    let mut target = replica;
+    loop {
+        match target.propose_one(command.clone()).await {
+            Ok(outcome) => return domain_outcome(outcome),
+            Err(ProposeError::NotLeader { leader }) => {
+                if Instant::now() >= end {
+                    return not_sent("no leader took the write".into());
+                }
+                match leader.and_then(|l| net.replica(l)) {
+                    Some(next) if next.id() != target.id() => target = next,
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+            Err(ProposeError::Overloaded(_)) => return not_sent("overloaded".into()),
+            Err(e) => {
+                return Outcome::Indeterminate {
+                    reason: e.to_string(),
+                }
+            }
+        }
+    }
+}
+
+fn domain_outcome(outcome: DomainOutcome) -> Outcome {
+    let answer = match outcome {
+        DomainOutcome::Attached { generation } => Answer::Generation {
+            generation: generation.map(|g| g.0),
+        },
+        DomainOutcome::Migrated { generation } => Answer::Migrated {
+            generation: generation.0,
+        },
+        DomainOutcome::ReAttached { shards } => Answer::ReAttached {
+            tenants: shards.into_iter().map(|(s, g)| (s, g.0)).collect(),
+        },
+        DomainOutcome::Refused(refusal) => return refused(refusal),
+        other => {
+            return Outcome::Indeterminate {
+                reason: format!("unexpected outcome {other:?}"),
+            }
+        }
+    };
+    Outcome::Ok { answer }
+}
+
+fn shard(seed: u64, n: u32) -> TenantShardId {
+    let mut bytes = [0u8; 16];
+    bytes[0] = 0x51;
+    bytes[1..9].copy_from_slice(&seed.to_be_bytes());
+    bytes[12..].copy_from_slice(&n.to_be_bytes());
+    TenantShardId::unsharded(TenantId::from_bytes(bytes))
+}
+
+/// One sequential client: random requests to random replicas until stopped.
+async fn client(
+    name: String,
+    mut rng: ChaCha8Rng,
+    net: Arc<SimNet>,
+    ids: Vec<u64>,
+    shards: Vec<TenantShardId>,
+    history: History,
+    stop: Arc<AtomicBool>,
+) {
+    let mut seen: BTreeMap<TenantShardId, u32> = BTreeMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        let shard = *shards.choose(&mut rng).expect("shards");
+        let node = NodeId(rng.gen_range(1..=3));
+        let request = match rng.gen_range(0..100) {
+            0..=34 => Request::Attach {
+                shard,
+                node: Some(node),
+                generation_override: None,
+            },
+            35..=44 => Request::Attach {
+                shard,
+                node: None,
+                generation_override: None,
+            },
+            45..=54 => Request::Migrate { shard, node },
+            55..=79 => {
+                let around = seen.get(&shard).copied().unwrap_or(1);
+                Request::Validate {
+                    tenants: vec![(shard, around.saturating_sub(1).max(1) + rng.gen_range(0..2))],
+                }
+            }
+            80..=89 => Request::ReAttach { node },
+            _ => Request::Inspect { shard },
+        };
+        let via = *ids.choose(&mut rng).expect("replicas");
+        let call = history.begin(&name, via, request.clone());
+        let outcome = serve(&net, via, &request).await;
+        if let Outcome::Ok { answer } = &outcome {
+            match answer {
+                Answer::Generation {
+                    generation: Some(g),
+                }
+                | Answer::Migrated { generation: g } => {
+                    seen.insert(shard, *g);
+                }
+                Answer::ReAttached { tenants } => seen.extend(tenants.iter().copied()),
+                _ => {}
+            }
+        }
+        history.end(call, outcome);
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(2..25))).await;
+    }
+}
+
+/// Injects one fault drawn from `rng`, holds it, and undoes it; returns its description.
+async fn fault(cluster: &SimCluster, rng: &mut ChaCha8Rng) -> String {
+    let ids = cluster.ids.clone();
+    let leader = cluster.agreed_leader();
+    let any = *ids.choose(rng).expect("replicas");
+    let target = if rng.gen_bool(0.5) {
+        leader.unwrap_or(any)
+    } else {
+        any
+    };
+    let hold = Duration::from_millis(rng.gen_range(200..=900));
+    let net = &cluster.net;
+    let described = match rng.gen_range(0..7) {
+        0 => {
+            net.isolate(target, &ids);
+            format!("isolate {target}")
+        }
+        1 => {
+            let other = *ids
+                .iter()
+                .filter(|i| **i != target)
+                .collect::<Vec<_>>()
+                .choose(rng)
+                .expect("two replicas");
+            net.set_link(target, *other, Link::Down);
+            format!("cut {target} -> {other}")
+        }
+        2 => {
+            let mut shuffled = ids.clone();
+            shuffled.shuffle(rng);
+            let minority: Vec<u64> = shuffled[..(ids.len() - 1) / 2].to_vec();
+            for a in &minority {
+                for b in ids.iter().filter(|b| !minority.contains(b)) {
+                    net.set_link(*a, *b, Link::Down);
+                    net.set_link(*b, *a, Link::Down);
+                }
+            }
+            format!("partition {minority:?}")
+        }
+        3 => {
+            let p = rng.gen_range(0.05..0.4);
+            for a in &ids {
+                for b in &ids {
+                    if a != b {
+                        net.set_link(
+                            *a,
+                            *b,
+                            Link::Lossy {
+                                drop_probability: p,
+                            },
+                        );
+                    }
+                }
+            }
+            format!("lose {:.0}%", p * 100.0)
+        }
+        4 => {
+            let ms = rng.gen_range(10..120);
+            for a in &ids {
+                for b in &ids {
+                    if a != b {
+                        net.set_link(*a, *b, Link::Delay { ms, jitter_ms: ms });
+                    }
+                }
+            }
+            format!("delay {ms} ms")
+        }
+        5 => {
+            // The leader's peers hear it but it does not hear them: it appends and
+            // replicates writes that it can never see committed; then it is cut off, and
+            // the next leader commits those writes while the old one reports its
+            // leadership lost. A write must not count as "not applied" then.
+            let Some(leader) = leader else {
+                return "deaf leader (no leader)".into();
+            };
+            for other in ids.iter().filter(|i| **i != leader) {
+                net.set_link(*other, leader, Link::Down);
+            }
+            tokio::time::sleep(hold / 2).await;
+            net.isolate(leader, &ids);
+            tokio::time::sleep(hold * 2).await;
+            net.heal();
+            return format!("deaf leader {leader}");
+        }
+        _ => {
+            cluster.crash(target).await;
+            tokio::time::sleep(hold).await;
+            if let Err(e) = cluster.boot(target).await {
+                return format!("crash {target} (restart failed: {e:#})");
+            }
+            return format!("crash {target}");
+        }
+    };
+    tokio::time::sleep(hold).await;
+    net.heal();
+    described
+}
+
+/// Runs one seed: cluster, clients, faults, recovery, final reads, verdict.
+pub async fn run_seed(config: &SimConfig) -> anyhow::Result<SeedResult> {
+    let started = Instant::now();
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let replicas = if rng.gen_bool(0.25) { 5 } else { 3 };
+    let root = config.root.join(format!("seed-{}", config.seed));
+    if root.exists() {
+        std::fs::remove_dir_all(&root)?;
+    }
+    let cluster = SimCluster::start(config.seed, replicas, &root).await?;
+    let history = History::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let shards: Vec<TenantShardId> = (0..config.shards).map(|n| shard(config.seed, n)).collect();
+    let mut liveness = Vec::new();
+    if let Err(e) = cluster.wait_settled(Duration::from_secs(20)).await {
+        liveness.push(format!("no leader after start: {e}"));
+    }
+    let clients: Vec<_> = (0..config.clients)
+        .map(|c| {
+            tokio::spawn(client(
+                format!("client-{c}"),
+                ChaCha8Rng::seed_from_u64(rng.gen()),
+                cluster.net.clone(),
+                cluster.ids.clone(),
+                shards.clone(),
+                history.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let mut faults = Vec::new();
+    for _ in 0..config.faults {
+        faults.push(fault(&cluster, &mut rng).await);
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(100..400))).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.context("a client panicked")?;
+    }
+    cluster.net.heal();
+    for id in cluster.ids.clone() {
+        if !cluster.is_up(id) {
+            cluster.boot(id).await?;
+        }
+    }
+    match cluster.wait_settled(Duration::from_secs(30)).await {
+        Ok(_) => final_reads(&cluster, &history, &shards).await,
+        Err(e) => liveness.push(format!("after the faults: {e}")),
+    }
+    cluster.shutdown().await;
+    let ops = history.ops();
+    let verdict = tokio::task::spawn_blocking(move || {
+        let verdict = checker::check(&ops);
+        (verdict, ops)
+    })
+    .await
+    .context("the checker panicked")?;
+    let (verdict, ops) = verdict;
+    let result = SeedResult {
+        seed: config.seed,
+        replicas,
+        faults,
+        counts: OpCounts::of(&ops),
+        verdict,
+        liveness,
+        elapsed: started.elapsed(),
+    };
+    if result.passed() {
+        let _ = std::fs::remove_dir_all(&root);
+    } else {
+        crate::history::write_jsonl(&ops, &root.join("history.jsonl"))?;
+    }
+    Ok(result)
+}
+
+/// Every shard read back through every replica, recorded as the client `final`.
+async fn final_reads(cluster: &SimCluster, history: &History, shards: &[TenantShardId]) {
+    let newest = newest_generations(&history.ops());
+    for id in &cluster.ids {
+        for shard in shards {
+            let request = Request::Inspect { shard: *shard };
+            let call = history.begin("final", *id, request.clone());
+            let outcome = serve(&cluster.net, *id, &request).await;
+            history.end(call, outcome);
+        }
+        let tenants: Vec<(TenantShardId, u32)> = newest.iter().map(|(s, g)| (*s, *g)).collect();
+        if !tenants.is_empty() {
+            let request = Request::Validate { tenants };
+            let call = history.begin("final", *id, request.clone());
+            let outcome = serve(&cluster.net, *id, &request).await;
+            history.end(call, outcome);
+        }
+    }
+}
+
+fn newest_generations(ops: &[Op]) -> BTreeMap<TenantShardId, u32> {
+    let mut newest = BTreeMap::new();
+    for op in ops {
+        let Outcome::Ok { answer } = &op.outcome else {
+            continue;
+        };
+        let mut raise = |shard: TenantShardId, g: u32| {
+            let e = newest.entry(shard).or_insert(g);
+            *e = (*e).max(g);
+        };
+        match (&op.request, answer) {
+            (
+                Request::Attach { shard, .. },
+                Answer::Generation {
+                    generation: Some(g),
+                },
+            )
+            | (Request::Migrate { shard, .. }, Answer::Migrated { generation: g }) => {
+                raise(*shard, *g)
+            }
+            (_, Answer::ReAttached { tenants }) => {
+                for (s, g) in tenants {
+                    raise(*s, *g);
+                }
+            }
+            _ => {}
+        }
+    }
+    newest
+}
+
+/// Runs `count` seeds from `first`, `concurrency` at a time, printing progress; returns
+/// every result (failures first).
+pub async fn run_seeds(
+    first: u64,
+    count: u64,
+    concurrency: usize,
+    root: &Path,
+    faults: usize,
+) -> anyhow::Result<Vec<SeedResult>> {
+    let started = Instant::now();
+    let pending: Vec<u64> = (first..first + count).collect();
+    let queue = Arc::new(std::sync::Mutex::new(pending.into_iter()));
+    let results = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let failures = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let queue = queue.clone();
+        let results = results.clone();
+        let failures = failures.clone();
+        let root = root.to_owned();
+        workers.push(tokio::spawn(async move {
+            loop {
+                let Some(seed) = queue.lock().expect("queue lock").next() else {
+                    return Ok::<(), anyhow::Error>(());
+                };
+                let config = SimConfig {
+                    seed,
+                    root: root.clone(),
+                    faults,
+                    clients: 4,
+                    shards: 6,
+                };
+                let result = run_seed(&config)
+                    .await
+                    .with_context(|| format!("seed {seed}"))?;
+                if !result.passed() {
+                    failures.lock().expect("failures lock").insert(seed);
+                }
+                results.lock().expect("results lock").push(result);
+            }
+        }));
+    }
+    let progress = {
+        let results = results.clone();
+        let failures = failures.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let done = results.lock().expect("results lock").len();
+                let failed = failures.lock().expect("failures lock").clone();
+                tracing::info!(
+                    "[{:>5.0}s] {done} of {count} seeds done, failed: {failed:?}",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        })
+    };
+    for worker in workers {
+        worker.await.context("a seed worker panicked")??;
+    }
+    progress.abort();
+    let mut results = std::mem::take(&mut *results.lock().expect("results lock"));
+    results.sort_by_key(|r| (r.passed(), r.seed));
+    Ok(results)
+}

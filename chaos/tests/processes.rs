@@ -1,0 +1,57 @@
+//! The chaos harness against real processes, as CI runs it: a three-replica and a
+//! five-replica cluster, each through one round of every fault kind (in an order drawn
+//! from its seed) under Neon-shaped traffic. Either fails on any wrong answer, and on a
+//! fault the cluster does not recover from.
+//!
+//! A longer run is `cargo run -p chaos -- --duration-secs 1800` (see RELIABILITY.md).
+
+use std::time::Duration;
+
+use chaos::cluster::ServerCommand;
+use chaos::faults::{FaultKind, Timings};
+use chaos::run::{run, RunConfig};
+use chaos::traffic::TrafficConfig;
+
+fn config(seed: u64, replicas: u64, faults: Vec<FaultKind>) -> RunConfig {
+    RunConfig {
+        seed,
+        replicas,
+        // One round: every listed fault once.
+        duration: Duration::ZERO,
+        faults,
+        out: std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chaos"),
+        server: ServerCommand::embedded(env!("CARGO_BIN_EXE_chaos")),
+        serve_args: RunConfig::default_serve_args(),
+        traffic: TrafficConfig {
+            seed,
+            ..TrafficConfig::default()
+        },
+        timings: Timings::default(),
+        quiet_ms: (200, 600),
+        check_every: 0,
+        keep: false,
+        progress_every: Duration::from_secs(10),
+        replay: format!("cargo test -p chaos --test processes (seed {seed})"),
+    }
+}
+
+async fn assert_passes(config: RunConfig) {
+    let result = run(config).await.expect("the run itself failed");
+    let text = chaos::report::render(&result.summary);
+    eprintln!("{text}");
+    assert!(
+        result.summary.passed(),
+        "{text}\nrun folder (history, logs, data dirs, timeline.svg): {:?}",
+        result.folder
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_kind_under_traffic_gives_no_wrong_answer() {
+    assert_passes(config(20261127, 3, FaultKind::ALL.to_vec())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_kind_on_five_replicas_gives_no_wrong_answer() {
+    assert_passes(config(5, 5, FaultKind::ALL.to_vec())).await;
+}
