@@ -117,6 +117,9 @@ pub struct Injector<'a> {
     pub timings: &'a Timings,
     /// Filler shards are numbered from here on.
     pub filler_counter: &'a mut u64,
+    /// The replica a fault that hits one replica of its choice hits, instead of one drawn
+    /// from the seed (named scenarios aim at a replica a previous fault hit).
+    pub aim: Option<u64>,
 }
 
 impl Injector<'_> {
@@ -149,6 +152,9 @@ impl Injector<'_> {
     }
 
     fn pick(&mut self, among: &[u64]) -> anyhow::Result<u64> {
+        if let Some(aim) = self.aim.filter(|a| self.cluster.members().contains(a)) {
+            return Ok(aim);
+        }
         among
             .choose(self.rng)
             .copied()

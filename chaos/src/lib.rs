@@ -13,6 +13,7 @@
 //! - [`faults`]: the named faults.
 //! - [`traffic`]: simulated pageservers, an operator and random clients.
 //! - [`run`]: one run, from a fresh cluster to a verdict.
+//! - [`scenarios`]: named fault sequences that once broke the controller.
 //! - [`report`], [`timeline`]: the summary, and the failure folder with its picture.
 //! - [`sim`]: the same checker over hundreds of fault schedules run in one process.
 
@@ -23,6 +24,7 @@ pub mod history;
 pub mod proxy;
 pub mod report;
 pub mod run;
+pub mod scenarios;
 pub mod sim;
 pub mod timeline;
 pub mod traffic;

@@ -39,6 +39,17 @@ enum Command {
     },
     /// Many short fault schedules, replicas in this process over a simulated network.
     Sim(SimArgs),
+    /// Run named regression scenarios (fixed fault sequences that once broke the
+    /// controller); all of them without a name. `--list` shows them.
+    Scenario {
+        /// The scenario's name.
+        name: Option<String>,
+        /// List the scenarios and what each once broke.
+        #[arg(long)]
+        list: bool,
+        #[command(flatten)]
+        run: RunArgs,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -185,6 +196,7 @@ impl RunArgs {
             duration: Duration::from_secs(self.duration_secs),
             replay: self.replay(seed, &faults),
             faults,
+            script: None,
             out: self.out,
             server,
             serve_args,
@@ -244,6 +256,7 @@ fn main() -> ExitCode {
         Some(Command::Check { history }) => check(&history),
         Some(Command::Run(args)) => run_once(args),
         Some(Command::Sim(args)) => simulate(args),
+        Some(Command::Scenario { name, list, run }) => scenario(name, list, run),
         None => run_once(cli.run),
     };
     match result {
@@ -256,8 +269,40 @@ fn main() -> ExitCode {
     }
 }
 
+fn scenario(name: Option<String>, list: bool, args: RunArgs) -> anyhow::Result<bool> {
+    use chaos::scenarios::{find, SCENARIOS};
+    if list {
+        for s in SCENARIOS {
+            println!("{} ({} replicas)\n  {}\n", s.name, s.replicas, s.about);
+        }
+        return Ok(true);
+    }
+    let chosen: Vec<_> = match &name {
+        Some(name) => vec![find(name).with_context(|| {
+            format!("no scenario {name:?}; `chaos scenario --list` shows them")
+        })?],
+        None => SCENARIOS.iter().collect(),
+    };
+    let mut passed = true;
+    for s in chosen {
+        println!("scenario {}: {}", s.name, s.about);
+        let mut config = args.clone().into_config()?;
+        config.replicas = s.replicas;
+        config.script = Some(s.steps.to_vec());
+        config.replay = format!(
+            "cargo run -p chaos -- scenario {} --seed {}",
+            s.name, config.seed
+        );
+        passed &= execute(config)?;
+    }
+    Ok(passed)
+}
+
 fn run_once(args: RunArgs) -> anyhow::Result<bool> {
-    let config = args.into_config()?;
+    execute(args.into_config()?)
+}
+
+fn execute(config: RunConfig) -> anyhow::Result<bool> {
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(run(config))?;
     print!("{}", chaos::report::render(&result.summary));

@@ -27,6 +27,7 @@ use crate::cluster::{Cluster, ClusterConfig, ServerCommand};
 use crate::faults::{FaultKind, Injector, Timings};
 use crate::history::{Answer, FaultSpan, History, Op, Outcome, Request};
 use crate::report::{self, OpCounts, Summary};
+use crate::scenarios::Aim;
 use crate::traffic::{execute, Endpoints, Traffic, TrafficConfig};
 
 #[derive(Debug, Clone)]
@@ -36,6 +37,9 @@ pub struct RunConfig {
     /// Faults are injected for at least this long (the last round is completed).
     pub duration: Duration,
     pub faults: Vec<FaultKind>,
+    /// A fixed sequence of faults to inject once each instead of rounds (a named
+    /// scenario).
+    pub script: Option<Vec<(FaultKind, Aim)>>,
     /// Run folders are created below this directory.
     pub out: PathBuf,
     pub server: ServerCommand,
@@ -114,10 +118,17 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
     let mut faults: Vec<FaultSpan> = Vec::new();
     let mut liveness: Vec<String> = Vec::new();
     let mut filler = 0u64;
+    let mut previous_target = None;
     'rounds: loop {
-        let mut round = config.faults.clone();
-        round.shuffle(&mut rng);
-        for kind in round {
+        let round: Vec<(FaultKind, Aim)> = match &config.script {
+            Some(script) => script.clone(),
+            None => {
+                let mut kinds = config.faults.clone();
+                kinds.shuffle(&mut rng);
+                kinds.into_iter().map(|k| (k, Aim::Drawn)).collect()
+            }
+        };
+        for (kind, aim) in round {
             let before = match cluster.wait_healthy(config.timings.patience).await {
                 Ok(health) => health,
                 Err(e) => {
@@ -136,6 +147,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
                 history: &history,
                 timings: &config.timings,
                 filler_counter: &mut filler,
+                aim: match aim {
+                    Aim::Drawn => None,
+                    Aim::SameAsPrevious => previous_target,
+                },
             };
             let mut span = match injector.inject(kind, before.leader).await {
                 Ok(span) => span,
@@ -147,6 +162,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
                     break 'rounds;
                 }
             };
+            previous_target = span.targets.first().copied();
             let recovered = cluster.wait_healthy(config.timings.patience).await;
             span.healthy_us = recovered.as_ref().ok().map(|_| history.now_us());
             faults.push(span);
@@ -185,7 +201,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
             let (min, max) = config.quiet_ms;
             tokio::time::sleep(Duration::from_millis(rng.gen_range(min..=max))).await;
         }
-        if started.elapsed() >= config.duration {
+        if config.script.is_some() || started.elapsed() >= config.duration {
             break;
         }
     }

@@ -19,6 +19,7 @@ fn config(seed: u64, replicas: u64, faults: Vec<FaultKind>) -> RunConfig {
         // One round: every listed fault once.
         duration: Duration::ZERO,
         faults,
+        script: None,
         out: std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chaos"),
         server: ServerCommand::embedded(env!("CARGO_BIN_EXE_chaos")),
         serve_args: RunConfig::default_serve_args(),
@@ -54,4 +55,15 @@ async fn every_fault_kind_under_traffic_gives_no_wrong_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fault_kind_on_five_replicas_gives_no_wrong_answer() {
     assert_passes(config(5, 5, FaultKind::ALL.to_vec())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_regression_scenarios_give_no_wrong_answer() {
+    for scenario in chaos::scenarios::SCENARIOS {
+        let mut config = config(11, scenario.replicas, Vec::new());
+        config.script = Some(scenario.steps.to_vec());
+        config.replay = format!("cargo run -p chaos -- scenario {} --seed 11", scenario.name);
+        eprintln!("scenario {}", scenario.name);
+        assert_passes(config).await;
+    }
 }

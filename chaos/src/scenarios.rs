@@ -1,0 +1,62 @@
+//! Named regression scenarios: fixed fault sequences that once broke the controller.
+//!
+//! Each bug a harness found is kept here (or, where it needs finer control than faults
+//! give, as an integration test named in RELIABILITY.md), so that it is replayed by name
+//! and in CI for as long as the project lives: `cargo run -p chaos -- scenario NAME`.
+
+use serde::Serialize;
+
+use crate::faults::FaultKind;
+
+/// Which replica a step hits, for faults that hit one replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Aim {
+    /// One drawn from the seed, as in a random run.
+    Drawn,
+    /// The replica the previous step hit.
+    SameAsPrevious,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    pub name: &'static str,
+    /// What went wrong once, and where the fix lives.
+    pub about: &'static str,
+    pub replicas: u64,
+    pub steps: &'static [(FaultKind, Aim)],
+}
+
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "amnesia-joined-member",
+        about: "A replica that joined with --join (here: after the lost-disk runbook) loses \
+                its disk again and restarts with the same flags. It used to be told 'already \
+                a member', voted with an empty log, and the leader's Raft core panicked on a \
+                follower log that went backwards; the replica with the dead core kept \
+                serving. Fixed in src/server.rs (leave before joining again; a dead core \
+                stops the process). Found by `chaos` seed 2.",
+        replicas: 3,
+        steps: &[
+            (FaultKind::MemberReplace, Aim::Drawn),
+            (FaultKind::DiskLoss, Aim::SameAsPrevious),
+            (FaultKind::KillLeader, Aim::Drawn),
+        ],
+    },
+    Scenario {
+        name: "amnesia-initial-member",
+        about: "An initial member loses its disk and restarts with --initial-cluster. It used \
+                to wait to be replicated to while voting with an empty log (found by the \
+                Docker deploy test; see tests/integration/amnesia.rs). Fixed in \
+                src/bootstrap.rs: it leaves and joins again before Raft starts.",
+        replicas: 3,
+        steps: &[
+            (FaultKind::DiskLoss, Aim::Drawn),
+            (FaultKind::KillLeader, Aim::Drawn),
+            (FaultKind::DiskLoss, Aim::Drawn),
+        ],
+    },
+];
+
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name)
+}
