@@ -98,9 +98,9 @@ impl From<ProposeError> for ApiError {
         let msg = e.to_string();
         match e {
             ProposeError::NotLeader { .. } => ApiError::NotLeader(msg),
-            ProposeError::Indeterminate(_) | ProposeError::LeadershipLost { .. } => {
-                ApiError::Indeterminate(msg)
-            }
+            ProposeError::Indeterminate(_)
+            | ProposeError::LeadershipLost { .. }
+            | ProposeError::StoppedInFlight(_) => ApiError::Indeterminate(msg),
             ProposeError::Stopped(_) | ProposeError::Overloaded(_) => ApiError::Unavailable(msg),
         }
     }

@@ -84,7 +84,10 @@ impl WriteBatcher {
             })?;
         match tokio::time::timeout(deadline, answer).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ProposeError::Stopped("the proposal was dropped".into())),
+            // The batcher went away with the command: it may have been proposed.
+            Ok(Err(_)) => Err(ProposeError::StoppedInFlight(
+                "the proposal was dropped".into(),
+            )),
             // Queued or in flight: it may still be applied.
             Err(_) => Err(ProposeError::Indeterminate(deadline)),
         }

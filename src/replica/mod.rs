@@ -3,8 +3,9 @@
 //! - [`Replica::propose`] commits commands through the log and returns what applying them
 //!   answered. Its errors say precisely what is known: [`ProposeError::NotLeader`] means
 //!   the commands were never handed to Raft, so the caller may route them elsewhere;
-//!   [`ProposeError::LeadershipLost`] and [`ProposeError::Indeterminate`] mean they may or
-//!   may not commit, so nobody may retry them silently.
+//!   [`ProposeError::LeadershipLost`], [`ProposeError::Indeterminate`] and
+//!   [`ProposeError::StoppedInFlight`] mean they may or may not commit, so nobody may
+//!   retry them silently.
 //!
 //!   openraft answers `ForwardToLeader` both for a write it rejected before appending and
 //!   for one it appended and then had to truncate when a new leader overwrote its log.
@@ -69,8 +70,13 @@ pub enum ProposeError {
          (is a quorum of replicas reachable?)"
     )]
     Indeterminate(Duration),
-    #[error("this replica is shutting down or has stopped: {0}")]
+    #[error("this replica is shutting down or has stopped: {0}; nothing was applied")]
     Stopped(String),
+    #[error(
+        "this replica stopped while the write was in flight ({0}); it may or may not be \
+         applied"
+    )]
+    StoppedInFlight(String),
     #[error("too many writes are queued ({0}); nothing was applied, retry later")]
     Overloaded(usize),
 }
@@ -332,7 +338,10 @@ async fn propose_entry(
         Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
             unreachable!("a proposal is not a membership change: {e}")
         }
-        Ok(Err(RaftError::Fatal(fatal))) => return Err(ProposeError::Stopped(fatal.to_string())),
+        // Handed to Raft already: it may have reached other replicas, which can commit it.
+        Ok(Err(RaftError::Fatal(fatal))) => {
+            return Err(ProposeError::StoppedInFlight(fatal.to_string()))
+        }
     };
     let outcomes = response.data.outcomes;
     assert_eq!(

@@ -326,7 +326,10 @@ async fn serve(net: &SimNet, via: u64, request: &Request) -> Outcome {
                     _ => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
             }
-            Err(ProposeError::Overloaded(_)) => return not_sent("overloaded".into()),
+            // The replica says nothing was applied; the checker holds it to that.
+            Err(e @ (ProposeError::Overloaded(_) | ProposeError::Stopped(_))) => {
+                return not_sent(e.to_string())
+            }
             Err(e) => {
                 return Outcome::Indeterminate {
                     reason: e.to_string(),
