@@ -15,11 +15,10 @@
 //! passes silently. `cargo test --workspace --exclude deploy-tests` runs everything else.
 //!
 //! The crate is separate from the root package's integration tests so that the slow image
-//! build and container runs stay out of that binary, and so that it can depend on the
-//! chaos harness's checker once that lands without a dependency cycle.
+//! build and container runs stay out of that binary. Histories are recorded and checked
+//! with the chaos harness's own types and checker (`chaos::history`, `chaos::checker`).
 
 pub mod compose;
 pub mod docker;
-pub mod history;
 pub mod tools;
 pub mod traffic;

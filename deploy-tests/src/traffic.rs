@@ -16,7 +16,7 @@ use std::time::Duration;
 use pageserver_controller::client::{self, Client};
 use pageserver_controller::domain::{NodeId, TenantId, TenantShardId};
 
-use crate::history::{Answer, History, Outcome, Request};
+use chaos::history::{Answer, History, Outcome, Request};
 
 /// The replicas clients may send to: (replica id, base URL). Tests update it as replicas
 /// come and go, as a Service's endpoints would change.
@@ -146,10 +146,12 @@ impl Caller {
     async fn attach(&mut self, shard: TenantShardId, node: NodeId) -> Option<u32> {
         let generation = self
             .call(
-                Request::Attach { shard, node },
-                |g: &Option<u32>| Answer::Generation {
-                    generation: g.unwrap_or(0),
+                Request::Attach {
+                    shard,
+                    node: Some(node),
+                    generation_override: None,
                 },
+                |g: &Option<u32>| Answer::Generation { generation: *g },
                 |client| async move { client.attach_hook(shard, Some(node), None).await },
             )
             .await?;
@@ -162,12 +164,14 @@ impl Caller {
     }
 
     async fn validate(&mut self, shard: TenantShardId, generation: u32) -> Option<bool> {
-        let answer = |response: &Option<bool>| Answer::Valid {
-            valid: response.unwrap_or(false),
+        let answer = |response: &Option<bool>| Answer::Validated {
+            tenants: response.iter().map(|valid| (shard, *valid)).collect(),
         };
         let valid = self
             .call(
-                Request::Validate { shard, generation },
+                Request::Validate {
+                    tenants: vec![(shard, generation)],
+                },
                 answer,
                 |client| async move {
                     let response = client.validate(&[(shard, generation)]).await?;
@@ -298,7 +302,7 @@ impl Traffic {
 
     /// Stops the clients (each finishes its current call), then reads every shard back
     /// through a `final` client: an inspect, and a validate of every generation
-    /// acknowledged for it. The history then holds everything [`crate::history::check`]
+    /// acknowledged for it. The history then holds everything [`chaos::checker::check`]
     /// needs to prove no acknowledged generation was lost.
     pub async fn stop(self) -> Vec<String> {
         self.stop.store(true, Ordering::Relaxed);

@@ -16,8 +16,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use chaos::history::{write_jsonl, History, Op};
 use deploy_tests::docker::{docker, require_docker, ContainerCluster};
-use deploy_tests::history::{check, History};
 use deploy_tests::tools::repo_root;
 use deploy_tests::traffic::{Config, Endpoints, Traffic};
 use pageserver_controller::auth::{generate_key_pair, mint, Scope};
@@ -82,6 +82,22 @@ fn assert_rules(step: &str, history: &History, traffic: &Traffic) {
         violations.is_empty(),
         "after {step}: the generation rules are broken: {violations:#?}"
     );
+}
+
+/// The chaos checker's verdict as a list of problems (empty: the history is correct).
+fn check(ops: &[Op]) -> Vec<String> {
+    let verdict = chaos::checker::check(ops);
+    verdict
+        .violations
+        .iter()
+        .map(ToString::to_string)
+        .chain(
+            verdict
+                .inconclusive
+                .iter()
+                .map(|shard| format!("shard {shard}: the check ran out of budget")),
+        )
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -429,7 +445,7 @@ async fn scratch_image_cluster_survives_leader_kill_partition_rolling_update_dis
     let violations = check(&ops);
     if !violations.is_empty() {
         let path = std::env::temp_dir().join(format!("{run}-history.jsonl"));
-        history.write_jsonl(&path).expect("writing the history");
+        write_jsonl(&ops, &path).expect("writing the history");
         panic!(
             "the generation rules are broken (history in {}): {violations:#?}",
             path.display()
