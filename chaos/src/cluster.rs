@@ -112,6 +112,9 @@ pub struct Cluster {
     replicas: BTreeMap<u64, Replica>,
     /// The voters the cluster should have.
     members: Vec<u64>,
+    /// `--initial-cluster` as the cluster was created: every initial member, whatever
+    /// happened to them since (an operator keeps a replica's flags).
+    initial_cluster: String,
     proxy: Proxy,
     http: reqwest::Client,
 }
@@ -133,6 +136,7 @@ impl Cluster {
         let mut cluster = Cluster {
             replicas: BTreeMap::new(),
             members: (1..=config.replicas).collect(),
+            initial_cluster: String::new(),
             proxy,
             http,
             config,
@@ -140,6 +144,12 @@ impl Cluster {
         for id in 1..=cluster.config.replicas {
             cluster.add_replica(id, Origin::Initial).await?;
         }
+        cluster.initial_cluster = cluster
+            .ids()
+            .iter()
+            .map(|id| format!("{id}={}", cluster.peer_url(*id)))
+            .collect::<Vec<_>>()
+            .join(",");
         for id in 1..=cluster.config.replicas {
             cluster.launch(id)?;
         }
@@ -215,15 +225,6 @@ impl Cluster {
             .collect()
     }
 
-    fn initial_cluster(&self) -> String {
-        self.replicas
-            .values()
-            .filter(|r| r.origin == Origin::Initial)
-            .map(|r| format!("{}={}", r.id, self.peer_url(r.id)))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
     pub fn is_running(&self, id: u64) -> bool {
         self.replicas[&id].child.is_some()
     }
@@ -234,7 +235,7 @@ impl Cluster {
 
     /// Starts replica `id`'s process on its data dir, without waiting for it.
     pub fn launch(&mut self, id: u64) -> anyhow::Result<()> {
-        let initial_cluster = self.initial_cluster();
+        let initial_cluster = self.initial_cluster.clone();
         let peer_url = self.peer_url(id);
         let replica = self.replicas.get_mut(&id).context("unknown replica")?;
         if replica.child.is_some() {
