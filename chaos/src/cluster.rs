@@ -250,7 +250,17 @@ impl Cluster {
             Origin::Initial => ["--initial-cluster".to_owned(), initial_cluster],
             Origin::Joined(url) => ["--join".to_owned(), url.clone()],
         };
-        let child = Command::new(&self.config.server.program)
+        let mut command = Command::new(&self.config.server.program);
+        // SAFETY: prctl(2) is async-signal-safe; it only sets a flag on the new process.
+        unsafe {
+            // Die with the harness, even when the harness is killed: a run must never
+            // leave replicas behind.
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command
             .args(&self.config.server.prefix)
             .args(["--log", "info,openraft=warn", "serve"])
             .args(["--id", &id.to_string()])
