@@ -275,7 +275,16 @@ fn scenario(name: Option<String>, list: bool, args: RunArgs) -> anyhow::Result<b
         for s in SCENARIOS {
             println!("{} ({} replicas)\n  {}\n", s.name, s.replicas, s.about);
         }
+        for (name, about) in chaos::scenarios::IN_PROCESS {
+            println!("{name} (in one process)\n  {about}\n");
+        }
         return Ok(true);
+    }
+    if name.as_deref() == Some("truncated-write-retried") {
+        let runtime = tokio::runtime::Runtime::new()?;
+        let result = runtime.block_on(chaos::sim::scenario::truncated_write_retried(&args.out))?;
+        println!("{result:#?}");
+        return Ok(result.passed());
     }
     let chosen: Vec<_> = match &name {
         Some(name) => vec![find(name).with_context(|| {

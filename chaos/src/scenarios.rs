@@ -60,3 +60,15 @@ pub const SCENARIOS: &[Scenario] = &[
 pub fn find(name: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|s| s.name == name)
 }
+
+/// Scenarios that need message-level control, run in one process (`crate::sim::scenario`).
+pub const IN_PROCESS: &[(&str, &str)] = &[(
+    "truncated-write-retried",
+    "A write the leader appended and then had to truncate (a new leader overwrote its \
+     log) survives on another replica, which commits it. openraft answers such a write \
+     'forward to the leader', the same as one it never appended; taking that for 'not \
+     applied' and sending the write again applies it twice (an earlier harness found \
+     this; src/replica/mod.rs reports both as of unknown fate). Five replicas, \
+     message-level cuts: the old leader's caller must see the write's fate as unknown, \
+     and the generation must go up by one.",
+)];

@@ -30,3 +30,14 @@ async fn two_hundred_fault_schedules_give_no_wrong_answer() {
     assert_eq!(results.len(), 200);
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
+
+/// The regression scenario `truncated-write-retried` (see `chaos::sim::scenario`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_truncated_on_a_deposed_leader_is_not_applied_twice() {
+    let root = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chaos-sim");
+    let result = chaos::sim::scenario::truncated_write_retried(&root)
+        .await
+        .expect("the scenario ran");
+    eprintln!("{result:#?}");
+    assert!(result.passed(), "{result:#?}");
+}

@@ -11,8 +11,9 @@
 //!   for one it appended and then had to truncate when a new leader overwrote its log.
 //!   The second kind is not dead: another replica may hold the same entry, win the next
 //!   election and commit it. The two cannot be told apart, so both count as "fate
-//!   unknown" (the chaos scenario `truncated_write_retried` shows the double apply that
-//!   treating them as "not applied" would cause).
+//!   unknown" (the chaos scenario `truncated-write-retried`, in
+//!   `chaos::sim::scenario`, shows the double apply that treating them as "not
+//!   applied" would cause).
 //! - [`Replica::read`] answers from the registry only after this replica confirmed with a
 //!   quorum that it is still the leader and applied everything committed before the read
 //!   began (openraft's read index). A deposed leader therefore cannot answer from stale

@@ -311,26 +311,47 @@ async fn serve(net: &SimNet, via: u64, request: &Request) -> Outcome {
             };
         }
     };
-    // Route to the leader for up to a second, as the routing layer waits for one.
-    let end = Instant::now() + Duration::from_secs(1);
-    let mut target = replica;
+    // Route as the API's routing layer does: to the leader this replica knows of (over
+    // the network), again while the answer is "not the leader" (nothing was applied),
+    // for as long as it waits for a leader.
+    let end = Instant::now() + LEADER_WAIT;
     loop {
-        match target.propose_one(command.clone()).await {
-            Ok(outcome) => return domain_outcome(outcome),
-            Err(ProposeError::NotLeader { leader }) => {
+        let leader = replica.leader().map(|(id, _)| id);
+        let attempt = match leader {
+            Some(leader) if leader == via => Some(replica.propose_one(command.clone()).await),
+            Some(leader) => {
+                let command = command.clone();
+                match net
+                    .forward(via, leader, |target| async move {
+                        target.propose_one(command).await
+                    })
+                    .await
+                {
+                    Ok(answer) => Some(answer),
+                    // The forwarded request never arrived: nothing was applied.
+                    Err(network::Forwarded::NotDelivered) => None,
+                    Err(network::Forwarded::AnswerLost) => {
+                        return Outcome::Indeterminate {
+                            reason: format!("no answer from leader {leader}"),
+                        }
+                    }
+                }
+            }
+            None => None,
+        };
+        match attempt {
+            Some(Ok(outcome)) => return domain_outcome(outcome),
+            Some(Err(ProposeError::NotLeader { .. })) | None => {
                 if Instant::now() >= end {
                     return not_sent("no leader took the write".into());
                 }
-                match leader.and_then(|l| net.replica(l)) {
-                    Some(next) if next.id() != target.id() => target = next,
-                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             // The replica says nothing was applied; the checker holds it to that.
-            Err(e @ (ProposeError::Overloaded(_) | ProposeError::Stopped(_))) => {
+            Some(Err(e @ (ProposeError::Overloaded(_) | ProposeError::Stopped(_)))) => {
                 return not_sent(e.to_string())
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 return Outcome::Indeterminate {
                     reason: e.to_string(),
                 }
@@ -338,6 +359,9 @@ async fn serve(net: &SimNet, via: u64, request: &Request) -> Outcome {
         }
     }
 }
+
+/// How long a write waits for a leader, as `serve --leader-wait-ms` does.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
 
 fn domain_outcome(outcome: DomainOutcome) -> Outcome {
     let answer = match outcome {
@@ -711,4 +735,135 @@ pub async fn run_seeds(
     let mut results = std::mem::take(&mut *results.lock().expect("results lock"));
     results.sort_by_key(|r| (r.passed(), r.seed));
     Ok(results)
+}
+
+/// Named regression scenarios that need message-level control.
+pub mod scenario {
+    use super::*;
+    use network::RpcKind;
+
+    /// Waits until `check` holds, polling, for at most `within`.
+    async fn until(
+        what: &str,
+        within: Duration,
+        mut check: impl FnMut() -> bool,
+    ) -> anyhow::Result<()> {
+        let end = Instant::now() + within;
+        while !check() {
+            anyhow::ensure!(Instant::now() < end, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    fn leads(cluster: &SimCluster, id: u64) -> bool {
+        cluster.net.replica(id).is_some_and(|r| r.is_leader())
+    }
+
+    /// `truncated-write-retried`: a write the leader appended, and then had to truncate
+    /// when a new leader overwrote its log, is not dead: another replica holds it and may
+    /// commit it. Five replicas: the leader L replicates a write only to A; the others
+    /// elect W, whose first entry reaches only L and overwrites the write there (L's
+    /// caller hears "forward to the leader"); L and W are cut off, A wins with the
+    /// remaining two and commits the write. A replica that took "forward to the leader"
+    /// for "not applied" would send the write again: applied twice, one generation
+    /// handed out that nobody was told about. The checker must see one application.
+    pub async fn truncated_write_retried(root: &Path) -> anyhow::Result<SeedResult> {
+        let started = Instant::now();
+        let seed = 7;
+        let root = root.join("truncated-write-retried");
+        if root.exists() {
+            std::fs::remove_dir_all(&root)?;
+        }
+        let cluster = SimCluster::start(seed, 5, &root).await?;
+        let history = History::new();
+        let leader = cluster
+            .wait_settled(Duration::from_secs(30))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let others: Vec<u64> = cluster
+            .ids
+            .iter()
+            .copied()
+            .filter(|i| *i != leader)
+            .collect();
+        let a = others[0];
+        let rest: Vec<u64> = others[1..].to_vec();
+        let s = shard(seed, 0);
+        let write = |node: u64| Request::Attach {
+            shard: s,
+            node: Some(NodeId(node)),
+            generation_override: None,
+        };
+        let call = history.begin("writer", a, write(1));
+        let first = serve(&cluster.net, a, &write(1)).await;
+        history.end(call, first);
+
+        // L's messages reach only A; the others may elect one of them, whose log entries
+        // reach only L.
+        let net = &cluster.net;
+        for x in &rest {
+            net.set_link(leader, *x, Link::Down);
+            for y in rest.iter().chain([&a]).filter(|y| *y != x) {
+                net.set_kind_link(*x, *y, RpcKind::Append, Link::Down);
+            }
+        }
+        let writer = {
+            let net = cluster.net.clone();
+            let history = history.clone();
+            let request = write(2);
+            tokio::spawn(async move {
+                let call = history.begin("writer", a, request.clone());
+                let outcome = serve(&net, a, &request).await;
+                history.end(call, outcome);
+            })
+        };
+        let mut new_leader = None;
+        until(
+            "one of the cut-off replicas to lead",
+            Duration::from_secs(10),
+            || {
+                new_leader = rest.iter().copied().find(|x| leads(&cluster, *x));
+                new_leader.is_some()
+            },
+        )
+        .await?;
+        let w = new_leader.expect("found above");
+        until(
+            "the old leader to step down",
+            Duration::from_secs(10),
+            || !leads(&cluster, leader),
+        )
+        .await?;
+        net.isolate(leader, &cluster.ids);
+        net.isolate(w, &cluster.ids);
+        until("A to lead", Duration::from_secs(10), || leads(&cluster, a)).await?;
+        writer.await.context("the writer panicked")?;
+        net.heal();
+        let mut liveness = Vec::new();
+        match cluster.wait_settled(Duration::from_secs(30)).await {
+            Ok(_) => final_reads(&cluster, &history, &[s]).await,
+            Err(e) => liveness.push(e),
+        }
+        cluster.shutdown().await;
+        let ops = history.ops();
+        let verdict = checker::check(&ops);
+        let result = SeedResult {
+            seed,
+            replicas: 5,
+            faults: vec![format!(
+                "L={leader} replicates to A={a} only; W={w} overwrites L; L and W cut off"
+            )],
+            counts: OpCounts::of(&ops),
+            verdict,
+            liveness,
+            elapsed: started.elapsed(),
+        };
+        if result.passed() {
+            let _ = std::fs::remove_dir_all(&root);
+        } else {
+            crate::history::write_jsonl(&ops, &root.join("history.jsonl"))?;
+        }
+        Ok(result)
+    }
 }

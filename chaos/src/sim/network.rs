@@ -36,10 +36,32 @@ const UNREACHABLE_AFTER: Duration = Duration::from_millis(20);
 #[error("{0}")]
 struct SimError(String);
 
+/// Which kind of message a rule applies to (rules per kind let a scenario, say, let a
+/// candidate's vote requests through while holding back its log entries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RpcKind {
+    Append,
+    Vote,
+    Snapshot,
+    ReadIndex,
+    /// A client request forwarded by a follower to the leader.
+    Forward,
+}
+
+/// Why a forwarded request brought no answer.
+pub enum Forwarded {
+    /// It never arrived: nothing happened.
+    NotDelivered,
+    /// It arrived; its answer was lost.
+    AnswerLost,
+}
+
 /// The replicas of one simulated cluster and the links between them.
 pub struct SimNet {
     replicas: RwLock<BTreeMap<u64, Arc<Replica>>>,
     links: Mutex<HashMap<(u64, u64), Link>>,
+    /// Rules for one kind of message, which take precedence over `links`.
+    kind_links: Mutex<HashMap<(u64, u64, RpcKind), Link>>,
     rng: Mutex<ChaCha8Rng>,
 }
 
@@ -56,6 +78,7 @@ impl SimNet {
         Arc::new(SimNet {
             replicas: RwLock::default(),
             links: Mutex::default(),
+            kind_links: Mutex::default(),
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed ^ 0x0e7_0e7)),
         })
     }
@@ -86,6 +109,14 @@ impl SimNet {
         }
     }
 
+    /// Sets the link for one kind of message from `from` to `to`.
+    pub fn set_kind_link(&self, from: u64, to: u64, kind: RpcKind, link: Link) {
+        self.kind_links
+            .lock()
+            .expect("links lock")
+            .insert((from, to, kind), link);
+    }
+
     /// Cuts both directions between `id` and every id in `others`.
     pub fn isolate(&self, id: u64, others: &[u64]) {
         for other in others.iter().filter(|o| **o != id) {
@@ -96,9 +127,18 @@ impl SimNet {
 
     pub fn heal(&self) {
         self.links.lock().expect("links lock").clear();
+        self.kind_links.lock().expect("links lock").clear();
     }
 
-    fn link(&self, from: u64, to: u64) -> Link {
+    fn link(&self, from: u64, to: u64, kind: RpcKind) -> Link {
+        if let Some(link) = self
+            .kind_links
+            .lock()
+            .expect("links lock")
+            .get(&(from, to, kind))
+        {
+            return *link;
+        }
         self.links
             .lock()
             .expect("links lock")
@@ -107,8 +147,8 @@ impl SimNet {
             .unwrap_or(Link::Up)
     }
 
-    fn fate(&self, from: u64, to: u64) -> Fate {
-        match (self.link(from, to), self.link(to, from)) {
+    fn fate(&self, from: u64, to: u64, kind: RpcKind) -> Fate {
+        match (self.link(from, to, kind), self.link(to, from, kind)) {
             (Link::Down, _) => Fate::Unreachable,
             // The request arrives; the answer cannot come back.
             (_, Link::Down) => Fate::LoseAnswer,
@@ -144,12 +184,13 @@ impl SimNet {
         &self,
         from: u64,
         to: u64,
+        kind: RpcKind,
         send: impl FnOnce(Arc<Replica>) -> Fut,
     ) -> Result<T, CallError>
     where
         Fut: std::future::Future<Output = T>,
     {
-        let fate = self.fate(from, to);
+        let fate = self.fate(from, to, kind);
         let Some(target) = self.replica(to) else {
             tokio::time::sleep(UNREACHABLE_AFTER).await;
             return Err(CallError::Unreachable(format!("replica {to} is down")));
@@ -180,6 +221,26 @@ impl SimNet {
                 Ok(answer)
             }
         }
+    }
+}
+
+impl SimNet {
+    /// Carries a client request from the replica that received it to `leader`.
+    pub async fn forward<T, Fut>(
+        &self,
+        from: u64,
+        leader: u64,
+        send: impl FnOnce(Arc<Replica>) -> Fut,
+    ) -> Result<T, Forwarded>
+    where
+        Fut: std::future::Future<Output = T>,
+    {
+        self.carry(from, leader, RpcKind::Forward, send)
+            .await
+            .map_err(|e| match e {
+                CallError::Unreachable(_) => Forwarded::NotDelivered,
+                CallError::Lost(_) => Forwarded::AnswerLost,
+            })
     }
 }
 
@@ -241,7 +302,7 @@ impl RaftNetwork<TypeConfig> for SimConnection {
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         let answer = self
             .net
-            .carry(self.from, self.to, |target| async move {
+            .carry(self.from, self.to, RpcKind::Append, |target| async move {
                 target.raft().append_entries(rpc).await
             })
             .await
@@ -259,7 +320,7 @@ impl RaftNetwork<TypeConfig> for SimConnection {
     > {
         let answer = self
             .net
-            .carry(self.from, self.to, |target| async move {
+            .carry(self.from, self.to, RpcKind::Snapshot, |target| async move {
                 target.raft().install_snapshot(rpc).await
             })
             .await
@@ -274,7 +335,7 @@ impl RaftNetwork<TypeConfig> for SimConnection {
     ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         let answer = self
             .net
-            .carry(self.from, self.to, |target| async move {
+            .carry(self.from, self.to, RpcKind::Vote, |target| async move {
                 target.raft().vote(rpc).await
             })
             .await
@@ -298,7 +359,7 @@ impl LeaderReadIndex for SimReadIndex {
         Box::pin(async move {
             let answer = self
                 .net
-                .carry(self.from, leader, |target| async move {
+                .carry(self.from, leader, RpcKind::ReadIndex, |target| async move {
                     if !target.is_leader() {
                         return Err(format!("replica {leader} is not the leader"));
                     }
