@@ -19,7 +19,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use pageserver_controller::client::ClientError;
-use pageserver_controller::domain::{NodeId, TenantShardId};
+use pageserver_controller::domain::{
+    Command, Generation, NodeAddress, NodeId, Outcome as Applied, Refusal, TenantShardId,
+};
 use serde::{Deserialize, Serialize};
 
 /// What a client asked.
@@ -50,6 +52,31 @@ impl Request {
             self,
             Request::Attach { .. } | Request::Migrate { .. } | Request::ReAttach { .. }
         )
+    }
+
+    /// The registry command a write carries, as the API builds it (a re-attach registers
+    /// its pageserver, see [`pageserver_address`]); `None` for reads.
+    pub fn command(&self) -> Option<Command> {
+        Some(match self {
+            Request::Attach {
+                shard,
+                node,
+                generation_override,
+            } => Command::AttachHook {
+                shard: *shard,
+                node: *node,
+                generation_override: generation_override.map(Generation),
+            },
+            Request::Migrate { shard, node } => Command::Migrate {
+                shard: *shard,
+                node: *node,
+            },
+            Request::ReAttach { node } => Command::ReAttach {
+                node: *node,
+                register: Some((pageserver_address(*node), None)),
+            },
+            Request::Validate { .. } | Request::Inspect { .. } => return None,
+        })
     }
 
     /// A short name for reports.
@@ -123,6 +150,38 @@ impl Outcome {
         }
     }
 
+    /// What the caller of a write learns from what applying its command answered (the
+    /// refusals get the statuses the API gives them).
+    pub fn of_applied(applied: Applied) -> Outcome {
+        let answer = match applied {
+            Applied::Attached { generation } => Answer::Generation {
+                generation: generation.map(|g| g.0),
+            },
+            Applied::Migrated { generation } => Answer::Migrated {
+                generation: generation.0,
+            },
+            Applied::ReAttached { shards } => Answer::ReAttached {
+                tenants: shards.into_iter().map(|(s, g)| (s, g.0)).collect(),
+            },
+            Applied::Refused(refusal) => {
+                let status = match refusal {
+                    Refusal::UnknownNode(_) | Refusal::UnknownShard(_) => 404,
+                    _ => 409,
+                };
+                return Outcome::Refused {
+                    status,
+                    msg: refusal.to_string(),
+                };
+            }
+            other => {
+                return Outcome::Indeterminate {
+                    reason: format!("an answer no request of the history expects: {other:?}"),
+                }
+            }
+        };
+        Outcome::Ok { answer }
+    }
+
     pub fn is_ok(&self) -> bool {
         matches!(self, Outcome::Ok { .. })
     }
@@ -144,6 +203,49 @@ pub struct Op {
     pub return_us: u64,
     pub request: Request,
     pub outcome: Outcome,
+}
+
+/// How simulated pageserver `node` registers (addresses derived from its id).
+pub fn pageserver_address(node: NodeId) -> NodeAddress {
+    NodeAddress {
+        listen_pg_addr: format!("pageserver-{node}"),
+        listen_pg_port: 6400,
+        listen_http_addr: format!("pageserver-{node}"),
+        listen_http_port: 9898,
+    }
+}
+
+/// The highest generation acknowledged for each shard, by any answer (attach, migrate,
+/// re-attach): what a final read must still find.
+pub fn newest_generations(ops: &[Op]) -> BTreeMap<TenantShardId, u32> {
+    let mut newest = BTreeMap::new();
+    let mut raise = |shard: TenantShardId, g: u32| {
+        let e = newest.entry(shard).or_insert(g);
+        *e = (*e).max(g);
+    };
+    for op in ops {
+        let Outcome::Ok { answer } = &op.outcome else {
+            continue;
+        };
+        match (&op.request, answer) {
+            (
+                Request::Attach { shard, .. },
+                Answer::Generation {
+                    generation: Some(g),
+                },
+            )
+            | (Request::Migrate { shard, .. }, Answer::Migrated { generation: g }) => {
+                raise(*shard, *g)
+            }
+            (_, Answer::ReAttached { tenants }) => {
+                for (shard, g) in tenants {
+                    raise(*shard, *g);
+                }
+            }
+            _ => {}
+        }
+    }
+    newest
 }
 
 /// A request sent and not answered yet.

@@ -25,7 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::checker;
 use crate::cluster::{Cluster, ClusterConfig, ServerCommand};
 use crate::faults::{FaultKind, Injector, Timings};
-use crate::history::{Answer, FaultSpan, History, Op, Outcome, Request};
+use crate::history::{FaultSpan, History, Request};
 use crate::report::{self, OpCounts, Summary};
 use crate::scenarios::Aim;
 use crate::traffic::{execute, Endpoints, Traffic, TrafficConfig};
@@ -269,45 +269,13 @@ async fn recover_everything(cluster: &mut Cluster, timings: &Timings) -> anyhow:
     Ok(())
 }
 
-/// The highest generation acknowledged for each shard, from any answer.
-fn acknowledged(ops: &[Op]) -> BTreeMap<TenantShardId, u32> {
-    let mut newest = BTreeMap::new();
-    let mut raise = |shard: TenantShardId, g: u32| {
-        let e = newest.entry(shard).or_insert(g);
-        *e = (*e).max(g);
-    };
-    for op in ops {
-        let Outcome::Ok { answer } = &op.outcome else {
-            continue;
-        };
-        match (&op.request, answer) {
-            (
-                Request::Attach { shard, .. },
-                Answer::Generation {
-                    generation: Some(g),
-                },
-            )
-            | (Request::Migrate { shard, .. }, Answer::Migrated { generation: g }) => {
-                raise(*shard, *g)
-            }
-            (_, Answer::ReAttached { tenants }) => {
-                for (shard, g) in tenants {
-                    raise(*shard, *g);
-                }
-            }
-            _ => {}
-        }
-    }
-    newest
-}
-
 /// Reads every shard the history mentions back through every replica, recorded as the
 /// client `final`: one inspect per shard, and the newest acknowledged generation of each
 /// validated in batches. The checker then sees whether every acknowledged generation
 /// survived.
 async fn final_reads(cluster: &Cluster, history: &History) -> anyhow::Result<()> {
     let ops = history.ops();
-    let newest = acknowledged(&ops);
+    let newest = crate::history::newest_generations(&ops);
     let mut shards: BTreeSet<TenantShardId> = newest.keys().copied().collect();
     for op in &ops {
         match &op.request {

@@ -286,14 +286,15 @@ pub async fn execute(client: &Client, request: &Request) -> Outcome {
     }
 }
 
-/// How simulated pageserver `node` registers (addresses derived from its id).
+/// The registration a simulated pageserver sends with its re-attach.
 pub fn registration(node: NodeId) -> NodeRegisterRequest {
+    let address = crate::history::pageserver_address(node);
     NodeRegisterRequest {
         node_id: node,
-        listen_pg_addr: format!("pageserver-{node}"),
-        listen_pg_port: 6400,
-        listen_http_addr: format!("pageserver-{node}"),
-        listen_http_port: 9898,
+        listen_pg_addr: address.listen_pg_addr,
+        listen_pg_port: address.listen_pg_port,
+        listen_http_addr: address.listen_http_addr,
+        listen_http_port: address.listen_http_port,
         availability_zone_id: None,
     }
 }

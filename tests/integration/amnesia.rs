@@ -126,20 +126,8 @@ async fn a_joined_replica_that_lost_its_disk_leaves_and_rejoins_by_itself() {
     let leader = cluster.wait_for_leader().await;
     cluster.join(4, leader).await;
     cluster.wait_for_voters(&[1, 2, 3, 4]).await;
-    let client = cluster.client(leader);
-    for i in 0..10 {
-        client
-            .attach_hook(shard(i), Some(NodeId(1)), None)
-            .await
-            .unwrap();
-    }
-    let committed = cluster
-        .status_of(leader)
-        .await
-        .unwrap()
-        .committed_index
-        .unwrap();
-    cluster.wait_applied(4, committed).await;
+    cluster.attach_all(leader, 0..10, 1).await;
+    cluster.wait_caught_up(4).await;
     cluster.kill(4);
     cluster.wipe(4);
     // Same flags as before: `--join` through the leader.

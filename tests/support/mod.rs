@@ -378,6 +378,33 @@ impl TestCluster {
         .await
     }
 
+    /// Waits until `id` has applied everything the current leader had committed when
+    /// asked.
+    pub async fn wait_caught_up(&self, id: u64) {
+        let leader = self.wait_for_leader().await;
+        let committed = self
+            .status_of(leader)
+            .await
+            .and_then(|s| s.committed_index)
+            .expect("the leader reports a committed index");
+        self.wait_applied(id, committed).await;
+    }
+
+    /// Attaches shards `shards` to `node` through replica `via`; panics on any failure.
+    pub async fn attach_all(&self, via: u64, shards: std::ops::Range<u32>, node: u64) {
+        let client = self.client(via);
+        for i in shards {
+            client
+                .attach_hook(
+                    shard(i),
+                    Some(pageserver_controller::domain::NodeId(node)),
+                    None,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("attaching shard {i} through replica {via}: {e}"));
+        }
+    }
+
     /// The log of replica `id`, for assertions and failure messages.
     pub fn log_of(&self, id: u64) -> String {
         std::fs::read_to_string(&self.replicas[&id].log).unwrap_or_default()

@@ -410,9 +410,7 @@ fn an_exhausted_budget_is_inconclusive_not_a_pass() {
 /// also holds the checker's model to the registry's actual rules.
 #[test]
 fn histories_of_the_real_registry_always_pass() {
-    use pageserver_controller::domain::{
-        Command, Generation, NodeAddress, Outcome as DomainOutcome, Registry,
-    };
+    use pageserver_controller::domain::{Generation, Registry};
     use rand::{Rng, SeedableRng};
 
     for seed in 0..300u64 {
@@ -469,44 +467,9 @@ fn histories_of_the_real_registry_always_pass() {
                     attachment: registry.attachment(shard).map(|(g, n)| (g.0, n)),
                 }),
                 write if applies => {
-                    let command = match write {
-                        Request::Attach {
-                            shard,
-                            node,
-                            generation_override,
-                        } => Command::AttachHook {
-                            shard: *shard,
-                            node: *node,
-                            generation_override: generation_override.map(Generation),
-                        },
-                        Request::Migrate { shard, node } => Command::Migrate {
-                            shard: *shard,
-                            node: *node,
-                        },
-                        Request::ReAttach { node } => Command::ReAttach {
-                            node: *node,
-                            register: Some((
-                                NodeAddress {
-                                    listen_pg_addr: format!("ps{node}"),
-                                    listen_pg_port: 1,
-                                    listen_http_addr: format!("ps{node}"),
-                                    listen_http_port: 2,
-                                },
-                                None,
-                            )),
-                        },
-                        _ => unreachable!("reads are handled above"),
-                    };
-                    match registry.apply(&command) {
-                        DomainOutcome::Attached { generation } => Some(Answer::Generation {
-                            generation: generation.map(|g| g.0),
-                        }),
-                        DomainOutcome::Migrated { generation } => Some(Answer::Migrated {
-                            generation: generation.0,
-                        }),
-                        DomainOutcome::ReAttached { shards } => Some(Answer::ReAttached {
-                            tenants: shards.into_iter().map(|(s, g)| (s, g.0)).collect(),
-                        }),
+                    let command = write.command().expect("a write");
+                    match Outcome::of_applied(registry.apply(&command)) {
+                        Outcome::Ok { answer } => Some(answer),
                         _ => None,
                     }
                 }

@@ -26,10 +26,7 @@ use anyhow::Context;
 use controller_raft::timing::Timing;
 use controller_raft::Member;
 use pageserver_controller::consensus::{LogStore, StateMachine};
-use pageserver_controller::domain::{
-    Command, Generation, NodeAddress, NodeId, Outcome as DomainOutcome, Refusal, TenantId,
-    TenantShardId,
-};
+use pageserver_controller::domain::{Generation, NodeId, TenantId, TenantShardId};
 use pageserver_controller::replica::{Deadlines, ProposeError, Replica};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -37,7 +34,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::checker::{self, Verdict};
-use crate::history::{Answer, History, Op, Outcome, Request};
+use crate::history::{Answer, History, Outcome, Request};
 use crate::proxy::Link;
 use crate::report::OpCounts;
 use network::{SimNet, SimNetwork, SimReadIndex};
@@ -236,29 +233,6 @@ impl SimCluster {
     }
 }
 
-fn registration(node: NodeId) -> (NodeAddress, Option<String>) {
-    (
-        NodeAddress {
-            listen_pg_addr: format!("pageserver-{node}"),
-            listen_pg_port: 6400,
-            listen_http_addr: format!("pageserver-{node}"),
-            listen_http_port: 9898,
-        },
-        None,
-    )
-}
-
-fn refused(refusal: Refusal) -> Outcome {
-    let status = match refusal {
-        Refusal::UnknownNode(_) | Refusal::UnknownShard(_) => 404,
-        _ => 409,
-    };
-    Outcome::Refused {
-        status,
-        msg: refusal.to_string(),
-    }
-}
-
 /// Serves `request` on replica `via` as the API would: writes go to the leader (sent
 /// again only when certainly not applied), reads are answered where they arrive.
 async fn serve(net: &SimNet, via: u64, request: &Request) -> Outcome {
@@ -267,23 +241,6 @@ async fn serve(net: &SimNet, via: u64, request: &Request) -> Outcome {
         return not_sent(format!("replica {via} is down"));
     };
     let command = match request {
-        Request::Attach {
-            shard,
-            node,
-            generation_override,
-        } => Command::AttachHook {
-            shard: *shard,
-            node: *node,
-            generation_override: generation_override.map(Generation),
-        },
-        Request::Migrate { shard, node } => Command::Migrate {
-            shard: *shard,
-            node: *node,
-        },
-        Request::ReAttach { node } => Command::ReAttach {
-            node: *node,
-            register: Some(registration(*node)),
-        },
         Request::Validate { tenants } => {
             let pairs: Vec<(TenantShardId, Generation)> =
                 tenants.iter().map(|(s, g)| (*s, Generation(*g))).collect();
@@ -310,6 +267,7 @@ async fn serve(net: &SimNet, via: u64, request: &Request) -> Outcome {
                 },
             };
         }
+        write => write.command().expect("every other request is a write"),
     };
     // Route as the API's routing layer does: to the leader this replica knows of (over
     // the network), again while the answer is "not the leader" (nothing was applied),
@@ -340,7 +298,7 @@ async fn serve(net: &SimNet, via: u64, request: &Request) -> Outcome {
             None => None,
         };
         match attempt {
-            Some(Ok(outcome)) => return domain_outcome(outcome),
+            Some(Ok(outcome)) => return Outcome::of_applied(outcome),
             Some(Err(ProposeError::NotLeader { .. })) | None => {
                 if Instant::now() >= end {
                     return not_sent("no leader took the write".into());
@@ -362,27 +320,6 @@ async fn serve(net: &SimNet, via: u64, request: &Request) -> Outcome {
 
 /// How long a write waits for a leader, as `serve --leader-wait-ms` does.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
-
-fn domain_outcome(outcome: DomainOutcome) -> Outcome {
-    let answer = match outcome {
-        DomainOutcome::Attached { generation } => Answer::Generation {
-            generation: generation.map(|g| g.0),
-        },
-        DomainOutcome::Migrated { generation } => Answer::Migrated {
-            generation: generation.0,
-        },
-        DomainOutcome::ReAttached { shards } => Answer::ReAttached {
-            tenants: shards.into_iter().map(|(s, g)| (s, g.0)).collect(),
-        },
-        DomainOutcome::Refused(refusal) => return refused(refusal),
-        other => {
-            return Outcome::Indeterminate {
-                reason: format!("unexpected outcome {other:?}"),
-            }
-        }
-    };
-    Outcome::Ok { answer }
-}
 
 fn shard(seed: u64, n: u32) -> TenantShardId {
     let mut bytes = [0u8; 16];
@@ -584,45 +521,71 @@ pub async fn run_seed(config: &SimConfig) -> anyhow::Result<SeedResult> {
     for c in clients {
         c.await.context("a client panicked")?;
     }
-    cluster.net.heal();
-    for id in cluster.ids.clone() {
-        if !cluster.is_up(id) {
-            cluster.boot(id).await?;
-        }
-    }
-    match cluster.wait_settled(Duration::from_secs(30)).await {
-        Ok(_) => final_reads(&cluster, &history, &shards).await,
-        Err(e) => liveness.push(format!("after the faults: {e}")),
-    }
-    cluster.shutdown().await;
-    let ops = history.ops();
-    let verdict = tokio::task::spawn_blocking(move || {
-        let verdict = checker::check(&ops);
-        (verdict, ops)
-    })
-    .await
-    .context("the checker panicked")?;
-    let (verdict, ops) = verdict;
-    let result = SeedResult {
+    let ending = Ending {
         seed: config.seed,
         replicas,
         faults,
-        counts: OpCounts::of(&ops),
-        verdict,
         liveness,
-        elapsed: started.elapsed(),
+        started,
+        root: &root,
     };
-    if result.passed() {
-        let _ = std::fs::remove_dir_all(&root);
-    } else {
-        crate::history::write_jsonl(&ops, &root.join("history.jsonl"))?;
+    ending.conclude(&cluster, &history, &shards).await
+}
+
+/// How a seed ends: heal, settle, read everything back, stop, check, and keep the
+/// history of a failure next to its data dirs.
+struct Ending<'a> {
+    seed: u64,
+    replicas: u64,
+    faults: Vec<String>,
+    liveness: Vec<String>,
+    started: Instant,
+    root: &'a Path,
+}
+
+impl Ending<'_> {
+    async fn conclude(
+        mut self,
+        cluster: &SimCluster,
+        history: &History,
+        shards: &[TenantShardId],
+    ) -> anyhow::Result<SeedResult> {
+        cluster.net.heal();
+        for id in cluster.ids.clone() {
+            if !cluster.is_up(id) {
+                cluster.boot(id).await?;
+            }
+        }
+        match cluster.wait_settled(Duration::from_secs(30)).await {
+            Ok(_) => final_reads(cluster, history, shards).await,
+            Err(e) => self.liveness.push(format!("after the faults: {e}")),
+        }
+        cluster.shutdown().await;
+        let ops = history.ops();
+        let (verdict, ops) = tokio::task::spawn_blocking(move || (checker::check(&ops), ops))
+            .await
+            .context("the checker panicked")?;
+        let result = SeedResult {
+            seed: self.seed,
+            replicas: self.replicas,
+            faults: self.faults,
+            counts: OpCounts::of(&ops),
+            verdict,
+            liveness: self.liveness,
+            elapsed: self.started.elapsed(),
+        };
+        if result.passed() {
+            let _ = std::fs::remove_dir_all(self.root);
+        } else {
+            crate::history::write_jsonl(&ops, &self.root.join("history.jsonl"))?;
+        }
+        Ok(result)
     }
-    Ok(result)
 }
 
 /// Every shard read back through every replica, recorded as the client `final`.
 async fn final_reads(cluster: &SimCluster, history: &History, shards: &[TenantShardId]) {
-    let newest = newest_generations(&history.ops());
+    let newest = crate::history::newest_generations(&history.ops());
     for id in &cluster.ids {
         for shard in shards {
             let request = Request::Inspect { shard: *shard };
@@ -638,37 +601,6 @@ async fn final_reads(cluster: &SimCluster, history: &History, shards: &[TenantSh
             history.end(call, outcome);
         }
     }
-}
-
-fn newest_generations(ops: &[Op]) -> BTreeMap<TenantShardId, u32> {
-    let mut newest = BTreeMap::new();
-    for op in ops {
-        let Outcome::Ok { answer } = &op.outcome else {
-            continue;
-        };
-        let mut raise = |shard: TenantShardId, g: u32| {
-            let e = newest.entry(shard).or_insert(g);
-            *e = (*e).max(g);
-        };
-        match (&op.request, answer) {
-            (
-                Request::Attach { shard, .. },
-                Answer::Generation {
-                    generation: Some(g),
-                },
-            )
-            | (Request::Migrate { shard, .. }, Answer::Migrated { generation: g }) => {
-                raise(*shard, *g)
-            }
-            (_, Answer::ReAttached { tenants }) => {
-                for (s, g) in tenants {
-                    raise(*s, *g);
-                }
-            }
-            _ => {}
-        }
-    }
-    newest
 }
 
 /// Runs `count` seeds from `first`, `concurrency` at a time, printing progress; returns
@@ -839,31 +771,16 @@ pub mod scenario {
         net.isolate(w, &cluster.ids);
         until("A to lead", Duration::from_secs(10), || leads(&cluster, a)).await?;
         writer.await.context("the writer panicked")?;
-        net.heal();
-        let mut liveness = Vec::new();
-        match cluster.wait_settled(Duration::from_secs(30)).await {
-            Ok(_) => final_reads(&cluster, &history, &[s]).await,
-            Err(e) => liveness.push(e),
-        }
-        cluster.shutdown().await;
-        let ops = history.ops();
-        let verdict = checker::check(&ops);
-        let result = SeedResult {
+        let ending = Ending {
             seed,
             replicas: 5,
             faults: vec![format!(
                 "L={leader} replicates to A={a} only; W={w} overwrites L; L and W cut off"
             )],
-            counts: OpCounts::of(&ops),
-            verdict,
-            liveness,
-            elapsed: started.elapsed(),
+            liveness: Vec::new(),
+            started,
+            root: &root,
         };
-        if result.passed() {
-            let _ = std::fs::remove_dir_all(&root);
-        } else {
-            crate::history::write_jsonl(&ops, &root.join("history.jsonl"))?;
-        }
-        Ok(result)
+        ending.conclude(&cluster, &history, &[s]).await
     }
 }
