@@ -128,6 +128,17 @@ async fn run_writes(
             }
             continue;
         }
+        // Raft refuses a write on a replica that is not the leader with the same answer
+        // it gives for a write appended and later truncated, whose fate is unknown. A
+        // request routed by a view that just went stale is common after an election;
+        // checking first answers it "not the leader, nothing applied", which the routing
+        // layer sends on to the leader, instead of "may or may not be applied".
+        if let Some(leader) = not_leading(&raft) {
+            for pending in batch {
+                let _ = pending.reply.send(Err(ProposeError::NotLeader { leader }));
+            }
+            continue;
+        }
         stats
             .entries
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -153,6 +164,13 @@ async fn run_writes(
             drop(slot);
         });
     }
+}
+
+/// `Some(the leader it knows of)` unless this replica is the leader.
+fn not_leading(raft: &Raft) -> Option<Option<u64>> {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    (metrics.state != openraft::ServerState::Leader).then_some(metrics.current_leader)
 }
 
 type ReadWaiter = oneshot::Sender<Result<u64, ReadError>>;

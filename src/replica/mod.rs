@@ -1,8 +1,8 @@
 //! One replica: a Raft node over our storage, with the two operations the API needs.
 //!
-//! - [`Replica::propose`] commits commands through the log and returns what applying them
-//!   answered. Its errors say precisely what is known: [`ProposeError::NotLeader`] means
-//!   the commands were never handed to Raft, so the caller may route them elsewhere;
+//! - [`Replica::propose_one`] commits a command through the log and returns what applying
+//!   it answered. Its errors say precisely what is known: [`ProposeError::NotLeader`]
+//!   means the command was never handed to Raft, so the caller may route it elsewhere;
 //!   [`ProposeError::LeadershipLost`], [`ProposeError::Indeterminate`] and
 //!   [`ProposeError::StoppedInFlight`] mean they may or may not commit, so nobody may
 //!   retry them silently.
@@ -13,7 +13,9 @@
 //!   election and commit it. The two cannot be told apart, so both count as "fate
 //!   unknown" (the chaos scenario `truncated-write-retried`, in
 //!   `chaos::sim::scenario`, shows the double apply that treating them as "not
-//!   applied" would cause).
+//!   applied" would cause). A write that reaches a replica which is not the leader by its
+//!   own metrics is answered `NotLeader` before Raft sees it, so only a write caught by a
+//!   leadership change is reported as of unknown fate.
 //! - [`Replica::read`] answers from the registry only after this replica confirmed with a
 //!   quorum that it is still the leader and applied everything committed before the read
 //!   began (openraft's read index). A deposed leader therefore cannot answer from stale
@@ -219,12 +221,6 @@ impl Replica {
 
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
-    }
-
-    /// Commits `commands` together as one log entry (atomically, in order); returns one
-    /// outcome per command.
-    pub async fn propose(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, ProposeError> {
-        propose_entry(&self.raft, commands, self.deadlines.write).await
     }
 
     /// Commits one command, batched with concurrent ones.
