@@ -77,7 +77,7 @@ struct RunArgs {
     /// from the clock, printed so the run can be replayed.
     #[arg(long)]
     seed: Option<u64>,
-    /// Replicas in the cluster (3 or 5).
+    /// Replicas in the cluster (3 to 5).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=5))]
     replicas: u64,
     /// Inject faults for at least this long; the round in progress is completed.

@@ -32,7 +32,7 @@ pub struct ShardState {
 
 /// An operation projected onto one shard, with what its caller observed. `None` in an
 /// answer field of a write means the write's outcome is unknown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum Step {
     Attach {
         node: Option<u64>,

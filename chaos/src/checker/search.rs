@@ -1,20 +1,28 @@
 //! Is one shard's history linearizable? A Wing-Gong search with Lowe's memoization, as
 //! Porcupine does it.
 //!
-//! The history is a list of call and return events in time order. The search walks it,
-//! and at each call event tries to linearize that operation next (apply it to the
-//! current model states); an operation is linearized only if the model accepts what its
-//! caller observed. Reaching a return event whose operation was not linearized yet means
-//! the choices so far were wrong: the search backtracks to the last choice and tries the
-//! next call instead. A configuration (which operations are linearized, which states are
-//! possible) already explored is never explored again, which keeps the search
-//! polynomial for the bounded concurrency of a real run.
+//! The history is a list of call and return events in time order. At each point the
+//! operations that may be linearized next are those called before the first return
+//! still pending; the search tries them one by one (applies each to the current model
+//! states; an operation is placed only if the model accepts what its caller observed),
+//! and when none fits it takes its last placement back and tries that one's next
+//! candidate. A configuration (which operations are placed, which states are possible)
+//! already explored is never explored again, which keeps the search polynomial for the
+//! bounded concurrency of a real run. The order of trial does not change the verdict,
+//! only how soon it comes (see [`candidates`]).
 //!
 //! Operations whose outcome is unknown have no return event (they may take effect any
 //! time after their call), so they never force a backtrack; since the model lets them
 //! either happen or not, the search linearizes them wherever it is convenient.
+//!
+//! Two such operations with the same step (say two timed-out attaches of the shard to
+//! node 2) are interchangeable: in any linearization they can trade places, as neither
+//! has a return to respect and the later-called one is placed after its call either way.
+//! So the search only ever places them in call order, which turns the 2^k subsets of k
+//! such operations into k + 1 prefixes. A fault that times out dozens of writes would
+//! otherwise make the search exponential.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
 use rand::{Rng, SeedableRng};
@@ -196,49 +204,140 @@ impl Memo {
     }
 }
 
+/// For each operation of unknown outcome, the one with the same step called just before
+/// it, which must be placed first (see the module docs).
+fn twins(ops: &[TenantOp]) -> Vec<Option<usize>> {
+    let mut open: Vec<usize> = (0..ops.len())
+        .filter(|i| ops[*i].return_us.is_none())
+        .collect();
+    open.sort_by_key(|i| (ops[*i].call_us, *i));
+    let mut last = HashMap::new();
+    let mut twin = vec![None; ops.len()];
+    for i in open {
+        twin[i] = last.insert(ops[i].step, i);
+    }
+    twin
+}
+
+/// The operations that may be placed next: those called before the first return still
+/// in the list (an operation that returned must come before anything called after that).
+/// Operations of unknown outcome come first, in call order and each only after its twin:
+/// placing one early seldom costs anything, since the model keeps the state in which it
+/// did not happen, and it keeps a wrong guess about an observed operation from being
+/// buried under many placements (measured: observed-first orders exhaust the budget on
+/// histories this one decides at once). Observed operations follow in call order.
+fn candidates(
+    events: &Events,
+    ops: &[TenantOp],
+    twin: &[Option<usize>],
+    placed: &[bool],
+) -> Vec<usize> {
+    let mut observed = Vec::new();
+    let mut open = Vec::new();
+    let mut at = events.first();
+    while at != NONE {
+        let event = events.events[at];
+        if !event.is_call {
+            break;
+        }
+        if twin[event.op].is_none_or(|t| placed[t]) {
+            if ops[event.op].return_us.is_some() {
+                observed.push(event.op);
+            } else {
+                open.push(event.op);
+            }
+        }
+        at = events.next[at];
+    }
+    open.extend(observed);
+    open
+}
+
+/// The operation of the first return event still in the list: the one that could not be
+/// placed when the search is stuck.
+fn first_return(events: &Events) -> usize {
+    let mut at = events.first();
+    while at != NONE {
+        if !events.events[at].is_call {
+            return events.events[at].op;
+        }
+        at = events.next[at];
+    }
+    NONE
+}
+
+/// A placement the search may take back: the operation placed, the states before it,
+/// and the other candidates it had at that point.
+struct Frame {
+    op: usize,
+    before: States,
+    candidates: Vec<usize>,
+    next: usize,
+}
+
 /// Decides whether `ops` (one shard's projected history) is linearizable, giving up after
 /// `max_steps` steps.
 pub fn check(ops: &[TenantOp], max_steps: u64) -> Linearizability {
     let mut events = Events::new(ops);
     let mut memo = Memo::new(ops.len());
+    let twin = twins(ops);
+    let mut placed = vec![false; ops.len()];
+    let observed_total = ops.iter().filter(|o| o.return_us.is_some()).count();
+    let mut observed_placed = 0;
     let mut states = States::initial();
-    // (call event of the linearized operation, the states before it)
-    let mut stack: Vec<(usize, States)> = Vec::new();
+    let mut stack: Vec<Frame> = Vec::new();
     let mut furthest = (0usize, NONE);
     let mut steps = 0u64;
-    let mut at = events.first();
-    while at != NONE {
+    let mut choices = candidates(&events, ops, &twin, &placed);
+    let mut next = 0;
+    // Every observed operation placed: the rest had unknown outcomes and may never have
+    // happened.
+    while observed_placed < observed_total {
         steps += 1;
         if steps > max_steps {
             return Linearizability::Unknown { steps };
         }
-        let event = events.events[at];
-        if event.is_call {
-            let next = states.step(&ops[event.op].step);
-            if !next.is_empty() && memo.visit(event.op, &next) {
-                stack.push((at, std::mem::replace(&mut states, next)));
-                events.lift(event.op);
-                at = events.first();
-                continue;
+        let mut placed_one = false;
+        while next < choices.len() {
+            let op = choices[next];
+            next += 1;
+            let after = states.step(&ops[op].step);
+            if !after.is_empty() && memo.visit(op, &after) {
+                stack.push(Frame {
+                    op,
+                    before: std::mem::replace(&mut states, after),
+                    candidates: std::mem::take(&mut choices),
+                    next,
+                });
+                placed[op] = true;
+                observed_placed += usize::from(ops[op].return_us.is_some());
+                events.lift(op);
+                choices = candidates(&events, ops, &twin, &placed);
+                next = 0;
+                placed_one = true;
+                break;
             }
-            at = events.next[at];
-        } else {
-            // The operation returned before anything explained it: undo the last choice.
-            if stack.len() >= furthest.0 {
-                furthest = (stack.len(), event.op);
-            }
-            let Some((call, before)) = stack.pop() else {
-                return Linearizability::Violated {
-                    stuck: furthest.1,
-                    placed: furthest.0,
-                };
-            };
-            let op = events.events[call].op;
-            states = before;
-            memo.toggle(op);
-            events.unlift(op);
-            at = events.next[call];
         }
+        if placed_one {
+            continue;
+        }
+        // Nothing fits here: take the last placement back and try its next candidate.
+        if stack.len() >= furthest.0 {
+            furthest = (stack.len(), first_return(&events));
+        }
+        let Some(frame) = stack.pop() else {
+            return Linearizability::Violated {
+                stuck: furthest.1,
+                placed: furthest.0,
+            };
+        };
+        events.unlift(frame.op);
+        placed[frame.op] = false;
+        observed_placed -= usize::from(ops[frame.op].return_us.is_some());
+        memo.toggle(frame.op);
+        states = frame.before;
+        choices = frame.candidates;
+        next = frame.next;
     }
     Linearizability::Ok
 }
