@@ -366,6 +366,11 @@ impl Inner {
         self.lock_state().effective(from, to)
     }
 
+    /// Whether `id` is a replica the proxy knows.
+    fn knows(&self, id: u64) -> bool {
+        self.lock_state().known.contains(&id)
+    }
+
     fn target(&self, id: u64) -> Option<SocketAddr> {
         self.lock_state().listeners.get(&id).map(|l| l.target)
     }
@@ -431,9 +436,12 @@ async fn accept_loop(inner: Arc<Inner>, id: u64, listener: TcpListener) {
 /// close.
 async fn serve(inner: &Inner, id: u64, client: TcpStream, peer: SocketAddr) {
     let receiver = Some(id);
-    let sender = match client.local_addr() {
-        Ok(listen) => identify(inner.pids(), peer, listen).await,
-        Err(_) => None,
+    let sender = match sniff_sender(&client).await.filter(|s| inner.knows(*s)) {
+        Some(sender) => Some(sender),
+        None => match client.local_addr() {
+            Ok(listen) => identify(inner.pids(), peer, listen).await,
+            Err(_) => None,
+        },
     };
     if sender.is_some() {
         bump(&inner.stats.identified, 1);
@@ -699,6 +707,40 @@ fn reset(stream: &TcpStream) {
     }
 }
 
+/// How long a new connection may stay silent before the proxy stops waiting for its
+/// request head and identifies the sender through `/proc` instead.
+const SNIFF_WAIT: Duration = Duration::from_millis(100);
+
+/// The sender a replica names in its first request on the connection: Raft RPCs carry
+/// `x-controller-from`, requests a replica forwards carry `x-controller-forwarded-by`.
+/// Reading a header is far cheaper than searching `/proc` for the socket's owner, which
+/// matters when faults make replicas reconnect dozens of times a second. The bytes are
+/// only peeked at, never consumed.
+async fn sniff_sender(client: &TcpStream) -> Option<u64> {
+    let mut head = [0u8; 2048];
+    let n = tokio::time::timeout(SNIFF_WAIT, client.peek(&mut head))
+        .await
+        .ok()?
+        .ok()?;
+    sender_header(&head[..n])
+}
+
+/// The replica id in an `x-controller-from` or `x-controller-forwarded-by` header of an
+/// HTTP/1 request head (which may be cut short).
+fn sender_header(head: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(head)
+        .ok()
+        .or_else(|| std::str::from_utf8(&head[..head.iter().position(|b| *b >= 0x80)?]).ok())?;
+    let head = text.split("\r\n\r\n").next()?;
+    head.split("\r\n").skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        let name = name.trim();
+        (name.eq_ignore_ascii_case("x-controller-from")
+            || name.eq_ignore_ascii_case("x-controller-forwarded-by"))
+        .then(|| value.trim().parse().ok())?
+    })
+}
+
 /// Which registered replica process owns the client side of the connection from `peer` to
 /// `listen`, found through `/proc`. Any failure means "unknown".
 async fn identify(pids: Vec<(u64, u32)>, peer: SocketAddr, listen: SocketAddr) -> Option<u64> {
@@ -874,6 +916,37 @@ mod tests {
         // Half-close travels through: the echo server sees EOF and closes its side.
         stream.shutdown().await.expect("shutdown");
         assert_closed(&mut stream).await;
+    }
+
+    #[tokio::test]
+    async fn a_sender_named_in_its_request_head_is_identified_without_proc() {
+        let (proxy, addr, _) = setup(31).await;
+        // Replica 7 is known but has no pid: only the header can identify it.
+        proxy.set_pid(7, None);
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = b"POST /raft/v1/append HTTP/1.1\r\nhost: x\r\nX-Controller-From: 7\r\n\r\n";
+        let echoed = roundtrip(&mut stream, request).await;
+        assert_eq!(echoed, request);
+        assert_eq!(proxy.stats().identified, 1);
+        assert_eq!(proxy.stats().unidentified, 0);
+    }
+
+    #[test]
+    fn sender_headers_are_read_from_a_request_head() {
+        let head =
+            b"GET /v1/cluster/read-index HTTP/1.1\r\nx-controller-forwarded-by: 3\r\n\r\nbody";
+        assert_eq!(sender_header(head), Some(3));
+        assert_eq!(
+            sender_header(b"POST / HTTP/1.1\r\nx-controller-from: 12\r\n"),
+            Some(12)
+        );
+        assert_eq!(sender_header(b"POST / HTTP/1.1\r\nhost: a\r\n\r\n"), None);
+        // A header in the body does not count.
+        assert_eq!(
+            sender_header(b"POST / HTTP/1.1\r\n\r\nx-controller-from: 1\r\n"),
+            None
+        );
+        assert_eq!(sender_header(&[0x16, 0x03, 0x01, 0xff, 0x00]), None);
     }
 
     #[tokio::test]

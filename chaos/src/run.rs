@@ -221,6 +221,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
         }
     }
     printer.abort();
+    tracing::info!(stats = ?cluster.proxy().stats(), "peer traffic through the proxy");
     let ops = history.ops();
     tracing::info!(ops = ops.len(), "checking the history");
     let verdict = checker::check(&ops);
