@@ -2,9 +2,10 @@
 //! and lose the traffic between replicas without touching the traffic of its own clients.
 //!
 //! Each replica advertises to its peers the proxy's listen address for it instead of its real
-//! port. When the proxy accepts a connection it works out, through `/proc`, which replica
-//! process opened it, so every byte has a known sender and receiver and the link table
-//! (directional, `from -> to`) decides what happens to it.
+//! port. When the proxy accepts a connection it works out which replica opened it (from the
+//! replica id its first request carries, or else through `/proc`), so every byte has a
+//! known sender and receiver and the link table (directional, `from -> to`) decides what
+//! happens to it.
 //!
 //! What it guarantees:
 //! - A stream is never corrupted: bytes that get through arrive complete and in order. A
