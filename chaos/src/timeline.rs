@@ -67,273 +67,370 @@ const COLOR_FAULT: &str = "#7b3fa0";
 /// Renders the timeline as a complete SVG document (starts with `<svg`, ends with
 /// `</svg>`).
 pub fn render(input: &TimelineInput) -> String {
-    let highlight: BTreeSet<u64> = input.highlight.iter().copied().collect();
-    let (lo, hi) = match input.window_us {
-        Some((a, b)) => (a.min(b), a.max(b)),
-        None => extent(input.ops, input.faults),
-    };
-    let scale = Scale::new(lo, hi);
+    let chart = Chart::lay_out(input);
+    let mut svg = String::new();
+    chart.header(&mut svg, input);
+    chart.lanes(&mut svg);
+    chart.axis(&mut svg);
+    chart.faults(&mut svg, input.faults);
+    chart.bars(&mut svg);
+    legend(&mut svg, chart.legend_y);
+    chart.details(&mut svg);
+    svg.push_str("</svg>");
+    svg
+}
 
-    // The ops overlapping the window, in time order; the cap keeps every highlighted one.
-    let mut in_window: Vec<&Op> = input
-        .ops
-        .iter()
-        .filter(|op| op.call_us <= hi && end_us(op) >= lo)
-        .collect();
-    in_window.sort_by_key(|op| (op.call_us, op.id));
-    let total_in_window = in_window.len();
-    let mut drawn: Vec<&Op> = Vec::with_capacity(total_in_window.min(MAX_OPS));
-    for (n, op) in in_window.into_iter().enumerate() {
-        if n < MAX_OPS || highlight.contains(&op.id) {
-            drawn.push(op);
+/// What goes where: decided once from the input, before anything is drawn, because the
+/// picture's height depends on the lanes and on the text under the chart.
+struct Chart<'a> {
+    lo: u64,
+    hi: u64,
+    scale: Scale,
+    highlight: BTreeSet<u64>,
+    /// The ops drawn, in time order: those overlapping the window, capped at
+    /// [`MAX_OPS`] but keeping every highlighted one.
+    drawn: Vec<&'a Op>,
+    /// One lane per client, sorted by name.
+    lanes: BTreeMap<&'a str, usize>,
+    lanes_bottom: f64,
+    legend_y: f64,
+    text_top: f64,
+    height: f64,
+    /// Notes under the chart (ops left out).
+    notes: Vec<String>,
+    /// Lines under the chart; `true` for a highlighted op.
+    detail_lines: Vec<(String, bool)>,
+}
+
+impl<'a> Chart<'a> {
+    fn lay_out(input: &TimelineInput<'a>) -> Chart<'a> {
+        let highlight: BTreeSet<u64> = input.highlight.iter().copied().collect();
+        let (lo, hi) = match input.window_us {
+            Some((a, b)) => (a.min(b), a.max(b)),
+            None => extent(input.ops, input.faults),
+        };
+
+        let mut in_window: Vec<&Op> = input
+            .ops
+            .iter()
+            .filter(|op| op.call_us <= hi && end_us(op) >= lo)
+            .collect();
+        in_window.sort_by_key(|op| (op.call_us, op.id));
+        let total_in_window = in_window.len();
+        let mut drawn: Vec<&Op> = Vec::with_capacity(total_in_window.min(MAX_OPS));
+        for (n, op) in in_window.into_iter().enumerate() {
+            if n < MAX_OPS || highlight.contains(&op.id) {
+                drawn.push(op);
+            }
+        }
+        let left_out = total_in_window - drawn.len();
+
+        let lanes: BTreeMap<&str, usize> = drawn
+            .iter()
+            .map(|op| op.client.as_str())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .enumerate()
+            .map(|(i, client)| (client, i))
+            .collect();
+        let lanes_bottom = TOP + lanes.len().max(1) as f64 * LANE_H;
+
+        let mut notes: Vec<String> = Vec::new();
+        if left_out > 0 {
+            notes.push(format!(
+                "{left_out} of {total_in_window} operations in the window are left out: only the \
+                 first {MAX_OPS} in time order (and every highlighted one) are drawn."
+            ));
+        }
+        let detail_lines = highlighted_lines(input.ops, &highlight, lo, hi);
+
+        let axis_bottom = lanes_bottom + 36.0;
+        let legend_y = axis_bottom + 12.0;
+        let text_top = legend_y + 34.0;
+        let height = text_top + (notes.len() + detail_lines.len()) as f64 * LINE_H + 12.0;
+        Chart {
+            lo,
+            hi,
+            scale: Scale::new(lo, hi),
+            highlight,
+            drawn,
+            lanes,
+            lanes_bottom,
+            legend_y,
+            text_top,
+            height,
+            notes,
+            detail_lines,
         }
     }
-    let left_out = total_in_window - drawn.len();
 
-    // One lane per client, sorted by name.
-    let lanes: BTreeMap<&str, usize> = drawn
-        .iter()
-        .map(|op| op.client.as_str())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .enumerate()
-        .map(|(i, client)| (client, i))
-        .collect();
-    let lane_count = lanes.len().max(1);
-    let lanes_bottom = TOP + lane_count as f64 * LANE_H;
+    /// The document's opening, a white background, the title and a one-line summary.
+    fn header(&self, svg: &mut String, input: &TimelineInput) {
+        let _ = writeln!(
+            svg,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
+             viewBox=\"0 0 {w} {h}\" font-family=\"monospace\" font-size=\"12\">",
+            w = WIDTH,
+            h = self.height.ceil()
+        );
+        let _ = writeln!(
+            svg,
+            "<rect x=\"0\" y=\"0\" width=\"{WIDTH}\" height=\"{}\" fill=\"#ffffff\"/>",
+            self.height.ceil()
+        );
+        let _ = writeln!(
+            svg,
+            "<text x=\"10\" y=\"20\" font-size=\"15\" font-weight=\"bold\">{}</text>",
+            escape(&input.title)
+        );
+        let _ = writeln!(
+            svg,
+            "<text x=\"10\" y=\"38\" fill=\"#444444\">window {} s to {} s; {} of {} operations \
+             drawn; {} fault(s)</text>",
+            seconds(self.lo),
+            seconds(self.hi),
+            self.drawn.len(),
+            input.ops.len(),
+            input.faults.len()
+        );
+    }
 
-    // The highlighted ops, for the list under the chart (all of them, even outside the
-    // window), in time order.
-    let mut named: Vec<&Op> = input
-        .ops
-        .iter()
-        .filter(|op| highlight.contains(&op.id))
-        .collect();
+    /// Alternating stripes, one per client, labelled on the left.
+    fn lanes(&self, svg: &mut String) {
+        svg.push_str("<g id=\"lanes\">\n");
+        for (client, &i) in &self.lanes {
+            let y = TOP + i as f64 * LANE_H;
+            let fill = if i % 2 == 0 { "#f4f4f4" } else { "#ffffff" };
+            let _ = writeln!(
+                svg,
+                "<rect x=\"{LEFT}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{LANE_H}\" fill=\"{fill}\"/>",
+                self.scale.plot_w
+            );
+            let _ = writeln!(
+                svg,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}<title>{}</title></text>",
+                LEFT - 8.0,
+                y + LANE_H / 2.0 + 4.0,
+                escape(&clip(client, MAX_LABEL_CHARS)),
+                escape(client)
+            );
+        }
+        if self.lanes.is_empty() {
+            let _ = writeln!(
+                svg,
+                "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#888888\">no operations in this window</text>",
+                LEFT + 8.0,
+                TOP + LANE_H / 2.0 + 4.0
+            );
+        }
+        svg.push_str("</g>\n");
+    }
+
+    /// The time axis: grid lines across the lanes, tick labels below.
+    fn axis(&self, svg: &mut String) {
+        let (lo, hi, lanes_bottom) = (self.lo, self.hi, self.lanes_bottom);
+        svg.push_str("<g id=\"axis\">\n");
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{LEFT}\" y1=\"{lanes_bottom:.1}\" x2=\"{:.1}\" y2=\"{lanes_bottom:.1}\" \
+             stroke=\"#333333\"/>",
+            LEFT + self.scale.plot_w
+        );
+        let step = tick_step(hi - lo);
+        let decimals = tick_decimals(step);
+        let mut tick = lo.div_ceil(step).saturating_mul(step);
+        let mut guard = 0;
+        while tick <= hi && guard < 200 {
+            let x = self.scale.x(tick);
+            let _ = writeln!(
+                svg,
+                "<line x1=\"{x:.1}\" y1=\"{TOP}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#dddddd\"/>",
+                lanes_bottom + 4.0
+            );
+            let _ = writeln!(
+                svg,
+                "<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+                lanes_bottom + 17.0,
+                tick_label(tick, decimals)
+            );
+            guard += 1;
+            match tick.checked_add(step) {
+                Some(next) => tick = next,
+                None => break,
+            }
+        }
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#444444\">time (s)</text>",
+            LEFT + self.scale.plot_w / 2.0,
+            lanes_bottom + 32.0
+        );
+        svg.push_str("</g>\n");
+    }
+
+    /// Faults: bands behind the bars from injection to healing, labels above the lanes,
+    /// and a dashed line where the cluster was healthy again.
+    fn faults(&self, svg: &mut String, faults: &[FaultSpan]) {
+        let (lo, hi, lanes_bottom) = (self.lo, self.hi, self.lanes_bottom);
+        svg.push_str("<g id=\"faults\">\n");
+        let mut label_row = 0usize;
+        for fault in faults {
+            let healed = fault.healed_us.map(|h| h.max(fault.start_us));
+            let band_end = healed.unwrap_or(hi);
+            let targets = fault
+                .targets
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let label = format!("{} [{}]", fault.name, targets);
+            let tooltip = format!(
+                "fault {} on replicas [{}]: injected {} s, healed {}, healthy {}",
+                fault.name,
+                targets,
+                seconds(fault.start_us),
+                fault
+                    .healed_us
+                    .map_or("never".to_owned(), |t| format!("{} s", seconds(t))),
+                fault
+                    .healthy_us
+                    .map_or("never".to_owned(), |t| format!("{} s", seconds(t))),
+            );
+            if fault.start_us <= hi && band_end >= lo {
+                let x1 = self.scale.x(fault.start_us);
+                let x2 = self.scale.x(band_end);
+                let y_label = 52.0 + (label_row % 3) as f64 * 11.0;
+                label_row += 1;
+                let _ = writeln!(
+                    svg,
+                    "<rect x=\"{x1:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" \
+                     fill=\"{COLOR_FAULT}\" fill-opacity=\"0.13\" stroke=\"{COLOR_FAULT}\" \
+                     stroke-opacity=\"0.4\" stroke-width=\"0.5\"><title>{}</title></rect>",
+                    y_label - 9.0,
+                    (x2 - x1).max(1.0),
+                    lanes_bottom - (y_label - 9.0),
+                    escape(&tooltip)
+                );
+                let _ = writeln!(
+                    svg,
+                    "<text x=\"{:.1}\" y=\"{y_label:.1}\" font-size=\"10\" fill=\"{COLOR_FAULT}\">{}</text>",
+                    x1 + 2.0,
+                    escape(&label)
+                );
+            }
+            if let Some(healthy) = fault.healthy_us.filter(|t| (lo..=hi).contains(t)) {
+                let x = self.scale.x(healthy);
+                let _ = writeln!(
+                    svg,
+                    "<line x1=\"{x:.1}\" y1=\"{:.1}\" x2=\"{x:.1}\" y2=\"{lanes_bottom:.1}\" \
+                     stroke=\"{COLOR_FAULT}\" stroke-width=\"1\" stroke-dasharray=\"4 3\">\
+                     <title>{}</title></line>",
+                    TOP - 4.0,
+                    escape(&format!(
+                        "healthy again after {label}: {} s",
+                        seconds(healthy)
+                    ))
+                );
+            }
+        }
+        svg.push_str("</g>\n");
+    }
+
+    /// One bar per op from call to return, coloured by outcome: plain ones first,
+    /// highlighted ones on top.
+    fn bars(&self, svg: &mut String) {
+        svg.push_str("<g id=\"ops\">\n");
+        for pass_highlighted in [false, true] {
+            for op in self
+                .drawn
+                .iter()
+                .filter(|op| self.highlight.contains(&op.id) == pass_highlighted)
+            {
+                let Some(&lane) = self.lanes.get(op.client.as_str()) else {
+                    continue;
+                };
+                let x1 = self.scale.x(op.call_us.max(self.lo));
+                let x2 = self.scale.x(end_us(op).min(self.hi));
+                let y = TOP + lane as f64 * LANE_H + (LANE_H - BAR_H) / 2.0;
+                let stroke = if pass_highlighted {
+                    format!(" stroke=\"{COLOR_HIGHLIGHT}\" stroke-width=\"2.5\"")
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    svg,
+                    "<rect x=\"{x1:.2}\" y=\"{y:.1}\" width=\"{:.2}\" height=\"{BAR_H}\" \
+                     fill=\"{}\"{stroke}><title>{}</title></rect>",
+                    (x2 - x1).max(MIN_BAR_W),
+                    outcome_color(&op.outcome),
+                    escape(&describe(op, None))
+                );
+            }
+        }
+        svg.push_str("</g>\n");
+    }
+
+    /// The notes and the highlighted ops under the chart, one line each.
+    fn details(&self, svg: &mut String) {
+        svg.push_str("<g id=\"details\">\n");
+        let mut y = self.text_top;
+        for note in &self.notes {
+            let _ = writeln!(
+                svg,
+                "<text x=\"10\" y=\"{y:.1}\" fill=\"#884400\">{}</text>",
+                escape(note)
+            );
+            y += LINE_H;
+        }
+        for (line, is_op) in &self.detail_lines {
+            let fill = if *is_op { COLOR_HIGHLIGHT } else { "#000000" };
+            let _ = writeln!(
+                svg,
+                "<text x=\"10\" y=\"{y:.1}\" fill=\"{fill}\">{}</text>",
+                escape(line)
+            );
+            y += LINE_H;
+        }
+        svg.push_str("</g>\n");
+    }
+}
+
+/// The lines listing the highlighted ops (all of them, even outside the window `lo..=hi`,
+/// in time order), and the highlighted ids the history does not hold.
+fn highlighted_lines(
+    ops: &[Op],
+    highlight: &BTreeSet<u64>,
+    lo: u64,
+    hi: u64,
+) -> Vec<(String, bool)> {
+    let mut named: Vec<&Op> = ops.iter().filter(|op| highlight.contains(&op.id)).collect();
     named.sort_by_key(|op| (op.call_us, op.id));
     let missing: Vec<u64> = highlight
         .iter()
         .copied()
         .filter(|id| !named.iter().any(|op| op.id == *id))
         .collect();
-
-    let axis_bottom = lanes_bottom + 36.0;
-    let legend_y = axis_bottom + 12.0;
-    let mut notes: Vec<String> = Vec::new();
-    if left_out > 0 {
-        notes.push(format!(
-            "{left_out} of {total_in_window} operations in the window are left out: only the \
-             first {MAX_OPS} in time order (and every highlighted one) are drawn."
-        ));
+    let mut lines: Vec<(String, bool)> = Vec::new();
+    if named.is_empty() && missing.is_empty() {
+        return lines;
     }
-    let mut detail_lines: Vec<(String, bool)> = Vec::new();
-    if !named.is_empty() || !missing.is_empty() {
-        detail_lines.push(("Highlighted operations:".to_owned(), false));
-        for op in &named {
-            let mut line = describe(op, Some(MAX_REASON_CHARS));
-            if op.call_us > hi || end_us(op) < lo {
-                line.push_str(" (outside the window)");
-            }
-            detail_lines.push((line, true));
+    lines.push(("Highlighted operations:".to_owned(), false));
+    for op in &named {
+        let mut line = describe(op, Some(MAX_REASON_CHARS));
+        if op.call_us > hi || end_us(op) < lo {
+            line.push_str(" (outside the window)");
         }
-        for id in &missing {
-            detail_lines.push((format!("op {id}: not in the history"), true));
-        }
+        lines.push((line, true));
     }
-    let text_top = legend_y + 34.0;
-    let height = text_top + (notes.len() + detail_lines.len()) as f64 * LINE_H + 12.0;
-
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
-         viewBox=\"0 0 {w} {h}\" font-family=\"monospace\" font-size=\"12\">",
-        w = WIDTH,
-        h = height.ceil()
-    );
-    let _ = writeln!(
-        svg,
-        "<rect x=\"0\" y=\"0\" width=\"{WIDTH}\" height=\"{}\" fill=\"#ffffff\"/>",
-        height.ceil()
-    );
-    let _ = writeln!(
-        svg,
-        "<text x=\"10\" y=\"20\" font-size=\"15\" font-weight=\"bold\">{}</text>",
-        escape(&input.title)
-    );
-    let _ = writeln!(
-        svg,
-        "<text x=\"10\" y=\"38\" fill=\"#444444\">window {} s to {} s; {} of {} operations \
-         drawn; {} fault(s)</text>",
-        seconds(lo),
-        seconds(hi),
-        drawn.len(),
-        input.ops.len(),
-        input.faults.len()
-    );
-
-    // Lanes: alternating stripes and labels.
-    svg.push_str("<g id=\"lanes\">\n");
-    for (client, &i) in &lanes {
-        let y = TOP + i as f64 * LANE_H;
-        let fill = if i % 2 == 0 { "#f4f4f4" } else { "#ffffff" };
-        let _ = writeln!(
-            svg,
-            "<rect x=\"{LEFT}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{LANE_H}\" fill=\"{fill}\"/>",
-            scale.plot_w
-        );
-        let _ = writeln!(
-            svg,
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}<title>{}</title></text>",
-            LEFT - 8.0,
-            y + LANE_H / 2.0 + 4.0,
-            escape(&clip(client, MAX_LABEL_CHARS)),
-            escape(client)
-        );
+    for id in &missing {
+        lines.push((format!("op {id}: not in the history"), true));
     }
-    if lanes.is_empty() {
-        let _ = writeln!(
-            svg,
-            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#888888\">no operations in this window</text>",
-            LEFT + 8.0,
-            TOP + LANE_H / 2.0 + 4.0
-        );
-    }
-    svg.push_str("</g>\n");
+    lines
+}
 
-    // Time axis: grid lines across the lanes, tick labels below.
-    svg.push_str("<g id=\"axis\">\n");
-    let _ = writeln!(
-        svg,
-        "<line x1=\"{LEFT}\" y1=\"{lanes_bottom:.1}\" x2=\"{:.1}\" y2=\"{lanes_bottom:.1}\" \
-         stroke=\"#333333\"/>",
-        LEFT + scale.plot_w
-    );
-    let step = tick_step(hi - lo);
-    let decimals = tick_decimals(step);
-    let mut tick = lo.div_ceil(step).saturating_mul(step);
-    let mut guard = 0;
-    while tick <= hi && guard < 200 {
-        let x = scale.x(tick);
-        let _ = writeln!(
-            svg,
-            "<line x1=\"{x:.1}\" y1=\"{TOP}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#dddddd\"/>",
-            lanes_bottom + 4.0
-        );
-        let _ = writeln!(
-            svg,
-            "<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
-            lanes_bottom + 17.0,
-            tick_label(tick, decimals)
-        );
-        guard += 1;
-        match tick.checked_add(step) {
-            Some(next) => tick = next,
-            None => break,
-        }
-    }
-    let _ = writeln!(
-        svg,
-        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#444444\">time (s)</text>",
-        LEFT + scale.plot_w / 2.0,
-        lanes_bottom + 32.0
-    );
-    svg.push_str("</g>\n");
-
-    // Faults: bands behind the bars, labels above the lanes.
-    svg.push_str("<g id=\"faults\">\n");
-    let mut label_row = 0usize;
-    for fault in input.faults {
-        let healed = fault.healed_us.map(|h| h.max(fault.start_us));
-        let band_end = healed.unwrap_or(hi);
-        let targets = fault
-            .targets
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
-        let label = format!("{} [{}]", fault.name, targets);
-        let tooltip = format!(
-            "fault {} on replicas [{}]: injected {} s, healed {}, healthy {}",
-            fault.name,
-            targets,
-            seconds(fault.start_us),
-            fault
-                .healed_us
-                .map_or("never".to_owned(), |t| format!("{} s", seconds(t))),
-            fault
-                .healthy_us
-                .map_or("never".to_owned(), |t| format!("{} s", seconds(t))),
-        );
-        if fault.start_us <= hi && band_end >= lo {
-            let x1 = scale.x(fault.start_us);
-            let x2 = scale.x(band_end);
-            let y_label = 52.0 + (label_row % 3) as f64 * 11.0;
-            label_row += 1;
-            let _ = writeln!(
-                svg,
-                "<rect x=\"{x1:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" \
-                 fill=\"{COLOR_FAULT}\" fill-opacity=\"0.13\" stroke=\"{COLOR_FAULT}\" \
-                 stroke-opacity=\"0.4\" stroke-width=\"0.5\"><title>{}</title></rect>",
-                y_label - 9.0,
-                (x2 - x1).max(1.0),
-                lanes_bottom - (y_label - 9.0),
-                escape(&tooltip)
-            );
-            let _ = writeln!(
-                svg,
-                "<text x=\"{:.1}\" y=\"{y_label:.1}\" font-size=\"10\" fill=\"{COLOR_FAULT}\">{}</text>",
-                x1 + 2.0,
-                escape(&label)
-            );
-        }
-        if let Some(healthy) = fault.healthy_us.filter(|t| (lo..=hi).contains(t)) {
-            let x = scale.x(healthy);
-            let _ = writeln!(
-                svg,
-                "<line x1=\"{x:.1}\" y1=\"{:.1}\" x2=\"{x:.1}\" y2=\"{lanes_bottom:.1}\" \
-                 stroke=\"{COLOR_FAULT}\" stroke-width=\"1\" stroke-dasharray=\"4 3\">\
-                 <title>{}</title></line>",
-                TOP - 4.0,
-                escape(&format!(
-                    "healthy again after {label}: {} s",
-                    seconds(healthy)
-                ))
-            );
-        }
-    }
-    svg.push_str("</g>\n");
-
-    // Bars: plain ones first, highlighted ones on top.
-    svg.push_str("<g id=\"ops\">\n");
-    for pass_highlighted in [false, true] {
-        for op in drawn
-            .iter()
-            .filter(|op| highlight.contains(&op.id) == pass_highlighted)
-        {
-            let Some(&lane) = lanes.get(op.client.as_str()) else {
-                continue;
-            };
-            let x1 = scale.x(op.call_us.max(lo));
-            let x2 = scale.x(end_us(op).min(hi));
-            let y = TOP + lane as f64 * LANE_H + (LANE_H - BAR_H) / 2.0;
-            let stroke = if pass_highlighted {
-                format!(" stroke=\"{COLOR_HIGHLIGHT}\" stroke-width=\"2.5\"")
-            } else {
-                String::new()
-            };
-            let _ = writeln!(
-                svg,
-                "<rect x=\"{x1:.2}\" y=\"{y:.1}\" width=\"{:.2}\" height=\"{BAR_H}\" \
-                 fill=\"{}\"{stroke}><title>{}</title></rect>",
-                (x2 - x1).max(MIN_BAR_W),
-                outcome_color(&op.outcome),
-                escape(&describe(op, None))
-            );
-        }
-    }
-    svg.push_str("</g>\n");
-
-    // Legend.
+/// The legend row at `y`: a swatch per outcome, then the highlight, fault and
+/// healthy-again marks.
+fn legend(svg: &mut String, y: f64) {
     svg.push_str("<g id=\"legend\">\n");
     let swatches: [(&str, &str); 4] = [
         (COLOR_OK, "ok"),
@@ -341,84 +438,48 @@ pub fn render(input: &TimelineInput) -> String {
         (COLOR_REFUSED, "refused"),
         (COLOR_NOT_SENT, "not sent"),
     ];
+    let label = |svg: &mut String, x: f64, text: &str| {
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\">{text}</text>",
+            x + 24.0,
+            y + 11.0
+        );
+    };
     let mut x = LEFT;
     for (color, name) in swatches {
         let _ = writeln!(
             svg,
-            "<rect x=\"{x:.1}\" y=\"{legend_y:.1}\" width=\"18\" height=\"{BAR_H}\" fill=\"{color}\"/>"
+            "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"18\" height=\"{BAR_H}\" fill=\"{color}\"/>"
         );
-        let _ = writeln!(
-            svg,
-            "<text x=\"{:.1}\" y=\"{:.1}\">{name}</text>",
-            x + 24.0,
-            legend_y + 11.0
-        );
+        label(svg, x, name);
         x += 150.0;
     }
     let _ = writeln!(
         svg,
-        "<rect x=\"{x:.1}\" y=\"{legend_y:.1}\" width=\"18\" height=\"{BAR_H}\" fill=\"#ffffff\" \
+        "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"18\" height=\"{BAR_H}\" fill=\"#ffffff\" \
          stroke=\"{COLOR_HIGHLIGHT}\" stroke-width=\"2.5\"/>"
     );
-    let _ = writeln!(
-        svg,
-        "<text x=\"{:.1}\" y=\"{:.1}\">named by a violation</text>",
-        x + 24.0,
-        legend_y + 11.0
-    );
+    label(svg, x, "named by a violation");
     x += 210.0;
     let _ = writeln!(
         svg,
-        "<rect x=\"{x:.1}\" y=\"{legend_y:.1}\" width=\"18\" height=\"{BAR_H}\" \
+        "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"18\" height=\"{BAR_H}\" \
          fill=\"{COLOR_FAULT}\" fill-opacity=\"0.13\" stroke=\"{COLOR_FAULT}\" \
          stroke-opacity=\"0.4\" stroke-width=\"0.5\"/>"
     );
-    let _ = writeln!(
-        svg,
-        "<text x=\"{:.1}\" y=\"{:.1}\">fault (injected to healed)</text>",
-        x + 24.0,
-        legend_y + 11.0
-    );
+    label(svg, x, "fault (injected to healed)");
     x += 240.0;
     let _ = writeln!(
         svg,
-        "<line x1=\"{:.1}\" y1=\"{legend_y:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" \
+        "<line x1=\"{:.1}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" \
          stroke=\"{COLOR_FAULT}\" stroke-dasharray=\"4 3\"/>",
         x + 9.0,
         x + 9.0,
-        legend_y + BAR_H
+        y + BAR_H
     );
-    let _ = writeln!(
-        svg,
-        "<text x=\"{:.1}\" y=\"{:.1}\">healthy again</text>",
-        x + 24.0,
-        legend_y + 11.0
-    );
+    label(svg, x, "healthy again");
     svg.push_str("</g>\n");
-
-    // Notes and the highlighted ops, one line each.
-    svg.push_str("<g id=\"details\">\n");
-    let mut y = text_top;
-    for note in &notes {
-        let _ = writeln!(
-            svg,
-            "<text x=\"10\" y=\"{y:.1}\" fill=\"#884400\">{}</text>",
-            escape(note)
-        );
-        y += LINE_H;
-    }
-    for (line, is_op) in &detail_lines {
-        let fill = if *is_op { COLOR_HIGHLIGHT } else { "#000000" };
-        let _ = writeln!(
-            svg,
-            "<text x=\"10\" y=\"{y:.1}\" fill=\"{fill}\">{}</text>",
-            escape(line)
-        );
-        y += LINE_H;
-    }
-    svg.push_str("</g>\n");
-    svg.push_str("</svg>");
-    svg
 }
 
 /// A window around the highlighted ops: from `margin_us` before the earliest call to
