@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use pageserver_controller::domain::NodeId;
 
-use crate::support::{shard, wait_for, TestCluster};
+use crate::support::{attach_range, shard, wait_for, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_lost_its_disk_cannot_elect_a_leader_without_acknowledged_writes() {
@@ -78,17 +78,8 @@ async fn a_replica_that_lost_its_disk_leaves_and_rejoins_by_itself() {
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
     let client = cluster.client(leader);
-    for i in 0..10 {
-        client
-            .attach_hook(shard(i), Some(NodeId(1)), None)
-            .await
-            .unwrap();
-    }
-    let lost = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    attach_range(&client, 0..10, 1).await;
+    let lost = cluster.other_than(leader);
     cluster.kill(lost);
     cluster.wipe(lost);
     // Same flags as before the disk was lost: the replica sorts itself out.
@@ -103,13 +94,7 @@ async fn a_replica_that_lost_its_disk_leaves_and_rejoins_by_itself() {
         "{}",
         cluster.log_of(lost)
     );
-    let committed = cluster
-        .status_of(leader)
-        .await
-        .unwrap()
-        .committed_index
-        .unwrap();
-    cluster.wait_applied(lost, committed).await;
+    cluster.wait_caught_up(lost).await;
     cluster.kill(leader);
     cluster.wait_for_leader().await;
     for i in 0..10 {

@@ -20,11 +20,7 @@ fn registration(node: u64, http_port: u16) -> NodeRegisterRequest {
 async fn every_call_through_a_follower_gives_the_leaders_answer() {
     let cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
-    let followers: Vec<u64> = cluster
-        .running()
-        .into_iter()
-        .filter(|id| *id != leader)
-        .collect();
+    let followers: Vec<u64> = cluster.others_than(leader);
     let (a, b) = (cluster.client(followers[0]), cluster.client(followers[1]));
     let on_leader = cluster.client(leader);
 
@@ -114,11 +110,7 @@ async fn every_call_through_a_follower_gives_the_leaders_answer() {
 async fn neon_wire_shapes_and_2023_paths() {
     let cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = cluster.other_than(leader);
     let url = cluster.url(follower);
     let http = reqwest::Client::new();
     let post =
@@ -215,11 +207,7 @@ async fn neon_wire_shapes_and_2023_paths() {
 async fn bad_input_gets_a_json_error_naming_the_problem() {
     let cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = cluster.other_than(leader);
     let http = reqwest::Client::new();
     for id in [leader, follower] {
         let url = cluster.url(id);

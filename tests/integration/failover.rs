@@ -156,11 +156,7 @@ async fn acked_attaches_survive_leader_kills_and_no_generation_repeats() {
             "{shard}: current generation {current} is below acknowledged {highest}"
         );
         // Superseded generations are not valid; through a follower too.
-        let follower = cluster
-            .running()
-            .into_iter()
-            .find(|id| *id != leader)
-            .unwrap();
+        let follower = cluster.other_than(leader);
         let queries: Vec<(TenantShardId, u32)> = generations.iter().map(|g| (*shard, *g)).collect();
         let answers = cluster.client(follower).validate(&queries).await.unwrap();
         for (answer, generation) in answers.tenants.iter().zip(&generations) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use pageserver_controller::client::{retry, Client};
 use pageserver_controller::domain::NodeId;
 
-use crate::support::{shard, wait_for, TestCluster, DEADLINE};
+use crate::support::{attach_range, shard, wait_for, TestCluster, DEADLINE};
 
 /// Clients that retry like pageservers; every call must eventually succeed.
 struct Traffic {
@@ -156,18 +156,9 @@ async fn a_member_whose_disk_was_lost_is_replaced_and_catches_up_from_a_snapshot
     )
     .await;
     let leader = cluster.wait_for_leader().await;
-    let lost = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let lost = cluster.other_than(leader);
     let client = cluster.client(leader);
-    for i in 0..30 {
-        client
-            .attach_hook(shard(i), Some(NodeId(1)), None)
-            .await
-            .unwrap();
-    }
+    attach_range(&client, 0..30, 1).await;
     cluster.kill(lost);
     cluster.wipe(lost);
     // Runbook: remove it, then add it back with an empty data dir through --join.
@@ -177,24 +168,13 @@ async fn a_member_whose_disk_was_lost_is_replaced_and_catches_up_from_a_snapshot
         .await
         .unwrap();
     cluster.wait_for_voters(&cluster.running()).await;
-    for i in 0..30 {
-        client
-            .attach_hook(shard(i), Some(NodeId(2)), None)
-            .await
-            .unwrap();
-    }
+    attach_range(&client, 0..30, 2).await;
     cluster.forget(lost);
     cluster.join(lost, leader).await;
     let mut all = cluster.running();
     all.sort_unstable();
     cluster.wait_for_voters(&all).await;
-    let committed = cluster
-        .status_of(leader)
-        .await
-        .unwrap()
-        .committed_index
-        .unwrap();
-    cluster.wait_applied(lost, committed).await;
+    cluster.wait_caught_up(lost).await;
     assert!(
         cluster.log_of(lost).contains("installed snapshot"),
         "caught up from a snapshot"
@@ -215,11 +195,7 @@ async fn a_member_whose_disk_was_lost_is_replaced_and_catches_up_from_a_snapshot
 async fn leadership_moves_on_request_and_when_the_leader_is_stopped() {
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
-    let target = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let target = cluster.other_than(leader);
     let status = retry(
         DEADLINE,
         Duration::from_millis(100),
@@ -276,11 +252,7 @@ async fn rolling_restart_under_traffic_fails_no_request() {
 async fn a_removal_that_would_stop_the_cluster_is_refused() {
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
-    let followers: Vec<u64> = cluster
-        .running()
-        .into_iter()
-        .filter(|id| *id != leader)
-        .collect();
+    let followers: Vec<u64> = cluster.others_than(leader);
     cluster.kill(followers[0]);
     let refused = cluster
         .client(leader)

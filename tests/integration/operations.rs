@@ -8,7 +8,7 @@ use pageserver_controller::client::{retry, Client};
 use pageserver_controller::domain::NodeId;
 
 use crate::support::{
-    free_port, run_binary, shard, wait_for, wait_ready, TestCluster, BIN, DEADLINE,
+    attach_range, free_port, run_binary, shard, wait_for, wait_ready, TestCluster, BIN, DEADLINE,
 };
 
 const BUMP: u32 = 1000;
@@ -65,20 +65,11 @@ async fn a_backup_restores_into_a_new_cluster_with_generations_above_the_origina
         })
         .await
         .unwrap();
-    for i in 0..20 {
-        client
-            .attach_hook(shard(i), Some(NodeId(7)), None)
-            .await
-            .unwrap();
-    }
+    attach_range(&client, 0..20, 7).await;
     client.attach_hook(shard(3), None, None).await.unwrap();
     let original = client.list_tenants(None, None).await.unwrap();
 
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = cluster.other_than(leader);
     let file = cluster.root().join("backup.psc");
     let printed = run(&[
         "backup",
@@ -183,25 +174,10 @@ async fn a_lost_majority_is_recovered_from_a_survivor_and_grows_again() {
     let mut cluster = TestCluster::start_with(3, &["--snapshot-every", "10"]).await;
     let leader = cluster.wait_for_leader().await;
     let client = cluster.client(leader);
-    for i in 0..25 {
-        client
-            .attach_hook(shard(i), Some(NodeId(1)), None)
-            .await
-            .unwrap();
-    }
+    attach_range(&client, 0..25, 1).await;
     let original = client.list_tenants(None, None).await.unwrap();
-    let survivor = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
-    let committed = cluster
-        .status_of(leader)
-        .await
-        .unwrap()
-        .committed_index
-        .unwrap();
-    cluster.wait_applied(survivor, committed).await;
+    let survivor = cluster.other_than(leader);
+    cluster.wait_caught_up(survivor).await;
     for id in cluster.running() {
         cluster.kill(id);
     }
@@ -307,18 +283,9 @@ fn parse_prometheus(text: &str) -> Vec<String> {
 async fn metrics_are_prometheus_text_with_the_operational_series() {
     let cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = cluster.other_than(leader);
     let via_follower = cluster.client(follower);
-    for i in 0..5 {
-        via_follower
-            .attach_hook(shard(i), Some(NodeId(1)), None)
-            .await
-            .unwrap();
-    }
+    attach_range(&via_follower, 0..5, 1).await;
     via_follower.validate(&[(shard(1), 1)]).await.unwrap();
     let http = reqwest::Client::new();
     for (id, must_have) in [

@@ -2,7 +2,7 @@
 
 use pageserver_controller::domain::NodeId;
 
-use crate::support::{run_binary, shard, wait_for, TestCluster, DEADLINE};
+use crate::support::{attach_range, run_binary, shard, wait_for, TestCluster, DEADLINE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_replica_catches_up_through_a_snapshot() {
@@ -12,11 +12,7 @@ async fn a_restarted_replica_catches_up_through_a_snapshot() {
     )
     .await;
     let leader = cluster.wait_for_leader().await;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = cluster.other_than(leader);
     cluster.stop(follower);
     let client = cluster.client(leader);
     for i in 0..60 {
@@ -68,12 +64,7 @@ async fn stopping_and_restarting_the_whole_cluster_keeps_all_state() {
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
     let client = cluster.client(leader);
-    for i in 0..10 {
-        client
-            .attach_hook(shard(i), Some(NodeId(1)), None)
-            .await
-            .unwrap();
-    }
+    attach_range(&client, 0..10, 1).await;
     client
         .attach_hook(shard(3), Some(NodeId(2)), None)
         .await
@@ -117,24 +108,9 @@ async fn data_dirs_of_another_replica_or_damaged_ones_are_refused() {
     let mut cluster = TestCluster::start_with(3, &["--snapshot-every", "5"]).await;
     let leader = cluster.wait_for_leader().await;
     let client = cluster.client(leader);
-    for i in 0..12 {
-        client
-            .attach_hook(shard(i), Some(NodeId(1)), None)
-            .await
-            .unwrap();
-    }
-    let victim = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
-    let committed = cluster
-        .status_of(leader)
-        .await
-        .unwrap()
-        .committed_index
-        .unwrap();
-    cluster.wait_applied(victim, committed).await;
+    attach_range(&client, 0..12, 1).await;
+    let victim = cluster.other_than(leader);
+    cluster.wait_caught_up(victim).await;
     wait_for("the victim to take a snapshot", DEADLINE, || async {
         cluster.status_of(victim).await?.snapshot_index.map(|_| ())
     })

@@ -277,11 +277,7 @@ async fn every_endpoint_checks_scopes_like_neon_through_any_replica() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let cluster = TestCluster::start_secure(3, &args, Some(keys.token(Scope::Admin)), None).await;
     let leader = cluster.wait_for_leader().await;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = cluster.other_than(leader);
     let http = reqwest::Client::new();
     let hostile = hostile_tokens(&keys);
     for id in [follower, leader] {
@@ -356,11 +352,7 @@ async fn forged_raft_traffic_is_refused_and_changes_nothing() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let cluster = TestCluster::start_secure(3, &args, Some(keys.token(Scope::Admin)), None).await;
     let leader = cluster.wait_for_leader().await;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = cluster.other_than(leader);
     let status = cluster.status_of(follower).await.unwrap();
     let cluster_id = status.cluster_id.clone();
 
@@ -458,11 +450,7 @@ async fn oversized_and_malformed_bodies_get_clear_errors() {
     args.extend(["--max-body-bytes", "65536", "--max-validate-tenants", "100"]);
     let cluster = TestCluster::start_secure(3, &args, Some(keys.token(Scope::Admin)), None).await;
     let leader = cluster.wait_for_leader().await;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = cluster.other_than(leader);
     let http = reqwest::Client::new();
     let admin = keys.token(Scope::Admin);
     for id in [leader, follower] {
@@ -545,11 +533,7 @@ async fn tls_between_replicas_and_clients() {
     let cluster =
         TestCluster::start_secure(3, &args, Some(keys.token(Scope::Admin)), Some(&cert)).await;
     let leader = cluster.wait_for_leader().await;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = cluster.other_than(leader);
     assert!(cluster.url(follower).starts_with("https://"));
     let client = cluster.client(follower);
     assert_eq!(

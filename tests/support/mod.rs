@@ -204,6 +204,19 @@ impl TestCluster {
             .collect()
     }
 
+    /// A running replica other than `id` (the first by id): "a follower" once `id` leads.
+    pub fn other_than(&self, id: u64) -> u64 {
+        self.others_than(id)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no running replica other than {id}"))
+    }
+
+    /// Every running replica but `id`, by id.
+    pub fn others_than(&self, id: u64) -> Vec<u64> {
+        self.running().into_iter().filter(|r| *r != id).collect()
+    }
+
     /// kill -9.
     pub fn kill(&mut self, id: u64) {
         let replica = self.replicas.get_mut(&id).expect("known replica");
@@ -392,17 +405,7 @@ impl TestCluster {
 
     /// Attaches shards `shards` to `node` through replica `via`; panics on any failure.
     pub async fn attach_all(&self, via: u64, shards: std::ops::Range<u32>, node: u64) {
-        let client = self.client(via);
-        for i in shards {
-            client
-                .attach_hook(
-                    shard(i),
-                    Some(pageserver_controller::domain::NodeId(node)),
-                    None,
-                )
-                .await
-                .unwrap_or_else(|e| panic!("attaching shard {i} through replica {via}: {e}"));
-        }
+        attach_range(&self.client(via), shards, node).await;
     }
 
     /// The log of replica `id`, for assertions and failure messages.
@@ -432,6 +435,21 @@ impl Drop for TestCluster {
 }
 
 /// A tenant shard id made from a small number, for readable tests.
+/// Attaches shards `shards` (see [`shard`]) to `node` through `client`, one call at a
+/// time; panics on any failure.
+pub async fn attach_range(client: &Client, shards: std::ops::Range<u32>, node: u64) {
+    for i in shards {
+        client
+            .attach_hook(
+                shard(i),
+                Some(pageserver_controller::domain::NodeId(node)),
+                None,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("attaching shard {i} to node {node}: {e}"));
+    }
+}
+
 pub fn shard(n: u32) -> pageserver_controller::domain::TenantShardId {
     let mut bytes = [0u8; 16];
     bytes[12..].copy_from_slice(&n.to_be_bytes());
