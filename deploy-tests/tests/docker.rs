@@ -239,73 +239,11 @@ async fn scratch_image_cluster_survives_leader_kill_partition_rolling_update_dis
     assert_rules("bootstrap", &history, &traffic);
 
     steps.next("kill the leader's container, restart it on its volume");
-    let leader = cluster
-        .wait_for_voters(&[0, 1, 2], &[1, 2, 3], WAIT)
-        .await
-        .expect("a leader");
-    let victim = (leader - 1) as u32;
-    cluster.kill(victim).await.expect("docker kill");
-    let others: Vec<u32> = (0..3).filter(|o| *o != victim).collect();
-    let new_leader = cluster
-        .wait_for_voters(&others, &[1, 2, 3], WAIT)
-        .await
-        .expect("a new leader");
-    assert_ne!(new_leader, leader, "a killed replica cannot still lead");
-    traffic
-        .wait_for_progress(20, WAIT)
-        .await
-        .expect("traffic flows without the old leader");
-    cluster.start(victim).await.expect("docker start");
-    cluster
-        .wait_ready(victim, WAIT)
-        .await
-        .expect("the restarted pod catches up");
-    cluster
-        .wait_for_voters(&[0, 1, 2], &[1, 2, 3], WAIT)
-        .await
-        .expect("three voters again");
-    traffic
-        .wait_for_progress(20, WAIT)
-        .await
-        .expect("traffic flows");
+    lose_the_leader(&cluster, &traffic, Outage::Killed).await;
     assert_rules("the leader kill", &history, &traffic);
 
     steps.next("disconnect the leader from the network, reconnect it");
-    let leader = cluster
-        .wait_for_voters(&[0, 1, 2], &[1, 2, 3], WAIT)
-        .await
-        .expect("a leader");
-    let cut = (leader - 1) as u32;
-    cluster
-        .disconnect(cut)
-        .await
-        .expect("docker network disconnect");
-    let others: Vec<u32> = (0..3).filter(|o| *o != cut).collect();
-    let new_leader = cluster
-        .wait_for_voters(&others, &[1, 2, 3], WAIT)
-        .await
-        .expect("a leader among the others");
-    assert_ne!(
-        new_leader, leader,
-        "the majority elects a leader of its own"
-    );
-    traffic
-        .wait_for_progress(20, WAIT)
-        .await
-        .expect("traffic flows around the cut-off pod");
-    cluster.connect(cut).await.expect("docker network connect");
-    cluster
-        .wait_ready(cut, WAIT)
-        .await
-        .expect("the reconnected pod catches up");
-    cluster
-        .wait_for_voters(&[0, 1, 2], &[1, 2, 3], WAIT)
-        .await
-        .expect("three voters again");
-    traffic
-        .wait_for_progress(20, WAIT)
-        .await
-        .expect("traffic flows");
+    lose_the_leader(&cluster, &traffic, Outage::Disconnected).await;
     assert_rules("the disconnection", &history, &traffic);
 
     steps.next("rolling update to a new image, highest ordinal first");
@@ -328,22 +266,11 @@ async fn scratch_image_cluster_survives_leader_kill_partition_rolling_update_dis
             .run(ordinal, &rolled)
             .await
             .expect("the pod on the new image");
-        cluster
-            .wait_ready(ordinal, WAIT)
-            .await
-            .expect("the new pod is ready");
-        cluster
-            .wait_for_voters(&[0, 1, 2], &[1, 2, 3], WAIT)
-            .await
-            .expect("three voters");
+        back_among_three(&cluster, &traffic, ordinal, "the pod on the new image").await;
         assert_eq!(
             cluster.image_id_of(ordinal).await.expect("inspect"),
             rolled_id.trim()
         );
-        traffic
-            .wait_for_progress(10, WAIT)
-            .await
-            .expect("traffic flows");
     }
     assert_rules("the rolling update", &history, &traffic);
 
@@ -365,18 +292,7 @@ async fn scratch_image_cluster_survives_leader_kill_partition_rolling_update_dis
         })
         .await
         .expect("the pod never votes with an empty log: it leaves first");
-    cluster
-        .wait_ready(lost, WAIT)
-        .await
-        .expect("the pod joined and caught up");
-    cluster
-        .wait_for_voters(&[0, 1, 2], &[1, 2, 3], WAIT)
-        .await
-        .expect("three voters again");
-    traffic
-        .wait_for_progress(20, WAIT)
-        .await
-        .expect("traffic flows");
+    back_among_three(&cluster, &traffic, lost, "the pod on an empty volume").await;
     assert_rules("the lost volume", &history, &traffic);
 
     steps.next("scale to five: pods 3 and 4 join by themselves");
@@ -464,6 +380,70 @@ async fn scratch_image_cluster_survives_leader_kill_partition_rolling_update_dis
             .collect::<Vec<_>>(),
         total
     );
+}
+
+/// How a test takes the leader's pod out of the cluster, and gives it back.
+#[derive(Clone, Copy, Debug)]
+enum Outage {
+    /// `docker kill` (SIGKILL), then `docker start` on the same volume.
+    Killed,
+    /// `docker network disconnect`, then connect again.
+    Disconnected,
+}
+
+/// Takes the leader of pods 0..3 out with `outage`: the other two elect a leader of their
+/// own and serve traffic, and after the pod is given back all three are voters again.
+async fn lose_the_leader(cluster: &ContainerCluster, traffic: &Traffic, outage: Outage) {
+    let leader = cluster
+        .wait_for_voters(&[0, 1, 2], &[1, 2, 3], WAIT)
+        .await
+        .expect("a leader");
+    let victim = (leader - 1) as u32;
+    match outage {
+        Outage::Killed => cluster.kill(victim).await.expect("docker kill"),
+        Outage::Disconnected => cluster
+            .disconnect(victim)
+            .await
+            .expect("docker network disconnect"),
+    }
+    let others: Vec<u32> = (0..3).filter(|o| *o != victim).collect();
+    let new_leader = cluster
+        .wait_for_voters(&others, &[1, 2, 3], WAIT)
+        .await
+        .expect("a leader among the others");
+    assert_ne!(
+        new_leader, leader,
+        "{outage:?}: the other two elect a leader of their own"
+    );
+    traffic
+        .wait_for_progress(20, WAIT)
+        .await
+        .expect("traffic flows without the old leader");
+    match outage {
+        Outage::Killed => cluster.start(victim).await.expect("docker start"),
+        Outage::Disconnected => cluster
+            .connect(victim)
+            .await
+            .expect("docker network connect"),
+    }
+    back_among_three(cluster, traffic, victim, "the pod given back").await;
+}
+
+/// Pod `ordinal` is ready (it caught up), pods 0..3 are the three voters, and traffic
+/// makes progress through them.
+async fn back_among_three(cluster: &ContainerCluster, traffic: &Traffic, ordinal: u32, what: &str) {
+    cluster
+        .wait_ready(ordinal, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{what} is ready: {e:#}"));
+    cluster
+        .wait_for_voters(&[0, 1, 2], &[1, 2, 3], WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: three voters again: {e:#}"));
+    traffic
+        .wait_for_progress(10, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: traffic flows: {e:#}"));
 }
 
 /// `cluster remove --id ID` through pod `via`, as an operator would (retrying a 5xx, as
