@@ -81,8 +81,9 @@ pub fn latencies(ops: &[Op]) -> Vec<Latency> {
 }
 
 /// For one fault: the longest stretch without a successful write, from the fault's
-/// start to the next fault's start (or the end of the run), and how long the cluster
-/// took to be healthy again after the fault was undone.
+/// start to the next fault's start (or, for the last fault, to when the traffic was
+/// stopped), and how long the cluster took to be healthy again after the fault was
+/// undone.
 #[derive(Debug, Clone, Serialize)]
 pub struct FaultImpact {
     pub name: String,
@@ -90,7 +91,7 @@ pub struct FaultImpact {
     pub back_to_healthy: Option<Duration>,
 }
 
-pub fn impacts(ops: &[Op], faults: &[FaultSpan], end_us: u64) -> Vec<FaultImpact> {
+pub fn impacts(ops: &[Op], faults: &[FaultSpan], traffic_end_us: u64) -> Vec<FaultImpact> {
     let mut acked_writes: Vec<u64> = ops
         .iter()
         .filter(|o| o.request.is_write() && o.outcome.is_ok())
@@ -101,7 +102,9 @@ pub fn impacts(ops: &[Op], faults: &[FaultSpan], end_us: u64) -> Vec<FaultImpact
         .iter()
         .enumerate()
         .map(|(i, fault)| {
-            let until = faults.get(i + 1).map_or(end_us, |next| next.start_us);
+            let until = faults
+                .get(i + 1)
+                .map_or(traffic_end_us, |next| next.start_us);
             let from = acked_writes.partition_point(|t| *t < fault.start_us);
             let to = acked_writes.partition_point(|t| *t <= until);
             let mut last = fault.start_us;

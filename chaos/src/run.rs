@@ -207,6 +207,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
     }
 
     tracing::info!("stopping the traffic");
+    // The last fault's write gap ends here: after it only the final reads run.
+    let traffic_stopped_us = history.now_us();
     traffic.stop().await;
     if let Err(e) = recover_everything(&mut cluster, &config.timings).await {
         liveness.push(format!("after the last fault: {e:#}"));
@@ -231,7 +233,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
         elapsed: started.elapsed(),
         counts: OpCounts::of(&ops),
         latencies: report::latencies(&ops),
-        impacts: report::impacts(&ops, &faults, history.now_us()),
+        impacts: report::impacts(&ops, &faults, traffic_stopped_us),
         liveness,
         verdict,
         replay: config.replay.clone(),
