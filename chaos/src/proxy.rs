@@ -736,8 +736,8 @@ fn sender_header(head: &[u8]) -> Option<u64> {
     head.split("\r\n").skip(1).find_map(|line| {
         let (name, value) = line.split_once(':')?;
         let name = name.trim();
-        (name.eq_ignore_ascii_case("x-controller-from")
-            || name.eq_ignore_ascii_case("x-controller-forwarded-by"))
+        (name.eq_ignore_ascii_case(controller_raft::HEADER_FROM)
+            || name.eq_ignore_ascii_case(pageserver_controller::api::routing::FORWARDED_BY_HEADER))
         .then(|| value.trim().parse().ok())?
     })
 }

@@ -22,7 +22,7 @@ mod member;
 pub mod timing;
 pub mod transport;
 
-pub use identity::{PeerIdentity, PeerIdentityError};
+pub use identity::{PeerIdentity, PeerIdentityError, HEADER_FROM};
 pub use member::Member;
 
 /// Where the replica-to-replica routes live on the shared listener.
