@@ -280,11 +280,13 @@ fn scenario(name: Option<String>, list: bool, args: RunArgs) -> anyhow::Result<b
         }
         return Ok(true);
     }
-    if name.as_deref() == Some("truncated-write-retried") {
+    if let Some(name) = name.as_deref() {
         let runtime = tokio::runtime::Runtime::new()?;
-        let result = runtime.block_on(chaos::sim::scenario::truncated_write_retried(&args.out))?;
-        println!("{result:#?}");
-        return Ok(result.passed());
+        if let Some(result) = runtime.block_on(chaos::sim::scenario::run(name, &args.out)) {
+            let result = result?;
+            println!("{result:#?}");
+            return Ok(result.passed());
+        }
     }
     let chosen: Vec<_> = match &name {
         Some(name) => vec![find(name).with_context(|| {

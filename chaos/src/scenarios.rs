@@ -62,13 +62,25 @@ pub fn find(name: &str) -> Option<&'static Scenario> {
 }
 
 /// Scenarios that need message-level control, run in one process (`crate::sim::scenario`).
-pub const IN_PROCESS: &[(&str, &str)] = &[(
-    "truncated-write-retried",
-    "A write the leader appended and then had to truncate (a new leader overwrote its \
-     log) survives on another replica, which commits it. openraft answers such a write \
-     'forward to the leader', the same as one it never appended; taking that for 'not \
-     applied' and sending the write again applies it twice (an earlier harness found \
-     this; src/replica/mod.rs reports both as of unknown fate). Five replicas, \
-     message-level cuts: the old leader's caller must see the write's fate as unknown, \
-     and the generation must go up by one.",
-)];
+pub const IN_PROCESS: &[(&str, &str)] = &[
+    (
+        "truncated-write-retried",
+        "A write the leader appended and then had to truncate (a new leader overwrote its \
+         log) survives on another replica, which commits it. openraft answers such a write \
+         'forward to the leader', the same as one it never appended; taking that for 'not \
+         applied' and sending the write again applies it twice (an earlier harness found \
+         this; src/replica/mod.rs reports both as of unknown fate). Five replicas, \
+         message-level cuts: the old leader's caller must see the write's fate as unknown, \
+         and the generation must go up by one.",
+    ),
+    (
+        "isolated-leader-refuses",
+        "A leader cut off from its peers keeps leading in its own view (openraft 0.9 has no \
+         quorum check), so writes sent to it used to wait out their deadline and end 'may \
+         or may not be applied', even those that never left its queue. Three replicas, \
+         the leader isolated with two writes in flight and one queued behind them: once \
+         it has heard from no quorum for twice the lease, the queued write and a new one \
+         must be answered 'not the leader' (nothing applied), and the checker holds them \
+         to it after the partition heals.",
+    ),
+];

@@ -31,13 +31,25 @@ async fn two_hundred_fault_schedules_give_no_wrong_answer() {
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
-/// The regression scenario `truncated-write-retried` (see `chaos::sim::scenario`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_truncated_on_a_deposed_leader_is_not_applied_twice() {
+/// Runs the named in-process scenario (see `chaos::sim::scenario`) and asserts it passed.
+async fn scenario_passes(name: &str) {
     let root = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chaos-sim");
-    let result = chaos::sim::scenario::truncated_write_retried(&root)
+    let result = chaos::sim::scenario::run(name, &root)
         .await
+        .expect("a scenario by that name")
         .expect("the scenario ran");
     eprintln!("{result:#?}");
     assert!(result.passed(), "{result:#?}");
+}
+
+/// The regression scenario `truncated-write-retried`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_truncated_on_a_deposed_leader_is_not_applied_twice() {
+    scenario_passes("truncated-write-retried").await;
+}
+
+/// The regression scenario `isolated-leader-refuses`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_refuses_writes_it_cannot_commit() {
+    scenario_passes("isolated-leader-refuses").await;
 }

@@ -100,6 +100,7 @@ impl From<ProposeError> for ApiError {
             ProposeError::NotLeader { .. } => ApiError::NotLeader(msg),
             ProposeError::Indeterminate(_)
             | ProposeError::LeadershipLost { .. }
+            | ProposeError::QuorumLost(_)
             | ProposeError::StoppedInFlight(_) => ApiError::Indeterminate(msg),
             ProposeError::Stopped(_) | ProposeError::Overloaded(_) => ApiError::Unavailable(msg),
         }

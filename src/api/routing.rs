@@ -11,6 +11,14 @@
 //!   is answered "not the leader" and the replica that forwarded it re-routes it, so two
 //!   replicas that disagree about the leader never bounce a request between them;
 //! - while no leader is known the replica waits, up to `leader_wait`, then answers 503;
+//! - a client's request forwarded to a leader that this replica then sees replaced is
+//!   waited for one lease more (a deposed leader that is reachable answers by then),
+//!   then abandoned: a read goes to the new leader, a write gets a 503 saying it may or
+//!   may not have been applied (the old leader, cut off, may hold it forever);
+//! - a leader that has not heard from a quorum for long (see
+//!   [`crate::replica::Replica::quorum_silence`]) serves nothing: a forwarded request is
+//!   answered "not the leader", and a client's own waits one lease for the quorum to come
+//!   back, then gets a 503 saying nothing was applied;
 //! - a write is re-sent only when it certainly was not applied (the leader said "not the
 //!   leader", or the connection was never made); when a write's fate is unknown (it was
 //!   in flight when leadership changed, a timeout, a connection lost after sending) the
@@ -157,11 +165,32 @@ pub async fn route_to_leader(
     };
     let forwarded_by = parts.headers.get(FORWARDED_BY_HEADER).cloned();
     let replica = &api.replica;
-    let deadline = Instant::now() + api.leader_wait;
+    let started = Instant::now();
+    let deadline = started + api.leader_wait;
     let mut metrics = replica.metrics();
     let mut last_problem = String::from("no leader is known");
     loop {
+        let silence = replica.quorum_silence();
         match replica.leader() {
+            Some((leader, _)) if leader == replica.id() && silence.is_some() => {
+                let problem = format!(
+                    "replica {leader} leads but has not heard from a quorum of its peers for \
+                     {:?}, so it may be cut off from them; nothing was applied",
+                    silence.unwrap_or_default()
+                );
+                // The replica that forwarded it routes it again once it knows better.
+                if forwarded_by.is_some() {
+                    return ApiError::NotLeader(problem).into_response();
+                }
+                // Short of the full wait: if it is cut off, no answer comes from here.
+                if started.elapsed() >= replica.lease() {
+                    return ApiError::Unavailable(format!(
+                        "{problem}; retry, another replica may answer"
+                    ))
+                    .into_response();
+                }
+                last_problem = problem;
+            }
             Some((leader, _)) if leader == replica.id() || routing.policy == Policy::Read => {
                 let mut local = Request::from_parts(clone_parts(&parts), Body::from(body.clone()));
                 local.extensions_mut().clone_from(&parts.extensions);
@@ -190,29 +219,48 @@ pub async fn route_to_leader(
                     .get::<axum::extract::MatchedPath>()
                     .map_or("unmatched", |p| p.as_str());
                 api.metrics.forwarded(route);
-                match api
-                    .forwarder
-                    .forward(
-                        &member,
-                        &parts.method,
-                        &parts.uri,
-                        &parts.headers,
-                        body.clone(),
-                        routing.forward_timeout,
-                    )
-                    .await
-                {
-                    Forwarded::Answer(response) => return response,
-                    Forwarded::NotLeader => {
+                let forward = api.forwarder.forward(
+                    &member,
+                    &parts.method,
+                    &parts.uri,
+                    &parts.headers,
+                    body.clone(),
+                    routing.forward_timeout,
+                );
+                // A leader cut off from this replica may hold a client's request until the
+                // timeout; once another leader is known, stop waiting for it. (Cluster
+                // operations may move the leadership themselves: they wait.)
+                let moved =
+                    crate::replica::leader_moved(replica.metrics(), leader, replica.lease());
+                let abandon = routing.policy != Policy::Retryable;
+                // `None`: it lost its leadership before answering, and was not waited for.
+                let answer = tokio::select! {
+                    answer = forward => Some(answer),
+                    () = moved, if abandon => None,
+                };
+                match answer {
+                    Some(Forwarded::Answer(response)) => return response,
+                    None if routing.policy != Policy::Write => {
+                        last_problem =
+                            format!("leader {leader} lost its leadership before answering");
+                    }
+                    None => {
+                        return ApiError::Indeterminate(format!(
+                            "forwarded the write to leader {leader} at {member}, which lost its \
+                             leadership before answering; it may or may not have been applied"
+                        ))
+                        .into_response();
+                    }
+                    Some(Forwarded::NotLeader) => {
                         last_problem = format!("replica {leader} was no longer the leader");
                     }
-                    Forwarded::NotSent(e) => {
+                    Some(Forwarded::NotSent(e)) => {
                         last_problem = format!("could not reach leader {leader} at {member}: {e}");
                     }
-                    Forwarded::Unknown(e) if routing.policy != Policy::Write => {
+                    Some(Forwarded::Unknown(e)) if routing.policy != Policy::Write => {
                         last_problem = format!("no answer from leader {leader} at {member}: {e}");
                     }
-                    Forwarded::Unknown(e) => {
+                    Some(Forwarded::Unknown(e)) => {
                         return ApiError::Indeterminate(format!(
                             "forwarded the write to leader {leader} at {member} but got no \
                              answer ({e}); it may or may not have been applied"

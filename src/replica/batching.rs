@@ -30,6 +30,9 @@ pub const MAX_BATCH: usize = 256;
 /// Proposals in flight at once: one committing while the next one fills.
 pub const PROPOSAL_SLOTS: usize = 2;
 
+/// While waiting for a free slot, how often to check whether the leader lost its quorum.
+const SLOT_WAIT_CHECK: Duration = Duration::from_millis(100);
+
 /// Commands waiting for a slot; beyond this, new writes are refused as overload.
 pub const QUEUE_CAPACITY: usize = 16_384;
 
@@ -55,10 +58,16 @@ pub(super) struct WriteBatcher {
 }
 
 impl WriteBatcher {
-    pub(super) fn start(raft: Raft, deadline: Duration, stats: Arc<BatchStats>) -> Self {
+    /// `lease`: openraft's leader lease, see [`super::Replica::quorum_silence`].
+    pub(super) fn start(
+        raft: Raft,
+        deadline: Duration,
+        lease: Duration,
+        stats: Arc<BatchStats>,
+    ) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
         let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        tokio::spawn(run_writes(raft, rx, deadline, stats, paused.clone()));
+        tokio::spawn(run_writes(raft, rx, deadline, lease, stats, paused.clone()));
         Self { queue, paused }
     }
 
@@ -98,13 +107,29 @@ async fn run_writes(
     raft: Raft,
     mut rx: mpsc::Receiver<PendingWrite>,
     deadline: Duration,
+    lease: Duration,
     stats: Arc<BatchStats>,
     paused: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let slots = Arc::new(Semaphore::new(PROPOSAL_SLOTS));
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
+        let slot = loop {
+            match tokio::time::timeout(SLOT_WAIT_CHECK, slots.clone().acquire_owned()).await {
+                Ok(Ok(slot)) => break slot,
+                Ok(Err(_)) => return,
+                // The slots are held by proposals that have not committed. If this leader
+                // lost its quorum they never will in time, and neither would what waits
+                // behind them: answer that now, while it is certain nothing was applied.
+                Err(_) => {
+                    if super::silent_leader(&raft.metrics().borrow(), lease).is_some() {
+                        while let Ok(pending) = rx.try_recv() {
+                            let _ = pending
+                                .reply
+                                .send(Err(ProposeError::NotLeader { leader: None }));
+                        }
+                    }
+                }
+            }
         };
         let Some(first) = rx.recv().await else { return };
         let mut batch = vec![first];
@@ -133,7 +158,7 @@ async fn run_writes(
         // request routed by a view that just went stale is common after an election;
         // checking first answers it "not the leader, nothing applied", which the routing
         // layer sends on to the leader, instead of "may or may not be applied".
-        if let Some(leader) = not_leading(&raft) {
+        if let Some(leader) = not_leading(&raft, lease) {
             for pending in batch {
                 let _ = pending.reply.send(Err(ProposeError::NotLeader { leader }));
             }
@@ -149,7 +174,7 @@ async fn run_writes(
         tokio::spawn(async move {
             let (commands, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-            match super::propose_entry(&raft, commands, deadline).await {
+            match super::propose_entry(&raft, commands, deadline, lease).await {
                 Ok(outcomes) => {
                     for (reply, outcome) in replies.into_iter().zip(outcomes) {
                         let _ = reply.send(Ok(outcome));
@@ -166,11 +191,15 @@ async fn run_writes(
     }
 }
 
-/// `Some(the leader it knows of)` unless this replica is the leader.
-fn not_leading(raft: &Raft) -> Option<Option<u64>> {
+/// `Some(the leader it knows of)` unless this replica is the leader, and `Some(None)` if
+/// it leads but has not heard from a quorum for long ([`super::silent_leader`]).
+fn not_leading(raft: &Raft, lease: Duration) -> Option<Option<u64>> {
     let metrics = raft.metrics();
     let metrics = metrics.borrow();
-    (metrics.state != openraft::ServerState::Leader).then_some(metrics.current_leader)
+    if metrics.state != openraft::ServerState::Leader {
+        return Some(metrics.current_leader);
+    }
+    super::silent_leader(&metrics, lease).map(|_| None)
 }
 
 type ReadWaiter = oneshot::Sender<Result<u64, ReadError>>;
@@ -183,11 +212,12 @@ impl ReadCoalescer {
     pub(super) fn start(
         raft: Raft,
         deadline: Duration,
+        lease: Duration,
         stats: Arc<BatchStats>,
         remote: Arc<std::sync::OnceLock<Arc<dyn super::LeaderReadIndex>>>,
     ) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_reads(raft, rx, deadline, stats, remote));
+        tokio::spawn(run_reads(raft, rx, deadline, lease, stats, remote));
         Self { queue }
     }
 
@@ -209,6 +239,7 @@ async fn run_reads(
     raft: Raft,
     mut rx: mpsc::UnboundedReceiver<ReadWaiter>,
     deadline: Duration,
+    lease: Duration,
     stats: Arc<BatchStats>,
     remote: Arc<std::sync::OnceLock<Arc<dyn super::LeaderReadIndex>>>,
 ) {
@@ -228,7 +259,7 @@ async fn run_reads(
             .reads
             .fetch_add(waiters.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let started = Instant::now();
-        let result = super::read_index_round(&raft, remote.get(), deadline).await;
+        let result = super::read_index_round(&raft, remote.get(), deadline, lease).await;
         tracing::trace!(
             readers = waiters.len(),
             micros = started.elapsed().as_micros() as u64,

@@ -73,6 +73,11 @@ pub enum ProposeError {
          (is a quorum of replicas reachable?)"
     )]
     Indeterminate(Duration),
+    #[error(
+        "this leader heard from no quorum of its peers for over {0:?} while the write was in \
+         flight, so it may be cut off from them; the write may or may not be applied"
+    )]
+    QuorumLost(Duration),
     #[error("this replica is shutting down or has stopped: {0}; nothing was applied")]
     Stopped(String),
     #[error(
@@ -144,12 +149,18 @@ impl Replica {
         let flush_stats = log.flush_stats();
         let raft = Raft::new(id, config, network, log.clone(), state_machine).await?;
         let batch_stats = Arc::new(BatchStats::default());
-        let writes =
-            batching::WriteBatcher::start(raft.clone(), deadlines.write, batch_stats.clone());
+        let lease = Duration::from_millis(timing.election_timeout_max_ms);
+        let writes = batching::WriteBatcher::start(
+            raft.clone(),
+            deadlines.write,
+            lease,
+            batch_stats.clone(),
+        );
         let remote_read_index = Arc::new(std::sync::OnceLock::new());
         let reads = batching::ReadCoalescer::start(
             raft.clone(),
             deadlines.read,
+            lease,
             batch_stats.clone(),
             remote_read_index.clone(),
         );
@@ -158,7 +169,7 @@ impl Replica {
         Ok(Replica {
             id,
             raft,
-            lease: Duration::from_millis(timing.election_timeout_max_ms),
+            lease,
             leader_since,
             state,
             deadlines,
@@ -257,6 +268,19 @@ impl Replica {
         self.lease
     }
 
+    /// How long this replica, while leader, has gone without hearing from a quorum, once
+    /// that is more than twice the lease (`None` otherwise, and on a follower).
+    ///
+    /// openraft 0.9 keeps a leader cut off from its peers leading until it hears of a
+    /// higher term; everything sent to it would wait out the deadlines and end "may or
+    /// may not be applied". Past twice the lease the peers have had time to elect
+    /// another leader, so writes are refused here before Raft sees them (nothing
+    /// applied) and the routing layer sends callers elsewhere. Refusing is always safe;
+    /// it never decides an answer.
+    pub fn quorum_silence(&self) -> Option<Duration> {
+        silent_leader(&self.raft.metrics().borrow(), self.lease)
+    }
+
     /// How long this replica has been leader, if it is.
     pub fn leader_for(&self) -> Option<Duration> {
         if !self.is_leader() {
@@ -291,6 +315,48 @@ impl Replica {
     }
 }
 
+/// See [`Replica::quorum_silence`].
+fn silent_leader(metrics: &RaftMetrics<u64, Member>, lease: Duration) -> Option<Duration> {
+    if metrics.state != ServerState::Leader {
+        return None;
+    }
+    let silence = Duration::from_millis(metrics.millis_since_quorum_ack?);
+    (silence > 2 * lease).then_some(silence)
+}
+
+/// Resolves once this leader has gone [`silent_leader`]; never on a follower.
+async fn until_silent(mut metrics: watch::Receiver<RaftMetrics<u64, Member>>, lease: Duration) {
+    loop {
+        if silent_leader(&metrics.borrow_and_update(), lease).is_some() {
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Resolves `grace` after these metrics stopped naming `leader` as the leader, if they
+/// still do not: a request sent to `leader` may then never be answered (it could be cut
+/// off from everyone), while a deposed leader that is still reachable has had time to
+/// answer "not the leader" by itself.
+pub async fn leader_moved(
+    mut metrics: watch::Receiver<RaftMetrics<u64, Member>>,
+    leader: u64,
+    grace: Duration,
+) {
+    loop {
+        if metrics.borrow_and_update().current_leader != Some(leader) {
+            tokio::time::sleep(grace).await;
+            if metrics.borrow().current_leader != Some(leader) {
+                return;
+            }
+        } else if metrics.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
 /// Records when this replica becomes leader (a new term as leader counts as new).
 async fn track_leadership(
     mut metrics: watch::Receiver<RaftMetrics<u64, Member>>,
@@ -319,10 +385,19 @@ async fn propose_entry(
     raft: &Raft,
     commands: Vec<Command>,
     deadline: Duration,
+    lease: Duration,
 ) -> Result<Vec<Outcome>, ProposeError> {
     let expected = commands.len();
-    let write = raft.client_write(Proposal { commands });
-    let response = match tokio::time::timeout(deadline, write).await {
+    let write = tokio::time::timeout(deadline, raft.client_write(Proposal { commands }));
+    // Cut off from its quorum, this leader will not learn the write's fate before the
+    // deadline; saying "unknown" now lets the caller retry elsewhere sooner.
+    let answer = tokio::select! {
+        answer = write => answer,
+        () = until_silent(raft.metrics(), lease) => {
+            return Err(ProposeError::QuorumLost(2 * lease))
+        }
+    };
+    let response = match answer {
         Err(_) => return Err(ProposeError::Indeterminate(deadline)),
         Ok(Ok(response)) => response,
         // Rejected before appending, or appended and truncated here but possibly held by
@@ -355,6 +430,7 @@ async fn read_index_round(
     raft: &Raft,
     remote: Option<&Arc<dyn LeaderReadIndex>>,
     deadline: Duration,
+    lease: Duration,
 ) -> Result<u64, ReadError> {
     let (state, leader, member) = {
         let metrics = raft.metrics();
@@ -371,7 +447,17 @@ async fn read_index_round(
         return confirm_read_index(raft, deadline).await;
     }
     let started = tokio::time::Instant::now();
-    let index = match tokio::time::timeout(deadline, remote.fetch(leader, member)).await {
+    let fetch = tokio::time::timeout(deadline, remote.fetch(leader, member));
+    let answer = tokio::select! {
+        answer = fetch => answer,
+        // The leader asked may be cut off and never answer; ask the next one.
+        () = leader_moved(raft.metrics(), leader, lease) => {
+            return Err(ReadError::NotLeader {
+                leader: raft.metrics().borrow().current_leader,
+            })
+        }
+    };
+    let index = match answer {
         Ok(Ok(index)) => index,
         Ok(Err(e)) => {
             tracing::debug!(leader, error = %e, "no read index from the leader");

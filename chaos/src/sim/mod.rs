@@ -297,24 +297,33 @@ async fn serve(net: &SimNet, via: u64, request: &Request) -> Outcome {
             }
             None => None,
         };
-        match attempt {
-            Some(Ok(outcome)) => return Outcome::of_applied(outcome),
-            Some(Err(ProposeError::NotLeader { .. })) | None => {
-                if Instant::now() >= end {
-                    return not_sent("no leader took the write".into());
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            // The replica says nothing was applied; the checker holds it to that.
-            Some(Err(e @ (ProposeError::Overloaded(_) | ProposeError::Stopped(_)))) => {
-                return not_sent(e.to_string())
-            }
-            Some(Err(e)) => {
-                return Outcome::Indeterminate {
-                    reason: e.to_string(),
-                }
-            }
+        if let Some(outcome) = attempt.and_then(outcome_of) {
+            return outcome;
         }
+        if Instant::now() >= end {
+            return not_sent("no leader took the write".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What the caller learns from one replica's answer to a write; `None` for "not the
+/// leader" (nothing was applied, route it again).
+fn outcome_of(
+    answer: Result<pageserver_controller::domain::Outcome, ProposeError>,
+) -> Option<Outcome> {
+    match answer {
+        Ok(outcome) => Some(Outcome::of_applied(outcome)),
+        Err(ProposeError::NotLeader { .. }) => None,
+        // The replica says nothing was applied; the checker holds it to that.
+        Err(e @ (ProposeError::Overloaded(_) | ProposeError::Stopped(_))) => {
+            Some(Outcome::NotSent {
+                reason: e.to_string(),
+            })
+        }
+        Err(e) => Some(Outcome::Indeterminate {
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -692,6 +701,133 @@ pub mod scenario {
         cluster.net.replica(id).is_some_and(|r| r.is_leader())
     }
 
+    /// A new cluster of `replicas` in `root/name` (emptied first), once it has a leader.
+    async fn fresh(
+        root: &Path,
+        name: &str,
+        seed: u64,
+        replicas: u64,
+    ) -> anyhow::Result<(PathBuf, SimCluster, u64)> {
+        let root = root.join(name);
+        if root.exists() {
+            std::fs::remove_dir_all(&root)?;
+        }
+        let cluster = SimCluster::start(seed, replicas, &root).await?;
+        let leader = cluster
+            .wait_settled(Duration::from_secs(30))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        Ok((root, cluster, leader))
+    }
+
+    /// Runs the scenario named `name` (see [`crate::scenarios::IN_PROCESS`]), if there is one.
+    pub async fn run(name: &str, root: &Path) -> Option<anyhow::Result<SeedResult>> {
+        Some(match name {
+            "truncated-write-retried" => truncated_write_retried(root).await,
+            "isolated-leader-refuses" => isolated_leader_refuses(root).await,
+            _ => return None,
+        })
+    }
+
+    /// `isolated-leader-refuses`: a leader cut off from its peers keeps believing it
+    /// leads (openraft 0.9 has no quorum check), so writes sent to it used to wait out
+    /// their deadline and end "may or may not be applied", even those that never left its
+    /// queue. Two writes take both proposal slots and cannot commit; a third waits behind
+    /// them. Once the leader has heard from no quorum for twice the lease, the queued one
+    /// and any new one must be answered "not the leader" (nothing applied), and the
+    /// checker holds them to it after the partition heals.
+    pub async fn isolated_leader_refuses(root: &Path) -> anyhow::Result<SeedResult> {
+        let started = Instant::now();
+        let seed = 11;
+        let (root, cluster, leader) = fresh(root, "isolated-leader-refuses", seed, 3).await?;
+        let history = History::new();
+        let s = shard(seed, 0);
+        let write = |node: u64| Request::Attach {
+            shard: s,
+            node: Some(NodeId(node)),
+            generation_override: None,
+        };
+        let call = history.begin("setup", leader, write(1));
+        let first = serve(&cluster.net, leader, &write(1)).await;
+        history.end(call, first);
+        let replica = cluster.net.replica(leader).context("the leader is up")?;
+        let proposed = || {
+            replica
+                .batch_stats()
+                .entries
+                .load(std::sync::atomic::Ordering::SeqCst)
+        };
+
+        cluster.net.isolate(leader, &cluster.ids);
+        let mut writers = Vec::new();
+        for node in 2..=4 {
+            let before = proposed();
+            let request = write(node);
+            let command = request.command().context("attach is a write")?;
+            let call = history.begin(&format!("writer-{node}"), leader, request);
+            let (replica, history) = (replica.clone(), history.clone());
+            let writer = tokio::spawn(async move {
+                let answer = replica.propose_one(command).await;
+                let outcome = outcome_of(answer.clone()).unwrap_or(Outcome::NotSent {
+                    reason: "not the leader".into(),
+                });
+                history.end(call, outcome);
+                answer
+            });
+            if node < 4 {
+                until("the write to take a slot", Duration::from_secs(10), || {
+                    proposed() > before || writer.is_finished()
+                })
+                .await?;
+            }
+            writers.push(writer);
+        }
+        let queued = writers
+            .pop()
+            .context("three writers")?
+            .await
+            .context("the writer panicked")?;
+        until(
+            "the isolated leader to notice",
+            Duration::from_secs(10),
+            || replica.quorum_silence().is_some(),
+        )
+        .await?;
+        let request = write(5);
+        let call = history.begin("late-writer", leader, request.clone());
+        let late = replica
+            .propose_one(request.command().context("attach is a write")?)
+            .await;
+        history.end(
+            call,
+            outcome_of(late.clone()).unwrap_or(Outcome::NotSent {
+                reason: "not the leader".into(),
+            }),
+        );
+        // The two in flight may or may not be applied; the history says so.
+        for writer in writers {
+            let _in_flight = writer.await.context("the writer panicked")?;
+        }
+        let mut liveness = Vec::new();
+        for (what, answer) in [("queued", queued), ("late", late)] {
+            if !matches!(answer, Err(ProposeError::NotLeader { leader: None })) {
+                liveness.push(format!(
+                    "the {what} write on the isolated leader was answered {answer:?}, not \
+                     \"not the leader, nothing applied\""
+                ));
+            }
+        }
+        let ending = Ending {
+            seed,
+            replicas: 3,
+            faults: vec![format!("leader {leader} isolated with writes in flight")],
+            liveness,
+            started,
+            root: &root,
+        };
+        ending.conclude(&cluster, &history, &[s]).await
+    }
+
     /// `truncated-write-retried`: a write the leader appended, and then had to truncate
     /// when a new leader overwrote its log, is not dead: another replica holds it and may
     /// commit it. Five replicas: the leader L replicates a write only to A; the others
@@ -703,16 +839,8 @@ pub mod scenario {
     pub async fn truncated_write_retried(root: &Path) -> anyhow::Result<SeedResult> {
         let started = Instant::now();
         let seed = 7;
-        let root = root.join("truncated-write-retried");
-        if root.exists() {
-            std::fs::remove_dir_all(&root)?;
-        }
-        let cluster = SimCluster::start(seed, 5, &root).await?;
+        let (root, cluster, leader) = fresh(root, "truncated-write-retried", seed, 5).await?;
         let history = History::new();
-        let leader = cluster
-            .wait_settled(Duration::from_secs(30))
-            .await
-            .map_err(anyhow::Error::msg)?;
         let others: Vec<u64> = cluster
             .ids
             .iter()
