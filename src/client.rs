@@ -21,7 +21,12 @@ use crate::domain::{NodeId, SchedulingPolicy, TenantShardId};
 pub enum ClientError {
     /// The server answered with an error status.
     #[error("{status}: {msg}")]
-    Http { status: u16, msg: String },
+    Http {
+        status: u16,
+        msg: String,
+        /// The server said the request changed nothing (a 4xx, or a 5xx marked so).
+        not_applied: bool,
+    },
     /// No answer: connection refused, reset, or timed out.
     #[error("no answer from {url}: {reason}")]
     Transport {
@@ -46,6 +51,16 @@ impl ClientError {
     /// A 4xx: the server refused the request and changed nothing.
     pub fn is_refusal(&self) -> bool {
         self.status().is_some_and(|s| (400..500).contains(&s))
+    }
+
+    /// The request certainly changed nothing: refused, answered "nothing was applied",
+    /// or never sent. Anything else from a write may or may not have been applied.
+    pub fn not_applied(&self) -> bool {
+        match self {
+            ClientError::Http { not_applied, .. } => *not_applied,
+            ClientError::Transport { not_sent, .. } => *not_sent,
+            ClientError::Decode { .. } => false,
+        }
     }
 }
 
@@ -153,6 +168,10 @@ impl Client {
             not_sent: e.is_connect(),
         })?;
         let status = response.status();
+        let not_applied = status.is_client_error()
+            || response
+                .headers()
+                .contains_key(crate::api::error::NOT_APPLIED_HEADER);
         let bytes = response.bytes().await.map_err(|e| ClientError::Transport {
             url: url.clone(),
             reason: format!("reading the answer: {e:#}"),
@@ -165,6 +184,7 @@ impl Client {
             return Err(ClientError::Http {
                 status: status.as_u16(),
                 msg,
+                not_applied,
             });
         }
         Ok((url, bytes))

@@ -2,9 +2,10 @@
 //!
 //! One [`Op`] per request *attempt* (a retried call leaves one per try), with call and
 //! return times on one monotonic clock. The outcome says only what the caller can know:
-//! an answer, a refusal (4xx: nothing changed), certainly not sent (the connection was
-//! refused), or indeterminate (a 5xx, a timeout, a connection lost after sending: a write
-//! may have been applied, now or later). The checker ([`crate::checker`]) reads nothing
+//! an answer, a refusal (4xx: nothing changed), certainly not applied (the connection
+//! was refused, or a 5xx marked "nothing applied"), or indeterminate (any other 5xx, a
+//! timeout, a connection lost after sending: a write may have been applied, now or
+//! later). The checker ([`crate::checker`]) reads nothing
 //! else, so a history saved as JSON lines can be checked again offline
 //! (`chaos check FILE`).
 //!
@@ -119,7 +120,9 @@ pub enum Outcome {
         status: u16,
         msg: String,
     },
-    /// The request never reached a server (connection refused).
+    /// Nothing was applied, and there is no answer to retry on: the request never
+    /// reached a server (connection refused), or a replica answered a 5xx that says it
+    /// changed nothing (no leader, overloaded). The checker holds the server to that.
     NotSent {
         reason: String,
     },
@@ -133,9 +136,16 @@ impl Outcome {
     /// What a caller knows from a client error.
     pub fn from_error(error: &ClientError) -> Outcome {
         match error {
-            ClientError::Http { status, msg } if (400..500).contains(status) => Outcome::Refused {
-                status: *status,
-                msg: msg.clone(),
+            ClientError::Http { status, msg, .. } if (400..500).contains(status) => {
+                Outcome::Refused {
+                    status: *status,
+                    msg: msg.clone(),
+                }
+            }
+            ClientError::Http {
+                not_applied: true, ..
+            } => Outcome::NotSent {
+                reason: error.to_string(),
             },
             ClientError::Transport {
                 not_sent: true,

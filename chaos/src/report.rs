@@ -174,7 +174,7 @@ pub fn render(summary: &Summary) -> String {
     let c = &summary.counts;
     let _ = writeln!(
         out,
-        "ops: {} ok, {} indeterminate, {} failed ({} refused, {} not sent)",
+        "ops: {} ok, {} indeterminate, {} failed ({} refused, {} not sent or not applied)",
         c.ok,
         c.indeterminate,
         c.failed(),

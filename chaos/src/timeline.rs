@@ -436,7 +436,7 @@ fn legend(svg: &mut String, y: f64) {
         (COLOR_OK, "ok"),
         (COLOR_INDETERMINATE, "indeterminate"),
         (COLOR_REFUSED, "refused"),
-        (COLOR_NOT_SENT, "not sent"),
+        (COLOR_NOT_SENT, "not applied"),
     ];
     let label = |svg: &mut String, x: f64, text: &str| {
         let _ = writeln!(
@@ -629,7 +629,7 @@ fn outcome_text(outcome: &Outcome, max_chars: Option<usize>) -> String {
     match outcome {
         Outcome::Ok { answer } => format!("ok: {}", answer_text(answer)),
         Outcome::Refused { status, msg } => format!("refused {status}: {}", reason(msg)),
-        Outcome::NotSent { reason: r } => format!("not sent: {}", reason(r)),
+        Outcome::NotSent { reason: r } => format!("not applied: {}", reason(r)),
         Outcome::Indeterminate { reason: r } => format!("indeterminate: {}", reason(r)),
     }
 }

@@ -142,7 +142,9 @@ impl From<MembershipError> for ApiError {
             MembershipError::NotLeader(_) => ApiError::NotLeader(msg),
             MembershipError::NotFound(_) => ApiError::NotFound(msg),
             MembershipError::Conflict(_) => ApiError::Conflict(msg),
-            MembershipError::Unavailable(_) => ApiError::Unavailable(msg),
+            // A change that timed out may still complete, and one half done (a learner
+            // added, not yet promoted) stays half done: never "nothing was applied".
+            MembershipError::Unavailable(_) => ApiError::Indeterminate(msg),
         }
     }
 }

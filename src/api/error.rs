@@ -12,6 +12,11 @@ use crate::replica::{ProposeError, ReadError};
 /// (here, or on the replica that forwarded the request) may send it to the leader.
 pub const NOT_LEADER_HEADER: &str = "x-controller-not-leader";
 
+/// Set on every error answer that certainly changed nothing but is not a 4xx (a 503 for
+/// "no leader", "overloaded", "not the leader"), so a client that reads it (our typed
+/// client does) may hold the server to it, and retry without wondering.
+pub const NOT_APPLIED_HEADER: &str = "x-controller-not-applied";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -76,6 +81,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(NOT_LEADER_HEADER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, ApiError::NotLeader(_) | ApiError::Unavailable(_)) {
+            response
+                .headers_mut()
+                .insert(NOT_APPLIED_HEADER, HeaderValue::from_static("1"));
         }
         response
     }

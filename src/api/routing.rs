@@ -35,7 +35,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use controller_raft::Member;
 
-use super::error::{ApiError, NOT_LEADER_HEADER};
+use super::error::{ApiError, NOT_APPLIED_HEADER, NOT_LEADER_HEADER};
 use super::ApiState;
 
 /// Marks a request forwarded by another replica; carries that replica's id.
@@ -127,20 +127,19 @@ impl Forwarder {
             return Forwarded::NotLeader;
         }
         let status = response.status();
-        let content_type = response
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .cloned();
+        let kept: Vec<_> = [
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderName::from_static(NOT_APPLIED_HEADER),
+        ]
+        .into_iter()
+        .filter_map(|name| Some((name.clone(), response.headers().get(&name)?.clone())))
+        .collect();
         let body = match response.bytes().await {
             Ok(body) => body,
             Err(e) => return Forwarded::Unknown(format!("reading the leader's answer: {e:#}")),
         };
         let mut answer = (status, body).into_response();
-        if let Some(content_type) = content_type {
-            answer
-                .headers_mut()
-                .insert(axum::http::header::CONTENT_TYPE, content_type);
-        }
+        answer.headers_mut().extend(kept);
         Forwarded::Answer(answer)
     }
 }

@@ -207,6 +207,26 @@ async fn without_a_quorum_requests_fail_clearly_and_recover() {
         attach.to_string().contains("may or may not") || attach.to_string().contains("quorum"),
         "the message says what is known: {attach}"
     );
+    // Once the leader has gone twice the lease without hearing from a quorum it takes no
+    // new write, and says so: a 503 marked "nothing applied" (the write before may have
+    // been in flight when it noticed, so it may be "may or may not").
+    let mut answers = Vec::new();
+    let refused = loop {
+        let e = client
+            .attach_hook(shard(1), Some(NodeId(3)), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), Some(503), "{e}");
+        if e.not_applied() {
+            break e;
+        }
+        answers.push(e.to_string());
+        assert!(answers.len() < 5, "never refused plainly: {answers:#?}");
+    };
+    assert!(
+        refused.to_string().contains("has not heard from a quorum"),
+        "the message says why: {refused}"
+    );
 
     let down: Vec<u64> = cluster
         .replicas
