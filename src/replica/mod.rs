@@ -324,15 +324,15 @@ fn silent_leader(metrics: &RaftMetrics<u64, Member>, lease: Duration) -> Option<
     (silence > 2 * lease).then_some(silence)
 }
 
+/// How often a request in flight looks at the metrics for [`until_silent`] and
+/// [`leader_moved`]. Polled rather than woken by every change: the metrics change with
+/// every append, and thousands of requests would wake for each.
+const WATCH_POLL: Duration = Duration::from_millis(50);
+
 /// Resolves once this leader has gone [`silent_leader`]; never on a follower.
-async fn until_silent(mut metrics: watch::Receiver<RaftMetrics<u64, Member>>, lease: Duration) {
-    loop {
-        if silent_leader(&metrics.borrow_and_update(), lease).is_some() {
-            return;
-        }
-        if metrics.changed().await.is_err() {
-            return std::future::pending().await;
-        }
+async fn until_silent(metrics: watch::Receiver<RaftMetrics<u64, Member>>, lease: Duration) {
+    while silent_leader(&metrics.borrow(), lease).is_none() {
+        tokio::time::sleep(WATCH_POLL).await;
     }
 }
 
@@ -341,18 +341,18 @@ async fn until_silent(mut metrics: watch::Receiver<RaftMetrics<u64, Member>>, le
 /// off from everyone), while a deposed leader that is still reachable has had time to
 /// answer "not the leader" by itself.
 pub async fn leader_moved(
-    mut metrics: watch::Receiver<RaftMetrics<u64, Member>>,
+    metrics: watch::Receiver<RaftMetrics<u64, Member>>,
     leader: u64,
     grace: Duration,
 ) {
     loop {
-        if metrics.borrow_and_update().current_leader != Some(leader) {
+        if metrics.borrow().current_leader != Some(leader) {
             tokio::time::sleep(grace).await;
             if metrics.borrow().current_leader != Some(leader) {
                 return;
             }
-        } else if metrics.changed().await.is_err() {
-            return std::future::pending().await;
+        } else {
+            tokio::time::sleep(WATCH_POLL).await;
         }
     }
 }
