@@ -169,6 +169,44 @@ async fn acked_attaches_survive_leader_kills_and_no_generation_repeats() {
     }
 }
 
+/// A follower does not wait out its forward timeout (8 s) on a leader that froze: once
+/// it sees another leader, the write it forwarded gets a 503 saying its fate is unknown,
+/// and the next write goes to the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_forwarded_to_a_frozen_leader_is_given_up_once_another_leads() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let client = cluster.client(cluster.other_than(leader));
+    let first = client.attach_hook(shard(1), Some(NodeId(1)), None).await;
+    assert_eq!(first.unwrap(), Some(1));
+
+    cluster.freeze(leader, true);
+    let abandoned = client
+        .attach_hook(shard(1), Some(NodeId(2)), None)
+        .await
+        .unwrap_err();
+    assert_eq!(abandoned.status(), Some(503), "{abandoned}");
+    assert!(!abandoned.not_applied(), "its fate is unknown: {abandoned}");
+    assert!(
+        abandoned
+            .to_string()
+            .contains("lost its leadership before answering"),
+        "given up when another replica led, not at the timeout: {abandoned}"
+    );
+    let next = attached_eventually(&client, shard(1), 3).await;
+    assert!(next >= 2, "the generation moved on from 1 (got {next})");
+
+    cluster.freeze(leader, false);
+    cluster.wait_caught_up(leader).await;
+    let (current, node) = cluster
+        .client(leader)
+        .inspect(shard(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((current, node), (next, NodeId(3)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_quorum_requests_fail_clearly_and_recover() {
     let mut cluster = TestCluster::start_with(
@@ -236,18 +274,21 @@ async fn without_a_quorum_requests_fail_clearly_and_recover() {
         .collect();
     cluster.restart(down[0]).await;
     cluster.wait_for_leader().await;
-    let after = wait_for("an attach to succeed again", DEADLINE, || {
-        let client = client.clone();
-        async move {
-            client
-                .attach_hook(shard(1), Some(NodeId(3)), None)
-                .await
-                .ok()
-                .flatten()
-        }
-    })
-    .await;
+    let after = attached_eventually(&client, shard(1), 3).await;
     assert!(after >= 2, "the generation moved on from 1 (got {after})");
     let (current, node) = client.inspect(shard(1)).await.unwrap().unwrap();
     assert_eq!((current, node), (after, NodeId(3)));
+}
+
+/// The generation of the first attach of `shard` to `node` through `client` that
+/// succeeds, retrying until [`DEADLINE`].
+async fn attached_eventually(client: &Client, shard: TenantShardId, node: u64) -> u32 {
+    wait_for("an attach to succeed", DEADLINE, || async move {
+        client
+            .attach_hook(shard, Some(NodeId(node)), None)
+            .await
+            .ok()
+            .flatten()
+    })
+    .await
 }

@@ -45,6 +45,11 @@ pub struct TestCluster {
     extra_args: Vec<String>,
 }
 
+fn signal(child: &std::process::Child, signal: libc::c_int) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("binding an ephemeral port")
@@ -225,12 +230,20 @@ impl TestCluster {
         child.wait().expect("reaping the child");
     }
 
+    /// SIGSTOP (`true`: the process freezes with its sockets open) or SIGCONT.
+    pub fn freeze(&self, id: u64, frozen: bool) {
+        let child = self.replicas[&id]
+            .child
+            .as_ref()
+            .expect("replica is running");
+        signal(child, if frozen { libc::SIGSTOP } else { libc::SIGCONT });
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(&mut self, id: u64) {
         let replica = self.replicas.get_mut(&id).expect("known replica");
         let mut child = replica.child.take().expect("replica is running");
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        signal(&child, libc::SIGTERM);
         let end = Instant::now() + DEADLINE;
         loop {
             if let Some(status) = child.try_wait().expect("waiting for the child") {

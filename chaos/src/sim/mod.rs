@@ -720,6 +720,29 @@ pub mod scenario {
         Ok((root, cluster, leader))
     }
 
+    /// Attach `shard` to `node`.
+    fn attach(shard: TenantShardId, node: u64) -> Request {
+        Request::Attach {
+            shard,
+            node: Some(NodeId(node)),
+            generation_override: None,
+        }
+    }
+
+    /// Serves `request` through replica `via`, recorded in `history` as `client`'s.
+    async fn recorded(
+        cluster: &SimCluster,
+        history: &History,
+        client: &str,
+        via: u64,
+        request: Request,
+    ) -> Outcome {
+        let call = history.begin(client, via, request.clone());
+        let outcome = serve(&cluster.net, via, &request).await;
+        history.end(call, outcome.clone());
+        outcome
+    }
+
     /// Runs the scenario named `name` (see [`crate::scenarios::IN_PROCESS`]), if there is one.
     pub async fn run(name: &str, root: &Path) -> Option<anyhow::Result<SeedResult>> {
         Some(match name {
@@ -742,14 +765,8 @@ pub mod scenario {
         let (root, cluster, leader) = fresh(root, "isolated-leader-refuses", seed, 3).await?;
         let history = History::new();
         let s = shard(seed, 0);
-        let write = |node: u64| Request::Attach {
-            shard: s,
-            node: Some(NodeId(node)),
-            generation_override: None,
-        };
-        let call = history.begin("setup", leader, write(1));
-        let first = serve(&cluster.net, leader, &write(1)).await;
-        history.end(call, first);
+        let write = |node: u64| attach(s, node);
+        recorded(&cluster, &history, "setup", leader, write(1)).await;
         let replica = cluster.net.replica(leader).context("the leader is up")?;
         let proposed = || {
             replica
@@ -850,14 +867,8 @@ pub mod scenario {
         let a = others[0];
         let rest: Vec<u64> = others[1..].to_vec();
         let s = shard(seed, 0);
-        let write = |node: u64| Request::Attach {
-            shard: s,
-            node: Some(NodeId(node)),
-            generation_override: None,
-        };
-        let call = history.begin("writer", a, write(1));
-        let first = serve(&cluster.net, a, &write(1)).await;
-        history.end(call, first);
+        let write = |node: u64| attach(s, node);
+        recorded(&cluster, &history, "writer", a, write(1)).await;
 
         // L's messages reach only A; the others may elect one of them, whose log entries
         // reach only L.
