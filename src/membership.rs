@@ -8,11 +8,14 @@
 //!   quorum of the new configuration (the cluster would stop), unless forced. Removing the
 //!   leader first hands leadership to another voter.
 //! - Handing leadership over: openraft 0.9 has no transfer call, so the leader stops
-//!   proposing writes (they are answered "not the leader" and re-routed), waits until the
-//!   target holds its whole log, and asks the target to campaign. The old leader's own
-//!   lease (openraft's, `election_timeout_max` since it was elected) must have expired for
-//!   it to grant the vote; in a five-voter cluster a third vote is needed and arrives once
-//!   the others' leases lapse, so the transfer is retried until it lands or times out.
+//!   proposing writes and confirming reads (both are answered "not the leader" and
+//!   re-routed), waits until the target holds its whole log, and asks the target to
+//!   campaign. The old leader's own lease (openraft's, `election_timeout_max` since it
+//!   was elected) must have expired for it to grant the vote; in a five-voter cluster a
+//!   third vote is needed, from a follower whose lease has lapsed too, so the leader
+//!   first sends nothing at all for a lease. A read round in that silence renewed every
+//!   lease and made the campaign fail; a failed campaign deposes the old leader and
+//!   costs an election (seen in the five-replica rolling restarts of RELIABILITY.md).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -313,9 +316,9 @@ impl Membership {
             .member(to)
             .ok_or_else(|| MembershipError::NotFound(format!("replica {to} is not a member")))?;
         tracing::info!(to, "handing leadership over");
-        self.replica.pause_writes(true);
+        self.replica.hand_over(true);
         let result = self.hand_over(to, &member, within).await;
-        self.replica.pause_writes(false);
+        self.replica.hand_over(false);
         match &result {
             Ok(()) => tracing::info!(to, "leadership handed over"),
             Err(e) => tracing::warn!(to, error = %e, "leadership transfer did not complete"),
@@ -330,25 +333,17 @@ impl Membership {
         within: Duration,
     ) -> Result<(), MembershipError> {
         let deadline = Instant::now() + within;
-        let lease = self.replica.lease();
-        // This leader grants the target's vote only once its own lease (counted from its
-        // election) has passed.
-        if let Some(leading) = self.replica.leader_for() {
-            if leading < lease {
-                tokio::time::sleep(lease - leading + Duration::from_millis(20)).await;
-            }
-        }
         // With three voters, the old leader's vote plus the target's own are a quorum.
         // With more, other followers must vote too, and they refuse while they still hear
-        // heartbeats: stop sending them and let their leases run out first.
+        // from this leader: it sends them nothing (no heartbeats; reads and writes are
+        // paused by the caller) until their leases have run out.
         let quorum = self.voters().len() / 2 + 1;
         let quiet = quorum > 2;
         if quiet {
             self.wait_matched(to, deadline).await?;
             self.replica.raft().runtime_config().heartbeat(false);
-            tokio::time::sleep(lease + Duration::from_millis(50)).await;
         }
-        let result = self.campaign_until_moved(to, member, deadline).await;
+        let result = self.campaign_until_moved(to, member, quiet, deadline).await;
         self.replica.raft().runtime_config().heartbeat(true);
         result
     }
@@ -379,14 +374,22 @@ impl Membership {
         }
     }
 
-    /// Asks `to` to campaign (again every 300 ms, each campaign costs it a term) until it
-    /// leads or `deadline` passes.
+    /// Asks `to` to campaign until it leads or `deadline` passes. A campaign is only
+    /// worth asking for once this leader's own lease has run out (counted from its
+    /// election: it votes for `to` only then) and, when `quiet`, once the followers' have
+    /// too (counted from when this leader last spoke to them: its election, or when
+    /// heartbeats stopped). A campaign that failed deposed this leader; if it is elected
+    /// again, the wait starts over, as the new term renewed every lease. Each campaign
+    /// costs `to` a term.
     async fn campaign_until_moved(
         &self,
         to: u64,
         member: &Member,
+        quiet: bool,
         deadline: Instant,
     ) -> Result<(), MembershipError> {
+        let lease = self.replica.lease() + Duration::from_millis(50);
+        let silent_since = Instant::now();
         let mut metrics = self.replica.metrics();
         let mut last_campaign: Option<Instant> = None;
         loop {
@@ -400,8 +403,14 @@ impl Membership {
                     now.current_leader
                 )));
             }
-            let due = last_campaign.is_none_or(|at| at.elapsed() >= Duration::from_millis(300));
-            if due && now.state == ServerState::Leader {
+            let leading_long_enough = self
+                .replica
+                .leader_for()
+                .is_some_and(|leading| leading >= lease);
+            let leases_out = leading_long_enough && (!quiet || silent_since.elapsed() >= lease);
+            let retry_due =
+                last_campaign.is_none_or(|at| at.elapsed() >= Duration::from_millis(300));
+            if leases_out && retry_due {
                 let last = now.last_log_index.unwrap_or(0);
                 let matched = now
                     .replication
@@ -415,7 +424,7 @@ impl Membership {
                     }
                 }
             }
-            let _ = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
+            let _ = tokio::time::timeout(Duration::from_millis(20), metrics.changed()).await;
         }
     }
 }

@@ -50,11 +50,18 @@ pub struct BatchStats {
     pub reads: std::sync::atomic::AtomicU64,
 }
 
+/// Set while leadership is being handed away: this leader then neither proposes nor
+/// confirms reads, and answers both "not the leader" (nothing applied) so the routing
+/// layer sends them to the next leader. A read round would also renew every follower's
+/// lease, and a follower whose lease is fresh refuses to vote for the new leader.
+pub(super) type HandingOver = Arc<std::sync::atomic::AtomicBool>;
+
+fn handing_over(flag: &HandingOver) -> bool {
+    flag.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 pub(super) struct WriteBatcher {
     queue: mpsc::Sender<PendingWrite>,
-    /// Set while leadership is being handed away: queued writes are answered "not the
-    /// leader" (nothing applied) so the routing layer sends them to the next leader.
-    paused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl WriteBatcher {
@@ -64,16 +71,11 @@ impl WriteBatcher {
         deadline: Duration,
         lease: Duration,
         stats: Arc<BatchStats>,
+        paused: HandingOver,
     ) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        tokio::spawn(run_writes(raft, rx, deadline, lease, stats, paused.clone()));
-        Self { queue, paused }
-    }
-
-    pub(super) fn set_paused(&self, paused: bool) {
-        self.paused
-            .store(paused, std::sync::atomic::Ordering::SeqCst);
+        tokio::spawn(run_writes(raft, rx, deadline, lease, stats, paused));
+        Self { queue }
     }
 
     /// Proposes `command` in the next batch; answers within `deadline`.
@@ -109,7 +111,7 @@ async fn run_writes(
     deadline: Duration,
     lease: Duration,
     stats: Arc<BatchStats>,
-    paused: Arc<std::sync::atomic::AtomicBool>,
+    paused: HandingOver,
 ) {
     let slots = Arc::new(Semaphore::new(PROPOSAL_SLOTS));
     loop {
@@ -145,7 +147,7 @@ async fn run_writes(
         if batch.is_empty() {
             continue;
         }
-        if paused.load(std::sync::atomic::Ordering::SeqCst) {
+        if handing_over(&paused) {
             for pending in batch {
                 let _ = pending
                     .reply
@@ -215,9 +217,10 @@ impl ReadCoalescer {
         lease: Duration,
         stats: Arc<BatchStats>,
         remote: Arc<std::sync::OnceLock<Arc<dyn super::LeaderReadIndex>>>,
+        paused: HandingOver,
     ) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_reads(raft, rx, deadline, lease, stats, remote));
+        tokio::spawn(run_reads(raft, rx, deadline, lease, stats, remote, paused));
         Self { queue }
     }
 
@@ -242,6 +245,7 @@ async fn run_reads(
     lease: Duration,
     stats: Arc<BatchStats>,
     remote: Arc<std::sync::OnceLock<Arc<dyn super::LeaderReadIndex>>>,
+    paused: HandingOver,
 ) {
     while let Some(first) = rx.recv().await {
         let mut waiters = vec![first];
@@ -259,7 +263,12 @@ async fn run_reads(
             .reads
             .fetch_add(waiters.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let started = Instant::now();
-        let result = super::read_index_round(&raft, remote.get(), deadline, lease).await;
+        let leading = raft.metrics().borrow().state == openraft::ServerState::Leader;
+        let result = if leading && handing_over(&paused) {
+            Err(ReadError::NotLeader { leader: None })
+        } else {
+            super::read_index_round(&raft, remote.get(), deadline, lease).await
+        };
         tracing::trace!(
             readers = waiters.len(),
             micros = started.elapsed().as_micros() as u64,

@@ -114,6 +114,7 @@ pub struct Replica {
     batch_stats: Arc<BatchStats>,
     log: LogStore,
     writes: batching::WriteBatcher,
+    handing_over: batching::HandingOver,
     reads: batching::ReadCoalescer,
     remote_read_index: Arc<std::sync::OnceLock<Arc<dyn LeaderReadIndex>>>,
 }
@@ -150,11 +151,13 @@ impl Replica {
         let raft = Raft::new(id, config, network, log.clone(), state_machine).await?;
         let batch_stats = Arc::new(BatchStats::default());
         let lease = Duration::from_millis(timing.election_timeout_max_ms);
+        let handing_over = batching::HandingOver::default();
         let writes = batching::WriteBatcher::start(
             raft.clone(),
             deadlines.write,
             lease,
             batch_stats.clone(),
+            handing_over.clone(),
         );
         let remote_read_index = Arc::new(std::sync::OnceLock::new());
         let reads = batching::ReadCoalescer::start(
@@ -163,6 +166,7 @@ impl Replica {
             lease,
             batch_stats.clone(),
             remote_read_index.clone(),
+            handing_over.clone(),
         );
         let leader_since = Arc::new(std::sync::Mutex::new(None));
         tokio::spawn(track_leadership(raft.metrics(), leader_since.clone()));
@@ -178,6 +182,7 @@ impl Replica {
             batch_stats,
             log,
             writes,
+            handing_over,
             reads,
             remote_read_index,
         })
@@ -292,10 +297,12 @@ impl Replica {
             .map(|since| since.elapsed())
     }
 
-    /// While paused, writes are answered "not the leader" without being proposed (used
-    /// while handing leadership to another replica).
-    pub fn pause_writes(&self, paused: bool) {
-        self.writes.set_paused(paused);
+    /// While set, this leader answers writes and reads "not the leader" without sending
+    /// anything to its peers (used while handing leadership to another replica, whose
+    /// votes would be refused by followers that just heard from this one).
+    pub fn hand_over(&self, handing_over: bool) {
+        self.handing_over
+            .store(handing_over, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Waits until this replica applied `index`, for at most `timeout`.

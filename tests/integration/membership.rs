@@ -230,6 +230,51 @@ async fn leadership_moves_on_request_and_when_the_leader_is_stopped() {
     );
 }
 
+/// With five voters the new leader needs a vote from a follower, which refuses while it
+/// still hears from the old leader. Reads kept flowing during the handover renewed those
+/// leases: the target's campaign failed, deposed the old leader, and elections followed
+/// until one stuck (several terms and seconds per rolling-restart step in RELIABILITY.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_voters_hand_leadership_over_in_one_election_while_validates_continue() {
+    let cluster = TestCluster::start(5).await;
+    let mut leader = cluster.wait_for_leader().await;
+    attach_range(&cluster.client(leader), 0..8, 1).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (1..=5u64)
+        .map(|id| {
+            let (client, stop) = (cluster.client(id), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    // Errors are expected while leadership moves; only the load matters.
+                    let _ = client.validate(&[(shard(id as u32), 1)]).await;
+                }
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        let target = cluster.other_than(leader);
+        let before = cluster.status_of(leader).await.expect("leader status").term;
+        let status = cluster
+            .client(leader)
+            .transfer_leader(target)
+            .await
+            .expect("the transfer completes");
+        assert_eq!(status.leader, Some(target));
+        let after = cluster.status_of(target).await.expect("target status").term;
+        // One campaign; a second is tolerated for a follower whose timer fired on a busy
+        // machine. A failed campaign costs at least two (it and the re-election after it).
+        assert!(
+            after - before <= 2,
+            "moving leadership from {leader} to {target} took terms {before} to {after}"
+        );
+        leader = cluster.wait_for_leader().await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for reader in readers {
+        reader.await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_under_traffic_fails_no_request() {
     let mut cluster = TestCluster::start(3).await;
