@@ -164,7 +164,7 @@ impl Client {
         }
         let response = request.send().await.map_err(|e| ClientError::Transport {
             url: url.clone(),
-            reason: format!("{e:#}"),
+            reason: controller_raft::transport::error_text(&e),
             not_sent: e.is_connect(),
         })?;
         let status = response.status();
@@ -174,7 +174,10 @@ impl Client {
                 .contains_key(crate::api::error::NOT_APPLIED_HEADER);
         let bytes = response.bytes().await.map_err(|e| ClientError::Transport {
             url: url.clone(),
-            reason: format!("reading the answer: {e:#}"),
+            reason: format!(
+                "reading the answer: {}",
+                controller_raft::transport::error_text(&e)
+            ),
             not_sent: false,
         })?;
         if !status.is_success() {

@@ -101,7 +101,7 @@ impl HttpNetwork {
         if let Some((name, value)) = self.auth.outgoing() {
             builder = builder.header(name, value);
         }
-        let response = builder.send().await.map_err(|e| format!("{e:#}"))?;
+        let response = builder.send().await.map_err(|e| error_text(&e))?;
         let status = response.status();
         PeerIdentity::check_responder(response.headers(), target).map_err(|e| e.to_string())?;
         if status.is_success() {
@@ -176,7 +176,7 @@ impl PeerConnection {
             builder = builder.header(name, value);
         }
         let response = builder.send().await.map_err(|e| {
-            let err = self.error(format!("{e:#}"));
+            let err = self.error(error_text(&e));
             if e.is_connect() {
                 RPCError::Unreachable(Unreachable::new(&err))
             } else {
@@ -188,7 +188,7 @@ impl PeerConnection {
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| RPCError::Network(NetworkError::new(&self.error(e))))?;
+            .map_err(|e| RPCError::Network(NetworkError::new(&self.error(error_text(&e)))))?;
         if status != StatusCode::OK {
             let reason = format!("refused with {status}: {}", String::from_utf8_lossy(&bytes));
             return Err(RPCError::Network(NetworkError::new(&self.error(reason))));
@@ -250,6 +250,23 @@ struct Service<C: RaftTypeConfig> {
 }
 
 /// The replica-to-replica routes, to be merged into the replica's router.
+/// `e` with its causes ("error sending request: connection closed before message
+/// completed"): reqwest's own text names only the outermost step, which leaves an
+/// operator reading logs no way to tell a refused connection from a reset one.
+pub fn error_text(e: &(dyn Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(inner) = cause {
+        let part = inner.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = inner.source();
+    }
+    text
+}
+
 pub fn router<C>(raft: Raft<C>, identity: Arc<PeerIdentity>, auth: Arc<dyn PeerAuth>) -> Router
 where
     C: RaftTypeConfig<NodeId = ReplicaId, Node = Member>,
@@ -416,4 +433,27 @@ where
         "",
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+
+    #[tokio::test]
+    async fn an_http_error_names_its_cause() {
+        // A port that was just free: nothing listens on it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let err = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .expect_err("nothing listens there");
+        let text = error_text(&err);
+        assert!(text.starts_with(&err.to_string()), "{text}");
+        assert!(text.to_lowercase().contains("refused"), "{text}");
+        assert!(!err.to_string().to_lowercase().contains("refused"), "{err}");
+    }
 }

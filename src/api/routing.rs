@@ -33,6 +33,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use controller_raft::transport::error_text;
 use controller_raft::Member;
 
 use super::error::{ApiError, NOT_APPLIED_HEADER, NOT_LEADER_HEADER};
@@ -120,8 +121,8 @@ impl Forwarder {
         }
         let response = match request.send().await {
             Ok(response) => response,
-            Err(e) if e.is_connect() => return Forwarded::NotSent(format!("{e:#}")),
-            Err(e) => return Forwarded::Unknown(format!("{e:#}")),
+            Err(e) if e.is_connect() => return Forwarded::NotSent(error_text(&e)),
+            Err(e) => return Forwarded::Unknown(error_text(&e)),
         };
         if response.headers().contains_key(NOT_LEADER_HEADER) {
             return Forwarded::NotLeader;
@@ -136,7 +137,12 @@ impl Forwarder {
         .collect();
         let body = match response.bytes().await {
             Ok(body) => body,
-            Err(e) => return Forwarded::Unknown(format!("reading the leader's answer: {e:#}")),
+            Err(e) => {
+                return Forwarded::Unknown(format!(
+                    "reading the leader's answer: {}",
+                    error_text(&e)
+                ))
+            }
         };
         let mut answer = (status, body).into_response();
         answer.headers_mut().extend(kept);
