@@ -1,13 +1,26 @@
 //! Logging set-up, once per process. Every line of a replica carries `replica=N`, so the
 //! interleaved output of a local cluster (or three log files side by side) can be told
 //! apart; `--log-format json` gives one JSON object per line for log pipelines.
+//!
+//! Warnings and errors are capped per place in the code ([`Repeats`]): with one replica
+//! down, openraft logs an error for every leadership round of every read, hundreds a
+//! second under validate traffic, and a log pipeline drowns in one fact. The first few
+//! of each window are written and the rest counted in one summary line.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tracing::callsite::Identifier;
+use tracing::subscriber::Interest;
+use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::layer::{Context, Filter, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -111,23 +124,218 @@ pub fn init(filter: &str, format: LogFormat, replica: Option<u64>) {
         eprintln!("invalid --log filter {filter:?} ({e}); using info");
         EnvFilter::new("info")
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let result = match (format, replica) {
-        (LogFormat::Json, replica) => builder
+    let layer: Box<dyn Layer<Registry> + Send + Sync> = match (format, replica) {
+        (LogFormat::Json, replica) => layer
             .with_ansi(false)
             .event_format(JsonLines { replica })
-            .try_init(),
-        (LogFormat::Text, Some(replica)) => builder
+            .boxed(),
+        (LogFormat::Text, Some(replica)) => layer
             .event_format(WithReplica {
                 inner: tracing_subscriber::fmt::format(),
                 replica,
             })
-            .try_init(),
-        (LogFormat::Text, None) => builder.try_init(),
+            .boxed(),
+        (LogFormat::Text, None) => layer.boxed(),
     };
+    let repeats = Repeats::default();
+    let filter = tracing_subscriber::filter::FilterExt::and(filter, repeats.clone());
     // A second init (tests starting several servers in one process) keeps the first.
-    let _ = result;
+    if tracing_subscriber::registry()
+        .with(layer.with_filter(filter))
+        .try_init()
+        .is_ok()
+    {
+        repeats.spawn_summaries();
+    }
+}
+
+/// Caps warnings and errors per callsite: [`Repeats::SHOWN`] per window are let through,
+/// the rest are counted, and [`Repeats::summarize`] (every [`Repeats::WINDOW`] on a
+/// thread of its own) writes one line per callsite that had any suppressed, then opens
+/// the next window. Information and debug lines are never held back: they are one per
+/// request or event by design, and an operator who turns them on wants them all.
+#[derive(Clone, Default)]
+pub struct Repeats {
+    seen: Arc<Mutex<HashMap<Identifier, Seen>>>,
+}
+
+struct Seen {
+    metadata: &'static Metadata<'static>,
+    shown: u32,
+    suppressed: u64,
+}
+
+impl Repeats {
+    /// Lines let through per callsite and window.
+    pub const SHOWN: u32 = 20;
+    pub const WINDOW: Duration = Duration::from_secs(10);
+
+    fn capped(metadata: &Metadata<'_>) -> bool {
+        *metadata.level() <= Level::WARN
+    }
+
+    /// Whether an event from `metadata`'s callsite may be written now.
+    fn admit(&self, metadata: &'static Metadata<'static>) -> bool {
+        let mut seen = self.seen.lock().expect("log repeats lock");
+        let entry = seen.entry(metadata.callsite()).or_insert(Seen {
+            metadata,
+            shown: 0,
+            suppressed: 0,
+        });
+        if entry.shown < Self::SHOWN {
+            entry.shown += 1;
+            true
+        } else {
+            entry.suppressed += 1;
+            false
+        }
+    }
+
+    /// Writes one line per callsite whose lines were held back, and opens a new window.
+    pub fn summarize(&self) {
+        let suppressed: Vec<(&'static Metadata<'static>, u64)> = {
+            let mut seen = self.seen.lock().expect("log repeats lock");
+            let counts = seen
+                .values()
+                .filter(|s| s.suppressed > 0)
+                .map(|s| (s.metadata, s.suppressed))
+                .collect();
+            seen.clear();
+            counts
+        };
+        // Outside the lock: these lines pass through this filter too.
+        for (metadata, count) in suppressed {
+            tracing::warn!(
+                suppressed = count,
+                level = %metadata.level(),
+                of = metadata.target(),
+                at = %format_args!(
+                    "{}:{}",
+                    short_path(metadata.file().unwrap_or("?")),
+                    metadata.line().unwrap_or(0)
+                ),
+                "repeated log lines held back (more than {} in {:?})",
+                Self::SHOWN,
+                Self::WINDOW
+            );
+        }
+    }
+
+    fn spawn_summaries(&self) {
+        let repeats = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("log-repeats".into())
+            .spawn(move || loop {
+                std::thread::sleep(Self::WINDOW);
+                repeats.summarize();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "repeated log lines will not be summarized");
+        }
+    }
+}
+
+/// A dependency's source path from its crate directory on (`openraft-0.9.25/src/...`),
+/// not from the build machine's cargo registry.
+fn short_path(path: &str) -> &str {
+    match path.split_once("/registry/src/") {
+        Some((_, rest)) => rest
+            .split_once('/')
+            .map_or(rest, |(_, from_crate)| from_crate),
+        None => path,
+    }
+}
+
+impl<S> Filter<S> for Repeats {
+    fn enabled(&self, _: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        true
+    }
+
+    fn callsite_enabled(&self, metadata: &'static Metadata<'static>) -> Interest {
+        if Self::capped(metadata) {
+            Interest::sometimes()
+        } else {
+            Interest::always()
+        }
+    }
+
+    fn event_enabled(&self, event: &tracing::Event<'_>, _: &Context<'_, S>) -> bool {
+        !Self::capped(event.metadata()) || self.admit(event.metadata())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn lines(&self) -> Vec<String> {
+            let text = String::from_utf8(std::mem::take(&mut *self.0.lock().unwrap())).unwrap();
+            text.lines().map(str::to_owned).collect()
+        }
+    }
+
+    #[test]
+    fn a_flood_of_one_warning_is_cut_to_a_few_lines_and_a_count() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let repeats = Repeats::default();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .with_filter(repeats.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..500 {
+                tracing::error!(target = 2, i, "peer unreachable");
+                if i % 100 == 0 {
+                    tracing::warn!("another warning");
+                    tracing::info!(i, "a request");
+                }
+            }
+            let lines = out.lines();
+            let count = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
+            assert_eq!(count("peer unreachable"), Repeats::SHOWN as usize);
+            assert_eq!(
+                count("another warning"),
+                5,
+                "another callsite has its own cap"
+            );
+            assert_eq!(count("a request"), 5, "information lines are never capped");
+
+            repeats.summarize();
+            let lines = out.lines();
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            assert!(lines[0].contains("suppressed=480"), "{}", lines[0]);
+            assert!(lines[0].contains("src/logging.rs"), "{}", lines[0]);
+
+            assert_eq!(
+                short_path("/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/openraft-0.9.25/src/core/raft_core.rs"),
+                "openraft-0.9.25/src/core/raft_core.rs"
+            );
+
+            // A new window lets the next ones through again, and a quiet one says nothing.
+            tracing::error!(target = 2, "peer unreachable");
+            assert_eq!(out.lines().len(), 1);
+            repeats.summarize();
+            assert!(out.lines().is_empty());
+        });
+    }
 }
