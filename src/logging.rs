@@ -17,10 +17,10 @@ use tracing::subscriber::Interest;
 use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::FmtContext;
-use tracing_subscriber::layer::{Context, Filter, Layer, SubscriberExt};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Registry};
+use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -124,30 +124,30 @@ pub fn init(filter: &str, format: LogFormat, replica: Option<u64>) {
         eprintln!("invalid --log filter {filter:?} ({e}); using info");
         EnvFilter::new("info")
     });
-    let layer = tracing_subscriber::fmt::layer()
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let layer: Box<dyn Layer<Registry> + Send + Sync> = match (format, replica) {
-        (LogFormat::Json, replica) => layer
+    let repeats = Repeats::default();
+    let result = match (format, replica) {
+        (LogFormat::Json, replica) => builder
             .with_ansi(false)
             .event_format(JsonLines { replica })
-            .boxed(),
-        (LogFormat::Text, Some(replica)) => layer
+            .finish()
+            .with(repeats.clone())
+            .try_init(),
+        (LogFormat::Text, Some(replica)) => builder
             .event_format(WithReplica {
                 inner: tracing_subscriber::fmt::format(),
                 replica,
             })
-            .boxed(),
-        (LogFormat::Text, None) => layer.boxed(),
+            .finish()
+            .with(repeats.clone())
+            .try_init(),
+        (LogFormat::Text, None) => builder.finish().with(repeats.clone()).try_init(),
     };
-    let repeats = Repeats::default();
-    let filter = tracing_subscriber::filter::FilterExt::and(filter, repeats.clone());
     // A second init (tests starting several servers in one process) keeps the first.
-    if tracing_subscriber::registry()
-        .with(layer.with_filter(filter))
-        .try_init()
-        .is_ok()
-    {
+    if result.is_ok() {
         repeats.spawn_summaries();
     }
 }
@@ -249,12 +249,11 @@ fn short_path(path: &str) -> &str {
     }
 }
 
-impl<S> Filter<S> for Repeats {
-    fn enabled(&self, _: &Metadata<'_>, _: &Context<'_, S>) -> bool {
-        true
-    }
-
-    fn callsite_enabled(&self, metadata: &'static Metadata<'static>) -> Interest {
+/// A layer that only vetoes: it writes nothing and leaves the level filter to `--log`
+/// (a per-layer filter would have had to repeat the filter's maximum level, and checking
+/// every event against two filters measurably slowed the write path).
+impl<S: tracing::Subscriber> Layer<S> for Repeats {
+    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
         if Self::capped(metadata) {
             Interest::sometimes()
         } else {
@@ -262,7 +261,7 @@ impl<S> Filter<S> for Repeats {
         }
     }
 
-    fn event_enabled(&self, event: &tracing::Event<'_>, _: &Context<'_, S>) -> bool {
+    fn event_enabled(&self, event: &tracing::Event<'_>, _: Context<'_, S>) -> bool {
         !Self::capped(event.metadata()) || self.admit(event.metadata())
     }
 }
@@ -292,15 +291,27 @@ mod tests {
     }
 
     #[test]
+    fn the_log_filter_alone_sets_the_maximum_level() {
+        use tracing::level_filters::LevelFilter;
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new("info,openraft=warn"))
+            .finish()
+            .with(Repeats::default());
+        assert_eq!(
+            tracing::Subscriber::max_level_hint(&subscriber),
+            Some(LevelFilter::INFO)
+        );
+    }
+
+    #[test]
     fn a_flood_of_one_warning_is_cut_to_a_few_lines_and_a_count() {
         let out = Captured::default();
         let writer = out.clone();
         let repeats = Repeats::default();
-        let subscriber = tracing_subscriber::registry().with(
+        let subscriber = tracing_subscriber::registry().with(repeats.clone()).with(
             tracing_subscriber::fmt::layer()
                 .with_ansi(false)
-                .with_writer(move || writer.clone())
-                .with_filter(repeats.clone()),
+                .with_writer(move || writer.clone()),
         );
         tracing::subscriber::with_default(subscriber, || {
             for i in 0..500 {
