@@ -206,7 +206,7 @@ impl Repeats {
             seen.clear();
             counts
         };
-        // Outside the lock: these lines pass through this filter too.
+        // Outside the lock: these lines pass through this layer too.
         for (metadata, count) in suppressed {
             tracing::warn!(
                 suppressed = count,

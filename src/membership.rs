@@ -316,9 +316,9 @@ impl Membership {
             .member(to)
             .ok_or_else(|| MembershipError::NotFound(format!("replica {to} is not a member")))?;
         tracing::info!(to, "handing leadership over");
-        self.replica.hand_over(true);
+        self.replica.set_handing_over(true);
         let result = self.hand_over(to, &member, within).await;
-        self.replica.hand_over(false);
+        self.replica.set_handing_over(false);
         match &result {
             Ok(()) => tracing::info!(to, "leadership handed over"),
             Err(e) => tracing::warn!(to, error = %e, "leadership transfer did not complete"),

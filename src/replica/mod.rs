@@ -300,7 +300,7 @@ impl Replica {
     /// While set, this leader answers writes and reads "not the leader" without sending
     /// anything to its peers (used while handing leadership to another replica, whose
     /// votes would be refused by followers that just heard from this one).
-    pub fn hand_over(&self, handing_over: bool) {
+    pub fn set_handing_over(&self, handing_over: bool) {
         self.handing_over
             .store(handing_over, std::sync::atomic::Ordering::SeqCst);
     }
