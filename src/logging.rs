@@ -15,6 +15,7 @@ use std::time::Duration;
 use tracing::callsite::Identifier;
 use tracing::subscriber::Interest;
 use tracing::{Level, Metadata};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
@@ -159,13 +160,44 @@ pub fn init(filter: &str, format: LogFormat, replica: Option<u64>) {
 /// request or event by design, and an operator who turns them on wants them all.
 #[derive(Clone, Default)]
 pub struct Repeats {
-    seen: Arc<Mutex<HashMap<Identifier, Seen>>>,
+    seen: Arc<Mutex<HashMap<Place, Seen>>>,
+}
+
+/// Where a line comes from. Records of the `log` crate (sled's) all arrive through one
+/// callsite per level, so they are told apart by the place the record names instead;
+/// otherwise one chatty `log` message would hold back every other one.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Place {
+    Callsite(Identifier),
+    LogRecord {
+        target: String,
+        file: Option<String>,
+        line: Option<u32>,
+    },
 }
 
 struct Seen {
-    metadata: &'static Metadata<'static>,
+    level: Level,
+    target: String,
+    at: String,
     shown: u32,
     suppressed: u64,
+}
+
+impl Seen {
+    fn new(metadata: &Metadata<'_>) -> Seen {
+        Seen {
+            level: *metadata.level(),
+            target: metadata.target().to_owned(),
+            at: format!(
+                "{}:{}",
+                short_path(metadata.file().unwrap_or("?")),
+                metadata.line().unwrap_or(0)
+            ),
+            shown: 0,
+            suppressed: 0,
+        }
+    }
 }
 
 impl Repeats {
@@ -177,14 +209,25 @@ impl Repeats {
         *metadata.level() <= Level::WARN
     }
 
-    /// Whether an event from `metadata`'s callsite may be written now.
-    fn admit(&self, metadata: &'static Metadata<'static>) -> bool {
+    /// Whether `event` may be written now.
+    fn admit(&self, event: &tracing::Event<'_>) -> bool {
+        let normalized = event.normalized_metadata();
+        let (place, metadata) = match &normalized {
+            Some(record) => (
+                Place::LogRecord {
+                    target: record.target().to_owned(),
+                    file: record.file().map(str::to_owned),
+                    line: record.line(),
+                },
+                record,
+            ),
+            None => (
+                Place::Callsite(event.metadata().callsite()),
+                event.metadata(),
+            ),
+        };
         let mut seen = self.seen.lock().expect("log repeats lock");
-        let entry = seen.entry(metadata.callsite()).or_insert(Seen {
-            metadata,
-            shown: 0,
-            suppressed: 0,
-        });
+        let entry = seen.entry(place).or_insert_with(|| Seen::new(metadata));
         if entry.shown < Self::SHOWN {
             entry.shown += 1;
             true
@@ -196,27 +239,20 @@ impl Repeats {
 
     /// Writes one line per callsite whose lines were held back, and opens a new window.
     pub fn summarize(&self) {
-        let suppressed: Vec<(&'static Metadata<'static>, u64)> = {
+        let suppressed: Vec<Seen> = {
             let mut seen = self.seen.lock().expect("log repeats lock");
-            let counts = seen
-                .values()
+            seen.drain()
+                .map(|(_, s)| s)
                 .filter(|s| s.suppressed > 0)
-                .map(|s| (s.metadata, s.suppressed))
-                .collect();
-            seen.clear();
-            counts
+                .collect()
         };
         // Outside the lock: these lines pass through this layer too.
-        for (metadata, count) in suppressed {
+        for held in suppressed {
             tracing::warn!(
-                suppressed = count,
-                level = %metadata.level(),
-                of = metadata.target(),
-                at = %format_args!(
-                    "{}:{}",
-                    short_path(metadata.file().unwrap_or("?")),
-                    metadata.line().unwrap_or(0)
-                ),
+                suppressed = held.suppressed,
+                level = %held.level,
+                of = held.target,
+                at = held.at,
                 "repeated log lines held back (more than {} in {:?})",
                 Self::SHOWN,
                 Self::WINDOW
@@ -262,7 +298,7 @@ impl<S: tracing::Subscriber> Layer<S> for Repeats {
     }
 
     fn event_enabled(&self, event: &tracing::Event<'_>, _: Context<'_, S>) -> bool {
-        !Self::capped(event.metadata()) || self.admit(event.metadata())
+        !Self::capped(event.metadata()) || self.admit(event)
     }
 }
 
@@ -347,6 +383,40 @@ mod tests {
             assert_eq!(out.lines().len(), 1);
             repeats.summarize();
             assert!(out.lines().is_empty());
+        });
+    }
+
+    #[test]
+    fn records_of_the_log_crate_are_capped_by_where_they_come_from() {
+        // sled logs through the `log` crate, whose records reach tracing through one
+        // callsite per level.
+        let _ = tracing_log::LogTracer::init();
+        let out = Captured::default();
+        let writer = out.clone();
+        let repeats = Repeats::default();
+        let subscriber = tracing_subscriber::registry().with(repeats.clone()).with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || writer.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..100 {
+                log::warn!(target: "sled::pagecache", "io error while flushing {i}");
+                if i % 20 == 0 {
+                    log::warn!(target: "sled::tree", "a different record");
+                }
+            }
+            let lines = out.lines();
+            let count = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
+            assert_eq!(count("io error while flushing"), Repeats::SHOWN as usize);
+            assert_eq!(count("a different record"), 5, "{lines:?}");
+
+            repeats.summarize();
+            let lines = out.lines();
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            assert!(lines[0].contains("suppressed=80"), "{}", lines[0]);
+            assert!(lines[0].contains("of=\"sled::pagecache\""), "{}", lines[0]);
+            assert!(lines[0].contains("src/logging.rs"), "{}", lines[0]);
         });
     }
 }
