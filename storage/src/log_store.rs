@@ -14,6 +14,13 @@
 //!
 //! On open, every stored value is decoded and the log checked for holes, so a damaged log
 //! stops the replica at start with a message rather than at some later read.
+//!
+//! sled 0.34.7 writes its own page-table snapshots as `snap.<lsn>.generating`, fsyncs and
+//! renames them, but on open it reads the newest file starting with `snap.`, finished or
+//! not: one left by a write that failed (a full disk) or was cut short (kill -9) makes
+//! every later open fail with "Read corrupted data", although the log itself is intact.
+//! Such files are removed before sled opens; sled then rebuilds its page table from the
+//! previous snapshot and the log, as it does after any crash.
 
 use std::fmt::Debug;
 use std::marker::PhantomData;
@@ -39,13 +46,13 @@ const LAST_PURGED: &[u8] = b"last_purged";
 /// Why the log could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum LogOpenError {
-    #[error("opening the Raft log at {path}: {source}")]
+    #[error("opening the Raft log at {path}")]
     Sled {
         path: String,
         #[source]
         source: sled::Error,
     },
-    #[error("starting the flusher for {path}: {source}")]
+    #[error("preparing the Raft log at {path}")]
     Io {
         path: String,
         #[source]
@@ -53,6 +60,41 @@ pub enum LogOpenError {
     },
     #[error("the Raft log at {path} is damaged: {reason}; refusing to start")]
     Corrupt { path: String, reason: String },
+    #[error(
+        "the disk holding the Raft log at {path} is full: free space or grow the volume, \
+         then start the replica again"
+    )]
+    DiskFull {
+        path: String,
+        #[source]
+        source: sled::Error,
+    },
+}
+
+/// Removes page-table snapshots sled did not finish (see the module docs).
+fn remove_unfinished_sled_snapshots(path: &Path) -> std::io::Result<()> {
+    let mut removed = false;
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(
+                file = %entry.path().display(),
+                "removing a storage snapshot whose write did not finish (a full disk or a crash)"
+            );
+            std::fs::remove_file(entry.path())?;
+            removed = true;
+        }
+    }
+    if removed {
+        sync_dir(path)?;
+    }
+    Ok(())
+}
+
+fn is_disk_full(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull)
 }
 
 /// The sled-backed log store. Clones share the same database and flusher.
@@ -96,11 +138,26 @@ where
         cache_bytes: u64,
     ) -> std::result::Result<Self, LogOpenError> {
         let display = path.display().to_string();
-        let sled_err = |source| LogOpenError::Sled {
-            path: display.clone(),
-            source,
+        let sled_err = |source| {
+            if is_disk_full(&source) {
+                LogOpenError::DiskFull {
+                    path: display.clone(),
+                    source,
+                }
+            } else {
+                LogOpenError::Sled {
+                    path: display.clone(),
+                    source,
+                }
+            }
         };
         let fresh = !path.exists();
+        if !fresh {
+            remove_unfinished_sled_snapshots(path).map_err(|source| LogOpenError::Io {
+                path: display.clone(),
+                source,
+            })?;
+        }
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)

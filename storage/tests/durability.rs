@@ -215,3 +215,40 @@ async fn a_hole_in_the_log_stops_the_replica() {
         Err(LogOpenError::Corrupt { .. })
     ));
 }
+
+#[tokio::test]
+async fn an_unfinished_storage_snapshot_does_not_stop_the_replica() {
+    // sled names a page-table snapshot `snap.<lsn>.generating` until it is written and
+    // fsynced; a full disk or a kill -9 leaves one behind, and sled 0.34.7 would read it
+    // as the newest snapshot and call the whole log corrupt.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = open_log(dir.path());
+        log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        log.blocking_append((1..=5).map(|i| entry(2, i, i)))
+            .await
+            .unwrap();
+    }
+    let sled_dir = dir.path().join("log");
+    std::fs::write(sled_dir.join("snap.00000000000000FF.generating"), b"").unwrap();
+    std::fs::write(
+        sled_dir.join("snap.FFFFFFFFFFFFFFFF.generating"),
+        b"half of a snapshot, no checksum",
+    )
+    .unwrap();
+
+    let mut log = open_log(dir.path());
+    assert_eq!(
+        log.read_vote().await.unwrap(),
+        Some(Vote::new_committed(2, 1))
+    );
+    let entries = log.try_get_log_entries(0..100).await.unwrap();
+    assert_eq!(entries.len(), 5);
+    assert_eq!(entries.last().unwrap().log_id, log_id(2, 5));
+    let left: Vec<String> = std::fs::read_dir(&sled_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".generating"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
