@@ -75,6 +75,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 5_000)]
     pub write_timeout_ms: u64,
 
+    /// A read (validate, inspect, lists) whose leadership could not be confirmed within
+    /// this many milliseconds is answered 503 (nothing changed; safe to retry).
+    #[arg(long, default_value_t = Deadlines::default().read.as_millis() as u64)]
+    pub read_timeout_ms: u64,
+
     /// How long a request waits for a leader (during an election) before a 503.
     #[arg(long, default_value_t = 5_000)]
     pub leader_wait_ms: u64,
@@ -220,7 +225,7 @@ impl ServeArgs {
             timing,
             deadlines: Deadlines {
                 write: Duration::from_millis(self.write_timeout_ms),
-                ..Deadlines::default()
+                read: Duration::from_millis(self.read_timeout_ms),
             },
             leader_wait: Duration::from_millis(self.leader_wait_ms),
             limits: Limits {

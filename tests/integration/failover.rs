@@ -207,6 +207,39 @@ async fn a_write_forwarded_to_a_frozen_leader_is_given_up_once_another_leads() {
     assert_eq!((current, node), (next, NodeId(3)));
 }
 
+/// A read on a follower asks the leader for a read index. If that leader froze, the read
+/// does not wait out its deadline: once another replica leads, it asks that one. (The
+/// deadlines here are far beyond the client's patience, so only moving on answers.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_on_a_follower_moves_on_from_a_frozen_leader() {
+    let cluster = TestCluster::start_with(
+        3,
+        &["--read-timeout-ms", "60000", "--write-timeout-ms", "60000"],
+    )
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.other_than(leader);
+    let client = cluster.client(follower);
+    let first = client.attach_hook(shard(1), Some(NodeId(1)), None).await;
+    assert_eq!(first.unwrap(), Some(1));
+    // The follower has applied the attach and knows the leader.
+    let answer = client.validate(&[(shard(1), 1)]).await.unwrap();
+    assert!(answer.tenants[0].valid);
+
+    cluster.freeze(leader, true);
+    let answer = client
+        .validate(&[(shard(1), 1)])
+        .await
+        .expect("answered once another replica leads");
+    assert!(answer.tenants[0].valid, "{answer:?}");
+    let now_leading = cluster.status_of(follower).await.and_then(|s| s.leader);
+    assert!(
+        now_leading.is_some_and(|l| l != leader),
+        "answered after another replica took over (leader now: {now_leading:?})"
+    );
+    cluster.freeze(leader, false);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_quorum_requests_fail_clearly_and_recover() {
     let mut cluster = TestCluster::start_with(
