@@ -66,6 +66,9 @@ pub struct ClusterConfig {
     pub serve_args: Vec<String>,
     /// Seeds the proxy's random choices.
     pub seed: u64,
+    /// When set, each replica's data dir lives on a tmpfs of its own of this many MiB,
+    /// which the `disk-full-*` faults shrink to what is in use (mounting needs root).
+    pub disk_mib: Option<u64>,
 }
 
 /// How a replica's data dir came to be, which decides its start flags.
@@ -85,6 +88,8 @@ pub struct Replica {
     /// Where its peers reach it (the proxy).
     pub peer_addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// The tmpfs holding the data dir, with [`ClusterConfig::disk_mib`].
+    disk: Option<PathBuf>,
     pub log: PathBuf,
     origin: Origin,
     child: Option<Child>,
@@ -160,13 +165,24 @@ impl Cluster {
     async fn add_replica(&mut self, id: u64, origin: Origin) -> anyhow::Result<()> {
         let listen = free_port()?;
         let peer_addr = self.proxy.add(id, listen).await?;
+        let (data_dir, disk) = match self.config.disk_mib {
+            None => (self.config.root.join(format!("replica-{id}")), None),
+            Some(mib) => {
+                let disk = self.config.root.join(format!("disk-{id}"));
+                std::fs::create_dir_all(&disk)
+                    .with_context(|| format!("creating {}", disk.display()))?;
+                mount_tmpfs(&disk, mib)?;
+                (disk.join("data"), Some(disk))
+            }
+        };
         self.replicas.insert(
             id,
             Replica {
                 id,
                 listen,
                 peer_addr,
-                data_dir: self.config.root.join(format!("replica-{id}")),
+                data_dir,
+                disk,
                 log: self.config.root.join(format!("replica-{id}.log")),
                 origin,
                 child: None,
@@ -383,6 +399,53 @@ impl Cluster {
         }
     }
 
+    /// Fills replica `id`'s disk: its tmpfs is shrunk to what is in use, so the next
+    /// write that needs space fails with "No space left on device".
+    pub fn fill_disk(&self, id: u64) -> anyhow::Result<()> {
+        let disk = self.disk_of(id)?;
+        // Writes go on while this runs: a size below what is in use by then is refused,
+        // so read the usage again and retry.
+        let mut last_error = String::new();
+        for _ in 0..20 {
+            let used = disk_used_bytes(disk)?;
+            match remount_tmpfs(disk, &format!("size={used}")) {
+                Ok(()) => {
+                    tracing::info!(id, used, "disk full");
+                    return Ok(());
+                }
+                Err(e) => last_error = format!("{e:#}"),
+            }
+        }
+        bail!("could not shrink replica {id}'s disk to its usage: {last_error}")
+    }
+
+    /// Gives replica `id`'s disk its full size back.
+    pub fn free_disk(&self, id: u64) -> anyhow::Result<()> {
+        let mib = self
+            .config
+            .disk_mib
+            .context("the replicas have no disks of their own")?;
+        remount_tmpfs(self.disk_of(id)?, &format!("size={mib}m"))
+    }
+
+    fn disk_of(&self, id: u64) -> anyhow::Result<&Path> {
+        self.replicas
+            .get(&id)
+            .context("unknown replica")?
+            .disk
+            .as_deref()
+            .context("the disk-full faults need ClusterConfig::disk_mib (disks of their own)")
+    }
+
+    /// If replica `id`'s process exited on its own, reaps it and says how it ended.
+    pub fn reap(&mut self, id: u64) -> Option<String> {
+        let replica = self.replicas.get_mut(&id)?;
+        let status = replica.child.as_mut()?.try_wait().ok()??;
+        replica.child = None;
+        self.proxy.set_pid(id, None);
+        Some(status.to_string())
+    }
+
     /// Processes that exited on their own (a crash, or a refusal to start), reaped.
     pub fn exited(&mut self) -> Vec<(u64, String)> {
         let mut exited = Vec::new();
@@ -538,7 +601,8 @@ impl Cluster {
         }
     }
 
-    /// Stops every process (SIGKILL; nothing is kept running after a run).
+    /// Stops every process (SIGKILL; nothing is kept running after a run) and unmounts
+    /// the replicas' own disks.
     pub fn shutdown(&mut self) {
         for replica in self.replicas.values_mut() {
             if let Some(mut child) = replica.child.take() {
@@ -548,6 +612,11 @@ impl Cluster {
                 }
                 let _ = child.kill();
                 let _ = child.wait();
+            }
+            if let Some(disk) = replica.disk.take() {
+                if let Err(e) = run_mount_tool("umount", &[disk.as_os_str()]) {
+                    tracing::warn!(disk = %disk.display(), error = %format!("{e:#}"), "unmounting a replica's disk");
+                }
             }
         }
     }
@@ -564,4 +633,68 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Mounts a tmpfs of `mib` MiB on `dir`.
+fn mount_tmpfs(dir: &Path, mib: u64) -> anyhow::Result<()> {
+    let size = format!("size={mib}m");
+    run_mount_tool(
+        "mount",
+        &[
+            "-t".as_ref(),
+            "tmpfs".as_ref(),
+            "-o".as_ref(),
+            size.as_ref(),
+            "tmpfs".as_ref(),
+            dir.as_os_str(),
+        ],
+    )
+    .context(
+        "the disk-full faults give each replica a tmpfs of its own, and mounting one needs \
+         root (CAP_SYS_ADMIN)",
+    )
+}
+
+fn remount_tmpfs(dir: &Path, options: &str) -> anyhow::Result<()> {
+    let options = format!("remount,{options}");
+    run_mount_tool("mount", &["-o".as_ref(), options.as_ref(), dir.as_os_str()])
+}
+
+fn run_mount_tool(tool: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
+    let output = Command::new(tool)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {tool}"))?;
+    if !output.status.success() {
+        bail!(
+            "{tool} {:?} failed ({}): {}",
+            args,
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Bytes in use on the file system holding `dir`.
+fn disk_used_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .context("a disk path with a NUL byte")?;
+    // SAFETY: statvfs(3) fills the struct we pass; the path is NUL-terminated.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        bail!(
+            "statvfs {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok((stat.f_blocks - stat.f_bfree) as u64 * stat.f_frsize as u64)
+}
+
+/// Whether this process may give replicas disks of their own (`Err` says why not).
+pub fn can_mount_disks(scratch: &Path) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir_in(scratch).context("creating a scratch mount point")?;
+    mount_tmpfs(dir.path(), 1)?;
+    run_mount_tool("umount", &[dir.path().as_os_str()])
 }

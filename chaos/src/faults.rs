@@ -18,6 +18,7 @@
 //! | `member-replace` | the runbook for a lost disk: remove a member, kill it, wipe its data dir, start it with `--join` |
 //! | `disk-loss` | kill a member and wipe its data dir, then restart it with its old flags (it must not vote as the member it was) |
 //! | `rolling-restart` | SIGTERM, restart and wait for each replica in turn |
+//! | `disk-full-leader`, `disk-full-follower` | fill the replica's disk until it stops; start it on the full disk (it must refuse, saying so); give the space back and start it again. Not in the default set: each replica then gets a tmpfs of its own, which needs root |
 
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,8 @@ pub enum FaultKind {
     MemberReplace,
     DiskLoss,
     RollingRestart,
+    DiskFullLeader,
+    DiskFullFollower,
 }
 
 impl FaultKind {
@@ -79,7 +82,16 @@ impl FaultKind {
             FaultKind::MemberReplace => "member-replace",
             FaultKind::DiskLoss => "disk-loss",
             FaultKind::RollingRestart => "rolling-restart",
+            FaultKind::DiskFullLeader => "disk-full-leader",
+            FaultKind::DiskFullFollower => "disk-full-follower",
         }
+    }
+
+    /// The faults that need each replica's data dir on a disk of its own (and root).
+    pub const DISK_FULL: [FaultKind; 2] = [FaultKind::DiskFullLeader, FaultKind::DiskFullFollower];
+
+    pub fn needs_own_disks(self) -> bool {
+        Self::DISK_FULL.contains(&self)
     }
 }
 
@@ -227,6 +239,56 @@ impl Injector<'_> {
                 Ok(span)
             }
             FaultKind::RollingRestart => self.rolling_restart(kind, leader).await,
+            FaultKind::DiskFullLeader => self.disk_full(kind, leader).await,
+            FaultKind::DiskFullFollower => {
+                let target = self.pick(&self.followers(leader))?;
+                self.disk_full(kind, target).await
+            }
+        }
+    }
+
+    /// Fills `target`'s disk while traffic runs and waits for the replica to stop on its
+    /// first failed write (saying why); starts it on the full disk, where it must refuse
+    /// to run (saying why); then gives the space back and starts it again from the same
+    /// data dir, which must work.
+    async fn disk_full(&mut self, kind: FaultKind, target: u64) -> anyhow::Result<FaultSpan> {
+        let mut span = self.span(kind, vec![target]);
+        self.cluster.fill_disk(target)?;
+        let stopped = self.wait_exit(target).await;
+        let refused = match stopped {
+            Ok(()) => {
+                self.cluster.launch(target)?;
+                self.wait_exit(target).await
+            }
+            Err(e) => Err(e),
+        };
+        self.cluster.free_disk(target)?;
+        refused?;
+        self.cluster.launch(target)?;
+        span.healed_us = self.now();
+        Ok(span)
+    }
+
+    /// Waits for `target` to exit on its own, with a log that says its disk is full.
+    async fn wait_exit(&mut self, target: u64) -> anyhow::Result<()> {
+        let end = Instant::now() + self.timings.patience;
+        loop {
+            if let Some(status) = self.cluster.reap(target) {
+                let tail = self.cluster.log_tail(target, 5);
+                if !tail.contains("No space left on device") && !tail.contains("is full") {
+                    bail!("replica {target} exited ({status}) without saying its disk is full:\n{tail}");
+                }
+                tracing::info!(target, %status, "stopped on a full disk");
+                return Ok(());
+            }
+            if Instant::now() >= end {
+                bail!(
+                    "replica {target} kept running on a full disk for {:?}:\n{}",
+                    self.timings.patience,
+                    self.cluster.log_tail(target, 10)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

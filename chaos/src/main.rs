@@ -83,7 +83,8 @@ struct RunArgs {
     /// Inject faults for at least this long; the round in progress is completed.
     #[arg(long, default_value_t = 180)]
     duration_secs: u64,
-    /// Fault kinds to inject, comma-separated (default: all).
+    /// Fault kinds to inject, comma-separated (default: all but the disk-full ones, which
+    /// give each replica a tmpfs of its own and need root).
     #[arg(long, value_delimiter = ',', value_enum)]
     faults: Vec<FaultKind>,
     /// Where run folders are created.

@@ -58,7 +58,20 @@ pub struct RunConfig {
     pub replay: String,
 }
 
+/// Size of each replica's own disk when a disk-full fault is enabled: far more than a run
+/// writes, so only the fault fills it.
+const DISK_MIB: u64 = 256;
+
 impl RunConfig {
+    fn needs_own_disks(&self) -> bool {
+        let scripted = self.script.iter().flatten().map(|(kind, _)| *kind);
+        self.faults
+            .iter()
+            .copied()
+            .chain(scripted)
+            .any(FaultKind::needs_own_disks)
+    }
+
     /// `serve` flags that make snapshots and log purges frequent, so that catching up from
     /// a snapshot happens in every run.
     pub fn default_serve_args() -> Vec<String> {
@@ -99,6 +112,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
         server: config.server.clone(),
         serve_args: config.serve_args.clone(),
         seed: config.seed,
+        disk_mib: config.needs_own_disks().then_some(DISK_MIB),
     })
     .await
     .context("starting the cluster")?;

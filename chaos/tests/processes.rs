@@ -72,3 +72,20 @@ async fn named_regression_scenarios_give_no_wrong_answer() {
         assert_passes(config).await;
     }
 }
+
+/// A full disk stops the replica with a message, a start on the still-full disk is
+/// refused with one, and once there is space it starts from the same data dir: for the
+/// leader and for a follower, under traffic, with no wrong answer. Each replica's data
+/// dir is then a tmpfs of its own, which only root may mount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_one_replica_with_a_message_and_loses_nothing() {
+    let scratch = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    if let Err(e) = chaos::cluster::can_mount_disks(&scratch) {
+        eprintln!(
+            "NOT RUN: the disk-full faults need to mount a tmpfs per replica ({e:#}); \
+             run the tests as root to cover them"
+        );
+        return;
+    }
+    assert_passes(config(28, 3, FaultKind::DISK_FULL.to_vec())).await;
+}
