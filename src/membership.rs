@@ -303,9 +303,32 @@ impl Membership {
 
     /// Hands leadership to `to` within `within`.
     pub async fn transfer(&self, to: u64, within: Duration) -> Result<(), MembershipError> {
+        self.move_leadership(to, within, false).await.map(|_| ())
+    }
+
+    /// Hands leadership away before this replica stops, to the best successor; but any
+    /// other replica taking over ends it as well (what matters is that this one no longer
+    /// leads, and a successor that stalls should not hold the shutdown). Returns the new
+    /// leader, `None` if there is no other voter.
+    pub async fn step_down(&self, within: Duration) -> Result<Option<u64>, MembershipError> {
+        self.ensure_leader()?;
+        let Some(to) = self.best_successor().await else {
+            return Ok(None);
+        };
+        self.move_leadership(to, within, true).await.map(Some)
+    }
+
+    /// Moves leadership to `to` (or, with `any_other`, to whichever other replica wins)
+    /// and returns the new leader.
+    async fn move_leadership(
+        &self,
+        to: u64,
+        within: Duration,
+        any_other: bool,
+    ) -> Result<u64, MembershipError> {
         self.ensure_leader()?;
         if to == self.replica.id() {
-            return Ok(());
+            return Ok(to);
         }
         if !self.voters().contains(&to) {
             return Err(MembershipError::NotFound(format!(
@@ -317,10 +340,15 @@ impl Membership {
             .ok_or_else(|| MembershipError::NotFound(format!("replica {to} is not a member")))?;
         tracing::info!(to, "handing leadership over");
         self.replica.set_handing_over(true);
-        let result = self.hand_over(to, &member, within).await;
+        let goal = Goal {
+            to,
+            from: self.replica.id(),
+            any_other,
+        };
+        let result = self.hand_over(goal, &member, within).await;
         self.replica.set_handing_over(false);
         match &result {
-            Ok(()) => tracing::info!(to, "leadership handed over"),
+            Ok(leader) => tracing::info!(to, leader, "leadership handed over"),
             Err(e) => tracing::warn!(to, error = %e, "leadership transfer did not complete"),
         }
         result
@@ -328,10 +356,11 @@ impl Membership {
 
     async fn hand_over(
         &self,
-        to: u64,
+        goal: Goal,
         member: &Member,
         within: Duration,
-    ) -> Result<(), MembershipError> {
+    ) -> Result<u64, MembershipError> {
+        let to = goal.to;
         let deadline = Instant::now() + within;
         // With three voters, the old leader's vote plus the target's own are a quorum.
         // With more, other followers must vote too, and they refuse while they still hear
@@ -340,10 +369,17 @@ impl Membership {
         let quorum = self.voters().len() / 2 + 1;
         let quiet = quorum > 2;
         if quiet {
-            self.wait_matched(to, deadline).await?;
+            match self.wait_matched(to, deadline).await {
+                Err(MembershipError::NotLeader(Some(leader))) if goal.reached(Some(leader)) => {
+                    return Ok(leader)
+                }
+                other => other?,
+            }
             self.replica.raft().runtime_config().heartbeat(false);
         }
-        let result = self.campaign_until_moved(to, member, quiet, deadline).await;
+        let result = self
+            .campaign_until_moved(goal, member, quiet, deadline)
+            .await;
         self.replica.raft().runtime_config().heartbeat(true);
         result
     }
@@ -374,7 +410,9 @@ impl Membership {
         }
     }
 
-    /// Asks `to` to campaign until it leads or `deadline` passes. A campaign is only
+    /// Asks `to` to campaign until the goal is reached (`to` leads, or with
+    /// [`Goal::any_other`] any replica but this one does) or `deadline` passes; returns
+    /// the new leader. A campaign is only
     /// worth asking for once this leader's own lease has run out (counted from its
     /// election: it votes for `to` only then) and, when `quiet`, once the followers' have
     /// too (counted from when this leader last spoke to them: its election, or when
@@ -383,19 +421,20 @@ impl Membership {
     /// costs `to` a term.
     async fn campaign_until_moved(
         &self,
-        to: u64,
+        goal: Goal,
         member: &Member,
         quiet: bool,
         deadline: Instant,
-    ) -> Result<(), MembershipError> {
+    ) -> Result<u64, MembershipError> {
+        let to = goal.to;
         let lease = self.replica.lease() + Duration::from_millis(50);
         let silent_since = Instant::now();
         let mut metrics = self.replica.metrics();
         let mut last_campaign: Option<Instant> = None;
         loop {
             let now = metrics.borrow().clone();
-            if now.current_leader == Some(to) {
-                return Ok(());
+            if let Some(leader) = now.current_leader.filter(|l| goal.reached(Some(*l))) {
+                return Ok(leader);
             }
             if Instant::now() >= deadline {
                 return Err(MembershipError::Unavailable(format!(
@@ -419,12 +458,44 @@ impl Membership {
                     .map_or(0, |l| l.index);
                 if matched >= last {
                     last_campaign = Some(Instant::now());
-                    if let Err(e) = self.network.request_campaign(to, member).await {
-                        tracing::debug!(to, error = %e, "campaign request failed; retrying");
+                    // A target that stalls holds the request up to its timeout; another
+                    // replica may take over meanwhile.
+                    let taken_over = self.until_reached(goal);
+                    tokio::select! {
+                        asked = self.network.request_campaign(to, member) => {
+                            if let Err(e) = asked {
+                                tracing::debug!(to, error = %e, "campaign request failed; retrying");
+                            }
+                        }
+                        () = taken_over => {}
                     }
                 }
             }
             let _ = tokio::time::timeout(Duration::from_millis(20), metrics.changed()).await;
         }
+    }
+
+    /// Resolves once the leadership [`Goal`] is reached, as this replica sees it.
+    async fn until_reached(&self, goal: Goal) {
+        let mut metrics = self.replica.metrics();
+        while !goal.reached(metrics.borrow().current_leader) {
+            if metrics.changed().await.is_err() {
+                return futures::future::pending().await;
+            }
+        }
+    }
+}
+
+/// Where leadership should go: to `to`, or with `any_other` to any replica but `from`.
+#[derive(Debug, Clone, Copy)]
+struct Goal {
+    to: u64,
+    from: u64,
+    any_other: bool,
+}
+
+impl Goal {
+    fn reached(&self, leader: Option<u64>) -> bool {
+        leader.is_some_and(|l| l == self.to || (self.any_other && l != self.from))
     }
 }

@@ -466,11 +466,8 @@ async fn hand_leadership_away(replica: &Replica, membership: &Membership) {
     if !replica.is_leader() {
         return;
     }
-    let Some(to) = membership.best_successor().await else {
-        return;
-    };
-    if let Err(e) = membership.transfer(to, HANDOFF_PATIENCE).await {
-        tracing::warn!(to, error = %e, "could not hand leadership over before stopping; the cluster will elect a new leader");
+    if let Err(e) = membership.step_down(HANDOFF_PATIENCE).await {
+        tracing::warn!(error = %e, "could not hand leadership over before stopping; the cluster will elect a new leader");
     }
 }
 

@@ -275,6 +275,45 @@ async fn five_voters_hand_leadership_over_in_one_election_while_validates_contin
     }
 }
 
+/// A stopping leader hands over to its best successor; if that one stalls, another
+/// replica taking over ends the handover too, so the shutdown is not held up until the
+/// handover's deadline and the cluster is not left leaderless meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_whose_successor_stalls_lets_another_take_over() {
+    let mut cluster = TestCluster::start(5).await;
+    let leader = cluster.wait_for_leader().await;
+    // With every follower holding the whole log, the best successor is the highest id.
+    let stalled = *cluster.others_than(leader).iter().max().unwrap();
+    wait_for(
+        "every follower to hold the leader's log",
+        DEADLINE,
+        || async {
+            let status = cluster.status_of(leader).await?;
+            let last = status.last_log_index?;
+            let followers: Vec<_> = status.members.iter().filter(|m| m.id != leader).collect();
+            (followers.len() == 4 && followers.iter().all(|m| m.matched_index == Some(last)))
+                .then_some(())
+        },
+    )
+    .await;
+    cluster.freeze(stalled, true);
+    cluster.stop(leader);
+    cluster.freeze(stalled, false);
+    let log = cluster.log_of(leader);
+    let handed = log
+        .lines()
+        .find(|l| l.contains("leadership handed over"))
+        .unwrap_or_else(|| panic!("no handover in the stopped leader's log:\n{log}"));
+    assert!(handed.contains(&format!("to={stalled}")), "{handed}");
+    assert!(
+        !handed.contains(&format!("leader={stalled}"))
+            && !handed.contains(&format!("leader={leader}")),
+        "another replica took over: {handed}"
+    );
+    let next = cluster.wait_for_leader().await;
+    assert_ne!(next, leader);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_under_traffic_fails_no_request() {
     let mut cluster = TestCluster::start(3).await;
