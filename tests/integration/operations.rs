@@ -312,7 +312,11 @@ async fn metrics_are_prometheus_text_with_the_operational_series() {
         ),
         (
             follower,
-            vec!["psc_forwarded_requests_total", "psc_data_dir_bytes"],
+            vec![
+                "psc_forwarded_requests_total",
+                "psc_data_dir_bytes",
+                "psc_data_dir_free_bytes",
+            ],
         ),
     ] {
         let response = http
@@ -332,6 +336,13 @@ async fn metrics_are_prometheus_text_with_the_operational_series() {
         if id == leader {
             assert!(text.contains("psc_tenant_shards 5"), "{text}");
             assert!(text.contains("route=\"/debug/v1/attach-hook\""), "{text}");
+        } else {
+            let free: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("psc_data_dir_free_bytes "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no psc_data_dir_free_bytes value:\n{text}"));
+            assert!(free > 0.0, "{free} bytes free where the tests write");
         }
     }
 }
