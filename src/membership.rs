@@ -389,12 +389,7 @@ impl Membership {
         let mut metrics = self.replica.metrics();
         loop {
             let now = metrics.borrow().clone();
-            let last = now.last_log_index.unwrap_or(0);
-            let matched = now
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&to).cloned().flatten())
-                .map_or(0, |l| l.index);
+            let (matched, last) = log_held_by(&now, to);
             if matched >= last {
                 return Ok(());
             }
@@ -450,12 +445,7 @@ impl Membership {
             let retry_due =
                 last_campaign.is_none_or(|at| at.elapsed() >= Duration::from_millis(300));
             if leases_out && retry_due {
-                let last = now.last_log_index.unwrap_or(0);
-                let matched = now
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&to).cloned().flatten())
-                    .map_or(0, |l| l.index);
+                let (matched, last) = log_held_by(&now, to);
                 if matched >= last {
                     last_campaign = Some(Instant::now());
                     // A target that stalls holds the request up to its timeout; another
@@ -484,6 +474,17 @@ impl Membership {
             }
         }
     }
+}
+
+/// How much of this leader's log replica `to` holds, and the log's last index, as these
+/// metrics say.
+fn log_held_by(metrics: &openraft::RaftMetrics<u64, Member>, to: u64) -> (u64, u64) {
+    let matched = metrics
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&to).cloned().flatten())
+        .map_or(0, |l| l.index);
+    (matched, metrics.last_log_index.unwrap_or(0))
 }
 
 /// Where leadership should go: to `to`, or with `any_other` to any replica but `from`.
