@@ -5,7 +5,7 @@
 #
 #   bench/compare.sh [bench compare flags, e.g. --concurrency 64 --duration 10 --runs 3]
 #
-# Installs Debian's etcd-server and postgresql if absent (needs root for that), builds the
+# Installs Debian's etcd-server, etcd-client and postgresql if absent (needs root for that), builds the
 # release binaries, starts the peers in a temporary folder, runs `bench compare`, and
 # removes everything on exit (also on Ctrl-C or failure). Ports: etcd 23791-23793
 # (clients) and 23801-23803 (peers), Postgres 54329; override with ETCD_BASE, PG_PORT.
@@ -20,6 +20,7 @@ step() { printf '== %s\n' "$*" >&2; }
 
 need_install=()
 command -v etcd >/dev/null || need_install+=(etcd-server)
+command -v etcdctl >/dev/null || need_install+=(etcd-client)
 if [ -z "$PG_BIN" ]; then
   PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
 fi
