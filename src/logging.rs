@@ -121,6 +121,23 @@ where
 
 /// Installs the global subscriber; `replica` tags every line when set.
 pub fn init(filter: &str, format: LogFormat, replica: Option<u64>) {
+    let repeats = Repeats::default();
+    // A second init (tests starting several servers in one process) keeps the first.
+    if subscriber(filter, format, replica, repeats.clone())
+        .try_init()
+        .is_ok()
+    {
+        repeats.spawn_summaries();
+    }
+}
+
+/// What [`init`] installs: the `--log` filter, the format, and the cap on repeats.
+fn subscriber(
+    filter: &str,
+    format: LogFormat,
+    replica: Option<u64>,
+    repeats: Repeats,
+) -> Box<dyn tracing::Subscriber + Send + Sync> {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
         eprintln!("invalid --log filter {filter:?} ({e}); using info");
         EnvFilter::new("info")
@@ -129,27 +146,24 @@ pub fn init(filter: &str, format: LogFormat, replica: Option<u64>) {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let repeats = Repeats::default();
-    let result = match (format, replica) {
-        (LogFormat::Json, replica) => builder
-            .with_ansi(false)
-            .event_format(JsonLines { replica })
-            .finish()
-            .with(repeats.clone())
-            .try_init(),
-        (LogFormat::Text, Some(replica)) => builder
-            .event_format(WithReplica {
-                inner: tracing_subscriber::fmt::format(),
-                replica,
-            })
-            .finish()
-            .with(repeats.clone())
-            .try_init(),
-        (LogFormat::Text, None) => builder.finish().with(repeats.clone()).try_init(),
-    };
-    // A second init (tests starting several servers in one process) keeps the first.
-    if result.is_ok() {
-        repeats.spawn_summaries();
+    match (format, replica) {
+        (LogFormat::Json, replica) => Box::new(
+            builder
+                .with_ansi(false)
+                .event_format(JsonLines { replica })
+                .finish()
+                .with(repeats),
+        ),
+        (LogFormat::Text, Some(replica)) => Box::new(
+            builder
+                .event_format(WithReplica {
+                    inner: tracing_subscriber::fmt::format(),
+                    replica,
+                })
+                .finish()
+                .with(repeats),
+        ),
+        (LogFormat::Text, None) => Box::new(builder.finish().with(repeats)),
     }
 }
 
@@ -329,14 +343,18 @@ mod tests {
     #[test]
     fn the_log_filter_alone_sets_the_maximum_level() {
         use tracing::level_filters::LevelFilter;
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(EnvFilter::new("info,openraft=warn"))
-            .finish()
-            .with(Repeats::default());
-        assert_eq!(
-            tracing::Subscriber::max_level_hint(&subscriber),
-            Some(LevelFilter::INFO)
-        );
+        for (format, replica) in [
+            (LogFormat::Text, None),
+            (LogFormat::Text, Some(1)),
+            (LogFormat::Json, Some(1)),
+        ] {
+            let subscriber = subscriber("info,openraft=warn", format, replica, Repeats::default());
+            assert_eq!(
+                subscriber.max_level_hint(),
+                Some(LevelFilter::INFO),
+                "{format:?}, replica {replica:?}"
+            );
+        }
     }
 
     #[test]
