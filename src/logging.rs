@@ -340,6 +340,19 @@ mod tests {
         }
     }
 
+    /// A subscriber with the cap, writing into memory.
+    fn capped_into_memory() -> (Captured, Repeats, impl tracing::Subscriber) {
+        let out = Captured::default();
+        let writer = out.clone();
+        let repeats = Repeats::default();
+        let subscriber = tracing_subscriber::registry().with(repeats.clone()).with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || writer.clone()),
+        );
+        (out, repeats, subscriber)
+    }
+
     #[test]
     fn the_log_filter_alone_sets_the_maximum_level() {
         use tracing::level_filters::LevelFilter;
@@ -359,14 +372,7 @@ mod tests {
 
     #[test]
     fn a_flood_of_one_warning_is_cut_to_a_few_lines_and_a_count() {
-        let out = Captured::default();
-        let writer = out.clone();
-        let repeats = Repeats::default();
-        let subscriber = tracing_subscriber::registry().with(repeats.clone()).with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(false)
-                .with_writer(move || writer.clone()),
-        );
+        let (out, repeats, subscriber) = capped_into_memory();
         tracing::subscriber::with_default(subscriber, || {
             for i in 0..500 {
                 tracing::error!(target = 2, i, "peer unreachable");
@@ -409,14 +415,7 @@ mod tests {
         // sled logs through the `log` crate, whose records reach tracing through one
         // callsite per level.
         let _ = tracing_log::LogTracer::init();
-        let out = Captured::default();
-        let writer = out.clone();
-        let repeats = Repeats::default();
-        let subscriber = tracing_subscriber::registry().with(repeats.clone()).with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(false)
-                .with_writer(move || writer.clone()),
-        );
+        let (out, repeats, subscriber) = capped_into_memory();
         tracing::subscriber::with_default(subscriber, || {
             for i in 0..100 {
                 log::warn!(target: "sled::pagecache", "io error while flushing {i}");
