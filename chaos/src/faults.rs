@@ -18,7 +18,7 @@
 //! | `member-replace` | the runbook for a lost disk: remove a member, kill it, wipe its data dir, start it with `--join` |
 //! | `disk-loss` | kill a member and wipe its data dir, then restart it with its old flags (it must not vote as the member it was) |
 //! | `rolling-restart` | SIGTERM, restart and wait for each replica in turn |
-//! | `disk-full-leader`, `disk-full-follower` | fill the replica's disk until it stops; start it on the full disk (it must refuse, saying so); give the space back and start it again. Not in the default set: each replica then gets a tmpfs of its own, which needs root |
+//! | `disk-full-leader`, `disk-full-follower` | fill the replica's disk until it stops; start it on the full disk (it must stop again, saying so); give the space back and start it again. Not in the default set: each replica then gets a tmpfs of its own, which needs root |
 
 use std::time::{Duration, Instant};
 
@@ -248,25 +248,25 @@ impl Injector<'_> {
     }
 
     /// Fills `target`'s disk while traffic runs and waits for the replica to stop on its
-    /// first failed write (saying why); starts it on the full disk, where it must refuse
-    /// to run (saying why); then gives the space back and starts it again from the same
-    /// data dir, which must work.
+    /// first failed write (saying why); starts it on the full disk, where it must not
+    /// keep running (it refuses at start, or stops at its first write, saying why); then
+    /// gives the space back and starts it again from the same data dir, which must work.
     async fn disk_full(&mut self, kind: FaultKind, target: u64) -> anyhow::Result<FaultSpan> {
         let mut span = self.span(kind, vec![target]);
         self.cluster.fill_disk(target)?;
-        let stopped = self.wait_exit(target).await;
-        let refused = match stopped {
-            Ok(()) => {
-                self.cluster.launch(target)?;
-                self.wait_exit(target).await
-            }
-            Err(e) => Err(e),
-        };
+        let stopped_twice = self.stop_twice_on_a_full_disk(target).await;
+        // The space comes back whatever happened, so the run can go on or wind down.
         self.cluster.free_disk(target)?;
-        refused?;
+        stopped_twice?;
         self.cluster.launch(target)?;
         span.healed_us = self.now();
         Ok(span)
+    }
+
+    async fn stop_twice_on_a_full_disk(&mut self, target: u64) -> anyhow::Result<()> {
+        self.wait_exit(target).await?;
+        self.cluster.launch(target)?;
+        self.wait_exit(target).await
     }
 
     /// Waits for `target` to exit on its own, with a log that says its disk is full.
