@@ -59,6 +59,8 @@ pub struct ServeConfig {
     pub cache_bytes: u64,
     /// How long in-flight requests may take to finish at shut-down.
     pub drain: Duration,
+    /// How long a stopping leader tries to hand leadership over.
+    pub handoff: Duration,
     pub security: Security,
 }
 
@@ -393,7 +395,7 @@ pub async fn serve(
     let handle = axum_server::Handle::new();
     let server = start_listener(listener.into_std()?, app, &security, handle.clone()).await?;
     stop.cancelled().await;
-    hand_leadership_away(&replica, &membership).await;
+    hand_leadership_away(&replica, &membership, config.handoff).await;
     tracing::info!("shutting down: draining in-flight requests");
     handle.graceful_shutdown(Some(config.drain));
     match tokio::time::timeout(config.drain + Duration::from_secs(1), server).await {
@@ -462,17 +464,14 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// On the way out, a leader hands leadership to the most up-to-date voter so the cluster
 /// does not wait an election timeout (a rolling restart then costs no election).
-async fn hand_leadership_away(replica: &Replica, membership: &Membership) {
+async fn hand_leadership_away(replica: &Replica, membership: &Membership, within: Duration) {
     if !replica.is_leader() {
         return;
     }
-    if let Err(e) = membership.step_down(HANDOFF_PATIENCE).await {
+    if let Err(e) = membership.step_down(within).await {
         tracing::warn!(error = %e, "could not hand leadership over before stopping; the cluster will elect a new leader");
     }
 }
-
-/// How long a stopping leader tries to hand leadership over.
-const HANDOFF_PATIENCE: Duration = Duration::from_secs(3);
 
 /// A joining replica asks the cluster to add it, until it is added or refused.
 async fn ask_to_join(

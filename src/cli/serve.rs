@@ -84,6 +84,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 5_000)]
     pub leader_wait_ms: u64,
 
+    /// How long a leader stopping on SIGTERM tries to hand leadership to another voter
+    /// before it exits anyway (the others then elect one); keep it within the
+    /// supervisor's grace period.
+    #[arg(long, default_value_t = 3_000)]
+    pub handoff_timeout_ms: u64,
+
     /// Largest request body in bytes.
     #[arg(long, default_value_t = Limits::default().body_bytes)]
     pub max_body_bytes: usize,
@@ -236,6 +242,7 @@ impl ServeArgs {
             },
             cache_bytes: self.cache_mb << 20,
             drain: Duration::from_secs(5),
+            handoff: Duration::from_millis(self.handoff_timeout_ms),
             security: self.security()?,
         })
     }

@@ -209,12 +209,20 @@ async fn a_write_forwarded_to_a_frozen_leader_is_given_up_once_another_leads() {
 
 /// A read on a follower asks the leader for a read index. If that leader froze, the read
 /// does not wait out its deadline: once another replica leads, it asks that one. (The
-/// deadlines here are far beyond the client's patience, so only moving on answers.)
+/// deadlines here are far beyond the client's patience, so only moving on answers; the
+/// wait for a leader is as long, so a slow election on a busy machine is waited for.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_on_a_follower_moves_on_from_a_frozen_leader() {
     let cluster = TestCluster::start_with(
         3,
-        &["--read-timeout-ms", "60000", "--write-timeout-ms", "60000"],
+        &[
+            "--read-timeout-ms",
+            "60000",
+            "--write-timeout-ms",
+            "60000",
+            "--leader-wait-ms",
+            "60000",
+        ],
     )
     .await;
     let leader = cluster.wait_for_leader().await;

@@ -280,7 +280,9 @@ async fn five_voters_hand_leadership_over_in_one_election_while_validates_contin
 /// handover's deadline and the cluster is not left leaderless meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_leader_whose_successor_stalls_lets_another_take_over() {
-    let mut cluster = TestCluster::start(5).await;
+    // A handover patient enough for a slow election on a busy machine: only another
+    // replica taking over ends it before the stopped leader gives up.
+    let mut cluster = TestCluster::start_with(5, &["--handoff-timeout-ms", "25000"]).await;
     let leader = cluster.wait_for_leader().await;
     // With every follower holding the whole log, the best successor is the highest id.
     let stalled = *cluster.others_than(leader).iter().max().unwrap();
