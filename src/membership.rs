@@ -407,11 +407,10 @@ impl Membership {
 
     /// Asks `to` to campaign until the goal is reached (`to` leads, or with
     /// [`Goal::any_other`] any replica but this one does) or `deadline` passes; returns
-    /// the new leader. A campaign is only
-    /// worth asking for once this leader's own lease has run out (counted from its
-    /// election: it votes for `to` only then) and, when `quiet`, once the followers' have
-    /// too (counted from when this leader last spoke to them: its election, or when
-    /// heartbeats stopped). A campaign that failed deposed this leader; if it is elected
+    /// the new leader. A campaign is only worth asking for once this leader's own lease
+    /// has run out (counted from its election: it votes for `to` only then) and, when
+    /// `quiet`, once the followers' have too (counted from when this leader last spoke to
+    /// them: its election, or when heartbeats stopped). A campaign that failed deposed this leader; if it is elected
     /// again, the wait starts over, as the new term renewed every lease. Each campaign
     /// costs `to` a term.
     async fn campaign_until_moved(

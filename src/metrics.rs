@@ -316,8 +316,8 @@ impl Metrics {
         s.purged_index.set(index(m.purged));
         s.log_entries.set(replica.log_entries() as i64);
         s.data_dir_bytes.set(dir_size(data_dir) as i64);
-        if let Some(free) = free_bytes(data_dir) {
-            s.data_dir_free_bytes.set(free as i64);
+        if let Ok(space) = controller_storage::file_system_space(data_dir) {
+            s.data_dir_free_bytes.set(space.available_bytes as i64);
         }
         s.voters
             .set(m.membership_config.membership().voter_ids().count() as i64);
@@ -381,18 +381,6 @@ impl Metrics {
 }
 
 /// Bytes used by the files under `path`.
-/// Bytes an unprivileged writer may still use on the file system holding `path`.
-fn free_bytes(path: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs(3) only writes the struct we pass; the path is NUL-terminated.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-        return None;
-    }
-    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
-}
-
 pub fn dir_size(path: &std::path::Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;

@@ -407,7 +407,9 @@ impl Cluster {
         // so read the usage again and retry.
         let mut last_error = String::new();
         for _ in 0..20 {
-            let used = disk_used_bytes(disk)?;
+            let used = controller_storage::file_system_space(disk)
+                .with_context(|| format!("reading how full {} is", disk.display()))?
+                .used_bytes;
             match remount_tmpfs(disk, &format!("size={used}")) {
                 Ok(()) => {
                     tracing::info!(id, used, "disk full");
@@ -674,22 +676,6 @@ fn run_mount_tool(tool: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Bytes in use on the file system holding `dir`.
-fn disk_used_bytes(dir: &Path) -> anyhow::Result<u64> {
-    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-        .context("a disk path with a NUL byte")?;
-    // SAFETY: statvfs(3) fills the struct we pass; the path is NUL-terminated.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-        bail!(
-            "statvfs {}: {}",
-            dir.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok((stat.f_blocks - stat.f_bfree) as u64 * stat.f_frsize as u64)
 }
 
 /// Whether this process may give replicas disks of their own (`Err` says why not).

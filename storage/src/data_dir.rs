@@ -247,9 +247,44 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Space on the file system holding a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileSystemSpace {
+    /// Bytes in use, by anyone.
+    pub used_bytes: u64,
+    /// Bytes an unprivileged writer may still use.
+    pub available_bytes: u64,
+}
+
+/// How full the file system holding `path` is (statvfs(3)).
+pub fn file_system_space(path: &Path) -> io::Result<FileSystemSpace> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
+    // SAFETY: statvfs(3) only writes the struct we pass; the path is NUL-terminated.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let block = stat.f_frsize as u64;
+    Ok(FileSystemSpace {
+        used_bytes: (stat.f_blocks as u64).saturating_sub(stat.f_bfree as u64) * block,
+        available_bytes: stat.f_bavail as u64 * block,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_system_space_reads_the_disk_and_names_a_missing_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = file_system_space(dir.path()).unwrap();
+        assert!(space.available_bytes > 0, "{space:?}");
+        let missing = file_system_space(&dir.path().join("missing")).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+    }
 
     fn identity(replica_id: u64) -> Identity {
         Identity {

@@ -32,7 +32,7 @@ mod snapshot;
 mod state_machine;
 
 pub use data_dir::Bootstrap;
-pub use data_dir::{DataDir, DataDirError, Identity};
+pub use data_dir::{file_system_space, DataDir, DataDirError, FileSystemSpace, Identity};
 pub use flusher::{FlushObserver, FlushStats};
 pub use log_store::LogOpenError;
 pub use log_store::LogStore;

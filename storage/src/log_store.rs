@@ -460,3 +460,17 @@ where
         self.flush(ErrorSubject::Logs).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_full_disk_is_called_full() {
+        let enospc = sled::Error::Io(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(is_disk_full(&enospc));
+        let eio = sled::Error::Io(std::io::Error::from_raw_os_error(libc::EIO));
+        assert!(!is_disk_full(&eio));
+        assert!(!is_disk_full(&sled::Error::Corruption { at: None, bt: () }));
+    }
+}
