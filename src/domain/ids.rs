@@ -71,12 +71,20 @@ impl FromStr for TenantId {
     }
 }
 
+/// Writes `bytes` as lowercase hex into `out` (twice as long).
+fn write_lower_hex(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
+    }
+}
+
 impl fmt::Display for TenantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        let mut text = [0u8; 32];
+        write_lower_hex(&self.0, &mut text);
+        f.write_str(std::str::from_utf8(&text).expect("hex digits are ASCII"))
     }
 }
 
@@ -147,17 +155,25 @@ impl FromStr for TenantShardId {
     }
 }
 
+impl TenantShardId {
+    /// The canonical string form in a buffer of its own: ids are written by the hundred
+    /// in every validate and re-attach answer, so this avoids the formatting machinery.
+    fn text(&self) -> ([u8; 37], usize) {
+        let mut text = [0u8; 37];
+        write_lower_hex(&self.tenant_id.0, &mut text[..32]);
+        if self.is_unsharded() {
+            return (text, 32);
+        }
+        text[32] = b'-';
+        write_lower_hex(&[self.shard_number, self.shard_count], &mut text[33..]);
+        (text, 37)
+    }
+}
+
 impl fmt::Display for TenantShardId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_unsharded() {
-            write!(f, "{}", self.tenant_id)
-        } else {
-            write!(
-                f,
-                "{}-{:02x}{:02x}",
-                self.tenant_id, self.shard_number, self.shard_count
-            )
-        }
+        let (text, len) = self.text();
+        f.write_str(std::str::from_utf8(&text[..len]).expect("hex digits are ASCII"))
     }
 }
 
@@ -172,7 +188,9 @@ impl fmt::Debug for TenantShardId {
 impl Serialize for TenantShardId {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         if serializer.is_human_readable() {
-            serializer.collect_str(self)
+            let (text, len) = self.text();
+            serializer
+                .serialize_str(std::str::from_utf8(&text[..len]).expect("hex digits are ASCII"))
         } else {
             (self.tenant_id.0, self.shard_number, self.shard_count).serialize(serializer)
         }

@@ -92,6 +92,7 @@ proptest! {
     fn valid_tenant_shard_ids_round_trip(id in tenant_shard_id()) {
         prop_assert_eq!(id.to_string().parse::<TenantShardId>().unwrap(), id);
         let json = serde_json::to_string(&id).unwrap();
+        prop_assert_eq!(&json, &format!("\"{id}\""), "JSON carries the canonical form");
         prop_assert_eq!(serde_json::from_str::<TenantShardId>(&json).unwrap(), id);
     }
 
