@@ -122,6 +122,8 @@ pub struct Cluster {
     initial_cluster: String,
     proxy: Proxy,
     http: reqwest::Client,
+    /// Copy each tmpfs data dir out before unmounting it (see [`Cluster::keep_disk_contents`]).
+    keep_disks: bool,
 }
 
 fn free_port() -> anyhow::Result<SocketAddr> {
@@ -144,6 +146,7 @@ impl Cluster {
             initial_cluster: String::new(),
             proxy,
             http,
+            keep_disks: false,
             config,
         };
         for id in 1..=cluster.config.replicas {
@@ -603,6 +606,13 @@ impl Cluster {
         }
     }
 
+    /// Whether [`Cluster::shutdown`] copies each replica's data dir off its own disk
+    /// (into `replica-ID` under the root, where it would be without one) before the disk
+    /// is unmounted and its contents gone, so a kept run can be examined.
+    pub fn keep_disk_contents(&mut self, keep: bool) {
+        self.keep_disks = keep;
+    }
+
     /// Stops every process (SIGKILL; nothing is kept running after a run) and unmounts
     /// the replicas' own disks.
     pub fn shutdown(&mut self) {
@@ -616,6 +626,12 @@ impl Cluster {
                 let _ = child.wait();
             }
             if let Some(disk) = replica.disk.take() {
+                if self.keep_disks {
+                    let kept = self.config.root.join(format!("replica-{}", replica.id));
+                    if let Err(e) = copy_tree(&replica.data_dir, &kept) {
+                        tracing::warn!(from = %replica.data_dir.display(), to = %kept.display(), error = %e, "keeping a replica's data dir");
+                    }
+                }
                 if let Err(e) = run_mount_tool("umount", &[disk.as_os_str()]) {
                     tracing::warn!(disk = %disk.display(), error = %format!("{e:#}"), "unmounting a replica's disk");
                 }
@@ -635,6 +651,21 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Copies the folder `from` to `to`, recursively (regular files and folders only).
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 /// Mounts a tmpfs of `mib` MiB on `dir`.

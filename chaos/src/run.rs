@@ -116,6 +116,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
     })
     .await
     .context("starting the cluster")?;
+    // A run that ends in an error keeps its folder: keep what was on the disks too.
+    cluster.keep_disk_contents(true);
     let history = History::new();
     let endpoints = Endpoints::new(cluster.endpoints());
     let traffic = Traffic::start(endpoints, history.clone(), config.traffic.clone());
@@ -252,9 +254,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
         verdict,
         replay: config.replay.clone(),
     };
+    let keep = config.keep || !summary.passed();
+    cluster.keep_disk_contents(keep);
     cluster.shutdown();
     drop(cluster);
-    let keep = config.keep || !summary.passed();
     if keep {
         report::write_folder(&folder, &summary, &ops, &faults)?;
         Ok(RunResult {
