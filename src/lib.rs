@@ -23,6 +23,7 @@ pub mod client;
 pub mod consensus;
 pub mod domain;
 pub mod logging;
+pub mod loopback;
 pub mod membership;
 pub mod metrics;
 pub mod recovery;

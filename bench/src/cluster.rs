@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -110,7 +109,7 @@ pub async fn last_log_index(http: &reqwest::Client, url: &str) -> Option<u64> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(pageserver_controller::loopback::free_port()?)
 }
 
 /// The release binary next to this one (`cargo build --release` puts both in one folder).

@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -127,7 +127,8 @@ pub struct Cluster {
 }
 
 fn free_port() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    let port = pageserver_controller::loopback::free_port()?;
+    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 impl Cluster {

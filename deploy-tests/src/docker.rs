@@ -46,8 +46,7 @@ pub fn require_docker() {
 
 /// A free TCP port on 127.0.0.1 (bound, then released for Docker to publish).
 fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(listener.local_addr()?.port())
+    pageserver_controller::loopback::free_port().context("finding a free port")
 }
 
 /// One pod's fixed parts.

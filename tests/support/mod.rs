@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,11 +50,7 @@ fn signal(child: &std::process::Child, signal: libc::c_int) {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("binding an ephemeral port")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    pageserver_controller::loopback::free_port().expect("a free loopback port")
 }
 
 /// Polls `check` until it yields `Some`, or panics with `what` after `deadline`.

@@ -1,0 +1,72 @@
+//! Free loopback ports for the clusters that tests, the chaos harness and the bench start.
+//!
+//! The usual trick, binding port 0 and closing the socket, leaves a window before the
+//! replica binds the port, and the kernel hands out port-0 binds and the local ports of
+//! outgoing connections from the same ephemeral range: on a machine that has just made a
+//! million connections (a chaos run) an outgoing connection can take the port first, and
+//! the replica stops with "Address already in use". Ports between 10,000 and the start of
+//! the ephemeral range are only ever taken by an explicit bind, which closes that window
+//! to everything but another process picking ports the same way at the same moment.
+
+use std::net::TcpListener;
+
+/// Below this, well-known services (etcd 2379, Postgres 5432, `local-cluster` 7001, ...).
+const LOWEST: u16 = 10_000;
+
+/// A loopback port that was free just now, outside the ephemeral range where possible.
+pub fn free_port() -> std::io::Result<u16> {
+    if let Some(low) = ephemeral_low() {
+        if low > LOWEST + 1_000 {
+            let span = u32::from(low - LOWEST);
+            let start = scatter() % span;
+            for step in 0..span {
+                let port = LOWEST + ((start + step) % span) as u16;
+                if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                    return Ok(port);
+                }
+            }
+        }
+    }
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The first port of the kernel's ephemeral range (Linux), if it can be read.
+fn ephemeral_low() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
+}
+
+/// Where to start looking: differs between processes and calls, so concurrent test
+/// processes rarely probe the same ports in the same order.
+fn scatter() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_free_and_outside_the_ephemeral_range() {
+        let port = free_port().unwrap();
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("the port is free");
+        if let Some(low) = ephemeral_low().filter(|low| *low > LOWEST + 1_000) {
+            assert!(
+                (LOWEST..low).contains(&port),
+                "{port} not in {LOWEST}..{low}"
+            );
+            // Taken ports are skipped.
+            let next = free_port().unwrap();
+            assert_ne!(next, port);
+        }
+        drop(listener);
+    }
+}
