@@ -24,7 +24,7 @@ use axum::Router;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -175,12 +175,20 @@ impl PeerConnection {
         if let Some((name, value)) = self.network.auth.outgoing() {
             builder = builder.header(name, value);
         }
+        // Unreachable, as opposed to a network error, makes openraft pause before it tries
+        // this peer again ([`backoff_schedule`]) instead of retrying with every append:
+        // right for a refused connection, one closed or reset before any answer (a peer
+        // that is down behind a TCP proxy or a sidecar looks like this), and a refusal
+        // (non-200: wrong cluster, wrong replica, bad credentials), which an immediate
+        // retry would only repeat. Not for a timeout (the peer may only be slow) or an
+        // answer cut short.
+        let unreachable = |err: PeerError| RPCError::Unreachable(Unreachable::new(&err));
         let response = builder.send().await.map_err(|e| {
             let err = self.error(error_text(&e));
-            if e.is_connect() {
-                RPCError::Unreachable(Unreachable::new(&err))
-            } else {
+            if e.is_timeout() {
                 RPCError::Network(NetworkError::new(&err))
+            } else {
+                unreachable(err)
             }
         })?;
         let status = response.status();
@@ -191,9 +199,9 @@ impl PeerConnection {
             .map_err(|e| RPCError::Network(NetworkError::new(&self.error(error_text(&e)))))?;
         if status != StatusCode::OK {
             let reason = format!("refused with {status}: {}", String::from_utf8_lossy(&bytes));
-            return Err(RPCError::Network(NetworkError::new(&self.error(reason))));
+            return Err(unreachable(self.error(reason)));
         }
-        identity_check.map_err(|e| RPCError::Network(NetworkError::new(&self.error(e))))?;
+        identity_check.map_err(|e| unreachable(self.error(e)))?;
         let result: Result<Resp, RaftError<ReplicaId, E>> = codec::decode(&bytes).map_err(|e| {
             RPCError::Network(NetworkError::new(
                 &self.error(format!("undecodable answer: {e}")),
@@ -209,10 +217,21 @@ impl PeerConnection {
     }
 }
 
+/// Pauses before the next try after a peer was unreachable (see [`PeerConnection::call`]):
+/// 50 ms doubling to openraft's 500 ms, so a peer back after a blip is caught up within a
+/// heartbeat or two and a peer that stays down costs two requests a second.
+fn backoff_schedule() -> impl Iterator<Item = Duration> {
+    (0u32..).map(|attempt| Duration::from_millis((50u64 << attempt.min(4)).min(500)))
+}
+
 impl<C> RaftNetwork<C> for PeerConnection
 where
     C: RaftTypeConfig<NodeId = ReplicaId, Node = Member>,
 {
+    fn backoff(&self) -> Backoff {
+        Backoff::new(backoff_schedule())
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<C>,
@@ -437,7 +456,87 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::error_text;
+    use super::*;
+
+    /// A connection from replica 1 to replica 2 at `addr`.
+    fn peer(addr: std::net::SocketAddr) -> PeerConnection {
+        let identity = Arc::new(PeerIdentity {
+            cluster_id: "c".into(),
+            replica_id: 1,
+        });
+        PeerConnection {
+            target: 2,
+            member: Member::new(format!("http://{addr}")),
+            network: HttpNetwork::new(reqwest::Client::new(), identity, Arc::new(NoPeerAuth)),
+        }
+    }
+
+    async fn append_to(
+        addr: std::net::SocketAddr,
+    ) -> RPCError<ReplicaId, Member, RaftError<ReplicaId, InstallSnapshotError>> {
+        peer(addr)
+            .call::<u8, u8, InstallSnapshotError>(APPEND, &1, Duration::from_millis(300))
+            .await
+            .expect_err("no peer answers properly here")
+    }
+
+    async fn listener() -> (tokio::net::TcpListener, std::net::SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (listener, addr)
+    }
+
+    #[tokio::test]
+    async fn peers_that_refuse_or_drop_requests_are_backed_off_and_slow_ones_are_not() {
+        // Refuses (as a replica of another cluster would, or a sidecar whose replica is
+        // down): openraft should pause before trying again.
+        let (refusing, addr) = listener().await;
+        let app = Router::new().route(
+            &format!("{RAFT_PREFIX}{APPEND}"),
+            post(|| async { (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream") }),
+        );
+        tokio::spawn(async move { axum::serve(refusing, app).await });
+        let err = append_to(addr).await;
+        assert!(matches!(err, RPCError::Unreachable(_)), "{err}");
+        assert!(err.to_string().contains("no healthy upstream"), "{err}");
+
+        // Accepts the connection and closes it unanswered (a TCP proxy before a dead
+        // replica).
+        let (closing, addr) = listener().await;
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = closing.accept().await {
+                drop(stream);
+            }
+        });
+        let err = append_to(addr).await;
+        assert!(matches!(err, RPCError::Unreachable(_)), "{err}");
+
+        // Accepts and never answers: maybe only slow, so no pause.
+        let (silent, addr) = listener().await;
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                held.push(stream);
+            }
+        });
+        let err = append_to(addr).await;
+        assert!(matches!(err, RPCError::Network(_)), "{err}");
+        held.abort();
+
+        // Nothing listens.
+        let addr = listener().await.1;
+        let err = append_to(addr).await;
+        assert!(matches!(err, RPCError::Unreachable(_)), "{err}");
+    }
+
+    #[test]
+    fn the_backoff_starts_short_and_settles_at_openrafts_default() {
+        let pauses: Vec<u64> = backoff_schedule()
+            .take(7)
+            .map(|d| d.as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [50, 100, 200, 400, 500, 500, 500]);
+    }
 
     #[tokio::test]
     async fn an_http_error_names_its_cause() {
