@@ -40,7 +40,8 @@ fn config(seed: u64, replicas: u64, faults: Vec<FaultKind>) -> RunConfig {
 /// heartbeats, and the health checks would measure the machine rather than the faults.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn assert_passes(config: RunConfig) {
+/// Runs `config`, asserts it passed, and answers the run folder if it was kept.
+async fn assert_passes(config: RunConfig) -> Option<std::path::PathBuf> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let result = run(config).await.expect("the run itself failed");
     let text = chaos::report::render(&result.summary);
@@ -50,6 +51,7 @@ async fn assert_passes(config: RunConfig) {
         "{text}\nrun folder (history, logs, data dirs, timeline.svg): {:?}",
         result.folder
     );
+    result.folder
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,7 +78,8 @@ async fn named_regression_scenarios_give_no_wrong_answer() {
 /// A full disk stops the replica with a message, a start on the still-full disk is
 /// refused with one, and once there is space it starts from the same data dir: for the
 /// leader and for a follower, under traffic, with no wrong answer. Each replica's data
-/// dir is then a tmpfs of its own, which only root may mount.
+/// dir is then a tmpfs of its own, which only root may mount. The run is kept, and its
+/// folder must hold each replica's data dir, copied off its disk before the unmount.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_one_replica_with_a_message_and_loses_nothing() {
     let scratch = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
@@ -87,5 +90,14 @@ async fn a_full_disk_stops_one_replica_with_a_message_and_loses_nothing() {
         );
         return;
     }
-    assert_passes(config(28, 3, FaultKind::DISK_FULL.to_vec())).await;
+    let mut config = config(28, 3, FaultKind::DISK_FULL.to_vec());
+    config.keep = true;
+    let folder = assert_passes(config)
+        .await
+        .expect("a kept run has a folder");
+    for id in 1..=3 {
+        let identity = folder.join(format!("replica-{id}")).join("identity.json");
+        assert!(identity.is_file(), "{} was not kept", identity.display());
+    }
+    std::fs::remove_dir_all(&folder).expect("removing the kept run");
 }
