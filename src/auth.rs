@@ -191,6 +191,16 @@ pub fn generate_key_pair() -> anyhow::Result<(String, String)> {
     Ok((private.to_string(), public))
 }
 
+/// The bearer token a client sends: from `--token-file` when given, else from the
+/// environment variable's value, else none.
+pub fn client_token(file: Option<&Path>, env: Option<&str>) -> anyhow::Result<Option<String>> {
+    Ok(match (file, env) {
+        (Some(path), _) => Some(read_token_file(path)?),
+        (None, Some(token)) => Some(token.trim().to_owned()),
+        (None, None) => None,
+    })
+}
+
 /// Reads a token from a file, trimming whitespace; refuses an empty one.
 pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
     let token = std::fs::read_to_string(path)

@@ -47,6 +47,27 @@ pub struct Common {
     /// --serve-arg=--election-timeout-min-ms=300.
     #[arg(long = "serve-arg", global = true, allow_hyphen_values = true)]
     pub serve_args: Vec<String>,
+    /// File holding a bearer token (JWT, scope `admin`) for a cluster that checks
+    /// tokens; sent with every request to our replicas, never printed. Give a local
+    /// cluster its keys with --serve-arg=--auth-public-key=PEM and
+    /// --serve-arg=--peer-token-file=FILE.
+    #[arg(long, global = true, value_name = "PATH", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// The bearer token itself, from the environment only (as the controller's CLI).
+    #[arg(
+        long = "token-from-env",
+        global = true,
+        env = "PAGESERVER_CONTROLLER_TOKEN",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+}
+
+impl Common {
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        pageserver_controller::auth::client_token(self.token_file.as_deref(), self.token.as_deref())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,7 +192,7 @@ fn needs_own_cluster(scenario: &Scenario) -> bool {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let common = &cli.common;
-    let http = http_pool();
+    let http = http_pool(common.token()?.as_deref())?;
     let mut ctx = Ctx {
         http: http.clone(),
         seeds: common.url.clone(),
@@ -247,7 +268,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     discover(&http, &ctx.seeds, Duration::from_secs(30))
         .await
-        .context("the cluster has no leader")?;
+        .context("finding the cluster's leader")?;
 
     let rows = match &cli.scenario {
         Scenario::Attach {

@@ -13,13 +13,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-/// One shared connection pool for all bench traffic to our service.
-pub fn http_pool() -> reqwest::Client {
+/// One shared connection pool for all bench traffic to our service; with a token, every
+/// request carries it (marked sensitive, so reqwest never prints it).
+pub fn http_pool(token: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the token is not a valid HTTP header value")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     reqwest::Client::builder()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(1024)
+        .default_headers(headers)
         .build()
-        .expect("a reqwest client builds")
+        .context("building the HTTP client")
 }
 
 /// Replica URLs and the leader, as one replica sees them.
@@ -47,20 +56,35 @@ impl View {
 /// bench also measures older builds (before/after a change) whose status carried fewer
 /// fields than today's `ClusterStatus`; only `leader`, `members[].{id,url}` and
 /// `last_log_index` are read here, which every build has served.
-async fn cluster_json(http: &reqwest::Client, url: &str) -> Result<serde_json::Value, String> {
+async fn cluster_json(http: &reqwest::Client, url: &str) -> Result<serde_json::Value, Refusal> {
     let response = http
         .get(format!("{url}/v1/cluster"))
         .timeout(Duration::from_secs(5))
         .send()
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    if !response.status().is_success() {
-        return Err(format!("{url}/v1/cluster: {}", response.status()));
+        .map_err(|e| Refusal::Retry(format!("{url}: {e}")))?;
+    let status = response.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        let body = response.text().await.unwrap_or_default();
+        return Err(Refusal::Auth(format!(
+            "{url}/v1/cluster: {status}: {body} (a cluster that checks tokens needs \
+             --token-file with an admin token)"
+        )));
+    }
+    if !status.is_success() {
+        return Err(Refusal::Retry(format!("{url}/v1/cluster: {status}")));
     }
     response
         .json()
         .await
-        .map_err(|e| format!("{url}/v1/cluster: {e}"))
+        .map_err(|e| Refusal::Retry(format!("{url}/v1/cluster: {e}")))
+}
+
+/// Why `GET /v1/cluster` gave no status: worth asking again, or refused for the
+/// credentials, which waiting does not change.
+enum Refusal {
+    Retry(String),
+    Auth(String),
 }
 
 /// Asks the replicas at `urls` (any of them) for members and leader; waits up to
@@ -92,7 +116,8 @@ pub async fn discover(
                     }
                     None => last_error = format!("{url} knows no leader"),
                 },
-                Err(e) => last_error = e,
+                Err(Refusal::Retry(e)) => last_error = e,
+                Err(Refusal::Auth(e)) => bail!(e),
             }
         }
         if Instant::now() >= deadline {

@@ -144,7 +144,8 @@ pub async fn compare(args: &CompareArgs, http: reqwest::Client) -> anyhow::Resul
             }),
             retries: Some(retries),
         });
-        let gateway = etcd::Gateway::new(http.clone(), &leader);
+        // etcd gets no token of ours: a pool without the default Authorization header.
+        let gateway = etcd::Gateway::new(crate::cluster::http_pool(None)?, &leader);
         let retries = Arc::new(AtomicU64::new(0));
         let (t, r) = (tenants.clone(), retries.clone());
         targets.push(Target {

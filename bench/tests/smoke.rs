@@ -15,15 +15,20 @@ fn server_bin() -> Option<PathBuf> {
     bin.exists().then_some(bin)
 }
 
-fn bench(args: &[&str]) -> String {
+fn run_bench(args: &[&str]) -> std::process::Output {
     let server = server_bin().expect("checked by the caller");
-    let output = Command::new(BENCH)
+    Command::new(BENCH)
         .arg("--server-bin")
         .arg(&server)
         .args(["--duration", "1", "--runs", "1", "--ops", "300"])
         .args(args)
+        .env_remove("PAGESERVER_CONTROLLER_TOKEN")
         .output()
-        .expect("running the bench");
+        .expect("running the bench")
+}
+
+fn bench(args: &[&str]) -> String {
+    let output = run_bench(args);
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -81,4 +86,76 @@ fn tiny_scenarios_run_against_a_local_cluster() {
     let out = bench(&["re-attach", "--shards", "20"]);
     assert!(out.contains("| re-attach | 20 shards, via leader"), "{out}");
     assert_eq!(error_counts(&out), vec![0, 0], "{out}");
+}
+
+/// Runs the server binary's offline helpers (`keygen`, `token`).
+fn controller(args: &[&str]) -> String {
+    let output = Command::new(server_bin().expect("checked by the caller"))
+        .args(args)
+        .output()
+        .expect("running pageserver-controller");
+    assert!(
+        output.status.success(),
+        "pageserver-controller {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+#[test]
+fn a_cluster_that_checks_tokens_is_driven_with_a_token_file() {
+    if server_bin().is_none() {
+        eprintln!("skipped: build pageserver-controller first (cargo test --workspace does)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let (private, public) = (path("key.pem"), path("key.pub.pem"));
+    controller(&["keygen", "--private-key", &private, "--public-key", &public]);
+    for (scope, file) in [("admin", "admin.jwt"), ("controller_peer", "peer.jwt")] {
+        let token = controller(&["token", "--private-key", &private, "--scope", scope]);
+        std::fs::write(path(file), token).unwrap();
+    }
+    let auth_key = format!("--serve-arg=--auth-public-key={public}");
+    let peer_token = format!("--serve-arg=--peer-token-file={}", path("peer.jwt"));
+    let attach = [
+        "attach",
+        "--tenants",
+        "20",
+        "--concurrency",
+        "2",
+        "--via",
+        "follower",
+    ];
+
+    // Without a token the bench stops at once and says why, instead of timing out.
+    let started = std::time::Instant::now();
+    let refused = run_bench(&[&[auth_key.as_str(), peer_token.as_str()][..], &attach[..]].concat());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("401") && stderr.contains("--token-file"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(25),
+        "{stderr}"
+    );
+
+    // With the admin token, every request is accepted.
+    let admin = path("admin.jwt");
+    let out = bench(
+        &[
+            &[
+                auth_key.as_str(),
+                peer_token.as_str(),
+                "--token-file",
+                admin.as_str(),
+            ][..],
+            &attach[..],
+        ]
+        .concat(),
+    );
+    assert!(out.contains("| attach | follower c=2"), "{out}");
+    assert_eq!(error_counts(&out), vec![0], "{out}");
 }

@@ -43,11 +43,7 @@ pub struct ClientArgs {
 
 impl ClientArgs {
     pub fn client(&self) -> anyhow::Result<Client> {
-        let token = match (&self.token_file, &self.token) {
-            (Some(path), _) => Some(crate::auth::read_token_file(path)?),
-            (None, Some(token)) => Some(token.trim().to_owned()),
-            (None, None) => None,
-        };
+        let token = crate::auth::client_token(self.token_file.as_deref(), self.token.as_deref())?;
         let http = crate::server::peer_client(self.tls_ca.as_deref())?;
         Ok(Client::with_http(&self.url, http).with_token(token))
     }
