@@ -68,7 +68,20 @@ pub struct TokenError(String);
 pub struct JwtKeys {
     keys: Vec<DecodingKey>,
     validation: Validation,
+    /// Tokens whose signature one of `keys` has already checked, with their claims. A
+    /// pageserver, an operator and each peer send the same token with every request,
+    /// and an Ed25519 check costs more than the rest of a validate's work on a
+    /// follower (about a quarter of its throughput with four checks per validate:
+    /// BENCHMARKS.md). The keys never change while the process runs, so a signature
+    /// that verified once verifies again; only `exp` depends on the time, and it is
+    /// checked on every use. Keyed by the whole token, so a token differing in any byte
+    /// is checked afresh; only tokens that verified are kept, so garbage cannot fill it.
+    verified: std::sync::Mutex<std::collections::HashMap<Box<str>, Claims>>,
 }
+
+/// Most tokens remembered as verified; past it the memory is cleared and refilled
+/// (holders of valid tokens are few: pageservers, operators, peers).
+const VERIFIED_TOKENS: usize = 1024;
 
 impl std::fmt::Debug for JwtKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -119,21 +132,62 @@ impl JwtKeys {
         validation.validate_exp = true;
         validation.leeway = 5;
         validation.validate_aud = false;
-        JwtKeys { keys, validation }
+        JwtKeys {
+            keys,
+            validation,
+            verified: Default::default(),
+        }
     }
 
     /// The claims of `token` if one of the keys signed it with EdDSA and it has not expired.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.verify_at(token, now)
+    }
+
+    /// [`Self::verify`] at `now` (seconds since the Unix epoch) for `exp`.
+    fn verify_at(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        let known = self.verified().get(token).cloned();
+        if let Some(claims) = known {
+            return self.unexpired(claims, now);
+        }
         let mut last = None;
         for key in &self.keys {
             match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
-                Ok(data) => return Ok(data.claims),
+                Ok(data) => {
+                    let claims = self.unexpired(data.claims, now)?;
+                    let mut verified = self.verified();
+                    if verified.len() >= VERIFIED_TOKENS {
+                        verified.clear();
+                    }
+                    verified.insert(token.into(), claims.clone());
+                    return Ok(claims);
+                }
                 Err(e) => last = Some(e),
             }
         }
         Err(TokenError(
             last.map_or_else(|| "no keys".to_owned(), |e| e.to_string()),
         ))
+    }
+
+    fn verified(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Box<str>, Claims>> {
+        // The map holds only verified tokens; a panic elsewhere cannot leave it wrong.
+        self.verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `exp` as jsonwebtoken checks it: expired once it is more than the leeway behind.
+    fn unexpired(&self, claims: Claims, now: u64) -> Result<Claims, TokenError> {
+        match claims.exp {
+            Some(exp) if exp < now.saturating_sub(self.validation.leeway) => {
+                Err(TokenError("the token has expired".into()))
+            }
+            _ => Ok(claims),
+        }
     }
 }
 
@@ -321,6 +375,41 @@ mod tests {
         )
         .unwrap();
         assert!(keys.verify(&fresh).is_ok());
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_a_changed_one_is_checked_again() {
+        let (private, keys) = keys();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let token = mint(
+            private.as_bytes(),
+            Scope::Admin,
+            None,
+            Some(Duration::from_secs(60)),
+        )
+        .unwrap();
+        assert_eq!(keys.verify_at(&token, now).unwrap().scope, Scope::Admin);
+        assert_eq!(keys.verified().len(), 1);
+        // Remembered, and still refused once past its expiry and the leeway.
+        assert!(keys.verify_at(&token, now + 60 + 5).is_ok());
+        assert!(keys.verify_at(&token, now + 60 + 7).is_err());
+        // Any byte changed (here in the signature) is a different token: checked, refused.
+        let mut forged = token.clone().into_bytes();
+        let last = forged.len() - 2;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert!(keys.verify_at(&forged, now).is_err());
+        // Refused tokens are not remembered; the memory stays bounded.
+        assert_eq!(keys.verified().len(), 1);
+        for i in 0..VERIFIED_TOKENS + 3 {
+            let tenant = Some(format!("{i:032x}"));
+            let token = mint(private.as_bytes(), Scope::Tenant, tenant, None).unwrap();
+            assert!(keys.verify_at(&token, now).is_ok());
+            assert!(keys.verified().len() <= VERIFIED_TOKENS);
+        }
     }
 
     #[test]
