@@ -7,8 +7,16 @@
 //! the replica stops with "Address already in use". Ports between 10,000 and the start of
 //! the ephemeral range are only ever taken by an explicit bind, which closes that window
 //! to everything but another process picking ports the same way at the same moment.
+//! Within one process (the tests of one binary run in parallel threads) a port is never
+//! handed out twice, so two clusters starting at once cannot pick the same free port
+//! before either binds it.
 
+use std::collections::HashSet;
 use std::net::TcpListener;
+use std::sync::Mutex;
+
+/// Ports this process has handed out.
+static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 /// Below this, well-known services (etcd 2379, Postgres 5432, `local-cluster` 7001, ...).
 const LOWEST: u16 = 10_000;
@@ -19,9 +27,17 @@ pub fn free_port() -> std::io::Result<u16> {
         if low > LOWEST + 1_000 {
             let span = u32::from(low - LOWEST);
             let start = scatter() % span;
+            let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+            let handed_out = handed_out.get_or_insert_with(HashSet::new);
+            if handed_out.len() as u32 >= span / 2 {
+                // A long-lived process (a chaos run) that has used half the range: the
+                // oldest of those are long bound or gone; start remembering afresh.
+                handed_out.clear();
+            }
             for step in 0..span {
                 let port = LOWEST + ((start + step) % span) as u16;
-                if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                    handed_out.insert(port);
                     return Ok(port);
                 }
             }
@@ -68,5 +84,22 @@ mod tests {
             assert_ne!(next, port);
         }
         drop(listener);
+    }
+
+    #[test]
+    fn a_port_is_not_handed_out_twice_in_one_process() {
+        if ephemeral_low()
+            .filter(|low| *low > LOWEST + 1_000)
+            .is_none()
+        {
+            return;
+        }
+        // Nothing binds these ports, so only the memory of ports handed out keeps the
+        // same one from coming back.
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2_000 {
+            let port = free_port().unwrap();
+            assert!(seen.insert(port), "{port} handed out twice");
+        }
     }
 }
