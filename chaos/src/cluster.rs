@@ -69,6 +69,10 @@ pub struct ClusterConfig {
     /// When set, each replica's data dir lives on a tmpfs of its own of this many MiB,
     /// which the `disk-full-*` faults shrink to what is in use (mounting needs root).
     pub disk_mib: Option<u64>,
+    /// Turn authentication on as a production deployment has it: a key pair made for
+    /// the run, each replica given the public key and a `controller_peer` token, and
+    /// every request of the harness and its traffic carrying an `admin` token.
+    pub auth: bool,
 }
 
 /// How a replica's data dir came to be, which decides its start flags.
@@ -124,6 +128,29 @@ pub struct Cluster {
     http: reqwest::Client,
     /// Copy each tmpfs data dir out before unmounting it (see [`Cluster::keep_disk_contents`]).
     keep_disks: bool,
+    /// With authentication on: the `serve` flags that turn it on, and the token clients send.
+    auth: Option<(Vec<String>, String)>,
+}
+
+/// A key pair and tokens for one run, written below `dir`: the `serve` flags that turn
+/// authentication on, and an `admin` token for the harness and its traffic.
+fn make_credentials(dir: &Path) -> anyhow::Result<(Vec<String>, String)> {
+    use pageserver_controller::auth::{generate_key_pair, mint, Scope};
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (private, public) = generate_key_pair()?;
+    let public_key = dir.join("auth_public_key.pem");
+    let peer_token = dir.join("peer.token");
+    std::fs::write(&public_key, public)
+        .with_context(|| format!("writing {}", public_key.display()))?;
+    let peer = mint(private.as_bytes(), Scope::ControllerPeer, None, None)?;
+    std::fs::write(&peer_token, peer)
+        .with_context(|| format!("writing {}", peer_token.display()))?;
+    let admin = mint(private.as_bytes(), Scope::Admin, None, None)?;
+    let args = vec![
+        format!("--auth-public-key={}", public_key.display()),
+        format!("--peer-token-file={}", peer_token.display()),
+    ];
+    Ok((args, admin))
 }
 
 fn free_port() -> anyhow::Result<SocketAddr> {
@@ -141,7 +168,13 @@ impl Cluster {
             .tcp_nodelay(true)
             .build()
             .context("building the HTTP client")?;
+        let auth = if config.auth {
+            Some(make_credentials(&config.root.join("auth"))?)
+        } else {
+            None
+        };
         let mut cluster = Cluster {
+            auth,
             replicas: BTreeMap::new(),
             members: (1..=config.replicas).collect(),
             initial_cluster: String::new(),
@@ -163,6 +196,9 @@ impl Cluster {
             cluster.launch(id)?;
         }
         cluster.wait_healthy(Duration::from_secs(60)).await?;
+        if cluster.auth.is_some() {
+            cluster.check_tokens_are_required().await?;
+        }
         Ok(cluster)
     }
 
@@ -234,7 +270,36 @@ impl Cluster {
 
     /// A client of replica `id` that gives up after `timeout`.
     pub fn client(&self, id: u64, timeout: Duration) -> Client {
-        Client::with_http(self.client_url(id), self.http.clone()).with_timeout(timeout)
+        Client::with_http(self.client_url(id), self.http.clone())
+            .with_timeout(timeout)
+            .with_token(self.token())
+    }
+
+    /// A run "with authentication" must really have it: a request without a token is
+    /// refused by every replica.
+    async fn check_tokens_are_required(&self) -> anyhow::Result<()> {
+        for id in self.ids() {
+            let url = format!("{}/control/v1/node", self.client_url(id));
+            let response = self
+                .http
+                .get(&url)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .with_context(|| format!("GET {url}"))?;
+            anyhow::ensure!(
+                response.status() == reqwest::StatusCode::UNAUTHORIZED,
+                "authentication is on, yet replica {id} answered GET /control/v1/node without \
+                 a token with {}",
+                response.status()
+            );
+        }
+        Ok(())
+    }
+
+    /// The token clients send (`admin`), when authentication is on.
+    pub fn token(&self) -> Option<String> {
+        self.auth.as_ref().map(|(_, token)| token.clone())
     }
 
     /// (id, client URL) of every replica, for traffic.
@@ -257,6 +322,7 @@ impl Cluster {
     pub fn launch(&mut self, id: u64) -> anyhow::Result<()> {
         let initial_cluster = self.initial_cluster.clone();
         let peer_url = self.peer_url(id);
+        let auth_args = self.auth.as_ref().map(|(args, _)| args.clone());
         let replica = self.replicas.get_mut(&id).context("unknown replica")?;
         if replica.child.is_some() {
             bail!("replica {id} is already running");
@@ -289,6 +355,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&replica.data_dir)
             .args(origin)
+            .args(auth_args.into_iter().flatten())
             .args(&self.config.serve_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

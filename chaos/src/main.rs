@@ -101,6 +101,10 @@ struct RunArgs {
     /// Keep the run folder (logs, data dirs, history) even when the run passes.
     #[arg(long)]
     keep: bool,
+    /// Turn authentication on, as deployed: a key pair made for the run, peer tokens
+    /// on Raft traffic, and an admin token on every request of the harness.
+    #[arg(long)]
+    auth: bool,
     /// Check the history so far after every this many faults and stop at the first
     /// violation (0: only at the end).
     #[arg(long, default_value_t = 25)]
@@ -159,6 +163,9 @@ impl RunArgs {
             self.quiet_min_ms,
             self.quiet_max_ms
         );
+        if self.auth {
+            line += " --auth";
+        }
         for arg in &self.serve_args {
             line += &format!(" --serve-arg={arg}");
         }
@@ -216,6 +223,7 @@ impl RunArgs {
             quiet_ms: (self.quiet_min_ms, self.quiet_max_ms),
             check_every: self.check_every,
             keep: self.keep,
+            auth: self.auth,
             progress_every: Duration::from_secs(self.progress_secs.max(1)),
         })
     }

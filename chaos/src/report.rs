@@ -131,6 +131,8 @@ pub fn impacts(ops: &[Op], faults: &[FaultSpan], traffic_end_us: u64) -> Vec<Fau
 pub struct Summary {
     pub seed: u64,
     pub replicas: u64,
+    /// Replicas checked tokens on every request (and the harness sent them).
+    pub auth: bool,
     pub elapsed: Duration,
     pub counts: OpCounts,
     pub latencies: Vec<Latency>,
@@ -165,9 +167,14 @@ pub fn render(summary: &Summary) -> String {
     }
     let _ = writeln!(
         out,
-        "chaos run: seed {}, {} replicas, {}, {} faults",
+        "chaos run: seed {}, {} replicas{}, {}, {} faults",
         summary.seed,
         summary.replicas,
+        if summary.auth {
+            " with authentication"
+        } else {
+            ""
+        },
         secs(summary.elapsed),
         summary.impacts.len()
     );

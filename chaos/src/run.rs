@@ -53,6 +53,8 @@ pub struct RunConfig {
     pub check_every: usize,
     /// Keep the run folder even when the run passed.
     pub keep: bool,
+    /// Authentication on, as deployed (see [`ClusterConfig::auth`]).
+    pub auth: bool,
     pub progress_every: Duration,
     /// The command line that replays this run, for the report.
     pub replay: String,
@@ -113,6 +115,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
         serve_args: config.serve_args.clone(),
         seed: config.seed,
         disk_mib: config.needs_own_disks().then_some(DISK_MIB),
+        auth: config.auth,
     })
     .await
     .context("starting the cluster")?;
@@ -120,7 +123,14 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
     cluster.keep_disk_contents(true);
     let history = History::new();
     let endpoints = Endpoints::new(cluster.endpoints());
-    let traffic = Traffic::start(endpoints, history.clone(), config.traffic.clone());
+    let traffic = Traffic::start(
+        endpoints,
+        history.clone(),
+        TrafficConfig {
+            token: cluster.token(),
+            ..config.traffic.clone()
+        },
+    );
 
     let progress = Arc::new(Mutex::new(Progress::default()));
     let printer = tokio::spawn(print_progress(
@@ -246,6 +256,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
     let summary = Summary {
         seed: config.seed,
         replicas: config.replicas,
+        auth: config.auth,
         elapsed: started.elapsed(),
         counts: OpCounts::of(&ops),
         latencies: report::latencies(&ops),

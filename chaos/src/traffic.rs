@@ -64,6 +64,8 @@ pub struct TrafficConfig {
     pub request_timeout: Duration,
     /// A pageserver restarts (re-attaches) on average this often.
     pub pageserver_restart_every: Duration,
+    /// Bearer token sent with every request (when the cluster checks tokens).
+    pub token: Option<String>,
 }
 
 impl Default for TrafficConfig {
@@ -76,6 +78,7 @@ impl Default for TrafficConfig {
             ops_per_shard: 60,
             request_timeout: Duration::from_secs(15),
             pageserver_restart_every: Duration::from_secs(20),
+            token: None,
         }
     }
 }
@@ -165,6 +168,7 @@ struct Shared {
     shards: Arc<Mutex<Shards>>,
     http: reqwest::Client,
     timeout: Duration,
+    token: Option<String>,
 }
 
 /// One sequential client: records every attempt and picks a replica per attempt.
@@ -195,8 +199,9 @@ impl Caller {
     async fn send(&mut self, request: Request) -> Outcome {
         let endpoints = self.shared.endpoints.get();
         let (via, url) = endpoints[self.rng.gen_range(0..endpoints.len())].clone();
-        let client =
-            Client::with_http(url, self.shared.http.clone()).with_timeout(self.shared.timeout);
+        let client = Client::with_http(url, self.shared.http.clone())
+            .with_timeout(self.shared.timeout)
+            .with_token(self.shared.token.clone());
         let call = self.shared.history.begin(&self.name, via, request.clone());
         let outcome = execute(&client, &request).await;
         self.shared.history.end(call, outcome.clone());
@@ -321,6 +326,7 @@ impl Traffic {
                 .build()
                 .expect("a default reqwest client builds"),
             timeout: config.request_timeout,
+            token: config.token.clone(),
         };
         let mut tasks = Vec::new();
         let mut inboxes = BTreeMap::new();
