@@ -256,6 +256,9 @@ pub async fn compare(args: &CompareArgs, http: reqwest::Client) -> anyhow::Resul
     Ok(render(args, &rows))
 }
 
+/// Issue 6 sets the attach targets (against etcd and Postgres) at this concurrency.
+const TARGET_CONCURRENCY: usize = 64;
+
 fn find<'a>(rows: &'a [Row], prefix: &str) -> Option<&'a Row> {
     rows.iter().find(|r| r.config.starts_with(prefix))
 }
@@ -330,6 +333,14 @@ pub fn render(args: &CompareArgs, rows: &[Row]) -> String {
     }
     out.push('\n');
     out.push_str(&ratios.to_string());
+    if args.concurrency != TARGET_CONCURRENCY {
+        out.push_str(&format!(
+            "\nNo verdict on the attach targets: they are set at concurrency \
+             {TARGET_CONCURRENCY}, and this run used {}.\n",
+            args.concurrency
+        ));
+        return out;
+    }
     let verdicts = vec![
         Verdict {
             target: "attach c=64: >= 3x etcd's best client".into(),
@@ -382,4 +393,68 @@ async fn spawn_null_server() -> anyhow::Result<(tokio::process::Child, String)> 
         .context("the null server exited")?;
     let addr = line.trim_start_matches("listening on ").to_owned();
     Ok((child, format!("http://{addr}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(config: &str, throughput: f64, p99_ms: f64) -> Row {
+        Row {
+            scenario: "attach".into(),
+            config: config.into(),
+            runs: 1,
+            throughput: Some(throughput),
+            p50_ms: Some(p99_ms / 2.0),
+            p99_ms: Some(p99_ms),
+            p999_ms: Some(p99_ms),
+            max_ms: Some(p99_ms),
+            errors: 0,
+            server: String::new(),
+            error_samples: Vec::new(),
+        }
+    }
+
+    fn args(concurrency: usize) -> CompareArgs {
+        CompareArgs {
+            concurrency,
+            tenants: 1_000,
+            duration: Duration::from_secs(3),
+            runs: 1,
+            etcd: Vec::new(),
+            postgres: None,
+            cluster: Vec::new(),
+            server_bin: None,
+            null_server: false,
+            baseline_bin: None,
+            serve_args: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn verdicts_on_the_targets_only_at_the_targets_concurrency() {
+        let rows = [
+            row("ours, 3 replicas, via leader", 6_000.0, 8.0),
+            row("etcd 3 members, gRPC, via leader", 1_500.0, 30.0),
+            row("Postgres, single, UPDATE ... RETURNING", 10_000.0, 5.0),
+        ];
+        let at_target = render(&args(TARGET_CONCURRENCY), &rows);
+        assert!(
+            at_target.contains("| attach c=64: >= 3x etcd's best client | 4.00x | yes |"),
+            "{at_target}"
+        );
+        assert!(
+            at_target.contains("| attach c=64: >= 0.5x single Postgres | 0.60x | yes |"),
+            "{at_target}"
+        );
+        assert!(!at_target.contains("No verdict"), "{at_target}");
+
+        let elsewhere = render(&args(16), &rows);
+        assert!(elsewhere.contains("| / etcd gRPC | 4.00x |"), "{elsewhere}");
+        assert!(!elsewhere.contains(">= 3x etcd"), "{elsewhere}");
+        assert!(
+            elsewhere.contains("No verdict on the attach targets"),
+            "{elsewhere}"
+        );
+    }
 }
