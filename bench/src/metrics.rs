@@ -111,6 +111,15 @@ fn known_figures(before: &Scrape, after: &Scrape) -> Vec<String> {
     out
 }
 
+/// How many reads shared each read-index round on a replica that is not the leader
+/// (a follower coalesces the validates it receives before asking the leader), if it
+/// ran any.
+pub fn reads_per_round(before: &Scrape, after: &Scrape) -> Option<f64> {
+    let reads = delta(before, after, "psc_read_index_reads_total")?;
+    let rounds = delta(before, after, "psc_read_index_rounds_total")?;
+    (rounds > 0.0).then(|| reads / rounds)
+}
+
 /// One line describing what the server's counters did, or "n/a".
 pub fn describe(before: Option<&Scrape>, after: Option<&Scrape>) -> String {
     match (before, after) {
@@ -146,6 +155,13 @@ mod tests {
              gauge_bytes 100\n",
         );
         assert_eq!(before["x_total"], 5.0);
+        let rounds = |reads, rounds| {
+            parse(&format!(
+                "psc_read_index_reads_total {reads}\npsc_read_index_rounds_total {rounds}\n"
+            ))
+        };
+        assert_eq!(reads_per_round(&rounds(10, 4), &rounds(40, 14)), Some(3.0));
+        assert_eq!(reads_per_round(&rounds(10, 4), &rounds(10, 4)), None);
         assert_eq!(before["fsync_seconds_count{dev=\"a b\"}"], 3.0);
         let after = parse("x_total 9 1700000000\nfsync_seconds_count{dev=\"a b\"} 3\ngauge_bytes 900\nnew_total 1\n");
         let moved = moved(&before, &after, 10);

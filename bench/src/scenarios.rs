@@ -157,6 +157,16 @@ async fn measure(
     };
     load::run(&warm, kinds, op.clone()).await;
     let before_metrics = metrics::scrape(&ctx.http, &leader).await;
+    let followers: Vec<(u64, &String)> = view
+        .urls
+        .iter()
+        .filter(|(id, _)| **id != view.leader)
+        .map(|(id, url)| (*id, url))
+        .collect();
+    let mut before_followers = Vec::new();
+    for (_, url) in &followers {
+        before_followers.push(metrics::scrape(&ctx.http, url).await);
+    }
     let before_index = last_log_index(&ctx.http, &leader).await;
     let before_cpu = crate::cluster::cpu_seconds(&ctx.pids);
     let mut runs = Vec::new();
@@ -166,6 +176,15 @@ async fn measure(
     let after_cpu = crate::cluster::cpu_seconds(&ctx.pids);
     let after_index = last_log_index(&ctx.http, &leader).await;
     let after_metrics = metrics::scrape(&ctx.http, &leader).await;
+    let mut follower_reads = Vec::new();
+    for ((id, url), before) in followers.iter().zip(&before_followers) {
+        let after = metrics::scrape(&ctx.http, url).await;
+        if let (Some(before), Some(after)) = (before, after) {
+            if let Some(shared) = metrics::reads_per_round(before, &after) {
+                follower_reads.push(format!("follower {id}: {shared:.1} reads/read-index round"));
+            }
+        }
+    }
     let writes: u64 = runs.iter().map(|r| r.total_ops()).sum();
     let entries = match (before_index, after_index) {
         (Some(b), Some(a)) if writes > 0 => {
@@ -179,10 +198,13 @@ async fn measure(
         }
         _ => String::new(),
     };
-    let server = format!(
+    let mut server = format!(
         "{entries}{cpu}; /metrics: {}",
         metrics::describe(before_metrics.as_ref(), after_metrics.as_ref())
     );
+    for figure in follower_reads {
+        server += &format!("; {figure}");
+    }
     (runs.into_iter().map(|r| r.kinds).collect(), server)
 }
 
