@@ -44,9 +44,12 @@ pub struct Seeded {
     pub last_index: u64,
 }
 
-/// Writes the seeded state into `dir` (already created and locked).
+/// Writes the seeded state into `dir` (already created and locked), whose log the
+/// caller has opened: a command opens it once, because sled releases its lock from its
+/// own threads a moment after a close, and a second open in the same process can fail.
 async fn seed(
     dir: &DataDir,
+    log: &mut LogStore,
     registry: &Registry,
     last: LogId<u64>,
     term: u64,
@@ -63,7 +66,6 @@ async fn seed(
         snapshot_id: format!("seed-{}", last.index),
     };
     write_snapshot(&dir.snapshot_path(), &meta, registry).context("writing the seeded snapshot")?;
-    let mut log = LogStore::open(&dir.log_path(), id, 16 << 20)?;
     log.reset_to(Vote::new(term, id), last)
         .await
         .context("resetting the log")?;
@@ -110,7 +112,8 @@ pub async fn restore(
         },
     )?;
     let last = LogId::new(CommittedLeaderId::new(1, id), 1);
-    seed(&dir, &registry, last, 1, id, member).await?;
+    let mut log = LogStore::open(&dir.log_path(), id, 16 << 20)?;
+    seed(&dir, &mut log, &registry, last, 1, id, member).await?;
     tracing::warn!(from_cluster = %header.cluster_id, read_index = header.read_index, %cluster_id, raised, bump, "restored a backup into a new one-member cluster");
     Ok(Seeded {
         cluster_id,
@@ -157,7 +160,6 @@ pub async fn recover(
             EntryPayload::Blank => {}
         }
     }
-    drop(log);
     let last = state
         .last_log_id
         .into_iter()
@@ -177,7 +179,7 @@ pub async fn recover(
     let term = vote.leader_id().term.max(last.leader_id.term);
     // The seeded snapshot takes the place of everything up to `last`.
     let last = LogId::new(CommittedLeaderId::new(term, id), last.index.max(1));
-    seed(&dir, &registry, last, term, id, &member).await?;
+    seed(&dir, &mut log, &registry, last, term, id, &member).await?;
     let mut identity = dir.identity().clone();
     identity.bootstrap = Bootstrap::Seeded;
     dir.set_identity(identity.clone())?;

@@ -23,7 +23,28 @@ fn entry(term: u64, index: u64, add: u64) -> Entry<Config> {
 }
 
 fn open_log(dir: &std::path::Path) -> LogStore<Config> {
+    wait_until_unlocked(&dir.join("log"));
     LogStore::open(&dir.join("log"), 1, 1 << 20).expect("open log")
+}
+
+/// sled lets go of its file lock from its own I/O threads, a moment after the last
+/// handle is dropped (a CI run once reopened too early: "could not acquire lock"). A
+/// restarted replica is a new process, so only a reopen within one process must wait.
+fn wait_until_unlocked(sled_dir: &std::path::Path) {
+    use fs2::FileExt;
+    let Ok(file) = std::fs::File::open(sled_dir.join("db")) else {
+        return; // nothing there yet
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while file.try_lock_exclusive().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} is still locked after 30 s",
+            sled_dir.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    FileExt::unlock(&file).expect("unlock");
 }
 
 #[tokio::test]
@@ -178,12 +199,14 @@ async fn a_damaged_log_entry_stops_the_replica() {
             .unwrap();
     }
     {
+        wait_until_unlocked(&dir.path().join("log"));
         let db = sled::open(dir.path().join("log")).unwrap();
         let tree = db.open_tree("log").unwrap();
         tree.insert(2u64.to_be_bytes(), &b"\x01garbage"[..])
             .unwrap();
         db.flush().unwrap();
     }
+    wait_until_unlocked(&dir.path().join("log"));
     match LogStore::<Config>::open(&dir.path().join("log"), 1, 1 << 20) {
         Err(LogOpenError::Corrupt { reason, .. }) => {
             assert!(reason.contains("entry 2"), "{reason}")
@@ -203,6 +226,7 @@ async fn a_hole_in_the_log_stops_the_replica() {
             .unwrap();
     }
     {
+        wait_until_unlocked(&dir.path().join("log"));
         let db = sled::open(dir.path().join("log")).unwrap();
         db.open_tree("log")
             .unwrap()
@@ -210,6 +234,7 @@ async fn a_hole_in_the_log_stops_the_replica() {
             .unwrap();
         db.flush().unwrap();
     }
+    wait_until_unlocked(&dir.path().join("log"));
     assert!(matches!(
         LogStore::<Config>::open(&dir.path().join("log"), 1, 1 << 20),
         Err(LogOpenError::Corrupt { .. })
