@@ -11,12 +11,12 @@
 //! handed out twice, so two clusters starting at once cannot pick the same free port
 //! before either binds it.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::sync::Mutex;
 
 /// Ports this process has handed out.
-static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 
 /// Below this, well-known services (etcd 2379, Postgres 5432, `local-cluster` 7001, ...).
 const LOWEST: u16 = 10_000;
@@ -28,7 +28,6 @@ pub fn free_port() -> std::io::Result<u16> {
             let span = u32::from(low - LOWEST);
             let start = scatter() % span;
             let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-            let handed_out = handed_out.get_or_insert_with(HashSet::new);
             if handed_out.len() as u32 >= span / 2 {
                 // A long-lived process (a chaos run) that has used half the range: the
                 // oldest of those are long bound or gone; start remembering afresh.

@@ -89,13 +89,8 @@ fn known_figures(before: &Scrape, after: &Scrape) -> Vec<String> {
             out.push(format!("{:.1} commands/entry", commands / proposals));
         }
     }
-    if let (Some(reads), Some(rounds)) = (
-        d("psc_read_index_reads_total"),
-        d("psc_read_index_rounds_total"),
-    ) {
-        if rounds > 0.0 {
-            out.push(format!("{:.1} reads/leadership round", reads / rounds));
-        }
+    if let Some(shared) = reads_per_round(before, after) {
+        out.push(format!("{shared:.1} reads/leadership round"));
     }
     if let (Some(sum), Some(count)) = (
         d("psc_storage_flush_duration_seconds_sum"),
@@ -111,9 +106,10 @@ fn known_figures(before: &Scrape, after: &Scrape) -> Vec<String> {
     out
 }
 
-/// How many reads shared each read-index round on a replica that is not the leader
-/// (a follower coalesces the validates it receives before asking the leader), if it
-/// ran any.
+/// How many reads shared each read-index round on a replica, if it ran any. On the
+/// leader since follower reads this is 1.0 (each round answers one follower's request);
+/// the sharing shows on a follower, which coalesces the validates it receives before
+/// asking the leader.
 pub fn reads_per_round(before: &Scrape, after: &Scrape) -> Option<f64> {
     let reads = delta(before, after, "psc_read_index_reads_total")?;
     let rounds = delta(before, after, "psc_read_index_rounds_total")?;

@@ -82,6 +82,10 @@ fn tiny_scenarios_run_against_a_local_cluster() {
         "2",
     ]);
     assert_eq!(error_counts(&out), vec![0, 0], "{out}");
+    assert!(
+        out.contains("reads/read-index round"),
+        "each follower's sharing: {out}"
+    );
 
     let out = bench(&["re-attach", "--shards", "20"]);
     assert!(out.contains("| re-attach | 20 shards, via leader"), "{out}");

@@ -71,6 +71,11 @@ impl FromStr for TenantId {
     }
 }
 
+/// `text` written by [`write_lower_hex`] (and ASCII punctuation) as a `str`.
+fn ascii(text: &[u8]) -> &str {
+    std::str::from_utf8(text).expect("hex digits are ASCII")
+}
+
 /// Writes `bytes` as lowercase hex into `out` (twice as long).
 fn write_lower_hex(bytes: &[u8], out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -84,7 +89,7 @@ impl fmt::Display for TenantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut text = [0u8; 32];
         write_lower_hex(&self.0, &mut text);
-        f.write_str(std::str::from_utf8(&text).expect("hex digits are ASCII"))
+        f.write_str(ascii(&text))
     }
 }
 
@@ -173,7 +178,7 @@ impl TenantShardId {
 impl fmt::Display for TenantShardId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (text, len) = self.text();
-        f.write_str(std::str::from_utf8(&text[..len]).expect("hex digits are ASCII"))
+        f.write_str(ascii(&text[..len]))
     }
 }
 
@@ -189,8 +194,7 @@ impl Serialize for TenantShardId {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         if serializer.is_human_readable() {
             let (text, len) = self.text();
-            serializer
-                .serialize_str(std::str::from_utf8(&text[..len]).expect("hex digits are ASCII"))
+            serializer.serialize_str(ascii(&text[..len]))
         } else {
             (self.tenant_id.0, self.shard_number, self.shard_count).serialize(serializer)
         }
