@@ -128,29 +128,41 @@ pub struct Cluster {
     http: reqwest::Client,
     /// Copy each tmpfs data dir out before unmounting it (see [`Cluster::keep_disk_contents`]).
     keep_disks: bool,
-    /// With authentication on: the `serve` flags that turn it on, and the token clients send.
-    auth: Option<(Vec<String>, String)>,
+    /// With authentication on: what turns it on, and the token clients send.
+    auth: Option<Credentials>,
 }
 
-/// A key pair and tokens for one run, written below `dir`: the `serve` flags that turn
-/// authentication on, and an `admin` token for the harness and its traffic.
-fn make_credentials(dir: &Path) -> anyhow::Result<(Vec<String>, String)> {
-    use pageserver_controller::auth::{generate_key_pair, mint, Scope};
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let (private, public) = generate_key_pair()?;
-    let public_key = dir.join("auth_public_key.pem");
-    let peer_token = dir.join("peer.token");
-    std::fs::write(&public_key, public)
-        .with_context(|| format!("writing {}", public_key.display()))?;
-    let peer = mint(private.as_bytes(), Scope::ControllerPeer, None, None)?;
-    std::fs::write(&peer_token, peer)
-        .with_context(|| format!("writing {}", peer_token.display()))?;
-    let admin = mint(private.as_bytes(), Scope::Admin, None, None)?;
-    let args = vec![
-        format!("--auth-public-key={}", public_key.display()),
-        format!("--peer-token-file={}", peer_token.display()),
-    ];
-    Ok((args, admin))
+/// A run's authentication, made by [`Credentials::make`].
+struct Credentials {
+    /// The `serve` flags that turn authentication on.
+    serve_args: Vec<String>,
+    /// An `admin` token, for the harness and its traffic.
+    admin_token: String,
+}
+
+impl Credentials {
+    /// A key pair and tokens for one run, written below `dir`.
+    fn make(dir: &Path) -> anyhow::Result<Credentials> {
+        use pageserver_controller::auth::{generate_key_pair, mint, Scope};
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let (private, public) = generate_key_pair()?;
+        let public_key = dir.join("auth_public_key.pem");
+        let peer_token = dir.join("peer.token");
+        std::fs::write(&public_key, public)
+            .with_context(|| format!("writing {}", public_key.display()))?;
+        let peer = mint(private.as_bytes(), Scope::ControllerPeer, None, None)?;
+        std::fs::write(&peer_token, peer)
+            .with_context(|| format!("writing {}", peer_token.display()))?;
+        let admin = mint(private.as_bytes(), Scope::Admin, None, None)?;
+        let serve_args = vec![
+            format!("--auth-public-key={}", public_key.display()),
+            format!("--peer-token-file={}", peer_token.display()),
+        ];
+        Ok(Credentials {
+            serve_args,
+            admin_token: admin,
+        })
+    }
 }
 
 fn free_port() -> anyhow::Result<SocketAddr> {
@@ -169,7 +181,7 @@ impl Cluster {
             .build()
             .context("building the HTTP client")?;
         let auth = if config.auth {
-            Some(make_credentials(&config.root.join("auth"))?)
+            Some(Credentials::make(&config.root.join("auth"))?)
         } else {
             None
         };
@@ -299,7 +311,7 @@ impl Cluster {
 
     /// The token clients send (`admin`), when authentication is on.
     pub fn token(&self) -> Option<String> {
-        self.auth.as_ref().map(|(_, token)| token.clone())
+        self.auth.as_ref().map(|auth| auth.admin_token.clone())
     }
 
     /// (id, client URL) of every replica, for traffic.
@@ -322,7 +334,7 @@ impl Cluster {
     pub fn launch(&mut self, id: u64) -> anyhow::Result<()> {
         let initial_cluster = self.initial_cluster.clone();
         let peer_url = self.peer_url(id);
-        let auth_args = self.auth.as_ref().map(|(args, _)| args.clone());
+        let auth_args = self.auth.as_ref().map(|auth| auth.serve_args.clone());
         let replica = self.replicas.get_mut(&id).context("unknown replica")?;
         if replica.child.is_some() {
             bail!("replica {id} is already running");
