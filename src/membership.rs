@@ -339,13 +339,21 @@ impl Membership {
             .member(to)
             .ok_or_else(|| MembershipError::NotFound(format!("replica {to} is not a member")))?;
         tracing::info!(to, "handing leadership over");
+        let started = Instant::now();
         self.replica.set_handing_over(true);
+        // A write already handed to Raft still lengthens this leader's log; were `to`
+        // asked to campaign before it reached `to`, this leader would refuse it its vote
+        // (less log) and, its own term gone, win the next election itself.
+        if !self.replica.writes_settled(within).await {
+            tracing::debug!(to, "a write was still in flight when handing over began");
+        }
         let goal = Goal {
             to,
             from: self.replica.id(),
             any_other,
         };
-        let result = self.hand_over(goal, &member, within).await;
+        let left = within.saturating_sub(started.elapsed());
+        let result = self.hand_over(goal, &member, left).await;
         self.replica.set_handing_over(false);
         match &result {
             Ok(leader) => tracing::info!(to, leader, "leadership handed over"),

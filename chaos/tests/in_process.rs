@@ -53,3 +53,9 @@ async fn a_write_truncated_on_a_deposed_leader_is_not_applied_twice() {
 async fn an_isolated_leader_refuses_writes_it_cannot_commit() {
     scenario_passes("isolated-leader-refuses").await;
 }
+
+/// The regression scenario `handover-waits-for-writes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_waits_for_the_writes_in_flight() {
+    scenario_passes("handover-waits-for-writes").await;
+}

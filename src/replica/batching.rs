@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 
 use super::{ProposeError, ReadError};
@@ -62,6 +62,24 @@ fn handing_over(flag: &HandingOver) -> bool {
 
 pub(super) struct WriteBatcher {
     queue: mpsc::Sender<PendingWrite>,
+    /// Batches past the [`HandingOver`] check that have not yet committed or failed.
+    in_flight: Arc<watch::Sender<usize>>,
+}
+
+/// Counts one batch in flight for as long as it lives.
+struct InFlight(Arc<watch::Sender<usize>>);
+
+impl InFlight {
+    fn start(counter: &Arc<watch::Sender<usize>>) -> Self {
+        counter.send_modify(|n| *n += 1);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 impl WriteBatcher {
@@ -74,8 +92,26 @@ impl WriteBatcher {
         paused: HandingOver,
     ) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run_writes(raft, rx, deadline, lease, stats, paused));
-        Self { queue }
+        let in_flight = Arc::new(watch::Sender::new(0));
+        tokio::spawn(run_writes(
+            raft,
+            rx,
+            in_flight.clone(),
+            deadline,
+            lease,
+            stats,
+            paused,
+        ));
+        Self { queue, in_flight }
+    }
+
+    /// Waits, at most `within`, until no batch is in flight: each one handed to Raft has
+    /// committed or failed. With new proposals paused ([`HandingOver`], set before this
+    /// is called) the leader's log then stops growing. False if one was still in flight.
+    pub(super) async fn settled(&self, within: Duration) -> bool {
+        let mut count = self.in_flight.subscribe();
+        let zero = tokio::time::timeout(within, count.wait_for(|n| *n == 0)).await;
+        matches!(zero, Ok(Ok(_)))
     }
 
     /// Proposes `command` in the next batch; answers within `deadline`.
@@ -108,6 +144,7 @@ impl WriteBatcher {
 async fn run_writes(
     raft: Raft,
     mut rx: mpsc::Receiver<PendingWrite>,
+    in_flight: Arc<watch::Sender<usize>>,
     deadline: Duration,
     lease: Duration,
     stats: Arc<BatchStats>,
@@ -147,6 +184,9 @@ async fn run_writes(
         if batch.is_empty() {
             continue;
         }
+        // Counted before the check, so that a handover that set the flag after this
+        // check finds the batch counted (see [`WriteBatcher::settled`]).
+        let counted = InFlight::start(&in_flight);
         if handing_over(&paused) {
             for pending in batch {
                 let _ = pending
@@ -189,6 +229,7 @@ async fn run_writes(
                 }
             }
             drop(slot);
+            drop(counted);
         });
     }
 }

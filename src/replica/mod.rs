@@ -305,6 +305,14 @@ impl Replica {
             .store(handing_over, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Waits, at most `within`, until every write handed to Raft has committed or failed.
+    /// While handing over, nothing new is proposed, so the log then stops growing and a
+    /// successor that holds all of it can win the votes it needs (a voter refuses a
+    /// candidate with less log than its own). False if a write was still in flight.
+    pub async fn writes_settled(&self, within: Duration) -> bool {
+        self.writes.settled(within).await
+    }
+
     /// Waits until this replica applied `index`, for at most `timeout`.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
         self.raft

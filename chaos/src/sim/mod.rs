@@ -743,11 +743,33 @@ pub mod scenario {
         outcome
     }
 
+    /// Proposes `request` on `replica` itself (no routing), recorded in `history` as
+    /// `client`'s; "not the leader" is recorded as never sent, which the checker holds
+    /// the replica to.
+    async fn proposed_on(
+        replica: Arc<Replica>,
+        history: History,
+        client: &str,
+        request: Request,
+    ) -> anyhow::Result<Result<pageserver_controller::domain::Outcome, ProposeError>> {
+        let command = request.command().context("a write")?;
+        let call = history.begin(client, replica.id(), request);
+        let answer = replica.propose_one(command).await;
+        history.end(
+            call,
+            outcome_of(answer.clone()).unwrap_or(Outcome::NotSent {
+                reason: "not the leader".into(),
+            }),
+        );
+        Ok(answer)
+    }
+
     /// Runs the scenario named `name` (see [`crate::scenarios::IN_PROCESS`]), if there is one.
     pub async fn run(name: &str, root: &Path) -> Option<anyhow::Result<SeedResult>> {
         Some(match name {
             "truncated-write-retried" => truncated_write_retried(root).await,
             "isolated-leader-refuses" => isolated_leader_refuses(root).await,
+            "handover-waits-for-writes" => handover_waits_for_writes(root).await,
             _ => return None,
         })
     }
@@ -810,17 +832,7 @@ pub mod scenario {
             || replica.quorum_silence().is_some(),
         )
         .await?;
-        let request = write(5);
-        let call = history.begin("late-writer", leader, request.clone());
-        let late = replica
-            .propose_one(request.command().context("attach is a write")?)
-            .await;
-        history.end(
-            call,
-            outcome_of(late.clone()).unwrap_or(Outcome::NotSent {
-                reason: "not the leader".into(),
-            }),
-        );
+        let late = proposed_on(replica.clone(), history.clone(), "late-writer", write(5)).await?;
         // The two in flight may or may not be applied; the history says so.
         for writer in writers {
             let _in_flight = writer.await.context("the writer panicked")?;
@@ -838,6 +850,74 @@ pub mod scenario {
             seed,
             replicas: 3,
             faults: vec![format!("leader {leader} isolated with writes in flight")],
+            liveness,
+            started,
+            root: &root,
+        };
+        ending.conclude(&cluster, &history, &[s]).await
+    }
+
+    /// `handover-waits-for-writes`: a leader handing over must not ask its successor to
+    /// campaign while a write it already handed to Raft can still lengthen its log (it
+    /// would refuse the successor its vote and win the next election itself). Three
+    /// replicas: the leader, cut off, holds a write in flight; with handing over begun,
+    /// the writes are not settled while it is in flight, a new write is refused "not
+    /// the leader" (nothing applied), and once the links heal they settle.
+    pub async fn handover_waits_for_writes(root: &Path) -> anyhow::Result<SeedResult> {
+        let started = Instant::now();
+        let seed = 13;
+        let (root, cluster, leader) = fresh(root, "handover-waits-for-writes", seed, 3).await?;
+        let history = History::new();
+        let s = shard(seed, 0);
+        let write = |node: u64| attach(s, node);
+        recorded(&cluster, &history, "setup", leader, write(1)).await;
+        let replica = cluster.net.replica(leader).context("the leader is up")?;
+        let mut liveness = Vec::new();
+        if !replica.writes_settled(Duration::from_secs(1)).await {
+            liveness.push("with nothing in flight, the writes did not settle".to_owned());
+        }
+        let proposed = || {
+            replica
+                .batch_stats()
+                .entries
+                .load(std::sync::atomic::Ordering::SeqCst)
+        };
+
+        cluster.net.isolate(leader, &cluster.ids);
+        let before = proposed();
+        let writer = tokio::spawn(proposed_on(
+            replica.clone(),
+            history.clone(),
+            "writer",
+            write(2),
+        ));
+        until("the write to be proposed", Duration::from_secs(10), || {
+            proposed() > before || writer.is_finished()
+        })
+        .await?;
+        replica.set_handing_over(true);
+        if replica.writes_settled(Duration::from_millis(100)).await {
+            liveness.push("the writes settled while one could not commit".to_owned());
+        }
+        let late = proposed_on(replica.clone(), history.clone(), "late-writer", write(3)).await?;
+        if !matches!(late, Err(ProposeError::NotLeader { .. })) {
+            liveness.push(format!(
+                "a write sent while handing over was answered {late:?}, not \"not the \
+                 leader, nothing applied\""
+            ));
+        }
+        cluster.net.heal();
+        if !replica.writes_settled(Duration::from_secs(10)).await {
+            liveness.push("the writes did not settle once the links healed".to_owned());
+        }
+        replica.set_handing_over(false);
+        let _in_flight = writer.await.context("the writer panicked")??;
+        let ending = Ending {
+            seed,
+            replicas: 3,
+            faults: vec![format!(
+                "leader {leader} isolated with a write in flight while handing over"
+            )],
             liveness,
             started,
             root: &root,
