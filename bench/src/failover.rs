@@ -98,11 +98,21 @@ pub async fn failover(
         reaped.context("reaping the old leader")?;
         let kill = probes.finish(killed_at, exited_at).await;
         let bg = background.await.context("background load")?;
-        background_errors += bg.kinds[0].errors;
+        let errors = &bg.kinds[0];
+        background_errors += errors.errors;
         let kill = kill?;
+        let error_note = if errors.errors == 0 {
+            String::new()
+        } else {
+            format!(
+                "; {} background attach errors, e.g. {}",
+                errors.errors,
+                errors.error_samples.join("; ")
+            )
+        };
         eprintln!(
             "  failover round {}: leader {leader} got signal {signal}, exited after {:.0} ms; \
-             longest attach outage {:.0} ms; first attach after the exit {:.0} ms after it",
+             longest attach outage {:.0} ms; first attach after the exit {:.0} ms after it{error_note}",
             round + 1,
             (exited_at - killed_at).as_secs_f64() * 1000.0,
             kill.gap.as_secs_f64() * 1000.0,
