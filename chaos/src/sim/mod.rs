@@ -749,11 +749,11 @@ pub mod scenario {
     async fn proposed_on(
         replica: Arc<Replica>,
         history: History,
-        client: &str,
+        client: String,
         request: Request,
     ) -> anyhow::Result<Result<pageserver_controller::domain::Outcome, ProposeError>> {
         let command = request.command().context("a write")?;
-        let call = history.begin(client, replica.id(), request);
+        let call = history.begin(&client, replica.id(), request);
         let answer = replica.propose_one(command).await;
         history.end(
             call,
@@ -801,18 +801,12 @@ pub mod scenario {
         let mut writers = Vec::new();
         for node in 2..=4 {
             let before = proposed();
-            let request = write(node);
-            let command = request.command().context("attach is a write")?;
-            let call = history.begin(&format!("writer-{node}"), leader, request);
-            let (replica, history) = (replica.clone(), history.clone());
-            let writer = tokio::spawn(async move {
-                let answer = replica.propose_one(command).await;
-                let outcome = outcome_of(answer.clone()).unwrap_or(Outcome::NotSent {
-                    reason: "not the leader".into(),
-                });
-                history.end(call, outcome);
-                answer
-            });
+            let writer = tokio::spawn(proposed_on(
+                replica.clone(),
+                history.clone(),
+                format!("writer-{node}"),
+                write(node),
+            ));
             if node < 4 {
                 until("the write to take a slot", Duration::from_secs(10), || {
                     proposed() > before || writer.is_finished()
@@ -825,17 +819,23 @@ pub mod scenario {
             .pop()
             .context("three writers")?
             .await
-            .context("the writer panicked")?;
+            .context("the writer panicked")??;
         until(
             "the isolated leader to notice",
             Duration::from_secs(10),
             || replica.quorum_silence().is_some(),
         )
         .await?;
-        let late = proposed_on(replica.clone(), history.clone(), "late-writer", write(5)).await?;
+        let late = proposed_on(
+            replica.clone(),
+            history.clone(),
+            "late-writer".into(),
+            write(5),
+        )
+        .await?;
         // The two in flight may or may not be applied; the history says so.
         for writer in writers {
-            let _in_flight = writer.await.context("the writer panicked")?;
+            let _in_flight = writer.await.context("the writer panicked")??;
         }
         let mut liveness = Vec::new();
         for (what, answer) in [("queued", queued), ("late", late)] {
@@ -888,7 +888,7 @@ pub mod scenario {
         let writer = tokio::spawn(proposed_on(
             replica.clone(),
             history.clone(),
-            "writer",
+            "writer".into(),
             write(2),
         ));
         until("the write to be proposed", Duration::from_secs(10), || {
@@ -899,7 +899,13 @@ pub mod scenario {
         if replica.writes_settled(Duration::from_millis(100)).await {
             liveness.push("the writes settled while one could not commit".to_owned());
         }
-        let late = proposed_on(replica.clone(), history.clone(), "late-writer", write(3)).await?;
+        let late = proposed_on(
+            replica.clone(),
+            history.clone(),
+            "late-writer".into(),
+            write(3),
+        )
+        .await?;
         if !matches!(late, Err(ProposeError::NotLeader { .. })) {
             liveness.push(format!(
                 "a write sent while handing over was answered {late:?}, not \"not the \
