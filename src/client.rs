@@ -142,6 +142,15 @@ impl Client {
         self
     }
 
+    /// The same client (connection pool, token, timeout) pointed at another replica.
+    pub fn at(&self, base: impl Into<String>) -> Self {
+        let base: String = base.into();
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            ..self.clone()
+        }
+    }
+
     pub fn base_url(&self) -> &str {
         &self.base
     }

@@ -217,6 +217,24 @@ async fn scratch_image_cluster_survives_leader_kill_partition_rolling_update_dis
         .await
         .expect("three voters");
 
+    // What README tells an operator to run in a pod: every member's own view, reached at
+    // the peer addresses (hostnames), with the peer token the pod already mounts.
+    let report = docker(vec![
+        "exec".into(),
+        cluster.pod(0).container.clone(),
+        "/usr/local/bin/pageserver-controller".into(),
+        "cluster".into(),
+        "status".into(),
+        "--all".into(),
+        format!("--token-file={DATA}/peer-token/token"),
+    ])
+    .await
+    .expect("cluster status --all inside a pod");
+    assert!(
+        report.contains("all 3 members see leader") && !report.contains("unreachable"),
+        "{report}"
+    );
+
     let history = History::new();
     let endpoints = Endpoints::default();
     endpoints.set(cluster.endpoints(0..3));

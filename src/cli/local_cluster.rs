@@ -1,8 +1,14 @@
 //! `local-cluster`: the embedded default. Starts replicas 1..N of one cluster on loopback
 //! as child `serve` processes, data under one folder, and stops them all on Ctrl-C.
 //! Restarting it reuses the folder, so state survives like a real restart.
+//!
+//! It supervises its replicas the way systemd or a StatefulSet would: a replica that dies
+//! (`kill -9` the leader to watch a failover) is started again on the same data dir while
+//! the others keep serving, so a fault can be tried locally without a harness. A replica
+//! that keeps dying right after it starts (a port taken, a data dir refused) is not
+//! restarted forever: the whole cluster stops and says which replica failed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -11,6 +17,16 @@ use tokio::process::{Child, Command};
 
 use crate::client::Client;
 use crate::logging::LogFormat;
+
+/// A replica that ran at least this long had started properly; dying after that is a
+/// crash to recover from, not a failure to start.
+const STARTED: Duration = Duration::from_secs(10);
+
+/// Failures to start in a row after which `local-cluster` gives up.
+const START_ATTEMPTS: u32 = 3;
+
+/// Pause before a replica is started again.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Args)]
 pub struct LocalClusterArgs {
@@ -48,19 +64,36 @@ pub async fn run(args: LocalClusterArgs, log: &str, log_format: LogFormat) -> an
         .map(|id| format!("{id}={}", url(args.base_port, *id)))
         .collect::<Vec<_>>()
         .join(",");
-    let mut children: Vec<(u64, Child)> = Vec::new();
-    for id in &ids {
+    // Ctrl-C reaches the replicas too (one process group): from then on, an exit is
+    // part of stopping, never a crash to recover from.
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            super::serve::stop_signal().await;
+            stop.cancel();
+        }
+    });
+    let spawn = |id: u64| {
         let listen = format!("127.0.0.1:{}", u64::from(args.base_port) + id - 1);
-        let child = Command::new(&exe)
-            .args(["--log", log, "--log-format", log_format.as_str(), "serve"])
-            .args(["--id", &id.to_string(), "--listen", &listen])
-            .arg("--data-dir")
-            .arg(args.data_dir.join(format!("replica-{id}")))
-            .args(["--initial-cluster", &initial_cluster])
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting replica {id}"))?;
-        children.push((*id, child));
+        start_replica(
+            &exe,
+            log,
+            log_format,
+            id,
+            &listen,
+            &args.data_dir.join(format!("replica-{id}")),
+            &initial_cluster,
+        )
+    };
+    let mut replicas = Vec::new();
+    for id in &ids {
+        replicas.push(Supervised {
+            id: *id,
+            child: spawn(*id)?,
+            started: Instant::now(),
+            failed_starts: 0,
+        });
     }
     for id in &ids {
         println!("replica {id}: {}", url(args.base_port, *id));
@@ -85,18 +118,59 @@ pub async fn run(args: LocalClusterArgs, log: &str, log_format: LogFormat) -> an
             eprintln!("no leader after 30 s; check the replicas' logs above");
             break;
         }
+        if stop.is_cancelled() {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let mut exited = None;
-    tokio::select! {
-        () = super::serve::stop_signal() => {}
-        (id, status) = first_exit(&mut children) => exited = Some((id, status)),
+    let failure = loop {
+        let (index, status) = tokio::select! {
+            biased;
+            () = stop.cancelled() => break None,
+            exit = first_exit(&mut replicas) => exit,
+        };
+        if stop.is_cancelled() {
+            break None;
+        }
+        let replica = &mut replicas[index];
+        let id = replica.id;
+        if replica.started.elapsed() < STARTED {
+            replica.failed_starts += 1;
+        } else {
+            replica.failed_starts = 0;
+        }
+        if replica.failed_starts >= START_ATTEMPTS {
+            break Some(format!(
+                "replica {id} exited {START_ATTEMPTS} times within {STARTED:?} of starting \
+                 (last: {status}); see its log above"
+            ));
+        }
+        eprintln!(
+            "replica {id} exited ({status}); starting it again on its data dir in \
+             {RESTART_PAUSE:?} (the others keep serving)"
+        );
+        tokio::select! {
+            () = stop.cancelled() => break None,
+            () = tokio::time::sleep(RESTART_PAUSE) => {}
+        }
+        match spawn(id) {
+            Ok(child) => {
+                replica.child = child;
+                replica.started = Instant::now();
+            }
+            Err(e) => break Some(format!("{e:#}")),
+        }
+    };
+    if let Some(reason) = &failure {
+        eprintln!("{reason}; stopping the others");
     }
-    if let Some((id, status)) = &exited {
-        eprintln!("replica {id} exited ({status}); stopping the others");
-    }
-    for (id, child) in &mut children {
+    for replica in &mut replicas {
+        let (id, child) = (replica.id, &mut replica.child);
+        if let Ok(Some(status)) = child.try_wait() {
+            println!("replica {id} stopped ({status})");
+            continue;
+        }
         if let Some(pid) = child.id() {
             // SAFETY: plain kill(2) on a child we started; no memory is involved.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
@@ -109,18 +183,47 @@ pub async fn run(args: LocalClusterArgs, log: &str, log_format: LogFormat) -> an
             }
         }
     }
-    match exited {
-        Some((id, status)) => bail!("replica {id} exited unexpectedly ({status})"),
+    match failure {
+        Some(reason) => bail!(reason),
         None => Ok(()),
     }
 }
 
-/// Resolves when any child exits.
-async fn first_exit(children: &mut [(u64, Child)]) -> (u64, String) {
+/// One child replica and how its recent starts went.
+struct Supervised {
+    id: u64,
+    child: Child,
+    started: Instant,
+    /// Exits within [`STARTED`] of a start, in a row.
+    failed_starts: u32,
+}
+
+fn start_replica(
+    exe: &Path,
+    log: &str,
+    log_format: LogFormat,
+    id: u64,
+    listen: &str,
+    data_dir: &Path,
+    initial_cluster: &str,
+) -> anyhow::Result<Child> {
+    Command::new(exe)
+        .args(["--log", log, "--log-format", log_format.as_str(), "serve"])
+        .args(["--id", &id.to_string(), "--listen", listen])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--initial-cluster", initial_cluster])
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting replica {id}"))
+}
+
+/// Resolves with the index of a child that exited, and how it exited.
+async fn first_exit(replicas: &mut [Supervised]) -> (usize, String) {
     loop {
-        for (id, child) in children.iter_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                return (*id, status.to_string());
+        for (index, replica) in replicas.iter_mut().enumerate() {
+            if let Ok(Some(status)) = replica.child.try_wait() {
+                return (index, status.to_string());
             }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -6,6 +6,7 @@ mod offline;
 mod ops;
 mod serve;
 mod statefulset;
+mod survey;
 
 use clap::{Parser, Subcommand};
 
@@ -45,7 +46,8 @@ pub struct Cli {
 pub enum Command {
     /// Run one replica.
     Serve(Box<ServeArgs>),
-    /// Run a three-replica cluster on loopback as child processes (Ctrl-C stops them).
+    /// Run a three-replica cluster on loopback as child processes, restarting any that
+    /// dies (Ctrl-C stops them).
     LocalCluster(LocalClusterArgs),
     /// Save a consistent backup of the whole registry from a running cluster.
     Backup(offline::BackupArgs),
@@ -60,6 +62,13 @@ pub enum Command {
     Keygen(offline::KeygenArgs),
     #[command(flatten)]
     Ops(OpsCommand),
+}
+
+impl Command {
+    /// `serve`: a long-running replica, whose log is read by machines.
+    pub fn is_a_replica(&self) -> bool {
+        matches!(self, Command::Serve(_))
+    }
 }
 
 /// Runs the parsed command line; the process exit code follows the result.

@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
+use super::survey::{or_dash, survey};
 use crate::api::types::{ClusterStatus, NodeRegisterRequest};
 use crate::client::Client;
 use crate::domain::{NodeId, TenantShardId};
@@ -143,6 +144,11 @@ pub enum ClusterCommand {
     Status {
         #[command(flatten)]
         client: ClientArgs,
+        /// Also ask every member for its own view (state, term, leader, applied index)
+        /// and show it beside the leader's replication progress. Members are reached at
+        /// their peer URLs.
+        #[arg(long)]
+        all: bool,
     },
     /// Add a replica (started with an empty data dir) to the cluster: it catches up as a
     /// learner, then becomes a voter.
@@ -194,10 +200,6 @@ fn parse_entry(entry: &str) -> anyhow::Result<(TenantShardId, u32)> {
             .parse()
             .with_context(|| format!("generation in {entry:?} is not a u32"))?,
     ))
-}
-
-fn or_dash<T: ToString>(value: Option<T>) -> String {
-    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
 pub fn print_cluster_status(status: &ClusterStatus) {
@@ -385,8 +387,17 @@ pub async fn run(command: OpsCommand) -> anyhow::Result<()> {
         }
         OpsCommand::Cluster(command) => {
             let (client, status) = match command {
-                ClusterCommand::Status { client } => {
-                    let status = client.client()?.cluster_status().await?;
+                ClusterCommand::Status { client, all } => {
+                    let api = client.client()?;
+                    let status = api.cluster_status().await?;
+                    if all {
+                        let survey = survey(&api, status).await;
+                        if client.json {
+                            return print_json(&survey);
+                        }
+                        print!("{}", survey.render());
+                        return Ok(());
+                    }
                     (client, status)
                 }
                 ClusterCommand::Add {

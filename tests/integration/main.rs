@@ -9,6 +9,7 @@ mod compatibility;
 mod concurrent_joins;
 mod failover;
 mod fuzz;
+mod local_cluster;
 mod membership;
 mod operations;
 mod restart;

@@ -1,0 +1,157 @@
+//! `local-cluster`, the command README.md gives for running the service: it serves, a
+//! replica killed under it is started again while the others keep answering, and it
+//! stops cleanly on SIGTERM.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use pageserver_controller::client::{retry, Client};
+use pageserver_controller::domain::NodeId;
+
+use crate::support::{free_port, run_binary, shard, wait_for, wait_ready, BIN, DEADLINE};
+
+/// Three consecutive free loopback ports (`local-cluster` takes base, base+1, base+2).
+fn free_base_port() -> u16 {
+    for _ in 0..100 {
+        let base = free_port();
+        let rest_free = (1..3).all(|i| {
+            base.checked_add(i)
+                .is_some_and(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        });
+        if rest_free {
+            return base;
+        }
+    }
+    panic!("no three consecutive free loopback ports");
+}
+
+/// The pid of the process serving `127.0.0.1:port` (a child of `local-cluster`).
+fn pid_listening_on(port: u16) -> Option<i32> {
+    let needle = format!("127.0.0.1:{port}");
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let serving = args.iter().any(|a| *a == b"serve")
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"--listen" && w[1] == needle.as_bytes());
+            serving.then_some(pid)
+        })
+}
+
+struct Supervisor(Child);
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        // Only reached when the test failed half-way: SIGTERM stops the replicas too.
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_cluster_restarts_a_killed_replica_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let log = std::fs::File::create(dir.path().join("local-cluster.log")).unwrap();
+    let mut supervisor = Supervisor(
+        Command::new(BIN)
+            .args([
+                "local-cluster",
+                "--base-port",
+                &base.to_string(),
+                "--data-dir",
+            ])
+            .arg(dir.path().join("data"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = |id: u16| format!("http://127.0.0.1:{}", base + id - 1);
+    let client = |id: u16| Client::new(url(id));
+    for id in 1..=3 {
+        wait_ready(&client(id)).await;
+    }
+
+    let shard = shard(1);
+    let first = client(2)
+        .attach_hook(shard, Some(NodeId(1)), None)
+        .await
+        .unwrap()
+        .unwrap();
+    let leader = client(1).cluster_status().await.unwrap().leader.unwrap();
+    let leader_port = base + leader as u16 - 1;
+    let killed = pid_listening_on(leader_port).expect("the leader's process");
+    // SAFETY: kill(2) on a replica this test started (through local-cluster).
+    unsafe { libc::kill(killed, libc::SIGKILL) };
+
+    // The others elect a leader and keep issuing generations.
+    let survivor = if leader == 1 { 2 } else { 1 };
+    let via = client(survivor);
+    let second = retry(
+        DEADLINE,
+        Duration::from_millis(50),
+        Duration::from_secs(1),
+        || via.attach_hook(shard, Some(NodeId(2)), None),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(second > first, "{second} after {first}");
+
+    // The killed replica comes back as a new process on its data dir and catches up.
+    wait_for(
+        "the killed replica to be started again",
+        DEADLINE,
+        || async { pid_listening_on(leader_port).filter(|pid| *pid != killed) },
+    )
+    .await;
+    let back = client(leader as u16);
+    wait_ready(&back).await;
+    let seen = wait_for(
+        "the restarted replica to see the new generation",
+        DEADLINE,
+        || {
+            let back = back.clone();
+            async move { back.inspect(shard).await.ok().flatten() }
+        },
+    )
+    .await;
+    assert_eq!(seen, (second, NodeId(2)));
+
+    // Every member answers for itself again, and they agree on the leader.
+    let (ok, report) = run_binary(&["cluster", "status", "--all", "--url", &url(survivor)]);
+    assert!(ok, "{report}");
+    assert!(report.contains("all 3 members see leader"), "{report}");
+    assert!(!report.contains("unreachable"), "{report}");
+
+    // SIGTERM stops the supervisor and every replica, with success.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(supervisor.0.id() as libc::pid_t, libc::SIGTERM) };
+    let status = wait_for("local-cluster to stop", DEADLINE, || {
+        let exited = supervisor.0.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    let output = std::fs::read_to_string(dir.path().join("local-cluster.log")).unwrap();
+    assert!(status.success(), "{status}:\n{output}");
+    assert!(
+        output.contains(&format!("replica {leader} exited (signal: 9")),
+        "{output}"
+    );
+    for id in 1..=3 {
+        assert_eq!(
+            pid_listening_on(base + id - 1),
+            None,
+            "replica {id} still runs"
+        );
+    }
+}
