@@ -23,9 +23,17 @@ const LOWEST: u16 = 10_000;
 
 /// A loopback port that was free just now, outside the ephemeral range where possible.
 pub fn free_port() -> std::io::Result<u16> {
+    free_ports(1)
+}
+
+/// The first of `count` consecutive loopback ports that were all free just now (for
+/// `local-cluster`, whose replica N listens on base + N - 1), outside the ephemeral
+/// range where possible; all of them count as handed out.
+pub fn free_ports(count: u16) -> std::io::Result<u16> {
+    let count = count.max(1);
     if let Some(low) = ephemeral_low() {
-        if low > LOWEST + 1_000 {
-            let span = u32::from(low - LOWEST);
+        if low > LOWEST + 1_000 + count {
+            let span = u32::from(low - LOWEST - count + 1);
             let start = scatter() % span;
             let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
             if handed_out.len() as u32 >= span / 2 {
@@ -34,15 +42,25 @@ pub fn free_port() -> std::io::Result<u16> {
                 handed_out.clear();
             }
             for step in 0..span {
-                let port = LOWEST + ((start + step) % span) as u16;
-                if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                    handed_out.insert(port);
-                    return Ok(port);
+                let base = LOWEST + ((start + step) % span) as u16;
+                let ports = base..base + count;
+                let free = ports.clone().all(|port| {
+                    !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok()
+                });
+                if free {
+                    handed_out.extend(ports);
+                    return Ok(base);
                 }
             }
         }
     }
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    if count == 1 {
+        return Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrNotAvailable,
+        format!("no {count} consecutive free loopback ports"),
+    ))
 }
 
 /// The first port of the kernel's ephemeral range (Linux), if it can be read.
@@ -83,6 +101,26 @@ mod tests {
             assert_ne!(next, port);
         }
         drop(listener);
+    }
+
+    #[test]
+    fn a_run_of_ports_is_free_and_never_overlaps_another() {
+        if ephemeral_low()
+            .filter(|low| *low > LOWEST + 1_000)
+            .is_none()
+        {
+            return;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let base = free_ports(3).unwrap();
+            for port in base..base + 3 {
+                TcpListener::bind(("127.0.0.1", port)).expect("every port of the run is free");
+                assert!(seen.insert(port), "{port} handed out twice");
+            }
+            let single = free_port().unwrap();
+            assert!(seen.insert(single), "{single} handed out twice");
+        }
     }
 
     #[test]

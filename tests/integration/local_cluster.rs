@@ -2,29 +2,13 @@
 //! replica killed under it is started again while the others keep answering, and it
 //! stops cleanly on SIGTERM.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use pageserver_controller::client::{retry, Client};
 use pageserver_controller::domain::NodeId;
 
-use crate::support::{free_port, run_binary, shard, wait_for, wait_ready, BIN, DEADLINE};
-
-/// Three consecutive free loopback ports (`local-cluster` takes base, base+1, base+2).
-fn free_base_port() -> u16 {
-    for _ in 0..100 {
-        let base = free_port();
-        let rest_free = (1..3).all(|i| {
-            base.checked_add(i)
-                .is_some_and(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
-        });
-        if rest_free {
-            return base;
-        }
-    }
-    panic!("no three consecutive free loopback ports");
-}
+use crate::support::{run_binary, shard, wait_for, wait_ready, BIN, DEADLINE};
 
 /// The pid of the process serving `127.0.0.1:port` (a child of `local-cluster`).
 fn pid_listening_on(port: u16) -> Option<i32> {
@@ -58,7 +42,8 @@ impl Drop for Supervisor {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_cluster_restarts_a_killed_replica_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base_port();
+    // local-cluster takes base, base + 1 and base + 2.
+    let base = pageserver_controller::loopback::free_ports(3).expect("three free ports");
     let log = std::fs::File::create(dir.path().join("local-cluster.log")).unwrap();
     let mut supervisor = Supervisor(
         Command::new(BIN)
