@@ -228,6 +228,15 @@ pub fn print_cluster_status(status: &ClusterStatus) {
             member.url
         );
     }
+    if status
+        .leader
+        .is_some_and(|leader| leader != status.replica_id)
+    {
+        println!(
+            "MATCHED is known to the leader only: ask it with --url, or see every member with \
+             --all"
+        );
+    }
     println!(
         "log: last {}, committed {}, applied {}, snapshot {}, purged {}",
         or_dash(status.last_log_index),
