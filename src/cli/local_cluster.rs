@@ -100,29 +100,10 @@ pub async fn run(args: LocalClusterArgs, log: &str, log_format: LogFormat) -> an
     }
     println!("data: {}", args.data_dir.display());
 
-    let first = Client::new(url(args.base_port, 1));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(status) = first.cluster_status().await {
-            if let Some(leader) = status.leader {
-                println!(
-                    "cluster {} is up; leader is replica {leader}",
-                    status.cluster_id
-                );
-                println!("try: curl -s -X POST {}/debug/v1/attach-hook -d '{{\"tenant_shard_id\": \"1f359dd625e519a1a4e8d7509690f6fc\", \"node_id\": 1}}'", url(args.base_port, 1));
-                println!("press Ctrl-C to stop all replicas");
-                break;
-            }
-        }
-        if Instant::now() > deadline {
-            eprintln!("no leader after 30 s; check the replicas' logs above");
-            break;
-        }
-        if stop.is_cancelled() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Supervision starts at once; the banner comes when a leader is known, whichever
+    // replica says so first (replica 1 may be the one that died).
+    let urls: Vec<String> = ids.iter().map(|id| url(args.base_port, *id)).collect();
+    let announce = tokio::spawn(announce(urls, stop.clone()));
 
     let failure = loop {
         let (index, status) = tokio::select! {
@@ -162,6 +143,7 @@ pub async fn run(args: LocalClusterArgs, log: &str, log_format: LogFormat) -> an
             Err(e) => break Some(format!("{e:#}")),
         }
     };
+    announce.abort();
     if let Some(reason) = &failure {
         eprintln!("{reason}; stopping the others");
     }
@@ -186,6 +168,37 @@ pub async fn run(args: LocalClusterArgs, log: &str, log_format: LogFormat) -> an
     match failure {
         Some(reason) => bail!(reason),
         None => Ok(()),
+    }
+}
+
+/// Prints how to use the cluster once a leader is known, or a hint after 30 s without one.
+async fn announce(urls: Vec<String>, stop: tokio_util::sync::CancellationToken) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stop.is_cancelled() {
+        for url in &urls {
+            let answer = Client::new(url.as_str())
+                .with_timeout(Duration::from_secs(1))
+                .cluster_status()
+                .await;
+            if let Some((leader, status)) = answer.ok().and_then(|s| Some((s.leader?, s))) {
+                println!(
+                    "cluster {} is up; leader is replica {leader}",
+                    status.cluster_id
+                );
+                println!(
+                    "try: curl -s -X POST {}/debug/v1/attach-hook -d '{{\"tenant_shard_id\": \
+                     \"1f359dd625e519a1a4e8d7509690f6fc\", \"node_id\": 1}}'",
+                    urls[0]
+                );
+                println!("press Ctrl-C to stop all replicas");
+                return;
+            }
+        }
+        if Instant::now() > deadline {
+            eprintln!("no leader after 30 s; check the replicas' logs above");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -45,29 +45,37 @@ pub struct Survey {
 pub async fn survey(client: &Client, asked: ClusterStatus) -> Survey {
     let calls = asked.members.iter().map(|member| {
         let member_client = client.at(&member.url).with_timeout(MEMBER_TIMEOUT);
-        async move {
-            let answer = member_client.cluster_status().await;
-            let (status, error) = match answer {
-                // A URL that answers for another replica (a stale address, a typo in
-                // the configuration) is an error worth showing, not a view of `id`.
-                Ok(status) if status.replica_id != member.id => (
-                    None,
-                    Some(format!("answered as replica {}", status.replica_id)),
-                ),
-                Ok(status) => (Some(status), None),
-                Err(e) => (None, Some(e.to_string())),
-            };
-            MemberView {
-                id: member.id,
-                url: member.url.clone(),
-                role: member.role.clone(),
-                status,
-                error,
-            }
-        }
+        async move { view_of(member, member_client.cluster_status().await) }
     });
     let members = futures::future::join_all(calls).await;
     Survey { asked, members }
+}
+
+/// What `member` said about itself, given its answer.
+fn view_of(
+    member: &crate::api::types::ClusterMember,
+    answer: Result<ClusterStatus, crate::client::ClientError>,
+) -> MemberView {
+    let (status, error) = match answer {
+        // A URL that answers for another replica (a stale address, a typo in the
+        // configuration) is an error worth showing, not a view of this member.
+        Ok(status) if status.replica_id != member.id => (
+            None,
+            Some(format!(
+                "{} answered as replica {}",
+                member.url, status.replica_id
+            )),
+        ),
+        Ok(status) => (Some(status), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    MemberView {
+        id: member.id,
+        url: member.url.clone(),
+        role: member.role.clone(),
+        status,
+        error,
+    }
 }
 
 impl Survey {
@@ -283,6 +291,20 @@ mod tests {
             ]
         );
         assert!(report.contains("replica 3: no answer from"), "{report}");
+    }
+
+    #[test]
+    fn an_address_that_answers_for_another_replica_is_not_taken_as_its_view() {
+        let listed = member(3, None);
+        let wrong = view_of(&listed, Ok(status(1, "follower", Some(2), 5, 42)));
+        assert!(wrong.status.is_none());
+        assert_eq!(
+            wrong.error.as_deref(),
+            Some("http://127.0.0.1:7003 answered as replica 1")
+        );
+        let right = view_of(&listed, Ok(status(3, "follower", Some(2), 5, 42)));
+        assert_eq!(right.status.map(|s| s.replica_id), Some(3));
+        assert!(right.error.is_none());
     }
 
     #[test]

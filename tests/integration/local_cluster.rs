@@ -28,14 +28,20 @@ fn pid_listening_on(port: u16) -> Option<i32> {
         })
 }
 
-struct Supervisor(Child);
+/// `local-cluster` and its log; on a failed test, stopped and its log printed.
+struct Supervisor(Child, std::path::PathBuf);
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        // Only reached when the test failed half-way: SIGTERM stops the replicas too.
+        if !std::thread::panicking() {
+            return;
+        }
+        // SIGTERM stops the replicas too.
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
         let _ = self.0.wait();
+        let log = std::fs::read_to_string(&self.1).unwrap_or_default();
+        eprintln!("local-cluster's output:\n{log}");
     }
 }
 
@@ -44,7 +50,8 @@ async fn local_cluster_restarts_a_killed_replica_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     // local-cluster takes base, base + 1 and base + 2.
     let base = pageserver_controller::loopback::free_ports(3).expect("three free ports");
-    let log = std::fs::File::create(dir.path().join("local-cluster.log")).unwrap();
+    let log_path = dir.path().join("local-cluster.log");
+    let log = std::fs::File::create(&log_path).unwrap();
     let mut supervisor = Supervisor(
         Command::new(BIN)
             .args([
@@ -59,6 +66,7 @@ async fn local_cluster_restarts_a_killed_replica_and_stops_on_sigterm() {
             .stdin(Stdio::null())
             .spawn()
             .unwrap(),
+        log_path.clone(),
     );
     let url = |id: u16| format!("http://127.0.0.1:{}", base + id - 1);
     let client = |id: u16| Client::new(url(id));
@@ -112,11 +120,42 @@ async fn local_cluster_restarts_a_killed_replica_and_stops_on_sigterm() {
     .await;
     assert_eq!(seen, (second, NodeId(2)));
 
+    // A follower's own answer says where the replication progress it lacks can be seen.
+    let mut follower = None;
+    for id in 1..=3u16 {
+        if client(id)
+            .cluster_status()
+            .await
+            .is_ok_and(|s| s.state == "follower")
+        {
+            follower = Some(id);
+        }
+    }
+    let follower = follower.expect("a follower among the three");
+    let (ok, report) = run_binary(&["cluster", "status", "--url", &url(follower)]);
+    assert!(ok, "{report}");
+    assert!(
+        report.contains("MATCHED is known to the leader only"),
+        "{report}"
+    );
+
     // Every member answers for itself again, and they agree on the leader.
     let (ok, report) = run_binary(&["cluster", "status", "--all", "--url", &url(survivor)]);
     assert!(ok, "{report}");
     assert!(report.contains("all 3 members see leader"), "{report}");
     assert!(!report.contains("unreachable"), "{report}");
+
+    // A command run by a person states its error once (only `serve` also logs it).
+    let (ok, failed) = run_binary(&[
+        "attach",
+        &shard.to_string(),
+        "--node",
+        "1",
+        "--url",
+        "http://127.0.0.1:1",
+    ]);
+    assert!(!ok);
+    assert_eq!(failed.matches("no answer from").count(), 1, "{failed}");
 
     // SIGTERM stops the supervisor and every replica, with success.
     // SAFETY: kill(2) on our own child.
@@ -126,7 +165,7 @@ async fn local_cluster_restarts_a_killed_replica_and_stops_on_sigterm() {
         async move { exited }
     })
     .await;
-    let output = std::fs::read_to_string(dir.path().join("local-cluster.log")).unwrap();
+    let output = std::fs::read_to_string(&log_path).unwrap();
     assert!(status.success(), "{status}:\n{output}");
     assert!(
         output.contains(&format!("replica {leader} exited (signal: 9")),
