@@ -65,6 +65,7 @@ struct Sampled {
     tenant_shards: IntGauge,
     nodes: IntGauge,
     voters: IntGauge,
+    removed: IntGauge,
     replication_lag: IntGaugeVec,
 }
 
@@ -249,6 +250,11 @@ impl Metrics {
                 "psc_raft_voters",
                 "voting members in the current configuration",
             ),
+            removed: gauge(
+                r,
+                "psc_removed",
+                "1 while peers report this replica removed from the cluster (it calls no elections)",
+            ),
             replication_lag: register(
                 r,
                 IntGaugeVec::new(
@@ -321,6 +327,7 @@ impl Metrics {
         }
         s.voters
             .set(m.membership_config.membership().voter_ids().count() as i64);
+        s.removed.set(i64::from(replica.removed().is_some()));
         let snapshots = replica.snapshot_stats();
         s.snapshot_bytes
             .set(snapshots.last_size_bytes.load(Ordering::Relaxed) as i64);

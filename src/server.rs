@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use controller_raft::removal::Standing;
 use controller_raft::timing::Timing;
 use controller_raft::transport::{self, HttpNetwork, NoPeerAuth, PeerAuth};
 use controller_raft::{Member, PeerIdentity};
@@ -279,7 +280,13 @@ pub async fn serve(
         (None, None) => Arc::new(NoPeerAuth),
         _ => bail!("authentication needs both --auth-public-key and --peer-token-file"),
     };
-    let network = HttpNetwork::new(client.clone(), peer_identity.clone(), peer_auth.clone());
+    let standing = Arc::new(Standing::default());
+    let network = HttpNetwork::new(
+        client.clone(),
+        peer_identity.clone(),
+        peer_auth.clone(),
+        standing.clone(),
+    );
     let replica = Arc::new(
         Replica::start(
             config.id,
@@ -287,6 +294,7 @@ pub async fn serve(
             &config.timing,
             config.deadlines,
             network.clone(),
+            standing,
             log,
             state_machine,
         )

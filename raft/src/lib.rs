@@ -7,6 +7,8 @@
 //! - [`transport`]: the replica-to-replica HTTP transport, both directions: a pooled
 //!   client implementing openraft's network traits and an axum router under
 //!   [`RAFT_PREFIX`] mounted on the replica's one listener.
+//! - [`removal`]: a replica removed while it was down learns so from its peers' vote
+//!   answers and stops calling elections.
 //! - [`PeerIdentity`]: who this replica is, checked on every RPC in both directions so a
 //!   misrouted URL or a replica of another cluster is refused instead of obeyed.
 //!
@@ -19,6 +21,7 @@
 pub mod codec;
 mod identity;
 mod member;
+pub mod removal;
 pub mod timing;
 pub mod transport;
 

@@ -35,6 +35,7 @@ use serde::Serialize;
 
 use crate::codec;
 use crate::identity::{PeerIdentity, PeerIdentityError, HEADER_RESPONDER};
+use crate::removal::{self, Removal, Standing, HEADER_NOT_A_VOTER};
 use crate::timing::RAFT_BODY_LIMIT_BYTES;
 use crate::{Member, ReplicaId, RAFT_PREFIX};
 
@@ -72,6 +73,8 @@ pub struct HttpNetwork {
     client: reqwest::Client,
     identity: Arc<PeerIdentity>,
     auth: Arc<dyn PeerAuth>,
+    /// Where vote answers saying this replica is no voter are reported ([`removal`]).
+    standing: Arc<Standing>,
 }
 
 impl HttpNetwork {
@@ -79,11 +82,13 @@ impl HttpNetwork {
         client: reqwest::Client,
         identity: Arc<PeerIdentity>,
         auth: Arc<dyn PeerAuth>,
+        standing: Arc<Standing>,
     ) -> Self {
         Self {
             client,
             identity,
             auth,
+            standing,
         }
     }
 }
@@ -154,11 +159,14 @@ impl PeerConnection {
         }
     }
 
+    /// Sends one RPC; `on_answer` sees the headers of a well-formed answer from the
+    /// addressed peer.
     async fn call<Req, Resp, E>(
         &self,
         route: &str,
         request: &Req,
         timeout: Duration,
+        on_answer: impl FnOnce(&HeaderMap),
     ) -> Result<Resp, RPCError<ReplicaId, Member, RaftError<ReplicaId, E>>>
     where
         Req: Serialize,
@@ -193,6 +201,7 @@ impl PeerConnection {
         })?;
         let status = response.status();
         let identity_check = PeerIdentity::check_responder(response.headers(), self.target);
+        let headers = response.headers().clone();
         let bytes = response
             .bytes()
             .await
@@ -202,6 +211,7 @@ impl PeerConnection {
             return Err(unreachable(self.error(reason)));
         }
         identity_check.map_err(|e| unreachable(self.error(e)))?;
+        on_answer(&headers);
         let result: Result<Resp, RaftError<ReplicaId, E>> = codec::decode(&bytes).map_err(|e| {
             RPCError::Network(NetworkError::new(
                 &self.error(format!("undecodable answer: {e}")),
@@ -238,7 +248,7 @@ where
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<ReplicaId>, RPCError<ReplicaId, Member, RaftError<ReplicaId>>>
     {
-        self.call(APPEND, &rpc, option.hard_ttl()).await
+        self.call(APPEND, &rpc, option.hard_ttl(), |_| {}).await
     }
 
     async fn install_snapshot(
@@ -249,7 +259,7 @@ where
         InstallSnapshotResponse<ReplicaId>,
         RPCError<ReplicaId, Member, RaftError<ReplicaId, InstallSnapshotError>>,
     > {
-        self.call(SNAPSHOT, &rpc, option.hard_ttl()).await
+        self.call(SNAPSHOT, &rpc, option.hard_ttl(), |_| {}).await
     }
 
     async fn vote(
@@ -257,7 +267,15 @@ where
         rpc: VoteRequest<ReplicaId>,
         option: RPCOption,
     ) -> Result<VoteResponse<ReplicaId>, RPCError<ReplicaId, Member, RaftError<ReplicaId>>> {
-        self.call(VOTE, &rpc, option.hard_ttl()).await
+        let report = |headers: &HeaderMap| {
+            if let Some(membership) = headers.get(HEADER_NOT_A_VOTER).and_then(removal::decode) {
+                self.network.standing.report(Removal {
+                    reported_by: self.target,
+                    membership,
+                });
+            }
+        };
+        self.call(VOTE, &rpc, option.hard_ttl(), report).await
     }
 }
 
@@ -395,8 +413,20 @@ where
         admit(&service, &headers, &body, |r: &VoteRequest<ReplicaId>| {
             r.vote.leader_id().voted_for()
         })?;
+    let candidate = request.vote.leader_id().voted_for();
     let result = service.raft.vote(request).await;
-    Ok(answer(service.identity.replica_id, &result))
+    let mut response = answer(service.identity.replica_id, &result);
+    let not_a_voter = candidate.and_then(|candidate| {
+        let metrics = service.raft.metrics();
+        let metrics = metrics.borrow();
+        removal::not_a_voter(&metrics.membership_config, metrics.last_applied, candidate)
+    });
+    if let Some(membership) = not_a_voter {
+        response
+            .headers_mut()
+            .insert(HEADER_NOT_A_VOTER, removal::encode(membership));
+    }
+    Ok(response)
 }
 
 async fn snapshot<C>(
@@ -467,7 +497,12 @@ mod tests {
         PeerConnection {
             target: 2,
             member: Member::new(format!("http://{addr}")),
-            network: HttpNetwork::new(reqwest::Client::new(), identity, Arc::new(NoPeerAuth)),
+            network: HttpNetwork::new(
+                reqwest::Client::new(),
+                identity,
+                Arc::new(NoPeerAuth),
+                Arc::default(),
+            ),
         }
     }
 
@@ -475,7 +510,7 @@ mod tests {
         addr: std::net::SocketAddr,
     ) -> RPCError<ReplicaId, Member, RaftError<ReplicaId, InstallSnapshotError>> {
         peer(addr)
-            .call::<u8, u8, InstallSnapshotError>(APPEND, &1, Duration::from_millis(300))
+            .call::<u8, u8, InstallSnapshotError>(APPEND, &1, Duration::from_millis(300), |_| {})
             .await
             .expect_err("no peer answers properly here")
     }

@@ -20,7 +20,7 @@ use super::error::ApiError;
 use super::json::Json;
 use super::types::{
     AddMemberQuery, AddMemberRequest, ClusterMember, ClusterStatus, ReadyResponse,
-    RemoveMemberQuery, StatusResponse, TransferLeaderRequest,
+    RemoveMemberQuery, RemovedStatus, StatusResponse, TransferLeaderRequest,
 };
 use super::ApiState;
 use crate::membership::MembershipError;
@@ -56,8 +56,11 @@ pub async fn ready(State(api): Api) -> Result<JsonResponse<ReadyResponse>, ApiEr
     let not_ready = |why: String| {
         ApiError::Unavailable(format!("replica {} is not ready: {why}", replica.id()))
     };
+    if let Some(removed) = removed_status(replica) {
+        return Err(ApiError::Unavailable(removed.explain(replica.id())));
+    }
     let Some((leader, _)) = replica.leader() else {
-        return Err(not_ready("no leader is known".into()));
+        return Err(not_ready(no_leader_reason(replica)));
     };
     // A read index: the leader confirmed itself with a quorum after this probe began,
     // and this replica applied everything committed up to then.
@@ -70,6 +73,31 @@ pub async fn ready(State(api): Api) -> Result<JsonResponse<ReadyResponse>, ApiEr
         leader,
         applied,
     }))
+}
+
+/// The removal peers reported, as the API shows it.
+pub fn removed_status(replica: &crate::replica::Replica) -> Option<RemovedStatus> {
+    replica.removed().map(|removal| RemovedStatus {
+        reported_by: removal.reported_by,
+        membership_index: removal.membership.index,
+    })
+}
+
+/// Why no leader is known: plain, unless this replica is missing from the membership it
+/// holds (its log contains its own removal, or it joined and was not added yet), in
+/// which case no leader will ever contact it on its own.
+fn no_leader_reason(replica: &crate::replica::Replica) -> String {
+    let metrics = replica.metrics();
+    let metrics = metrics.borrow();
+    let membership = &metrics.membership_config;
+    match membership.log_id() {
+        Some(at) if membership.membership().get_node(&replica.id()).is_none() => format!(
+            "no leader is known, and the membership this replica holds (log index {}) does not \
+             list it: it was removed, or has not been added yet",
+            at.index
+        ),
+        _ => "no leader is known".into(),
+    }
 }
 
 fn state_name(state: ServerState) -> &'static str {
@@ -127,6 +155,7 @@ pub async fn cluster_status_of(api: &ApiState) -> ClusterStatus {
         purged_index: metrics.purged.map(|id| id.index),
         millis_since_quorum_ack: metrics.millis_since_quorum_ack,
         joint: membership.get_joint_config().len() > 1,
+        removed: removed_status(replica),
     }
 }
 

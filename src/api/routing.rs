@@ -274,7 +274,13 @@ pub async fn route_to_leader(
                     }
                 }
             }
-            None => {}
+            // No leader will ever contact a removed replica: say so now rather than
+            // after the whole wait.
+            None => {
+                if let Some(removed) = super::cluster::removed_status(replica) {
+                    return ApiError::Unavailable(removed.explain(replica.id())).into_response();
+                }
+            }
         }
         let now = Instant::now();
         if now >= deadline {

@@ -248,6 +248,32 @@ pub struct ClusterStatus {
     /// True while a membership change is between its two steps (joint consensus): a
     /// quorum of both the old and the new voters is then needed.
     pub joint: bool,
+    /// Present while this replica has been removed from the cluster (see
+    /// [`RemovedStatus`]); absent on members and in answers of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<RemovedStatus>,
+}
+
+/// A peer reported that its committed membership, which this replica's log has not
+/// reached, does not count this replica as a voter: it was removed while it was down or
+/// cut off, and no longer calls elections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedStatus {
+    pub reported_by: u64,
+    /// Log index of the membership that leaves this replica out.
+    pub membership_index: u64,
+}
+
+impl RemovedStatus {
+    /// What an operator should read about it.
+    pub fn explain(&self, replica: u64) -> String {
+        format!(
+            "replica {replica} was removed from the cluster: replica {} committed a membership \
+             (log index {}) without it, which this replica's log lacks; it calls no elections \
+             and serves nothing. Stop it, or add it back with `cluster add`",
+            self.reported_by, self.membership_index
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

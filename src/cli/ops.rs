@@ -208,6 +208,9 @@ pub fn print_cluster_status(status: &ClusterStatus) {
         status.cluster_id, status.replica_id, status.state, status.term
     );
     println!("leader: {}", or_dash(status.leader));
+    if let Some(removed) = &status.removed {
+        println!("{}", removed.explain(status.replica_id));
+    }
     if status.joint {
         println!(
             "membership change in progress (joint consensus: old and new voters must both agree)"

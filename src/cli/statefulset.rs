@@ -468,6 +468,7 @@ impl WaitingRoom {
             purged_index: None,
             millis_since_quorum_ack: None,
             joint: false,
+            removed: None,
         };
         let app = axum::Router::new()
             .route(
@@ -631,6 +632,7 @@ mod tests {
             purged_index: None,
             millis_since_quorum_ack: None,
             joint: false,
+            removed: None,
         }
     }
 

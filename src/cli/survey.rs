@@ -217,6 +217,7 @@ mod tests {
             purged_index: None,
             millis_since_quorum_ack: None,
             joint: false,
+            removed: None,
         }
     }
 

@@ -31,6 +31,7 @@ pub use batching::{BatchStats, MAX_BATCH};
 use std::sync::Arc;
 use std::time::Duration;
 
+use controller_raft::removal::{self, Removal, Standing};
 use controller_raft::timing::Timing;
 use controller_raft::Member;
 use controller_storage::{FlushStats, SnapshotStats};
@@ -117,6 +118,8 @@ pub struct Replica {
     handing_over: batching::HandingOver,
     reads: batching::ReadCoalescer,
     remote_read_index: Arc<std::sync::OnceLock<Arc<dyn LeaderReadIndex>>>,
+    /// Whether peers reported this replica removed (see [`removal`]).
+    standing: Arc<Standing>,
 }
 
 /// How a follower asks the leader for a read index (over HTTP, in the server). Without
@@ -131,13 +134,16 @@ pub trait LeaderReadIndex: Send + Sync + 'static {
 }
 
 impl Replica {
-    /// Starts the Raft node. Storage is already open; `network` reaches the peers.
+    /// Starts the Raft node. Storage is already open; `network` reaches the peers and
+    /// reports to `standing` when they say this replica is no longer a voter.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start<N>(
         id: u64,
         cluster_name: &str,
         timing: &Timing,
         deadlines: Deadlines,
         network: N,
+        standing: Arc<Standing>,
         log: LogStore,
         state_machine: StateMachine,
     ) -> anyhow::Result<Replica>
@@ -170,6 +176,7 @@ impl Replica {
         );
         let leader_since = Arc::new(std::sync::Mutex::new(None));
         tokio::spawn(track_leadership(raft.metrics(), leader_since.clone()));
+        tokio::spawn(removal::guard(raft.clone(), standing.clone()));
         Ok(Replica {
             id,
             raft,
@@ -185,7 +192,15 @@ impl Replica {
             handing_over,
             reads,
             remote_read_index,
+            standing,
         })
+    }
+
+    /// `Some` while peers report that this replica is not a voter of the membership they
+    /// committed, which its own log has not reached: it was removed. It then calls no
+    /// elections.
+    pub fn removed(&self) -> Option<Removal> {
+        self.standing.removed()
     }
 
     pub fn id(&self) -> u64 {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use pageserver_controller::client::{retry, Client};
 use pageserver_controller::domain::NodeId;
 
-use crate::support::{attach_range, shard, wait_for, TestCluster, DEADLINE};
+use crate::support::{attach_range, shard, wait_for, wait_ready, TestCluster, DEADLINE};
 
 /// Clients that retry like pageservers; every call must eventually succeed.
 struct Traffic {
@@ -362,4 +362,98 @@ async fn a_removal_that_would_stop_the_cluster_is_refused() {
     let mut voters = vec![leader, followers[1]];
     voters.sort_unstable();
     cluster.wait_for_voters(&voters).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_removed_while_down_stops_campaigning_and_can_be_added_back() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let removed = cluster.other_than(leader);
+    cluster.kill(removed);
+    let members = cluster.running();
+    cluster
+        .client(leader)
+        .remove_member(removed, false)
+        .await
+        .unwrap();
+    cluster.wait_for_voters(&members).await;
+    let members_term = cluster.status_of(leader).await.unwrap().term;
+
+    // Started again on its data dir, its own log still lists it as a voter: it campaigns
+    // once, and the members' answers tell it that it was removed.
+    cluster.restart(removed).await;
+    let view = &cluster;
+    let report = wait_for(
+        "the removed replica to learn from its peers that it was removed",
+        DEADLINE,
+        || async move { view.status_of(removed).await?.removed },
+    )
+    .await;
+    assert!(members.contains(&report.reported_by), "{report:?}");
+
+    // From then on it calls no elections: its term stays put over many election timeouts
+    // (250..400 ms; before this was fixed it climbed by one every timeout or so), and the
+    // members never heard of its terms.
+    let term = cluster.status_of(removed).await.unwrap().term;
+    let watch_until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < watch_until {
+        let status = cluster.status_of(removed).await.unwrap();
+        assert_eq!(status.term, term, "the removed replica campaigned again");
+        assert!(status.removed.is_some(), "{status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for member in &members {
+        let status = cluster.status_of(*member).await.unwrap();
+        assert_eq!(status.term, members_term, "replica {member}: {status:?}");
+        assert_eq!(status.leader, Some(leader), "replica {member}: {status:?}");
+    }
+
+    // It says so to probes and callers at once, instead of waiting for a leader.
+    let client = cluster.client(removed);
+    let not_ready = client.ready().await.unwrap_err();
+    assert_eq!(not_ready.status(), Some(503), "{not_ready}");
+    assert!(not_ready.to_string().contains("was removed"), "{not_ready}");
+    let refused = client
+        .attach_hook(shard(1), Some(NodeId(1)), None)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(503), "{refused}");
+    assert!(refused.to_string().contains("was removed"), "{refused}");
+    let metrics = cluster
+        .http()
+        .get(format!("{}/metrics", cluster.url(removed)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("\npsc_removed 1\n"), "{metrics}");
+
+    // An operator adds it back as it is: the leader replicates the newer membership to
+    // it, it campaigns again when it must, and serves.
+    cluster
+        .client(leader)
+        .add_member(removed, &cluster.url(removed), false)
+        .await
+        .unwrap();
+    cluster.wait_for_voters(&[1, 2, 3]).await;
+    let view = &cluster;
+    wait_for(
+        "the re-added replica to consider itself a member again",
+        DEADLINE,
+        || async move {
+            let status = view.status_of(removed).await?;
+            status.removed.is_none().then_some(())
+        },
+    )
+    .await;
+    cluster.wait_caught_up(removed).await;
+    wait_ready(&cluster.client(removed)).await;
+    let generation = cluster
+        .client(removed)
+        .attach_hook(shard(1), Some(NodeId(1)), None)
+        .await
+        .unwrap();
+    assert_eq!(generation, Some(1));
 }

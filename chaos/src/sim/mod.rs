@@ -143,7 +143,17 @@ impl SimCluster {
             net: self.net.clone(),
         };
         let replica = Arc::new(
-            Replica::start(id, "sim", &timing(), DEADLINES, network, log, state_machine).await?,
+            Replica::start(
+                id,
+                "sim",
+                &timing(),
+                DEADLINES,
+                network,
+                Arc::default(),
+                log,
+                state_machine,
+            )
+            .await?,
         );
         replica.serve_follower_reads(Arc::new(SimReadIndex {
             from: id,
