@@ -15,7 +15,7 @@
 //! | `snapshot-catch-up` | cut a follower off until the leader has purged the log it needs, reconnect, and check it installed a snapshot |
 //! | `delay-peers` | delay every peer message by tens to hundreds of milliseconds |
 //! | `drop-peers` | lose a share of peer messages (each loss breaks a connection) |
-//! | `member-replace` | the runbook for a lost disk: remove a member, kill it, wipe its data dir, start it with `--join` |
+//! | `member-replace` | the runbook for a lost disk: remove a member, kill it; start it on its old data dir until it notices it was removed (as a careless supervisor would); kill it, wipe its data dir, start it with `--join` |
 //! | `disk-loss` | kill a member and wipe its data dir, then restart it with its old flags (it must not vote as the member it was) |
 //! | `rolling-restart` | SIGTERM, restart and wait for each replica in turn |
 //! | `disk-full-leader`, `disk-full-follower` | fill the replica's disk until it stops; start it on the full disk (it must stop again, saying so); give the space back and start it again. Not in the default set: each replica then gets a tmpfs of its own, which needs root |
@@ -429,6 +429,11 @@ impl Injector<'_> {
             .remove_member(target, self.timings.patience)
             .await?;
         self.cluster.kill(target)?;
+        // A supervisor starts it again on its data dir before the operator gets to it:
+        // it must notice that it was removed and stay out of the members' way.
+        self.cluster.launch(target)?;
+        self.wait_until_removed(target).await?;
+        self.cluster.kill(target)?;
         self.cluster.wipe(target)?;
         let others: Vec<u64> = members.iter().copied().filter(|m| *m != target).collect();
         let via = if others.contains(&leader) {
@@ -441,6 +446,30 @@ impl Injector<'_> {
         self.cluster.expect_member(target);
         span.healed_us = self.now();
         Ok(span)
+    }
+
+    /// Waits until removed replica `id` knows it is out: peers reported its removal (its
+    /// log lacks the entry), or the last membership its log holds leaves it out.
+    async fn wait_until_removed(&self, id: u64) -> anyhow::Result<()> {
+        let end = Instant::now() + self.timings.patience;
+        loop {
+            let status = self.cluster.status(id).await;
+            let out = status.as_ref().is_some_and(|s| {
+                s.removed.is_some() || !s.members.iter().any(|m| m.id == id && m.role == "voter")
+            });
+            if out {
+                return Ok(());
+            }
+            if Instant::now() >= end {
+                bail!(
+                    "removed replica {id}, started again on its data dir, did not notice its \
+                     removal within {:?} (its view: {status:?}):\n{}",
+                    self.timings.patience,
+                    self.cluster.log_tail(id, 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn rolling_restart(&mut self, kind: FaultKind, leader: u64) -> anyhow::Result<FaultSpan> {
