@@ -9,7 +9,10 @@
 //! receiver also checks that the sender header matches the vote inside the message, so a
 //! replica cannot be talked into treating one peer's vote as another's. Refusals are
 //! non-200 answers with a plain-text reason that the sender logs; a Raft-level answer
-//! (including Raft's own errors) is always a 200 carrying a bincode `Result`.
+//! (including Raft's own errors) is always a 200 carrying a bincode `Result`. A vote
+//! answer to a candidate that the answering replica's committed membership leaves out also
+//! says so in a header, which is how a replica removed while it was down learns of it
+//! ([`crate::removal`]).
 
 use std::error::Error;
 use std::sync::Arc;
