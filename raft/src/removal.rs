@@ -118,7 +118,9 @@ pub async fn guard<C>(raft: Raft<C>, standing: Arc<Standing>)
 where
     C: RaftTypeConfig<NodeId = ReplicaId, Node = Member>,
 {
-    let mut metrics = raft.metrics();
+    // The server metrics change only with the vote, state, leader or membership (the
+    // full metrics are sent again on every pass of the Raft core).
+    let mut metrics = raft.server_metrics();
     let mut reports = standing.report.subscribe();
     loop {
         let own = *metrics.borrow_and_update().membership_config.log_id();

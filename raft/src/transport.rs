@@ -162,8 +162,8 @@ impl PeerConnection {
         }
     }
 
-    /// Sends one RPC; `on_answer` sees the headers of a well-formed answer from the
-    /// addressed peer.
+    /// Sends one RPC; `on_answer` sees the headers of a 200 answer from the addressed
+    /// peer (before its body is read).
     async fn call<Req, Resp, E>(
         &self,
         route: &str,
@@ -204,7 +204,9 @@ impl PeerConnection {
         })?;
         let status = response.status();
         let identity_check = PeerIdentity::check_responder(response.headers(), self.target);
-        let headers = response.headers().clone();
+        if status == StatusCode::OK && identity_check.is_ok() {
+            on_answer(response.headers());
+        }
         let bytes = response
             .bytes()
             .await
@@ -214,7 +216,6 @@ impl PeerConnection {
             return Err(unreachable(self.error(reason)));
         }
         identity_check.map_err(|e| unreachable(self.error(e)))?;
-        on_answer(&headers);
         let result: Result<Resp, RaftError<ReplicaId, E>> = codec::decode(&bytes).map_err(|e| {
             RPCError::Network(NetworkError::new(
                 &self.error(format!("undecodable answer: {e}")),
