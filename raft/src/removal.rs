@@ -94,6 +94,21 @@ pub fn not_a_voter(
     (applied && !voter).then_some(log_id)
 }
 
+/// The log id of the membership a replica holds, if that membership does not list
+/// replica `id` at all (neither voter nor learner): it applied its own removal, or it is
+/// joining and has not received the entry that added it.
+pub fn unlisted(
+    id: ReplicaId,
+    membership: &StoredMembership<ReplicaId, Member>,
+) -> Option<LogId<ReplicaId>> {
+    let log_id = (*membership.log_id())?;
+    membership
+        .membership()
+        .get_node(&id)
+        .is_none()
+        .then_some(log_id)
+}
+
 pub fn encode(log_id: LogId<ReplicaId>) -> HeaderValue {
     HeaderValue::from_str(&format!(
         "{}-{}-{}",
@@ -191,6 +206,16 @@ mod tests {
         assert_eq!(not_a_voter(&m, None, 3), None, "nothing applied");
         let fresh = StoredMembership::<ReplicaId, Member>::default();
         assert_eq!(not_a_voter(&fresh, Some(log_id(2, 9)), 3), None);
+    }
+
+    #[test]
+    fn a_replica_missing_from_the_membership_it_holds_is_unlisted() {
+        let m = membership(log_id(2, 10), &[1, 2], &[4]);
+        assert_eq!(unlisted(3, &m), Some(log_id(2, 10)));
+        assert_eq!(unlisted(1, &m), None, "a voter");
+        assert_eq!(unlisted(4, &m), None, "a learner");
+        let fresh = StoredMembership::<ReplicaId, Member>::default();
+        assert_eq!(unlisted(3, &fresh), None, "no membership yet");
     }
 
     #[test]

@@ -59,8 +59,14 @@ pub async fn ready(State(api): Api) -> Result<JsonResponse<ReadyResponse>, ApiEr
     if let Some(removed) = removed_status(replica) {
         return Err(ApiError::Unavailable(removed.explain(replica.id())));
     }
+    if let Some(at) = unlisted_at(replica) {
+        return Err(not_ready(format!(
+            "the membership it holds (log index {at}) does not list it: it was removed, or \
+             has not been added yet"
+        )));
+    }
     let Some((leader, _)) = replica.leader() else {
-        return Err(not_ready(no_leader_reason(replica)));
+        return Err(not_ready("no leader is known".into()));
     };
     // A read index: the leader confirmed itself with a quorum after this probe began,
     // and this replica applied everything committed up to then.
@@ -83,21 +89,13 @@ pub fn removed_status(replica: &crate::replica::Replica) -> Option<RemovedStatus
     })
 }
 
-/// Why no leader is known: plain, unless this replica is missing from the membership it
-/// holds (its log contains its own removal, or it joined and was not added yet), in
-/// which case no leader will ever contact it on its own.
-fn no_leader_reason(replica: &crate::replica::Replica) -> String {
+/// The index of the membership this replica holds, if that membership does not list it.
+/// No leader contacts such a replica on its own, so it would otherwise only say "no
+/// leader", or wait on reads it can never apply.
+fn unlisted_at(replica: &crate::replica::Replica) -> Option<u64> {
     let metrics = replica.metrics();
     let metrics = metrics.borrow();
-    let membership = &metrics.membership_config;
-    match membership.log_id() {
-        Some(at) if membership.membership().get_node(&replica.id()).is_none() => format!(
-            "no leader is known, and the membership this replica holds (log index {}) does not \
-             list it: it was removed, or has not been added yet",
-            at.index
-        ),
-        _ => "no leader is known".into(),
-    }
+    controller_raft::removal::unlisted(replica.id(), &metrics.membership_config).map(|id| id.index)
 }
 
 fn state_name(state: ServerState) -> &'static str {
