@@ -174,12 +174,10 @@ pub async fn run(args: LocalClusterArgs, log: &str, log_format: LogFormat) -> an
 /// Prints how to use the cluster once a leader is known, or a hint after 30 s without one.
 async fn announce(urls: Vec<String>, stop: tokio_util::sync::CancellationToken) {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let client = Client::new(urls[0].as_str()).with_timeout(Duration::from_secs(1));
     while !stop.is_cancelled() {
         for url in &urls {
-            let answer = Client::new(url.as_str())
-                .with_timeout(Duration::from_secs(1))
-                .cluster_status()
-                .await;
+            let answer = client.at(url.as_str()).cluster_status().await;
             if let Some((leader, status)) = answer.ok().and_then(|s| Some((s.leader?, s))) {
                 println!(
                     "cluster {} is up; leader is replica {leader}",

@@ -150,7 +150,11 @@ impl Survey {
             };
             let id = format!("{}{mark}", member.id);
             let own = member.status.as_ref();
-            let state = own.map_or("unreachable", |s| s.state.as_str());
+            // A replica told it was removed may still call itself a candidate.
+            let state = own.map_or("unreachable", |s| match s.removed {
+                Some(_) => "removed",
+                None => s.state.as_str(),
+            });
             let _ = writeln!(
                 out,
                 "{:<4} {:<8} {:<12} {:>6} {:>6} {:>10} {:>10} {:>10}  {}",
@@ -342,6 +346,27 @@ mod tests {
         );
         assert!(report.contains("MATCHED is unknown"), "{report}");
         assert_eq!(row(&report, "1")[7], "-");
+    }
+
+    #[test]
+    fn a_member_that_knows_it_was_removed_shows_as_removed() {
+        // Asked through the removed replica itself, whose stale membership still lists it.
+        let mut removed = status(3, "candidate", None, 9, 40);
+        removed.removed = Some(crate::api::types::RemovedStatus {
+            reported_by: 1,
+            membership_index: 43,
+        });
+        let survey = Survey {
+            asked: removed.clone(),
+            members: vec![
+                view(1, Some(status(1, "leader", Some(1), 2, 50)), None),
+                view(2, Some(status(2, "follower", Some(1), 2, 50)), None),
+                view(3, Some(removed), None),
+            ],
+        };
+        let report = survey.render();
+        assert_eq!(row(&report, "3")[2], "removed", "{report}");
+        assert_eq!(row(&report, "2")[2], "follower", "{report}");
     }
 
     #[test]
