@@ -98,6 +98,7 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    cluster: Option<String>,
     timeout: Duration,
 }
 
@@ -125,6 +126,7 @@ impl Client {
             http,
             base: base.trim_end_matches('/').to_owned(),
             token: None,
+            cluster: None,
             timeout: Duration::from_secs(20),
         }
     }
@@ -132,6 +134,13 @@ impl Client {
     /// Sends `Authorization: Bearer <token>` with every request.
     pub fn with_token(mut self, token: Option<String>) -> Self {
         self.token = token;
+        self
+    }
+
+    /// Names the cluster this client's requests are meant for (a replica talking to its
+    /// peers): a replica of another cluster refuses them with a 403 instead of answering.
+    pub fn with_cluster(mut self, cluster_id: Option<String>) -> Self {
+        self.cluster = cluster_id;
         self
     }
 
@@ -167,6 +176,9 @@ impl Client {
         let mut request = self.http.request(method, &url).timeout(timeout);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
+        }
+        if let Some(cluster) = &self.cluster {
+            request = request.header(controller_raft::HEADER_CLUSTER, cluster);
         }
         if let Some(body) = body {
             request = request.json(body);

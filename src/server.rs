@@ -313,6 +313,7 @@ pub async fn serve(
         self_id: config.id,
         timeout: config.deadlines.write + Duration::from_secs(3),
         peer_token: security.peer_token.clone(),
+        cluster_id: identity.cluster_id.clone(),
     };
     replica.serve_follower_reads(Arc::new(forwarder.clone()));
     let api_state = Arc::new(ApiState {
@@ -385,7 +386,9 @@ pub async fn serve(
         (Bootstrap::Joined, Some(url)) if !initialized => {
             tokio::spawn(ask_to_join(
                 replica.clone(),
-                Client::with_http(url, client.clone()).with_token(security.peer_token.clone()),
+                Client::with_http(url, client.clone())
+                    .with_token(security.peer_token.clone())
+                    .with_cluster(Some(identity.cluster_id.clone())),
                 config.advertise_url.clone(),
                 stop.clone(),
                 failure.clone(),

@@ -25,7 +25,7 @@ pub mod removal;
 pub mod timing;
 pub mod transport;
 
-pub use identity::{PeerIdentity, PeerIdentityError, HEADER_FROM};
+pub use identity::{PeerIdentity, PeerIdentityError, HEADER_CLUSTER, HEADER_FROM};
 pub use member::Member;
 
 /// Where the replica-to-replica routes live on the shared listener.

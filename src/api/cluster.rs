@@ -39,6 +39,31 @@ pub async fn status(State(api): Api) -> JsonResponse<StatusResponse> {
     })
 }
 
+/// Refuses a request that names another cluster in `x-controller-cluster` (replicas
+/// name theirs on what they send each other: forwarded requests, read indexes, joining),
+/// so a replica reached at a stale or wrong URL never answers for the wrong state.
+/// Requests without the header (clients, operators) pass.
+pub async fn same_cluster(
+    State(api): Api,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match request.headers().get(controller_raft::HEADER_CLUSTER) {
+        Some(cluster) if cluster.as_bytes() != api.cluster_id.as_bytes() => {
+            let named = String::from_utf8_lossy(cluster.as_bytes()).into_owned();
+            tracing::warn!(theirs = %named, ours = %api.cluster_id, path = %request.uri().path(),
+                "refused a request meant for another cluster");
+            ApiError::Forbidden(format!(
+                "request is for cluster {named:?} but this replica belongs to cluster {:?}",
+                api.cluster_id
+            ))
+            .into_response()
+        }
+        _ => next.run(request).await,
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ReadIndex {
     pub index: u64,

@@ -138,6 +138,7 @@ pub fn router(api: Arc<ApiState>) -> Router {
         .merge(read_index)
         .merge(membership)
         .merge(local)
+        .route_layer(from_fn_with_state(api.clone(), cluster::same_cluster))
         .layer(DefaultBodyLimit::max(api.limits.body_bytes))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -87,9 +87,13 @@ pub struct Forwarder {
     pub client: reqwest::Client,
     pub self_id: u64,
     pub timeout: Duration,
-    /// This replica's own `controller_peer` token, for requests it makes on its own
-    /// behalf (a forwarded client request carries the client's token instead).
+    /// This replica's own `controller_peer` token, for the requests it makes on its own
+    /// behalf (read indexes). A forwarded client request carries the client's token, or
+    /// none: the leader then refuses it as it would have refused the client.
     pub peer_token: Option<String>,
+    /// Sent with every request, so that a replica of another cluster (a stale or wrong
+    /// member URL) refuses it instead of answering for its own state.
+    pub cluster_id: String,
 }
 
 impl Forwarder {
@@ -108,15 +112,11 @@ impl Forwarder {
             .request(method.clone(), leader.endpoint(path))
             .timeout(timeout.unwrap_or(self.timeout))
             .header(FORWARDED_BY_HEADER, self.self_id.to_string())
+            .header(controller_raft::HEADER_CLUSTER, &self.cluster_id)
             .body(body);
         for name in FORWARDED_HEADERS {
             if let Some(value) = headers.get(&name) {
                 request = request.header(name, value);
-            }
-        }
-        if !headers.contains_key(axum::http::header::AUTHORIZATION) {
-            if let Some(token) = &self.peer_token {
-                request = request.bearer_auth(token);
             }
         }
         let response = match request.send().await {
@@ -324,15 +324,15 @@ impl crate::replica::LeaderReadIndex for Forwarder {
     ) -> futures::future::BoxFuture<'_, Result<u64, String>> {
         Box::pin(async move {
             let uri = Uri::from_static(super::cluster::READ_INDEX_PATH);
+            let mut headers = HeaderMap::new();
+            if let Some(token) = &self.peer_token {
+                let value = format!("Bearer {token}")
+                    .parse::<axum::http::HeaderValue>()
+                    .map_err(|_| "the peer token is not a valid header value".to_owned())?;
+                headers.insert(axum::http::header::AUTHORIZATION, value);
+            }
             let answer = self
-                .forward(
-                    &member,
-                    &Method::GET,
-                    &uri,
-                    &HeaderMap::new(),
-                    Bytes::new(),
-                    None,
-                )
+                .forward(&member, &Method::GET, &uri, &headers, Bytes::new(), None)
                 .await;
             let response = match answer {
                 Forwarded::Answer(response) if response.status().is_success() => response,

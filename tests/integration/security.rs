@@ -228,6 +228,12 @@ fn endpoints(cluster: &TestCluster, leader: u64) -> Vec<Endpoint> {
             Some(&[Scope::ControllerPeer]),
         ),
         e(
+            Method::GET,
+            "/v1/cluster/read-index",
+            None,
+            Some(&[Scope::ControllerPeer]),
+        ),
+        e(
             Method::POST,
             "/v1/cluster/members",
             Some(json!({"id": leader, "url": cluster.url(leader)})),
@@ -335,6 +341,23 @@ async fn every_endpoint_checks_scopes_like_neon_through_any_replica() {
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
+    // Replicas name their cluster on what they send each other; a request naming another
+    // cluster is refused, even with a good token, before it is answered or forwarded.
+    for id in [follower, leader] {
+        let read_index = |cluster_id: &str| {
+            http.get(format!("{}/v1/cluster/read-index", cluster.url(id)))
+                .bearer_auth(keys.token(Scope::ControllerPeer))
+                .header("x-controller-cluster", cluster_id.to_owned())
+                .send()
+        };
+        let response = read_index("another-cluster").await.unwrap();
+        assert_eq!(response.status(), 403);
+        let text = response.text().await.unwrap();
+        assert!(text.contains("belongs to cluster"), "{text}");
+        let ours = cluster.status_of(id).await.unwrap().cluster_id;
+        let response = read_index(&ours).await.unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    }
     // Tokens never show up in logs.
     for id in cluster.running() {
         let log = cluster.log_of(id);
@@ -380,6 +403,27 @@ async fn forged_raft_traffic_is_refused_and_changes_nothing() {
     };
     let body = controller_raft::codec::encode(&append).unwrap();
     let http = reqwest::Client::new();
+    // Every Raft route checks the token and the cluster before it decodes anything.
+    for route in ["vote", "snapshot", "campaign"] {
+        let url = format!("{}/raft/v1/{route}", cluster.url(follower));
+        for token in [
+            None,
+            Some(keys.token(Scope::Admin)),
+            Some(keys.token(Scope::GenerationsApi)),
+        ] {
+            let mut request = http
+                .post(&url)
+                .header("x-controller-cluster", cluster_id.as_str())
+                .header("x-controller-from", leader.to_string())
+                .header("x-controller-to", follower.to_string())
+                .body(body.clone());
+            if let Some(token) = &token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 403, "{route} with {token:?}");
+        }
+    }
     let url = format!("{}/raft/v1/append", cluster.url(follower));
     for (token, header_cluster) in [
         (None, cluster_id.as_str()),
