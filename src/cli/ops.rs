@@ -69,12 +69,14 @@ pub enum OpsCommand {
     Detach {
         #[command(flatten)]
         client: ClientArgs,
+        /// Tenant shard id: 32 hex digits, optionally -NNCC.
         tenant: TenantShardId,
     },
     /// Show a tenant shard's generation and node.
     Inspect {
         #[command(flatten)]
         client: ClientArgs,
+        /// Tenant shard id: 32 hex digits, optionally -NNCC.
         tenant: TenantShardId,
     },
     /// Re-attach a node, as a restarting pageserver does: every shard on it gets a new
@@ -82,6 +84,7 @@ pub enum OpsCommand {
     ReAttach {
         #[command(flatten)]
         client: ClientArgs,
+        /// Pageserver node id that restarted.
         #[arg(long)]
         node: u64,
     },
@@ -97,7 +100,9 @@ pub enum OpsCommand {
     Migrate {
         #[command(flatten)]
         client: ClientArgs,
+        /// Tenant shard id: 32 hex digits, optionally -NNCC.
         tenant: TenantShardId,
+        /// Registered pageserver node id to move it to.
         #[arg(long)]
         node: u64,
     },
@@ -105,16 +110,22 @@ pub enum OpsCommand {
     RegisterNode {
         #[command(flatten)]
         client: ClientArgs,
+        /// Pageserver node id.
         #[arg(long)]
         node: u64,
+        /// Host the node serves the page service (libpq) on.
         #[arg(long)]
         pg_addr: String,
+        /// Port of the page service.
         #[arg(long, default_value_t = 6400)]
         pg_port: u16,
+        /// Host the node serves its management HTTP API on.
         #[arg(long)]
         http_addr: String,
+        /// Port of the management HTTP API.
         #[arg(long, default_value_t = 9898)]
         http_port: u16,
+        /// The node's availability zone, if any.
         #[arg(long)]
         availability_zone: Option<String>,
     },
@@ -130,6 +141,7 @@ pub enum OpsCommand {
         /// Start after this tenant shard id.
         #[arg(long)]
         after: Option<TenantShardId>,
+        /// At most this many shards (the server allows up to 100,000).
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
@@ -169,6 +181,7 @@ pub enum ClusterCommand {
     Remove {
         #[command(flatten)]
         client: ClientArgs,
+        /// The replica's id.
         #[arg(long)]
         id: u64,
         /// Remove even if the remaining voters that answer could not form a quorum.
