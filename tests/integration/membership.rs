@@ -13,6 +13,8 @@ use crate::support::{attach_range, shard, wait_for, wait_ready, TestCluster, DEA
 struct Traffic {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
+    /// Attempts that failed (and were retried), with the error of the last one.
+    failed: Arc<Mutex<(u64, String)>>,
     tasks: Vec<tokio::task::JoinHandle<Result<(), String>>>,
 }
 
@@ -20,9 +22,16 @@ impl Traffic {
     fn start(urls: Arc<Mutex<Vec<String>>>, workers: u32) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(Mutex::new((0, String::new())));
         let tasks = (0..workers)
             .map(|w| {
                 let (urls, stop, ok) = (urls.clone(), stop.clone(), ok.clone());
+                let failed = failed.clone();
+                let count = move |error: &pageserver_controller::client::ClientError| {
+                    let mut failed = failed.lock().unwrap();
+                    failed.0 += 1;
+                    failed.1 = error.to_string();
+                };
                 tokio::spawn(async move {
                     let mut i = 0u32;
                     while !stop.load(Ordering::SeqCst) {
@@ -37,34 +46,38 @@ impl Traffic {
                             Client::new(urls[attempt % urls.len()].clone())
                                 .with_timeout(Duration::from_secs(15))
                         };
-                        let attach =
-                                retry(
-                                    DEADLINE,
-                                    Duration::from_millis(50),
-                                    Duration::from_millis(500),
-                                    || {
-                                        let client = next_client();
-                                        async move {
-                                            client.attach_hook(shard, Some(NodeId(1)), None).await
-                                        }
-                                    },
-                                )
-                                .await;
+                        let attach = retry(
+                            DEADLINE,
+                            Duration::from_millis(50),
+                            Duration::from_millis(500),
+                            || {
+                                let client = next_client();
+                                let count = count.clone();
+                                async move {
+                                    let answer =
+                                        client.attach_hook(shard, Some(NodeId(1)), None).await;
+                                    answer.inspect_err(|e| count(e))
+                                }
+                            },
+                        )
+                        .await;
                         let generation =
                             attach.map_err(|e| format!("attach failed after retries: {e}"))?;
-                        let validate =
-                            retry(
-                                DEADLINE,
-                                Duration::from_millis(50),
-                                Duration::from_millis(500),
-                                || {
-                                    let client = next_client();
-                                    async move {
-                                        client.validate(&[(shard, generation.unwrap_or(0))]).await
-                                    }
-                                },
-                            )
-                            .await;
+                        let validate = retry(
+                            DEADLINE,
+                            Duration::from_millis(50),
+                            Duration::from_millis(500),
+                            || {
+                                let client = next_client();
+                                let count = count.clone();
+                                async move {
+                                    let answer =
+                                        client.validate(&[(shard, generation.unwrap_or(0))]).await;
+                                    answer.inspect_err(|e| count(e))
+                                }
+                            },
+                        )
+                        .await;
                         validate.map_err(|e| format!("validate failed after retries: {e}"))?;
                         ok.fetch_add(1, Ordering::SeqCst);
                     }
@@ -72,7 +85,17 @@ impl Traffic {
                 })
             })
             .collect();
-        Traffic { stop, ok, tasks }
+        Traffic {
+            stop,
+            ok,
+            failed,
+            tasks,
+        }
+    }
+
+    /// Failed attempts so far, and the last one's error.
+    fn failures(&self) -> (u64, String) {
+        self.failed.lock().unwrap().clone()
     }
 
     async fn progress(&self, at_least: u64) {
@@ -105,6 +128,9 @@ async fn grow_to_five_and_shrink_back_under_traffic() {
     let traffic = Traffic::start(urls.clone(), 4);
     traffic.progress(10).await;
 
+    // Growing costs no request: not one attempt fails while two members are added.
+    let term = cluster.status_of(1).await.unwrap().term;
+    let (failed_before, _) = traffic.failures();
     cluster.join(4, 1).await;
     cluster.wait_for_voters(&[1, 2, 3, 4]).await;
     cluster.join(5, 2).await;
@@ -113,6 +139,20 @@ async fn grow_to_five_and_shrink_back_under_traffic() {
         .unwrap()
         .extend([cluster.url(4), cluster.url(5)]);
     traffic.progress(20).await;
+    let (failed, last_error) = traffic.failures();
+    let term_after = cluster.status_of(1).await.unwrap().term;
+    if term_after == term {
+        assert_eq!(
+            failed, failed_before,
+            "requests failed while the cluster grew (last: {last_error})"
+        );
+    } else {
+        // An election the machine's load caused (heartbeats starved past the election
+        // timeout) is not the membership change's doing; the failover tests cover it.
+        eprintln!(
+            "the leader changed while growing (term {term} -> {term_after}); not counting failures"
+        );
+    }
 
     // Shrink: remove the leader first (it hands leadership over), then another.
     let leader = cluster.wait_for_leader().await;
