@@ -289,12 +289,23 @@ fn scenario(name: Option<String>, list: bool, args: RunArgs) -> anyhow::Result<b
         }
         return Ok(true);
     }
-    if let Some(name) = name.as_deref() {
+    let in_process: Vec<&str> = match name.as_deref() {
+        Some(name) => vec![name],
+        None => chaos::scenarios::IN_PROCESS
+            .iter()
+            .map(|(n, _)| *n)
+            .collect(),
+    };
+    let mut passed = true;
+    for scenario in in_process {
         let runtime = tokio::runtime::Runtime::new()?;
-        if let Some(result) = runtime.block_on(chaos::sim::scenario::run(name, &args.out)) {
+        if let Some(result) = runtime.block_on(chaos::sim::scenario::run(scenario, &args.out)) {
             let result = result?;
-            println!("{result:#?}");
-            return Ok(result.passed());
+            println!("scenario {scenario} (in one process): {result:#?}");
+            if name.is_some() {
+                return Ok(result.passed());
+            }
+            passed &= result.passed();
         }
     }
     let chosen: Vec<_> = match &name {
@@ -303,7 +314,6 @@ fn scenario(name: Option<String>, list: bool, args: RunArgs) -> anyhow::Result<b
         })?],
         None => SCENARIOS.iter().collect(),
     };
-    let mut passed = true;
     for s in chosen {
         println!("scenario {}: {}", s.name, s.about);
         let mut config = args.clone().into_config()?;
