@@ -24,7 +24,7 @@ pub fn require(program: &str, how_to_install: &str) -> PathBuf {
         .unwrap_or_else(|| {
             panic!(
                 "`{program}` is not on PATH; the deploy tests need it. {how_to_install} \
-                 (.ci/run installs it; or skip these tests: cargo test --workspace --exclude deploy-tests)"
+                 (or skip these tests: cargo test --workspace --exclude deploy-tests)"
             )
         })
 }

@@ -346,7 +346,9 @@ fn check_rendering(name: &str, docs: &[Value]) {
             "{name}: {probe} port"
         );
     }
-    // SIGTERM: handoff (3 s) and drain (5 s) after the preStop pause, with margin.
+    // SIGTERM: the binary's handoff and drain after the preStop pause, with margin.
+    let handoff = serve.handoff_timeout_ms.div_ceil(1000);
+    let drain = pageserver_controller::cli::DRAIN.as_secs();
     let pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
         .as_u64()
         .expect("a preStop sleep");
@@ -354,8 +356,8 @@ fn check_rendering(name: &str, docs: &[Value]) {
         .as_u64()
         .expect("a grace period");
     assert!(
-        grace >= pause + 3 + 5 + 10,
-        "{name}: grace {grace}s < preStop {pause}s + handoff + drain + margin"
+        grace >= pause + handoff + drain + 10,
+        "{name}: grace {grace}s < preStop {pause}s + handoff {handoff}s + drain {drain}s + margin"
     );
 
     // Paths: the data dir one level inside the volume claim's mount, key and token where

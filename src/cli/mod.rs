@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 
 pub use local_cluster::LocalClusterArgs;
 pub use ops::{ClientArgs, ClusterCommand, OpsCommand};
-pub use serve::{parse_initial_cluster, ServeArgs};
+pub use serve::{parse_initial_cluster, ServeArgs, DRAIN};
 pub use statefulset::{Placement, Pod, StatefulSetArgs};
 
 use crate::logging::LogFormat;

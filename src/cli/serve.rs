@@ -18,6 +18,9 @@ use std::sync::Arc;
 use crate::auth::JwtKeys;
 use crate::server::{serve, Security, ServeConfig};
 
+/// How long a stopping replica keeps answering requests in flight after it handed
+/// leadership away (manifests budget their grace period with it).
+pub const DRAIN: Duration = Duration::from_secs(5);
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// This replica's id: a positive integer, unique in the cluster, never reused.
@@ -241,7 +244,7 @@ impl ServeArgs {
                 request_timeout: Duration::from_millis(self.request_timeout_ms),
             },
             cache_bytes: self.cache_mb << 20,
-            drain: Duration::from_secs(5),
+            drain: DRAIN,
             handoff: Duration::from_millis(self.handoff_timeout_ms),
             security: self.security()?,
         })
