@@ -405,6 +405,40 @@ async fn a_removal_that_would_stop_the_cluster_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_removal_goes_through_and_completes_once_the_quorum_is_back() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let followers: Vec<u64> = cluster.others_than(leader);
+    let (down, removed) = (followers[0], followers[1]);
+    cluster.kill(down);
+    // The operator insists (say the replica's machine is being retired) and brings the
+    // stopped one back: the change, refused without force, commits once the new
+    // configuration has a quorum again.
+    let client = cluster.client(leader).with_timeout(Duration::from_secs(60));
+    let forced = tokio::spawn(async move { client.remove_member(removed, true).await });
+    let view = &cluster;
+    wait_for("the forced change to begin", DEADLINE, || async move {
+        view.status_of(leader).await.filter(|s| s.joint).map(|_| ())
+    })
+    .await;
+    cluster.restart(down).await;
+    match forced.await.unwrap() {
+        Ok(status) => assert!(!status
+            .members
+            .iter()
+            .any(|m| m.id == removed && m.role == "voter")),
+        // Committed later than the change's own deadline: it said it may still complete.
+        Err(e) => assert!(
+            e.status() == Some(503) && e.to_string().contains("may still complete"),
+            "{e}"
+        ),
+    }
+    let mut voters = vec![leader, down];
+    voters.sort_unstable();
+    cluster.wait_for_voters(&voters).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_removed_while_down_stops_campaigning_and_can_be_added_back() {
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;

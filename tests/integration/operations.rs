@@ -336,6 +336,28 @@ async fn metrics_are_prometheus_text_with_the_operational_series() {
         if id == leader {
             assert!(text.contains("psc_tenant_shards 5"), "{text}");
             assert!(text.contains("route=\"/debug/v1/attach-hook\""), "{text}");
+            // Requests by route, method and status: the five attaches forwarded to the
+            // leader were answered 200 there.
+            let attaches: f64 = text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("psc_http_requests_total{")
+                        && l.contains("route=\"/debug/v1/attach-hook\"")
+                        && l.contains("method=\"POST\"")
+                        && l.contains("status=\"200\"")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            assert!(attaches >= 5.0, "{attaches} attaches counted:\n{text}");
+            // Replication lag per follower, as the leader sees it.
+            for member in cluster.others_than(leader) {
+                assert!(
+                    text.lines().any(|l| l.starts_with(&format!(
+                        "psc_replication_lag_entries{{member=\"{member}\"}}"
+                    ))),
+                    "no lag series for follower {member}:\n{text}"
+                );
+            }
         } else {
             let free: f64 = text
                 .lines()
