@@ -13,32 +13,56 @@ use crate::support::{attach_range, shard, wait_for, wait_ready, TestCluster, DEA
 struct Traffic {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
-    /// Attempts that failed (and were retried), with the error of the last one.
-    failed: Arc<Mutex<(u64, String)>>,
+    failed: Failures,
     tasks: Vec<tokio::task::JoinHandle<Result<(), String>>>,
+}
+
+/// Failed attempts (each retried), and the last one's error.
+type Failures = Arc<Mutex<(u64, String)>>;
+
+/// One call made like a pageserver makes it: retried until it succeeds or the deadline
+/// passes, each attempt on the next replica (as behind a load balancer), every failed
+/// attempt counted.
+async fn like_a_pageserver<T, Fut>(
+    mut next_client: impl FnMut() -> Client,
+    failures: &Failures,
+    call: impl Fn(Client) -> Fut,
+) -> Result<T, pageserver_controller::client::ClientError>
+where
+    Fut: std::future::Future<Output = Result<T, pageserver_controller::client::ClientError>>,
+{
+    retry(
+        DEADLINE,
+        Duration::from_millis(50),
+        Duration::from_millis(500),
+        || {
+            let attempt = call(next_client());
+            async move {
+                attempt.await.inspect_err(|e| {
+                    let mut failures = failures.lock().unwrap();
+                    failures.0 += 1;
+                    failures.1 = e.to_string();
+                })
+            }
+        },
+    )
+    .await
 }
 
 impl Traffic {
     fn start(urls: Arc<Mutex<Vec<String>>>, workers: u32) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(Mutex::new((0, String::new())));
+        let failed: Failures = Arc::default();
         let tasks = (0..workers)
             .map(|w| {
                 let (urls, stop, ok) = (urls.clone(), stop.clone(), ok.clone());
                 let failed = failed.clone();
-                let count = move |error: &pageserver_controller::client::ClientError| {
-                    let mut failed = failed.lock().unwrap();
-                    failed.0 += 1;
-                    failed.1 = error.to_string();
-                };
                 tokio::spawn(async move {
                     let mut i = 0u32;
                     while !stop.load(Ordering::SeqCst) {
                         i += 1;
                         let shard = shard(w * 1000 + i % 20);
-                        // Like pageservers behind a load balancer: each attempt may land on
-                        // another replica.
                         let mut attempt = w as usize + i as usize;
                         let mut next_client = || {
                             attempt += 1;
@@ -46,39 +70,17 @@ impl Traffic {
                             Client::new(urls[attempt % urls.len()].clone())
                                 .with_timeout(Duration::from_secs(15))
                         };
-                        let attach = retry(
-                            DEADLINE,
-                            Duration::from_millis(50),
-                            Duration::from_millis(500),
-                            || {
-                                let client = next_client();
-                                let count = count.clone();
-                                async move {
-                                    let answer =
-                                        client.attach_hook(shard, Some(NodeId(1)), None).await;
-                                    answer.inspect_err(|e| count(e))
-                                }
-                            },
-                        )
-                        .await;
                         let generation =
-                            attach.map_err(|e| format!("attach failed after retries: {e}"))?;
-                        let validate = retry(
-                            DEADLINE,
-                            Duration::from_millis(50),
-                            Duration::from_millis(500),
-                            || {
-                                let client = next_client();
-                                let count = count.clone();
-                                async move {
-                                    let answer =
-                                        client.validate(&[(shard, generation.unwrap_or(0))]).await;
-                                    answer.inspect_err(|e| count(e))
-                                }
-                            },
-                        )
-                        .await;
-                        validate.map_err(|e| format!("validate failed after retries: {e}"))?;
+                            like_a_pageserver(&mut next_client, &failed, |c| async move {
+                                c.attach_hook(shard, Some(NodeId(1)), None).await
+                            })
+                            .await
+                            .map_err(|e| format!("attach failed after retries: {e}"))?;
+                        like_a_pageserver(&mut next_client, &failed, |c| async move {
+                            c.validate(&[(shard, generation.unwrap_or(0))]).await
+                        })
+                        .await
+                        .map_err(|e| format!("validate failed after retries: {e}"))?;
                         ok.fetch_add(1, Ordering::SeqCst);
                     }
                     Ok(())
