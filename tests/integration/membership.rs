@@ -407,6 +407,51 @@ async fn a_removal_that_would_stop_the_cluster_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_as_a_learner_replicates_and_does_not_vote() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.join(4, leader).await;
+    cluster.wait_for_voters(&[1, 2, 3, 4]).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster
+        .client(leader)
+        .remove_member(4, false)
+        .await
+        .unwrap();
+    cluster.wait_for_voters(&[1, 2, 3]).await;
+
+    // Replica 4 still runs; the operator adds it back with ?learner=true.
+    let client = cluster.client(leader);
+    let status = client.add_member(4, &cluster.url(4), true).await.unwrap();
+    let role = |status: &pageserver_controller::api::types::ClusterStatus| {
+        status
+            .members
+            .iter()
+            .find(|m| m.id == 4)
+            .map(|m| m.role.clone())
+    };
+    assert_eq!(role(&status).as_deref(), Some("learner"), "{status:?}");
+    // It replicates: a write through the leader reaches its state.
+    let generation = client
+        .attach_hook(shard(9), Some(NodeId(1)), None)
+        .await
+        .unwrap();
+    let learner = cluster.client(4);
+    wait_for("the learner to apply the attach", DEADLINE, || {
+        let learner = &learner;
+        async move {
+            let inspected = learner.inspect(shard(9)).await.ok()??;
+            (Some(inspected.0) == generation).then_some(())
+        }
+    })
+    .await;
+    // And it never becomes a voter by itself.
+    let status = cluster.status_of(leader).await.unwrap();
+    assert_eq!(role(&status).as_deref(), Some("learner"), "{status:?}");
+    assert!(!status.joint, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_removal_goes_through_and_completes_once_the_quorum_is_back() {
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
