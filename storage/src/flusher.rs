@@ -10,6 +10,7 @@
 //! `sync_file_range`), then `fdatasync` of sled's data file so the drive's cache and the
 //! file's size are durable too, then, if a value large enough to become a sled blob file
 //! was written, an fsync of every blob file and the blob directory (sled never does).
+//! After each flush, the [`Watermark`] records what it made durable.
 
 use std::fs::File;
 use std::io;
@@ -18,6 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
+
+use crate::watermark::Watermark;
 
 /// Values this large may be written by sled as separate blob files (its threshold is a
 /// quarter of a 512 KiB segment, minus a header); stay conservative.
@@ -86,7 +89,12 @@ impl Drop for Handle {
 
 impl Flusher {
     /// Starts the flusher for `db`, whose files live in `dir`.
-    pub(crate) fn start(db: sled::Db, dir: &Path, replica: u64) -> io::Result<Flusher> {
+    pub(crate) fn start(
+        db: sled::Db,
+        dir: &Path,
+        replica: u64,
+        watermark: Arc<Watermark>,
+    ) -> io::Result<Flusher> {
         let data_file = File::open(dir.join("db"))?;
         let (tx, rx) = mpsc::channel::<Waiter>();
         let large_value_written = Arc::new(AtomicBool::new(false));
@@ -97,6 +105,7 @@ impl Flusher {
             blob_dir: dir.join("blobs"),
             large_value_written: large_value_written.clone(),
             stats: stats.clone(),
+            watermark,
         };
         let thread = std::thread::Builder::new()
             .name(format!("flusher-{replica}"))
@@ -147,6 +156,7 @@ struct Worker {
     blob_dir: PathBuf,
     large_value_written: Arc<AtomicBool>,
     stats: Arc<FlushStats>,
+    watermark: Arc<Watermark>,
 }
 
 impl Worker {
@@ -170,6 +180,8 @@ impl Worker {
     }
 
     fn flush_once(&self) -> io::Result<()> {
+        // Everything noted here was in sled before the flush began, so the flush covers it.
+        let covered = self.watermark.written();
         self.db
             .flush()
             .map_err(|e| io::Error::other(format!("sled flush: {e}")))?;
@@ -177,7 +189,12 @@ impl Worker {
         if self.large_value_written.swap(false, Ordering::SeqCst) {
             sync_blobs(&self.blob_dir)?;
         }
-        Ok(())
+        self.watermark.flushed(covered).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("writing {}: {e}", self.watermark.path().display()),
+            )
+        })
     }
 }
 

@@ -6,6 +6,7 @@
 //! identity.json   format version, cluster id, replica id (written once, fsynced)
 //! LOCK            held exclusively while a process uses the dir
 //! log/            sled: the Raft log, vote, committed index, last purged log id
+//! log.watermark   how far the log and vote durably reached (checked against sled at open)
 //! snapshot/       current.snap: the latest snapshot (header, meta, state, crc32)
 //! ```
 //!
@@ -30,6 +31,7 @@ mod flusher;
 mod log_store;
 mod snapshot;
 mod state_machine;
+mod watermark;
 
 pub use data_dir::Bootstrap;
 pub use data_dir::{file_system_space, DataDir, DataDirError, FileSystemSpace, Identity};

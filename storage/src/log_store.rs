@@ -13,7 +13,9 @@
 //!   from the leader.
 //!
 //! On open, every stored value is decoded and the log checked for holes, so a damaged log
-//! stops the replica at start with a message rather than at some later read.
+//! stops the replica at start with a message rather than at some later read; and the vote
+//! and the log's end are checked against the [`Watermark`], a record kept outside sled,
+//! because sled opens a damaged file as a shorter log without an error.
 //!
 //! sled 0.34.7 writes its own page-table snapshots as `snap.<lsn>.generating`, fsyncs and
 //! renames them, but on open it reads the newest file starting with `snap.`, finished or
@@ -38,6 +40,7 @@ use serde::Serialize;
 
 use crate::data_dir::sync_dir;
 use crate::flusher::{FlushStats, Flusher};
+use crate::watermark::{Mark, Recorded, Watermark};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
@@ -102,6 +105,7 @@ pub struct LogStore<C> {
     log: sled::Tree,
     meta: sled::Tree,
     flusher: Flusher,
+    watermark: std::sync::Arc<Watermark>,
     _config: PhantomData<C>,
 }
 
@@ -111,6 +115,7 @@ impl<C> Clone for LogStore<C> {
             log: self.log.clone(),
             meta: self.meta.clone(),
             flusher: self.flusher.clone(),
+            watermark: self.watermark.clone(),
             _config: PhantomData,
         }
     }
@@ -177,21 +182,56 @@ where
                 sync_dir(parent).map_err(io)?;
             }
         }
-        let flusher = Flusher::start(db, path, replica).map_err(|source| LogOpenError::Io {
+        let io = |source| LogOpenError::Io {
             path: display.clone(),
             source,
-        })?;
+        };
+        let watermark_path = Watermark::path_for(path);
+        let recorded = Watermark::read(&watermark_path).map_err(io)?;
+        let watermark = std::sync::Arc::new(Watermark::open(&watermark_path).map_err(io)?);
+        let flusher = Flusher::start(db, path, replica, watermark.clone()).map_err(io)?;
         let store = LogStore {
             log,
             meta,
             flusher,
+            watermark,
             _config: PhantomData,
         };
-        store.verify().map_err(|reason| LogOpenError::Corrupt {
-            path: display,
+        let corrupt = |reason| LogOpenError::Corrupt {
+            path: display.clone(),
             reason,
-        })?;
+        };
+        store.verify().map_err(corrupt)?;
+        let current = store.mark().map_err(|e| corrupt(e.to_string()))?;
+        match recorded {
+            Recorded::Valid(recorded) => {
+                if let Some(shortfall) = current.shortfall(&recorded) {
+                    return Err(corrupt(format!(
+                        "{shortfall} ({} says so): sled lost data it had flushed, most likely \
+                         because a file was damaged. Do not start this replica on it; replace its \
+                         data dir as after a lost disk (remove, wipe, join)",
+                        watermark_path.display()
+                    )));
+                }
+            }
+            Recorded::Damaged => tracing::warn!(
+                path = %watermark_path.display(),
+                "the log's watermark fails its checksum (a write cut short by a power loss?); \
+                 starting from the log as it is"
+            ),
+            Recorded::Missing => {}
+        }
+        store.watermark.start(current).map_err(io)?;
         Ok(store)
+    }
+
+    /// The vote and the log's end as sled holds them.
+    fn mark(&self) -> Result<Mark> {
+        let last_purged: Option<LogId<u64>> = self.read_meta(LAST_PURGED, ErrorSubject::Logs)?;
+        Ok(Mark {
+            vote: self.read_meta(VOTE, ErrorSubject::Vote)?,
+            last: self.last_entry_id()?.or(last_purged),
+        })
     }
 
     /// Decodes everything once and checks that the log has no holes.
@@ -238,6 +278,12 @@ where
     /// `vote`, durably. Only for offline tools that seed a data dir (restore, recovery),
     /// together with a snapshot at `last`.
     pub async fn reset_to(&mut self, vote: Vote<u64>, last: LogId<u64>) -> Result<()> {
+        self.watermark
+            .lower(Mark {
+                vote: Some(vote),
+                last: Some(last),
+            })
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         self.log
             .clear()
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
@@ -372,10 +418,9 @@ where
     async fn get_log_state(&mut self) -> Result<LogState<C>> {
         let last_purged_log_id: Option<LogId<u64>> =
             self.read_meta(LAST_PURGED, ErrorSubject::Logs)?;
-        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
-            last_log_id,
+            last_log_id: self.mark()?.last,
         })
     }
 
@@ -385,6 +430,7 @@ where
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<()> {
         self.write_meta(VOTE, vote, ErrorSubject::Vote)?;
+        self.watermark.wrote_vote(*vote);
         self.flush(ErrorSubject::Vote).await
     }
 
@@ -415,16 +461,21 @@ where
     {
         let mut batch = sled::Batch::default();
         let mut largest = 0;
+        let mut last = None;
         for entry in entries {
             let id = *entry.get_log_id();
             let bytes = codec::encode(&entry)
                 .map_err(|e| io_error(ErrorSubject::Log(id), ErrorVerb::Write, e))?;
             largest = largest.max(bytes.len());
             batch.insert(&key(id.index), bytes);
+            last = Some(id);
         }
         self.log
             .apply_batch(batch)
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        if let Some(last) = last {
+            self.watermark.wrote_last(last);
+        }
         self.flusher.note_write(largest);
         self.flusher
             .after_flush(move |result| callback.log_io_completed(result));
@@ -433,6 +484,29 @@ where
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<()> {
         tracing::debug!(since = %log_id, "truncating the log");
+        // The log will end before `log_id`: lower the watermark durably first, since sled
+        // may write the truncation out before the flush below.
+        let end = self.mark()?.last;
+        let before = match log_id.index.checked_sub(1) {
+            _ if end.is_none_or(|end| end.index < log_id.index) => end,
+            Some(index) => match self
+                .log
+                .get(key(index))
+                .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?
+            {
+                Some(bytes) => Some(
+                    *codec::decode::<Entry<C>>(&bytes)
+                        .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?
+                        .get_log_id(),
+                ),
+                None => self.read_meta(LAST_PURGED, ErrorSubject::Logs)?,
+            },
+            None => None,
+        };
+        let vote = self.watermark.written().vote;
+        self.watermark
+            .lower(Mark { vote, last: before })
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         let mut batch = sled::Batch::default();
         for item in self.log.range(key(log_id.index)..) {
             let (k, _) = item.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
@@ -449,6 +523,7 @@ where
         // Record the purge point first: a crash in between leaves extra entries below it,
         // which are never read, rather than a hole above it.
         self.write_meta(LAST_PURGED, &log_id, ErrorSubject::Logs)?;
+        self.watermark.wrote_last(log_id);
         let mut batch = sled::Batch::default();
         for item in self.log.range(..=key(log_id.index)) {
             let (k, _) = item.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;

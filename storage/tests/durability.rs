@@ -277,3 +277,108 @@ async fn an_unfinished_storage_snapshot_does_not_stop_the_replica() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Copies a closed log (sled's directory and the watermark beside it) to `to`.
+fn copy_log(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to.join("log")).unwrap();
+    for file in std::fs::read_dir(from.join("log")).unwrap() {
+        let file = file.unwrap().path();
+        if file.is_file() {
+            std::fs::copy(&file, to.join("log").join(file.file_name().unwrap())).unwrap();
+        }
+    }
+    let watermark = from.join("log.watermark");
+    if watermark.exists() {
+        std::fs::copy(&watermark, to.join("log.watermark")).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_storage_file_is_refused_rather_than_opened_as_a_shorter_log() {
+    // sled takes a record that fails its checksum for the end of a write cut short by a
+    // crash, and opens whatever came before it: without the watermark, every flip below
+    // opened an empty log.
+    let base = tempfile::tempdir().unwrap();
+    let pristine = base.path().join("pristine");
+    {
+        let mut log = open_log(&pristine);
+        log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        log.blocking_append((1..=200).map(|i| entry(2, i, i)))
+            .await
+            .unwrap();
+    }
+    wait_until_unlocked(&pristine.join("log"));
+    let size = std::fs::metadata(pristine.join("log/db")).unwrap().len();
+    let mut seed = 20261128u64;
+    let mut refused = 0;
+    for round in 0..40 {
+        let dir = base.path().join(format!("damaged-{round}"));
+        copy_log(&pristine, &dir);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let at = (seed >> 33) % size;
+        let mut bytes = std::fs::read(dir.join("log/db")).unwrap();
+        bytes[at as usize] ^= 1 << ((seed >> 20) % 8);
+        std::fs::write(dir.join("log/db"), bytes).unwrap();
+        match LogStore::<Config>::open(&dir.join("log"), 1, 1 << 20) {
+            Err(LogOpenError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("durably"), "byte {at}: {reason}");
+                refused += 1;
+            }
+            Err(other) => panic!("byte {at}: expected a damaged-log error, got {other}"),
+            Ok(mut log) => {
+                // Opened: then nothing may be missing.
+                assert_eq!(
+                    log.read_vote().await.unwrap(),
+                    Some(Vote::new_committed(2, 1)),
+                    "byte {at}"
+                );
+                let entries = log.try_get_log_entries(1..=200).await.unwrap();
+                assert_eq!(entries.len(), 200, "byte {at}");
+            }
+        }
+    }
+    assert!(refused > 0, "no flip was noticed: the check never ran");
+}
+
+#[tokio::test]
+async fn a_missing_or_torn_watermark_does_not_stop_the_replica() {
+    let base = tempfile::tempdir().unwrap();
+    let pristine = base.path().join("pristine");
+    {
+        let mut log = open_log(&pristine);
+        log.blocking_append((1..=5).map(|i| entry(1, i, i)))
+            .await
+            .unwrap();
+    }
+    wait_until_unlocked(&pristine.join("log"));
+    // A data dir written before the watermark existed, and one whose last watermark
+    // write a power loss cut short.
+    for (name, damage) in [
+        ("missing", None),
+        ("torn", Some(&b"PSCW\x20\x00\x00\x00garbage"[..])),
+    ] {
+        let dir = base.path().join(name);
+        copy_log(&pristine, &dir);
+        match damage {
+            None => std::fs::remove_file(dir.join("log.watermark")).unwrap(),
+            Some(bytes) => std::fs::write(dir.join("log.watermark"), bytes).unwrap(),
+        }
+        let mut log = open_log(&dir);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(log_id(1, 5)), "{name}");
+        // ... and the watermark is written again, so a later loss (here sled's whole
+        // directory) is caught.
+        drop(log);
+        wait_until_unlocked(&dir.join("log"));
+        std::fs::remove_dir_all(dir.join("log")).unwrap();
+        assert!(
+            matches!(
+                LogStore::<Config>::open(&dir.join("log"), 1, 1 << 20),
+                Err(LogOpenError::Corrupt { .. })
+            ),
+            "{name}"
+        );
+    }
+}
