@@ -6,7 +6,7 @@ fn main() -> std::process::ExitCode {
     let cli = pageserver_controller::cli::Cli::parse();
     // A replica's fatal error belongs in its structured log too; a command run by a
     // person says it once.
-    let log_the_error = cli.command.is_a_replica();
+    let log_the_error = cli.command.as_ref().is_some_and(|c| c.is_a_replica());
     match pageserver_controller::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

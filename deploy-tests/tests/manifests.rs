@@ -163,7 +163,7 @@ fn parse_serve(args: &[String], what: &str) -> ServeArgs {
         .chain(args.iter().cloned());
     match Cli::try_parse_from(argv) {
         Ok(Cli {
-            command: CliCommand::Serve(args),
+            command: Some(CliCommand::Serve(args)),
             ..
         }) => *args,
         Ok(other) => panic!("{what}: parsed as another command: {other:?}"),

@@ -20,8 +20,9 @@ use crate::logging::LogFormat;
 /// Raft-replicated generation numbers for Neon pageservers.
 ///
 /// Every replica serves Neon's control-plane API (re-attach, validate, attach-hook, ...);
-/// followers forward to the leader. Run `local-cluster` for a three-replica cluster on
-/// loopback, or `serve` on each machine of a real one.
+/// followers forward to the leader. Run `local-cluster` (also what runs without a
+/// command) for a three-replica cluster on loopback, or `serve` on each machine of a real
+/// one.
 #[derive(Debug, Parser)]
 #[command(name = "pageserver-controller", version, max_term_width = 100)]
 pub struct Cli {
@@ -38,8 +39,21 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 
+    /// Without one: `local-cluster` with its defaults.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+impl Cli {
+    /// The command to run: the one given, else `local-cluster` with its defaults.
+    pub fn command(self) -> Command {
+        self.command.unwrap_or_else(|| {
+            Cli::try_parse_from(["pageserver-controller", "local-cluster"])
+                .ok()
+                .and_then(|cli| cli.command)
+                .expect("local-cluster parses with its defaults")
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,32 +90,58 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    match cli.command {
+    let (log, log_format) = (cli.log.clone(), cli.log_format);
+    match cli.command() {
         Command::Serve(args) => {
-            crate::logging::init(&cli.log, cli.log_format, args.replica_id().ok());
+            crate::logging::init(&log, log_format, args.replica_id().ok());
             runtime.block_on(serve::run(*args))
         }
         Command::LocalCluster(args) => {
-            crate::logging::init(&cli.log, cli.log_format, None);
-            runtime.block_on(local_cluster::run(args, &cli.log, cli.log_format))
+            crate::logging::init(&log, log_format, None);
+            runtime.block_on(local_cluster::run(args, &log, log_format))
         }
         Command::Backup(args) => {
-            crate::logging::init("warn", cli.log_format, None);
+            crate::logging::init("warn", log_format, None);
             runtime.block_on(offline::backup(args))
         }
         Command::Restore(args) => {
-            crate::logging::init(&cli.log, cli.log_format, Some(args.id));
+            crate::logging::init(&log, log_format, Some(args.id));
             runtime.block_on(offline::restore(args))
         }
         Command::Recover(args) => {
-            crate::logging::init(&cli.log, cli.log_format, Some(args.id));
+            crate::logging::init(&log, log_format, Some(args.id));
             runtime.block_on(offline::recover(args))
         }
         Command::Token(args) => offline::token(args),
         Command::Keygen(args) => offline::keygen(args),
         Command::Ops(command) => {
-            crate::logging::init("warn", cli.log_format, None);
+            crate::logging::init("warn", log_format, None);
             runtime.block_on(ops::run(command))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_command_a_local_cluster_runs_with_its_defaults() {
+        let cli = Cli::try_parse_from(["pageserver-controller"]).unwrap();
+        let Command::LocalCluster(args) = cli.command() else {
+            panic!("not local-cluster");
+        };
+        assert_eq!(args.data_dir, std::path::PathBuf::from(".local-cluster"));
+        assert_eq!(args.base_port, 7001);
+        // A command given is the command run.
+        let cli = Cli::try_parse_from([
+            "pageserver-controller",
+            "keygen",
+            "--private-key",
+            "a",
+            "--public-key",
+            "b",
+        ]);
+        assert!(matches!(cli.unwrap().command(), Command::Keygen(_)));
     }
 }
