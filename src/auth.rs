@@ -245,14 +245,19 @@ pub fn generate_key_pair() -> anyhow::Result<(String, String)> {
     Ok((private.to_string(), public))
 }
 
-/// The bearer token a client sends: from `--token-file` when given, else from the
-/// environment variable's value, else none.
-pub fn client_token(file: Option<&Path>, env: Option<&str>) -> anyhow::Result<Option<String>> {
-    Ok(match (file, env) {
-        (Some(path), _) => Some(read_token_file(path)?),
-        (None, Some(token)) => Some(token.trim().to_owned()),
-        (None, None) => None,
-    })
+/// Where a client finds its token when no `--token-file` is given.
+pub const TOKEN_ENV: &str = "PAGESERVER_CONTROLLER_TOKEN";
+
+/// The bearer token a client sends: from `--token-file` when given, else from
+/// [`TOKEN_ENV`], else none. Never from a command-line value, which `ps` would show.
+pub fn client_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    if let Some(path) = file {
+        return read_token_file(path).map(Some);
+    }
+    Ok(std::env::var(TOKEN_ENV)
+        .ok()
+        .map(|token| token.trim().to_owned())
+        .filter(|token| !token.is_empty()))
 }
 
 /// Reads a token from a file, trimming whitespace; refuses an empty one.

@@ -51,22 +51,14 @@ pub struct Common {
     /// tokens; sent with every request to our replicas, never printed. Give a local
     /// cluster its keys with --serve-arg=--auth-public-key=PEM and
     /// --serve-arg=--peer-token-file=FILE.
-    #[arg(long, global = true, value_name = "PATH", conflicts_with = "token")]
+    /// Without it, the token comes from PAGESERVER_CONTROLLER_TOKEN, if set.
+    #[arg(long, global = true, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
-    /// The bearer token itself, from the environment only (as the controller's CLI).
-    #[arg(
-        long = "token-from-env",
-        global = true,
-        env = "PAGESERVER_CONTROLLER_TOKEN",
-        hide = true,
-        hide_env_values = true
-    )]
-    pub token: Option<String>,
 }
 
 impl Common {
     fn token(&self) -> anyhow::Result<Option<String>> {
-        pageserver_controller::auth::client_token(self.token_file.as_deref(), self.token.as_deref())
+        pageserver_controller::auth::client_token(self.token_file.as_deref())
     }
 }
 

@@ -24,18 +24,10 @@ pub struct ClientArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// File holding the bearer token to send (JWT). Never printed or logged.
-    #[arg(long, value_name = "PATH", conflicts_with = "token")]
+    /// File holding the bearer token to send (JWT). Never printed or logged. Without it,
+    /// the token comes from the environment variable PAGESERVER_CONTROLLER_TOKEN, if set.
+    #[arg(long, value_name = "PATH")]
     pub token_file: Option<std::path::PathBuf>,
-
-    /// The bearer token itself, from the environment only.
-    #[arg(
-        long = "token-from-env",
-        env = "PAGESERVER_CONTROLLER_TOKEN",
-        hide = true,
-        hide_env_values = true
-    )]
-    pub token: Option<String>,
 
     /// CA certificate (PEM) to trust for an https:// --url.
     #[arg(long, value_name = "PATH")]
@@ -44,7 +36,7 @@ pub struct ClientArgs {
 
 impl ClientArgs {
     pub fn client(&self) -> anyhow::Result<Client> {
-        let token = crate::auth::client_token(self.token_file.as_deref(), self.token.as_deref())?;
+        let token = crate::auth::client_token(self.token_file.as_deref())?;
         let http = crate::server::peer_client(self.tls_ca.as_deref())?;
         Ok(Client::with_http(&self.url, http).with_token(token))
     }

@@ -358,6 +358,40 @@ async fn every_endpoint_checks_scopes_like_neon_through_any_replica() {
         let response = read_index(&ours).await.unwrap();
         assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
     }
+    // The CLI takes its token from --token-file or the environment, never from argv.
+    let cli = |args: &[&str], env_token: Option<String>| {
+        let mut command = Command::new(BIN);
+        command.args(args).args(["--url", &cluster.url(follower)]);
+        command.env_remove("PAGESERVER_CONTROLLER_TOKEN");
+        if let Some(token) = env_token {
+            command.env("PAGESERVER_CONTROLLER_TOKEN", token);
+        }
+        command.output().unwrap()
+    };
+    std::fs::write(keys.path("infra.token"), keys.token(Scope::Infra)).unwrap();
+    let token_file = keys.path("infra.token").display().to_string();
+    for (args, env_token) in [
+        (vec!["nodes"], Some(keys.token(Scope::Admin))),
+        (vec!["nodes", "--token-file", &token_file], None),
+    ] {
+        let output = cli(&args, env_token);
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let output = cli(&["nodes"], None);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("missing authorization header"));
+    let output = cli(
+        &["nodes", "--token-from-env", &keys.token(Scope::Admin)],
+        None,
+    );
+    assert!(
+        !output.status.success(),
+        "a token on the command line is not accepted"
+    );
     // Tokens never show up in logs.
     for id in cluster.running() {
         let log = cluster.log_of(id);
