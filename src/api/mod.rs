@@ -191,3 +191,64 @@ async fn shed_and_time_out(
         .into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn requests_beyond_the_bound_are_shed_and_slow_ones_time_out() {
+        let permits = Arc::new(tokio::sync::Semaphore::new(1));
+        let shedder = Arc::new(Shedder {
+            permits: permits.clone(),
+            limits: Limits {
+                max_in_flight: 1,
+                request_timeout: Duration::from_millis(300),
+                ..Limits::default()
+            },
+        });
+        let release = Arc::new(tokio::sync::Notify::new());
+        let held = release.clone();
+        let app: Router = Router::new()
+            .route(
+                "/slow",
+                get(move || {
+                    let held = held.clone();
+                    async move {
+                        held.notified().await;
+                        "done"
+                    }
+                }),
+            )
+            .route("/never", get(std::future::pending::<&'static str>))
+            .route_layer(from_fn_with_state(shedder, shed_and_time_out));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let http = reqwest::Client::new();
+
+        let first = tokio::spawn(http.get(format!("{url}/slow")).send());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while permits.available_permits() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first request never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The bound is reached: the next request is refused at once, not queued.
+        let shed = http.get(format!("{url}/slow")).send().await.unwrap();
+        assert_eq!(shed.status(), 503);
+        assert!(shed.text().await.unwrap().contains("overloaded"));
+        release.notify_one();
+        let first = first.await.unwrap().unwrap();
+        assert_eq!(first.status(), 200);
+        assert_eq!(first.text().await.unwrap(), "done");
+
+        // A request that never finishes is answered once the timeout passes.
+        let slow = http.get(format!("{url}/never")).send().await.unwrap();
+        assert_eq!(slow.status(), 503);
+        assert!(slow.text().await.unwrap().contains("no answer within"));
+        assert_eq!(permits.available_permits(), 1, "the permits come back");
+    }
+}
