@@ -181,7 +181,7 @@ impl Worker {
 
     fn flush_once(&self) -> io::Result<()> {
         // Everything noted here was in sled before the flush began, so the flush covers it.
-        let covered = self.watermark.written();
+        let covered = self.watermark.covered();
         self.db
             .flush()
             .map_err(|e| io::Error::other(format!("sled flush: {e}")))?;

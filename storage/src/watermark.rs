@@ -11,7 +11,8 @@
 //!
 //! The record names the vote and the last log id. It never claims more than sled holds:
 //! - after a flush, the flusher writes the values that were in sled before the flush
-//!   began (no fsync: if the write is lost, the record is only older);
+//!   began (no fsync: if the write is lost, the record is only older), unless the record
+//!   was lowered while the flush ran;
 //! - before anything lowers the log's end (truncation, an offline reset), the record is
 //!   lowered and fsynced first, so no crash can leave it above the log.
 //!
@@ -65,19 +66,6 @@ impl Mark {
         }
         None
     }
-
-    /// The lower of two marks: the older vote and the shorter log.
-    fn min(self, other: Mark) -> Mark {
-        let vote = match (self.vote, other.vote) {
-            (Some(a), Some(b)) => Some(if succeeds(&a, &b) { b } else { a }),
-            _ => None,
-        };
-        let last = match (self.last, other.last) {
-            (Some(a), Some(b)) => Some(if b.index < a.index { b } else { a }),
-            _ => None,
-        };
-        Mark { vote, last }
-    }
 }
 
 /// What the record file says.
@@ -115,6 +103,16 @@ struct State {
     file: File,
     /// What has been written to sled (durable or not yet).
     written: Mark,
+    /// Counts the times the mark was lowered: a flush that began before the last
+    /// lowering does not write (see [`Watermark::flushed`]).
+    lowered: u64,
+}
+
+/// What a flush covers: the mark when it began, and which lowering it came after.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Covered {
+    mark: Mark,
+    lowered: u64,
 }
 
 impl Watermark {
@@ -146,6 +144,7 @@ impl Watermark {
             state: Mutex::new(State {
                 file,
                 written: Mark::default(),
+                lowered: 0,
             }),
         })
     }
@@ -175,23 +174,36 @@ impl Watermark {
         }
     }
 
-    /// What sled holds so far; the flusher takes it before a flush.
+    /// What sled holds so far.
     pub(crate) fn written(&self) -> Mark {
         self.lock().written
     }
 
-    /// After a flush that began once `flushed` was in sled: records it, unless something
-    /// lowered the mark meanwhile (then the lower of the two).
-    pub(crate) fn flushed(&self, flushed: Mark) -> io::Result<()> {
+    /// Taken by the flusher before a flush: what the flush will make durable.
+    pub(crate) fn covered(&self) -> Covered {
+        let state = self.lock();
+        Covered {
+            mark: state.written,
+            lowered: state.lowered,
+        }
+    }
+
+    /// After a flush: records what it covered. Unless the mark was lowered meanwhile:
+    /// then the lowered record (already durable) stays, because what was written after
+    /// the lowering may or may not be in this flush; the next flush records it.
+    pub(crate) fn flushed(&self, covered: Covered) -> io::Result<()> {
         let mut state = self.lock();
-        let mark = flushed.min(state.written);
-        write(&mut state, mark, false)
+        if covered.lowered != state.lowered {
+            return Ok(());
+        }
+        write(&mut state, covered.mark, false)
     }
 
     /// Lowers the record durably before the log is cut back to `mark` (truncation, reset).
     pub(crate) fn lower(&self, mark: Mark) -> io::Result<()> {
         let mut state = self.lock();
         state.written = mark;
+        state.lowered += 1;
         write(&mut state, mark, true)
     }
 
@@ -313,16 +325,17 @@ mod tests {
             Watermark::read(&path).unwrap(),
             Recorded::Valid(mark(1, Some(100)))
         );
-        let before_truncation = watermark.written();
+        let before_truncation = watermark.covered();
         watermark.lower(mark(1, Some(89))).unwrap();
-        // A flush that began before the truncation ends after it.
+        // An append after the truncation, then the flush that began before the truncation
+        // ends: it may not hold the append, so it records nothing.
+        watermark.wrote_last(id(2, 90));
         watermark.flushed(before_truncation).unwrap();
         assert_eq!(
             Watermark::read(&path).unwrap(),
             Recorded::Valid(mark(1, Some(89)))
         );
-        watermark.wrote_last(id(2, 90));
-        watermark.flushed(watermark.written()).unwrap();
+        watermark.flushed(watermark.covered()).unwrap();
         let Recorded::Valid(recorded) = Watermark::read(&path).unwrap() else {
             panic!("no valid record");
         };
