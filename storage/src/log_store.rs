@@ -278,11 +278,14 @@ where
     /// `vote`, durably. Only for offline tools that seed a data dir (restore, recovery),
     /// together with a snapshot at `last`.
     pub async fn reset_to(&mut self, vote: Vote<u64>, last: LogId<u64>) -> Result<()> {
+        // Until the reset is durable, a crash may leave the old log or the new one: the
+        // watermark must hold for both (then the flush below records the new one).
+        let new = Mark {
+            vote: Some(vote),
+            last: Some(last),
+        };
         self.watermark
-            .lower(Mark {
-                vote: Some(vote),
-                last: Some(last),
-            })
+            .lower(self.mark()?.floor(&new))
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         self.log
             .clear()
@@ -290,6 +293,8 @@ where
         self.write_meta(LAST_PURGED, &last, ErrorSubject::Logs)?;
         self.write_meta(COMMITTED, &last, ErrorSubject::Store)?;
         self.write_meta(VOTE, &vote, ErrorSubject::Vote)?;
+        self.watermark.wrote_vote(vote);
+        self.watermark.wrote_last(last);
         self.flush(ErrorSubject::Logs).await
     }
 

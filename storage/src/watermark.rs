@@ -66,6 +66,21 @@ impl Mark {
         }
         None
     }
+
+    /// A mark no higher than either: the earlier vote and the shorter log (none where
+    /// either has none, or where the votes are of different candidates in one term).
+    pub fn floor(&self, other: &Mark) -> Mark {
+        let vote = match (self.vote, other.vote) {
+            (Some(a), Some(b)) if succeeds(&a, &b) => Some(b),
+            (Some(a), Some(b)) if succeeds(&b, &a) => Some(a),
+            _ => None,
+        };
+        let last = match (self.last, other.last) {
+            (Some(a), Some(b)) => Some(if a.index <= b.index { a } else { b }),
+            _ => None,
+        };
+        Mark { vote, last }
+    }
 }
 
 /// What the record file says.
@@ -296,6 +311,18 @@ mod tests {
         assert_eq!(recorded.shortfall(&uncommitted), None);
         assert!(uncommitted.shortfall(&recorded).is_some());
         assert_eq!(recorded.shortfall(&Mark::default()), None);
+        // The floor of two marks is covered by both.
+        let (a, b) = (mark(3, Some(10)), mark(5, Some(4)));
+        let floor = a.floor(&b);
+        assert_eq!(
+            floor,
+            Mark {
+                vote: a.vote,
+                last: b.last
+            }
+        );
+        assert_eq!(a.shortfall(&floor), None);
+        assert_eq!(b.shortfall(&floor), None);
     }
 
     #[test]
