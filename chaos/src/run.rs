@@ -214,7 +214,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
             if !liveness.is_empty() {
                 break 'rounds;
             }
-            if config.check_every > 0 && faults.len() % config.check_every == 0 {
+            if config.check_every > 0 && faults.len().is_multiple_of(config.check_every) {
                 let verdict = checker::check(&history.ops());
                 if !verdict.violations.is_empty() {
                     tracing::error!(

@@ -568,7 +568,7 @@ fn tick_step(span_us: u64) -> u64 {
 /// How many decimals of a second the tick labels need for this step.
 fn tick_decimals(step_us: u64) -> usize {
     (0..6)
-        .find(|&d| step_us % 10u64.pow(6 - d as u32) == 0)
+        .find(|&d| step_us.is_multiple_of(10u64.pow(6 - d as u32)))
         .unwrap_or(6)
 }
 
