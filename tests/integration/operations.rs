@@ -281,13 +281,33 @@ fn parse_prometheus(text: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_prometheus_text_with_the_operational_series() {
-    let cluster = TestCluster::start(3).await;
+    // Snapshots often enough that the attaches below build one.
+    let cluster = TestCluster::start_with(3, &["--snapshot-every", "10"]).await;
     let leader = cluster.wait_for_leader().await;
     let follower = cluster.other_than(leader);
     let via_follower = cluster.client(follower);
-    attach_range(&via_follower, 0..5, 1).await;
+    attach_range(&via_follower, 0..30, 1).await;
     via_follower.validate(&[(shard(1), 1)]).await.unwrap();
     let http = reqwest::Client::new();
+    let value = |text: &str, series: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    };
+    // A snapshot was built on the leader, and its duration is there.
+    let metrics_of = |id: u64| {
+        let http = http.clone();
+        let url = format!("{}/metrics", cluster.url(id));
+        async move { http.get(url).send().await.ok()?.text().await.ok() }
+    };
+    let built = wait_for("the leader to build a snapshot", DEADLINE, || async {
+        let text = metrics_of(leader).await?;
+        (value(&text, "psc_snapshot_builds_total")? >= 1.0).then_some(text)
+    })
+    .await;
+    assert!(
+        value(&built, "psc_snapshot_build_seconds").is_some_and(|s| s > 0.0),
+        "{built}"
+    );
     for (id, must_have) in [
         (
             leader,
@@ -334,7 +354,7 @@ async fn metrics_are_prometheus_text_with_the_operational_series() {
             );
         }
         if id == leader {
-            assert!(text.contains("psc_tenant_shards 5"), "{text}");
+            assert!(text.contains("psc_tenant_shards 30"), "{text}");
             assert!(text.contains("route=\"/debug/v1/attach-hook\""), "{text}");
             // Requests by route, method and status: the five attaches forwarded to the
             // leader were answered 200 there.
