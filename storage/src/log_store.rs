@@ -187,8 +187,13 @@ where
             source,
         };
         let watermark_path = Watermark::path_for(path);
-        let recorded = Watermark::read(&watermark_path).map_err(io)?;
-        let watermark = std::sync::Arc::new(Watermark::open(&watermark_path).map_err(io)?);
+        let watermark_io = |source| LogOpenError::Io {
+            path: watermark_path.display().to_string(),
+            source,
+        };
+        let recorded = Watermark::read(&watermark_path).map_err(watermark_io)?;
+        let watermark =
+            std::sync::Arc::new(Watermark::open(&watermark_path).map_err(watermark_io)?);
         let flusher = Flusher::start(db, path, replica, watermark.clone()).map_err(io)?;
         let store = LogStore {
             log,
@@ -221,7 +226,7 @@ where
             ),
             Recorded::Missing => {}
         }
-        store.watermark.start(current).map_err(io)?;
+        store.watermark.start(current).map_err(watermark_io)?;
         Ok(store)
     }
 
@@ -357,12 +362,15 @@ where
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId<u64>>> {
-        match self
-            .log
-            .last()
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?
-        {
-            Some((_, bytes)) => {
+        self.last_entry_id_before(u64::MAX)
+    }
+
+    /// The id of the last entry whose index is below `end`.
+    fn last_entry_id_before(&self, end: u64) -> Result<Option<LogId<u64>>> {
+        match self.log.range(..key(end)).next_back() {
+            Some(item) => {
+                let (_, bytes) =
+                    item.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
                 let entry: Entry<C> = codec::decode(&bytes)
                     .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
                 Ok(Some(*entry.get_log_id()))
@@ -491,22 +499,9 @@ where
         tracing::debug!(since = %log_id, "truncating the log");
         // The log will end before `log_id`: lower the watermark durably first, since sled
         // may write the truncation out before the flush below.
-        let end = self.mark()?.last;
-        let before = match log_id.index.checked_sub(1) {
-            _ if end.is_none_or(|end| end.index < log_id.index) => end,
-            Some(index) => match self
-                .log
-                .get(key(index))
-                .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?
-            {
-                Some(bytes) => Some(
-                    *codec::decode::<Entry<C>>(&bytes)
-                        .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?
-                        .get_log_id(),
-                ),
-                None => self.read_meta(LAST_PURGED, ErrorSubject::Logs)?,
-            },
-            None => None,
+        let before = match self.last_entry_id_before(log_id.index)? {
+            Some(id) => Some(id),
+            None => self.read_meta(LAST_PURGED, ErrorSubject::Logs)?,
         };
         let vote = self.watermark.written().vote;
         self.watermark
