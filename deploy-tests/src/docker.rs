@@ -44,6 +44,25 @@ pub fn require_docker() {
     }
 }
 
+/// Builds the scratch image as `tag` with `deploy/build-image.sh --profile image-test`
+/// (unoptimized, so it builds fast; incremental in target/static).
+pub async fn build_image(tag: &str) -> anyhow::Result<()> {
+    let tag = tag.to_owned();
+    let status = tokio::task::spawn_blocking(move || {
+        Command::new(tools::repo_root().join("deploy/build-image.sh"))
+            .args(["--profile", "image-test", "--tag", &tag])
+            .stdout(std::process::Stdio::null())
+            .status()
+    })
+    .await
+    .context("the build thread panicked")?
+    .context("running deploy/build-image.sh")?;
+    if !status.success() {
+        bail!("deploy/build-image.sh failed: {status}");
+    }
+    Ok(())
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released for Docker to publish).
 fn free_port() -> anyhow::Result<u16> {
     pageserver_controller::loopback::free_port().context("finding a free port")

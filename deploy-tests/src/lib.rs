@@ -9,8 +9,11 @@
 //!   a leader kill, a network disconnection, a rolling image update, a lost volume, and a
 //!   scale from three to five and back, under traffic whose history is checked against
 //!   the generation rules.
+//! - `tests/compose.rs` runs `deploy/compose.yaml` itself with Docker Compose (free ports,
+//!   the test's image) and checks the cluster it brings up, a `stop` of the leader, and
+//!   that the volumes keep every generation across `down` and `up`.
 //!
-//! Both need tools outside Cargo (kubectl, Docker, the Python tools of
+//! They need tools outside Cargo (kubectl, Docker, the Python tools of
 //! `.ci/deploy-tools.txt`); a missing tool fails the test with what to install, it never
 //! passes silently. `cargo test --workspace --exclude deploy-tests` runs everything else.
 //!

@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chaos::history::{write_jsonl, History, Op};
-use deploy_tests::docker::{docker, require_docker, ContainerCluster};
-use deploy_tests::tools::repo_root;
+use deploy_tests::docker::{build_image, docker, require_docker, ContainerCluster};
 use deploy_tests::traffic::{Config, Endpoints, Traffic};
 use pageserver_controller::auth::{generate_key_pair, mint, Scope};
 
@@ -158,20 +157,7 @@ async fn scratch_image_cluster_survives_leader_kill_partition_rolling_update_dis
     let image = format!("{run}:a");
     let rolled = format!("{run}:b");
     cluster.images = vec![image.clone(), rolled.clone()];
-    let build = {
-        let image = image.clone();
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(repo_root().join("deploy/build-image.sh"))
-                .args(["--profile", "image-test", "--tag", &image])
-                .stdout(std::process::Stdio::null())
-                .status()
-        })
-    };
-    let status = build
-        .await
-        .expect("the build thread")
-        .expect("running deploy/build-image.sh");
-    assert!(status.success(), "deploy/build-image.sh failed: {status}");
+    build_image(&image).await.expect("building the image");
     let dockerfile = tempfile::tempdir().expect("tempdir");
     std::fs::write(
         dockerfile.path().join("Dockerfile"),

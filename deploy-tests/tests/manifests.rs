@@ -503,23 +503,12 @@ fn manifest_flags_ports_and_paths_are_ones_the_binary_and_the_manifests_agree_on
 fn compose_flags_and_ports_are_ones_the_binary_accepts() {
     // The compose tool itself checks the file.
     let compose = repo_root().join("deploy/compose.yaml");
-    let checked = match output(Command::new("docker").args(["compose", "version"])) {
-        Ok(out) if out.status.success() => output(
-            Command::new("docker")
-                .args(["compose", "-f"])
-                .arg(&compose)
-                .args(["config", "-q"]),
-        ),
-        _ => output(
-            Command::new(require(
-                "docker-compose",
-                "Install Docker Compose (docker compose or docker-compose).",
-            ))
+    let checked = output(
+        deploy_tests::compose::tool()
             .arg("-f")
             .arg(&compose)
             .args(["config", "-q"]),
-        ),
-    }
+    )
     .expect("running docker compose config");
     assert!(
         checked.status.success(),
