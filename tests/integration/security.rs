@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use pageserver_controller::auth::{generate_key_pair, mint, Scope};
+use pageserver_controller::auth::{generate_key_pair, mint, Scope, TOKEN_ENV};
 use pageserver_controller::consensus::{Proposal, TypeConfig};
 use pageserver_controller::domain::{Command as DomainCommand, NodeId};
 use reqwest::Method;
@@ -357,14 +357,28 @@ async fn every_endpoint_checks_scopes_like_neon_through_any_replica() {
         let ours = cluster.status_of(id).await.unwrap().cluster_id;
         let response = read_index(&ours).await.unwrap();
         assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        // A joining replica of another cluster (what `serve --join` sends) is not added.
+        let response = http
+            .post(format!("{}/v1/cluster/members", cluster.url(id)))
+            .bearer_auth(keys.token(Scope::ControllerPeer))
+            .header("x-controller-cluster", "another-cluster")
+            .json(&serde_json::json!({"id": 9, "url": "http://127.0.0.1:9"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403);
+        let text = response.text().await.unwrap();
+        assert!(text.contains("belongs to cluster"), "{text}");
+        let members = cluster.status_of(id).await.unwrap().members;
+        assert!(members.iter().all(|m| m.id != 9), "{members:?}");
     }
     // The CLI takes its token from --token-file or the environment, never from argv.
     let cli = |args: &[&str], env_token: Option<String>| {
         let mut command = Command::new(BIN);
         command.args(args).args(["--url", &cluster.url(follower)]);
-        command.env_remove("PAGESERVER_CONTROLLER_TOKEN");
+        command.env_remove(TOKEN_ENV);
         if let Some(token) = env_token {
-            command.env("PAGESERVER_CONTROLLER_TOKEN", token);
+            command.env(TOKEN_ENV, token);
         }
         command.output().unwrap()
     };
