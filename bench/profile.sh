@@ -19,19 +19,10 @@ BASE_PORT=${BASE_PORT:-7101}
 SECS=${SECS:-8}
 command -v perf >/dev/null || { echo "perf is required (apt-get install linux-perf)" >&2; exit 1; }
 mkdir -p "$OUT"
-DATA=$(mktemp -d /tmp/psc-profile-XXXXXX)
-"$BIN" --log warn local-cluster --data-dir "$DATA" --base-port "$BASE_PORT" >"$OUT/cluster.log" 2>&1 &
-LC=$!
-cleanup() { kill "$LC" 2>/dev/null; wait "$LC" 2>/dev/null; rm -rf "$DATA"; }
-trap cleanup EXIT INT TERM
-
-leader=""
-for _ in $(seq 150); do
-  leader=$(curl -sf "http://127.0.0.1:$BASE_PORT/v1/cluster" | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader"] or "")' 2>/dev/null || true)
-  [ -n "$leader" ] && break
-  sleep 0.2
-done
-[ -n "$leader" ] || { echo "no leader" >&2; exit 1; }
+. bench/local-cluster.sh
+trap stop_local_cluster EXIT INT TERM
+start_local_cluster "$BIN" "$BASE_PORT" "$OUT/cluster.log"
+leader=$LEADER
 follower=$(( leader % 3 + 1 ))
 pid_of() { # the local-cluster child serving replica $1
   for p in $(pgrep -P "$LC"); do
@@ -39,7 +30,6 @@ pid_of() { # the local-cluster child serving replica $1
   done
 }
 LPID=$(pid_of "$leader"); FPID=$(pid_of "$follower")
-URLS="http://127.0.0.1:$BASE_PORT,http://127.0.0.1:$((BASE_PORT + 1)),http://127.0.0.1:$((BASE_PORT + 2))"
 echo "leader $leader (pid $LPID), follower $follower (pid $FPID)" | tee "$OUT/summary.txt"
 
 run() { # $1 via, $2 pid to sample, $3 name

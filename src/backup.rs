@@ -50,8 +50,9 @@ pub enum BackupError {
     Payload(String),
 }
 
-/// Encodes `registry` with `header`.
-pub fn encode(header: &BackupHeader, registry: &Registry) -> Vec<u8> {
+/// Encodes `registry` (a [`Registry`] or a [`crate::domain::FrozenRegistry`] of one,
+/// which encode the same) with `header`.
+pub fn encode(header: &BackupHeader, registry: &impl serde::Serialize) -> Vec<u8> {
     let header = serde_json::to_vec(header).expect("the header serializes");
     let payload = controller_raft::codec::encode(registry).expect("the registry serializes");
     let mut bytes = Vec::with_capacity(32 + header.len() + payload.len());

@@ -10,7 +10,7 @@ use controller_raft::Member;
 use controller_storage::ReplicatedState;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Command, Outcome, Registry};
+use crate::domain::{Command, FrozenRegistry, Outcome, Registry};
 
 /// A log entry's payload: commands applied in order, atomically with the entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +45,12 @@ impl ReplicatedState<TypeConfig> for Registry {
                 .map(|command| Registry::apply(self, command))
                 .collect(),
         }
+    }
+
+    type Frozen = FrozenRegistry;
+
+    fn freeze(&self) -> FrozenRegistry {
+        self.frozen()
     }
 }
 

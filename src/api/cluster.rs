@@ -264,12 +264,17 @@ pub async fn transfer_leader(
 pub async fn backup(State(api): Api) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     let read_index = api.replica.read_index().await?;
+    // The registry as of the read index, taken under the lock; encoded after letting go.
+    let started = std::time::Instant::now();
+    let frozen = api
+        .replica
+        .local_state()
+        .read()
+        .expect("state lock poisoned: a panic while applying")
+        .state
+        .frozen();
+    let frozen_micros = started.elapsed().as_micros() as u64;
     let bytes = {
-        let applied = api
-            .replica
-            .local_state()
-            .read()
-            .expect("state lock poisoned: a panic while applying");
         let header = crate::backup::BackupHeader {
             cluster_name: api.cluster_name.clone(),
             cluster_id: api.cluster_id.clone(),
@@ -277,13 +282,21 @@ pub async fn backup(State(api): Api) -> Result<axum::response::Response, ApiErro
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
             read_index,
-            shards: applied.state.shard_count(),
-            nodes: applied.state.node_count(),
+            shards: frozen.shard_count(),
+            nodes: frozen.node_count(),
             written_by: env!("CARGO_PKG_VERSION").to_owned(),
         };
-        crate::backup::encode(&header, &applied.state)
+        tokio::task::spawn_blocking(move || crate::backup::encode(&header, &frozen))
+            .await
+            .map_err(|e| ApiError::Internal(format!("encoding the backup: {e}")))?
     };
-    tracing::info!(read_index, bytes = bytes.len(), "backup taken");
+    tracing::info!(
+        read_index,
+        bytes = bytes.len(),
+        frozen_micros,
+        micros = started.elapsed().as_micros() as u64,
+        "backup taken"
+    );
     Ok((
         [
             (axum::http::header::CONTENT_TYPE, "application/octet-stream"),

@@ -6,12 +6,13 @@
 //! commands to [`Registry::apply`] in the same order on every replica.
 
 mod ids;
+mod shard_map;
 mod state;
 #[cfg(test)]
 mod tests;
 
 pub use ids::{Generation, IdParseError, NodeId, TenantId, TenantShardId};
 pub use state::{
-    Command, NodeAddress, NodeRecord, Outcome, Refusal, Registry, SchedulingPolicy, ShardRecord,
-    Validity,
+    Command, FrozenRegistry, NodeAddress, NodeRecord, Outcome, Refusal, Registry, SchedulingPolicy,
+    ShardRecord, Validity,
 };

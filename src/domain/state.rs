@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::ids::{Generation, NodeId, TenantShardId};
+use super::shard_map::ShardMap;
 
 /// How a pageserver reaches its node; registering the same id with other addresses is a
 /// conflict (a second machine claiming to be the first).
@@ -136,7 +137,7 @@ pub struct Validity {
 /// The replicated state. `attached` is an index derived from `shards`, rebuilt on load.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Registry {
-    shards: BTreeMap<TenantShardId, ShardRecord>,
+    shards: ShardMap,
     nodes: BTreeMap<NodeId, NodeRecord>,
     attached: HashMap<NodeId, BTreeSet<TenantShardId>>,
 }
@@ -201,11 +202,14 @@ impl Registry {
             }
             return Outcome::Attached { generation: None };
         };
-        let record = self.shards.entry(shard).or_insert(ShardRecord {
-            // An override only seeds a shard that does not exist yet; it never rewinds one.
-            generation: generation_override,
-            node: None,
-        });
+        let record = self.shards.get_or_insert(
+            shard,
+            ShardRecord {
+                // An override only seeds a shard that does not exist yet; it never rewinds one.
+                generation: generation_override,
+                node: None,
+            },
+        );
         let next = match record.generation {
             None => Generation(1),
             Some(current) => match current.next() {
@@ -229,7 +233,9 @@ impl Registry {
         // All or nothing: one exhausted shard refuses the whole re-attach, so no replica
         // ever sees half of it applied.
         if let Some(exhausted) = attached.iter().find(|shard| {
-            self.shards[*shard]
+            self.shards
+                .get(shard)
+                .expect("the attached index only names known shards")
                 .generation
                 .is_some_and(|g| g.next().is_none())
         }) {
@@ -401,12 +407,7 @@ impl Registry {
         &self,
         after: Option<TenantShardId>,
     ) -> impl Iterator<Item = (&TenantShardId, &ShardRecord)> {
-        use std::ops::Bound;
-        let lower = match after {
-            Some(after) => Bound::Excluded(after),
-            None => Bound::Unbounded,
-        };
-        self.shards.range((lower, Bound::Unbounded))
+        self.shards.after(after)
     }
 
     pub fn shard_count(&self) -> usize {
@@ -420,18 +421,57 @@ impl Registry {
     pub fn attached_to(&self, node: &NodeId) -> usize {
         self.attached.get(node).map_or(0, BTreeSet::len)
     }
+
+    /// The registry as it stands now, to encode after letting go of it (see
+    /// [`FrozenRegistry`]).
+    pub fn frozen(&self) -> FrozenRegistry {
+        FrozenRegistry {
+            shards: self.shards.clone(),
+            nodes: self.nodes.clone(),
+        }
+    }
+}
+
+/// A registry's source of truth at one point, serialized exactly as the registry.
+/// Taking one copies the node table and shares the shard table's chunks (see
+/// [`ShardMap`]), so a snapshot or backup takes it while holding the applied state and
+/// encodes it after releasing it: writes go on meanwhile, and never show in it.
+#[derive(Debug, Clone)]
+pub struct FrozenRegistry {
+    shards: ShardMap,
+    nodes: BTreeMap<NodeId, NodeRecord>,
+}
+
+impl FrozenRegistry {
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+}
+
+impl Serialize for FrozenRegistry {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        RegistryRef {
+            shards: &self.shards,
+            nodes: &self.nodes,
+        }
+        .serialize(serializer)
+    }
 }
 
 /// The serialized form: only the source of truth, never the derived index.
 #[derive(Serialize)]
 struct RegistryRef<'a> {
-    shards: &'a BTreeMap<TenantShardId, ShardRecord>,
+    shards: &'a ShardMap,
     nodes: &'a BTreeMap<NodeId, NodeRecord>,
 }
 
 #[derive(Deserialize)]
 struct RegistryOwned {
-    shards: BTreeMap<TenantShardId, ShardRecord>,
+    shards: ShardMap,
     nodes: BTreeMap<NodeId, NodeRecord>,
 }
 
@@ -449,7 +489,7 @@ impl<'de> Deserialize<'de> for Registry {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let RegistryOwned { shards, nodes } = RegistryOwned::deserialize(deserializer)?;
         let mut attached: HashMap<NodeId, BTreeSet<TenantShardId>> = HashMap::new();
-        for (shard, record) in &shards {
+        for (shard, record) in shards.iter() {
             if let Some(node) = record.node {
                 attached.entry(node).or_default().insert(*shard);
             }

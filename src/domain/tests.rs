@@ -418,6 +418,29 @@ fn snapshot_round_trip_rebuilds_the_attachment_index() {
 }
 
 #[test]
+fn a_frozen_registry_encodes_as_the_registry_did_and_misses_later_writes() {
+    let mut reg = Registry::default();
+    register(&mut reg, 1, 9898);
+    for n in 0..20 {
+        attach(&mut reg, shard(n), 1);
+    }
+    let before = bincode::serialize(&reg).unwrap();
+    let frozen = reg.frozen();
+    assert_eq!((frozen.shard_count(), frozen.node_count()), (20, 1));
+    // Writes after the freeze: a re-attach of every shard, a new shard, a new node.
+    reg.apply(&Command::ReAttach {
+        node: NodeId(1),
+        register: None,
+    });
+    attach(&mut reg, shard(200), 1);
+    register(&mut reg, 2, 9899);
+    assert_eq!(bincode::serialize(&frozen).unwrap(), before);
+    let restored: Registry = bincode::deserialize(&before).unwrap();
+    assert!(restored.validate([(shard(3), Generation(1))])[0].valid);
+    assert!(!reg.validate([(shard(3), Generation(1))])[0].valid);
+}
+
+#[test]
 fn replicas_applying_the_same_commands_agree() {
     // Determinism: two registries fed the same sequence answer identically.
     let commands: Vec<Command> = (0..200u32)

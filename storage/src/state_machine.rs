@@ -30,6 +30,14 @@ pub trait ReplicatedState<C: RaftTypeConfig>:
     /// Applies one committed command. Must be deterministic: every replica gets the same
     /// answer from the same sequence of commands.
     fn apply(&mut self, command: &C::D) -> C::R;
+
+    /// The state as it stands, serialized exactly as the state itself.
+    type Frozen: Serialize + Send + 'static;
+
+    /// Takes a [`Self::Frozen`] copy; must be cheap next to encoding the state. A
+    /// snapshot takes it while holding the applied state and encodes it after letting go,
+    /// so applying is never held up for as long as an encode takes.
+    fn freeze(&self) -> Self::Frozen;
 }
 
 /// The state plus where in the log it stands.
@@ -192,7 +200,7 @@ where
 {
     async fn build_snapshot(&mut self) -> Result<Snapshot<C>> {
         let started = Instant::now();
-        let (meta, bytes) = {
+        let (meta, frozen) = {
             let applied = read_lock(&self.shared);
             let nanos = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -202,9 +210,15 @@ where
                 last_membership: applied.last_membership.clone(),
                 snapshot_id: format!("{}-{nanos}", applied.last_applied.map_or(0, |id| id.index)),
             };
-            let bytes = snapshot::encode(&meta, &applied.state)
-                .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
-            (meta, bytes)
+            (meta, applied.state.freeze())
+        };
+        let frozen_micros = started.elapsed().as_micros() as u64;
+        let bytes = {
+            let meta = meta.clone();
+            tokio::task::spawn_blocking(move || snapshot::encode(&meta, &frozen))
+                .await
+                .map_err(|e| snapshot_error(ErrorVerb::Write, e))?
+                .map_err(|e| snapshot_error(ErrorVerb::Write, e))?
         };
         let size = bytes.len();
         let meta = persist_if_newer(&self.snapshots, &self.current, meta, bytes)
@@ -221,7 +235,7 @@ where
         self.stats
             .last_size_bytes
             .store(size as u64, Ordering::Relaxed);
-        tracing::info!(last_log_id = ?meta.last_log_id, bytes = size, micros, "built snapshot");
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = size, frozen_micros, micros, "built snapshot");
         Ok(Snapshot {
             meta,
             snapshot: Box::new(file),

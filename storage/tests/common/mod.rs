@@ -30,6 +30,12 @@ impl ReplicatedState<Config> for Counter {
         self.0 += command.0;
         Sum(self.0)
     }
+
+    type Frozen = Counter;
+
+    fn freeze(&self) -> Counter {
+        Counter(self.0)
+    }
 }
 
 pub type Sm = StateMachineStore<Config, Counter>;
