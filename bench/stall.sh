@@ -50,6 +50,10 @@ kill "$BACKUPS"; BACKUPS=""
   echo "build: $BIN, $SHARDS shards, leader $leader, $(cat "$OUT/backups.count" 2>/dev/null || echo 0) backups taken"
   echo "--- alone"; grep "median of" "$OUT/alone.txt"
   echo "--- with backups"; grep "median of" "$OUT/backups.txt"
+  echo "--- memory per replica: now (VmRSS) and peak (VmHWM)"
+  for p in $(pgrep -P "$LC"); do
+    echo "$(tr '\0' ' ' <"/proc/$p/cmdline" | grep -o -- '--id [0-9]*'): $(grep -E 'VmRSS|VmHWM' "/proc/$p/status" | tr -s ' \t\n' ' ')"
+  done
   echo "--- backups as the leader logged them"
   grep "backup taken" "$OUT/cluster.log" | tail -n 3
 } | tee "$OUT/summary.txt"
