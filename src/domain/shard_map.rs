@@ -3,11 +3,13 @@
 //!
 //! Snapshots and backups encode the whole registry: at a million shards that takes a few
 //! hundred milliseconds, and doing it while holding the applied state held up every
-//! write for as long. A [`ShardMap`] is 256 ordered maps behind `Arc`s, one per value of
-//! a tenant id's first byte; cloning it only bumps 256 reference counts, so the encoder
-//! takes a clone under the lock and encodes after releasing it. A write to a chunk that
-//! such a clone still shares copies that chunk first (`Arc::make_mut`): about
-//! 1/256 of the table, once per chunk per snapshot.
+//! write for as long. A [`ShardMap`] is 4,096 ordered maps behind `Arc`s, one per value
+//! of a tenant id's first 12 bits; cloning it only bumps their reference counts (tens of
+//! microseconds), so the encoder takes a clone under the lock and encodes after releasing
+//! it. A write to a chunk that such a clone still shares copies that chunk first
+//! (`Arc::make_mut`): 1/4,096 of the table, once per chunk per copy. With 256 chunks,
+//! the attaches that arrive during one encode of a million shards touched every chunk,
+//! so the whole table was copied each time; with 4,096 they touch a fraction of them.
 //!
 //! Tenant ids order by their bytes first, so the chunks in order, each in order, are
 //! the whole table in [`TenantShardId`] order, and the map serializes exactly as the
@@ -25,7 +27,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::ids::TenantShardId;
 use super::state::ShardRecord;
 
-const CHUNKS: usize = 256;
+const CHUNKS: usize = 4096;
 
 type Chunk = BTreeMap<TenantShardId, ShardRecord>;
 
@@ -35,8 +37,10 @@ pub(crate) struct ShardMap {
     len: usize,
 }
 
+/// The first 12 bits of the tenant id.
 fn chunk_of(shard: &TenantShardId) -> usize {
-    usize::from(shard.tenant_id.as_bytes()[0])
+    let bytes = shard.tenant_id.as_bytes();
+    (usize::from(bytes[0]) << 4) | usize::from(bytes[1] >> 4)
 }
 
 impl Default for ShardMap {
@@ -194,11 +198,12 @@ mod tests {
         }
     }
 
-    /// Shards spread over every chunk, both ends included, some tenants sharded.
+    /// Shards spread over chunks (both ends, neighbours that share a first byte), some
+    /// tenants sharded.
     fn sample() -> Vec<TenantShardId> {
         let mut shards = Vec::new();
         for first in [0u8, 1, 7, 128, 254, 255] {
-            for rest in [0u8, 9, 255] {
+            for rest in [0u8, 9, 0x10, 0xef, 255] {
                 shards.push(shard(first, rest, 0, 0));
                 for number in 0..4 {
                     shards.push(shard(first, rest, number, 4));
