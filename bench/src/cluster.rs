@@ -349,16 +349,16 @@ pub fn dir_size(path: &Path) -> u64 {
         .sum()
 }
 
-/// The `micros=N` figures of log lines containing `event` (e.g. "built snapshot").
+/// The `micros=N` figures of log lines containing `event` (e.g. "built snapshot"); the
+/// field itself, not one whose name ends in it (`frozen_micros=`).
 pub fn logged_micros(log: &str, event: &str) -> Vec<u64> {
     log.lines()
         .filter(|line| line.contains(event))
         .filter_map(|line| {
-            let at = line.find("micros=")? + "micros=".len();
-            let digits: String = line[at..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
+            let at = line
+                .split_ascii_whitespace()
+                .find_map(|field| field.strip_prefix("micros="))?;
+            let digits: String = at.chars().take_while(char::is_ascii_digit).collect();
             digits.parse().ok()
         })
         .collect()
@@ -370,7 +370,7 @@ mod tests {
 
     #[test]
     fn snapshot_timings_are_read_from_text_logs() {
-        let log = "2025 INFO built snapshot last_log_id=Some(1-1-5000) bytes=123 micros=4567\n\
+        let log = "2025 INFO built snapshot last_log_id=Some(1-1-5000) bytes=123 frozen_micros=9 micros=4567\n\
                    2025 INFO installed snapshot last_log_id=x bytes=9 micros=89\n\
                    2025 INFO built snapshot bytes=1 micros=12 more=1\n";
         assert_eq!(logged_micros(log, "built snapshot"), vec![4567, 12]);
