@@ -143,9 +143,10 @@ impl Project {
             .context("the compose command's thread panicked")?
     }
 
-    /// The id of a service's container.
+    /// The id of a service's container, running or stopped (the `docker compose` plugin
+    /// lists only running ones without `--all`).
     pub async fn container(&self, service: &str) -> anyhow::Result<String> {
-        let id = self.run(&["ps", "--quiet", service]).await?;
+        let id = self.run(&["ps", "--all", "--quiet", service]).await?;
         let id = id.trim();
         if id.is_empty() {
             bail!("service {service} has no container");
