@@ -164,6 +164,127 @@ async fn snapshot_build_and_install_round_trip_and_survive_reopen() {
     );
 }
 
+/// A counter whose snapshot encode stops half-way until the test lets it go, so a test
+/// can apply entries while a snapshot of an earlier state is being written.
+mod held_encode {
+    use std::sync::{Condvar, Mutex};
+    use std::time::Duration;
+
+    use controller_storage::{ReplicatedState, StateMachineStore};
+    use serde::{Deserialize, Serialize, Serializer};
+
+    use super::common::{Add, Config, Sum};
+
+    #[derive(Default)]
+    struct Gate {
+        /// (an encode is waiting, the test let it go)
+        state: Mutex<(bool, bool)>,
+        changed: Condvar,
+    }
+
+    static GATE: std::sync::LazyLock<Gate> = std::sync::LazyLock::new(Gate::default);
+
+    /// Waits until an encode is held at the gate; false after `patience`.
+    pub fn wait_until_held(patience: Duration) -> bool {
+        let state = GATE.state.lock().unwrap();
+        let (state, _) = GATE
+            .changed
+            .wait_timeout_while(state, patience, |(held, _)| !*held)
+            .unwrap();
+        state.0
+    }
+
+    pub fn release() {
+        GATE.state.lock().unwrap().1 = true;
+        GATE.changed.notify_all();
+    }
+
+    #[derive(Default, Serialize, Deserialize)]
+    pub struct Held(pub u64);
+
+    pub struct Frozen(u64);
+
+    impl Serialize for Frozen {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut state = GATE.state.lock().unwrap();
+            state.0 = true;
+            GATE.changed.notify_all();
+            let (state, timeout) = GATE
+                .changed
+                .wait_timeout_while(state, Duration::from_secs(20), |(_, released)| !*released)
+                .unwrap();
+            drop(state);
+            assert!(
+                !timeout.timed_out(),
+                "the test never let the encode go: applying must have waited for it"
+            );
+            // Encoded exactly as `Held` is.
+            serializer.serialize_newtype_struct("Held", &self.0)
+        }
+    }
+
+    impl ReplicatedState<Config> for Held {
+        fn apply(&mut self, command: &Add) -> Sum {
+            self.0 += command.0;
+            Sum(self.0)
+        }
+
+        type Frozen = Frozen;
+
+        fn freeze(&self) -> Frozen {
+            Frozen(self.0)
+        }
+    }
+
+    pub type HeldSm = StateMachineStore<Config, Held>;
+}
+
+/// A snapshot encodes a frozen copy after letting go of the applied state: entries apply
+/// while it encodes, and the snapshot still holds exactly the state at its own log id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_apply_while_a_snapshot_encodes_and_the_snapshot_holds_its_own_index() {
+    use held_encode::HeldSm;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snapshot");
+    let mut sm = HeldSm::open(&path).unwrap();
+    sm.apply([entry(1, 1, 5), entry(1, 2, 7)]).await.unwrap();
+
+    let mut builder = sm.get_snapshot_builder().await;
+    let build = tokio::spawn(async move { builder.build_snapshot().await });
+    let held =
+        tokio::task::spawn_blocking(|| held_encode::wait_until_held(Duration::from_secs(20)))
+            .await
+            .unwrap();
+    assert!(held, "the snapshot build never reached its encode");
+
+    // The encode is held: applying must not wait for it.
+    let started = Instant::now();
+    sm.apply([entry(1, 3, 100)]).await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(sm.shared().read().unwrap().state.0, 112);
+    assert_eq!(sm.shared().read().unwrap().last_applied, Some(log_id(1, 3)));
+    held_encode::release();
+    let snapshot = build
+        .await
+        .unwrap()
+        .expect("the snapshot is built once let go");
+    assert!(
+        waited < Duration::from_secs(10),
+        "applying took {waited:?} while a snapshot encoded"
+    );
+
+    // The snapshot is the state at the index it names, not the one applied meanwhile.
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 2)));
+    drop(sm);
+    let reopened = HeldSm::open(&path).unwrap();
+    let applied = reopened.shared();
+    let applied = applied.read().unwrap();
+    assert_eq!(applied.state.0, 12);
+    assert_eq!(applied.last_applied, Some(log_id(1, 2)));
+}
+
 #[tokio::test]
 async fn a_damaged_snapshot_stops_the_replica() {
     let dir = tempfile::tempdir().unwrap();
