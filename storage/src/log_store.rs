@@ -75,6 +75,19 @@ pub enum LogOpenError {
 }
 
 /// Removes page-table snapshots sled did not finish (see the module docs).
+/// Makes what sled wrote on opening durable: its settings file, its data file and the
+/// directory's entries.
+fn sync_sled_files(path: &Path) -> std::io::Result<()> {
+    for name in ["conf", "db"] {
+        match std::fs::File::open(path.join(name)) {
+            Ok(file) => file.sync_all()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    sync_dir(path)
+}
+
 fn remove_unfinished_sled_snapshots(path: &Path) -> std::io::Result<()> {
     let mut removed = false;
     for entry in std::fs::read_dir(path)? {
@@ -171,21 +184,23 @@ where
             .map_err(sled_err)?;
         let log = db.open_tree("log").map_err(sled_err)?;
         let meta = db.open_tree("meta").map_err(sled_err)?;
-        if fresh {
-            db.flush().map_err(sled_err)?;
-            let io = |source| LogOpenError::Io {
-                path: display.clone(),
-                source,
-            };
-            sync_dir(path).map_err(io)?;
-            if let Some(parent) = path.parent() {
-                sync_dir(parent).map_err(io)?;
-            }
-        }
         let io = |source| LogOpenError::Io {
             path: display.clone(),
             source,
         };
+        if fresh {
+            db.flush().map_err(sled_err)?;
+        }
+        // sled writes its settings file (`conf`) when it finds none, or one of 8 bytes or
+        // less, and never fsyncs it (nor the data file's first pages: its flush ends in
+        // sync_file_range). Unsynced, a power loss leaves it empty (rewritten at the next
+        // start, unsynced again) or torn, and sled then refuses the whole log.
+        sync_sled_files(path).map_err(io)?;
+        if fresh {
+            if let Some(parent) = path.parent() {
+                sync_dir(parent).map_err(io)?;
+            }
+        }
         let watermark_path = Watermark::path_for(path);
         let watermark_io = |source| LogOpenError::Io {
             path: watermark_path.display().to_string(),
