@@ -12,5 +12,6 @@ mod fuzz;
 mod local_cluster;
 mod membership;
 mod operations;
+mod power_loss;
 mod restart;
 mod security;

@@ -6,6 +6,8 @@
 //! logs can be read.
 #![allow(dead_code)]
 
+pub mod volatile_fs;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::future::Future;
@@ -91,6 +93,22 @@ impl TestCluster {
         token: Option<String>,
         ca: Option<&Path>,
     ) -> TestCluster {
+        Self::start_full(n, extra_args, token, ca, None).await
+    }
+
+    /// Like [`TestCluster::start_with`], with the data dirs under `data_root` (a mount
+    /// the test controls) instead of beside the logs.
+    pub async fn start_on(n: u64, extra_args: &[&str], data_root: &Path) -> TestCluster {
+        Self::start_full(n, extra_args, None, None, Some(data_root)).await
+    }
+
+    async fn start_full(
+        n: u64,
+        extra_args: &[&str],
+        token: Option<String>,
+        ca: Option<&Path>,
+        data_root: Option<&Path>,
+    ) -> TestCluster {
         let dir = tempfile::Builder::new()
             .prefix("psc-test-")
             .tempdir()
@@ -105,7 +123,9 @@ impl TestCluster {
                 Replica {
                     id,
                     port,
-                    data_dir: dir.path().join(format!("replica-{id}")),
+                    data_dir: data_root
+                        .unwrap_or(dir.path())
+                        .join(format!("replica-{id}")),
                     log: dir.path().join(format!("replica-{id}.log")),
                     join: None,
                     child: None,
