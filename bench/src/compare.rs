@@ -84,7 +84,11 @@ pub async fn compare(args: &CompareArgs, http: reqwest::Client) -> anyhow::Resul
     }
     if let Some(bin) = &args.baseline_bin {
         let cluster = LocalCluster::start(bin, 3, &args.serve_args)?;
-        ours.push((format!("ours [{}]", bin_name(bin)), cluster.urls()));
+        // Named by path: both builds are usually called pageserver-controller.
+        ours.push((
+            format!("ours, baseline [{}]", bin.display()),
+            cluster.urls(),
+        ));
         locals.push(cluster);
     }
     for (name, seeds) in &ours {

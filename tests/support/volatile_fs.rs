@@ -194,15 +194,36 @@ impl VolatileFs {
         ino
     }
 
+    /// The name is gone. A file still open keeps its inode and bytes (the snapshot
+    /// receiver writes to a file it unlinked at once) until the mount ends; they are never
+    /// written back, as the file has no name to be found by after a power loss.
     fn forget_path(&mut self, relative: &Path) {
         if let Some(ino) = self.inodes.remove(relative) {
             self.paths.remove(&ino);
-            if let Some(cached) = self.cached.remove(&ino) {
-                self.counters
-                    .lost_bytes
-                    .fetch_add(cached.unsynced_bytes(), Ordering::Relaxed);
-            }
         }
+    }
+
+    /// Attributes of a file that has lost its name but may still be open.
+    fn orphan_attr(&self, ino: u64) -> Result<FileAttr, Errno> {
+        let cached = self.cached.get(&ino).ok_or(libc::ENOENT)?;
+        let size = cached.data.len() as u64;
+        Ok(FileAttr {
+            ino,
+            size,
+            blocks: size.div_ceil(512),
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind: FileType::RegularFile,
+            perm: 0o600,
+            nlink: 0,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: PAGE as u32,
+            flags: 0,
+        })
     }
 
     fn attr(&mut self, relative: &Path) -> Result<FileAttr, Errno> {
@@ -275,7 +296,10 @@ impl VolatileFs {
 
     /// fsync: the changed pages and the length reach the backing file.
     fn sync(&mut self, ino: u64) -> Result<(), Errno> {
-        let path = self.real(self.relative(ino)?);
+        let Ok(relative) = self.relative(ino) else {
+            return Ok(()); // unlinked: nothing on disk can reach it
+        };
+        let path = self.real(relative);
         let Some(cached) = self.cached.get_mut(&ino) else {
             return Ok(()); // never read or written through this mount: nothing cached
         };
@@ -327,7 +351,12 @@ impl VolatileFs {
 impl Drop for VolatileFs {
     fn drop(&mut self) {
         let Survivors::Some { seed } = self.survivors else {
-            let lost: u64 = self.cached.values().map(Cached::unsynced_bytes).sum();
+            let lost: u64 = self
+                .cached
+                .iter()
+                .filter(|(ino, _)| self.paths.contains_key(ino))
+                .map(|(_, cached)| cached.unsynced_bytes())
+                .sum();
             self.counters.lost_bytes.fetch_add(lost, Ordering::Relaxed);
             return;
         };
@@ -384,7 +413,10 @@ impl Filesystem for VolatileFs {
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        let result = self.relative(ino).cloned().and_then(|p| self.attr(&p));
+        let result = match self.relative(ino).cloned() {
+            Ok(relative) => self.attr(&relative),
+            Err(_) => self.orphan_attr(ino),
+        };
         match result {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
@@ -410,7 +442,12 @@ impl Filesystem for VolatileFs {
         reply: ReplyAttr,
     ) {
         let result = (|| {
-            let relative = self.relative(ino)?.clone();
+            let Ok(relative) = self.relative(ino).cloned() else {
+                if let Some(size) = size {
+                    self.set_length(ino, size)?;
+                }
+                return self.orphan_attr(ino);
+            };
             if let Some(mode) = mode {
                 fs::set_permissions(self.real(&relative), fs::Permissions::from_mode(mode))
                     .map_err(|e| errno(&e))?;
@@ -489,7 +526,13 @@ impl Filesystem for VolatileFs {
                 .map(|(path, &ino)| (path.clone(), ino))
                 .collect();
             for (old, ino) in moved {
-                let new = to.join(old.strip_prefix(&from).expect("filtered by prefix"));
+                // (`join` of an empty suffix would add a trailing slash)
+                let suffix = old.strip_prefix(&from).expect("filtered by prefix");
+                let new = if suffix.as_os_str().is_empty() {
+                    to.clone()
+                } else {
+                    to.join(suffix)
+                };
                 self.inodes.remove(&old);
                 self.inodes.insert(new.clone(), ino);
                 self.paths.insert(ino, new);
