@@ -264,9 +264,10 @@ pub async fn serve(
     let client = peer_client(security.ca.as_deref())?;
     let (data_dir, join) = open_data_dir(&config, &client, security.peer_token.clone()).await?;
     let identity = data_dir.identity().clone();
-    let log = LogStore::open(&data_dir.log_path(), config.id, config.cache_bytes)?;
+    let mut log = LogStore::open(&data_dir.log_path(), config.id, config.cache_bytes)?;
     let state_machine = StateMachine::open(&data_dir.snapshot_path())
         .with_context(|| format!("loading the snapshot in {}", data_dir.root().display()))?;
+    log.purge_behind(state_machine.durable_snapshot());
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -40,7 +40,8 @@ pub use log_store::LogOpenError;
 pub use log_store::LogStore;
 pub use snapshot::{decode as decode_snapshot, write_snapshot, SnapshotError};
 pub use state_machine::{
-    Applied, Builder, ReplicatedState, SharedState, SnapshotStats, StateMachineStore,
+    Applied, Builder, DurableSnapshot, ReplicatedState, SharedState, SnapshotStats,
+    StateMachineStore,
 };
 
 /// The storage format written by this version. Bump when the on-disk layout changes and

@@ -40,10 +40,13 @@ use serde::Serialize;
 
 use crate::data_dir::sync_dir;
 use crate::flusher::{FlushStats, Flusher};
+use crate::state_machine::DurableSnapshot;
 use crate::watermark::{Mark, Recorded, Watermark};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
+/// How long a purge waits for the snapshot that covers it to be written.
+const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 const LAST_PURGED: &[u8] = b"last_purged";
 
 /// Why the log could not be opened.
@@ -119,6 +122,8 @@ pub struct LogStore<C> {
     meta: sled::Tree,
     flusher: Flusher,
     watermark: std::sync::Arc<Watermark>,
+    /// Set by [`LogStore::purge_behind`]: the log is never purged past it.
+    snapshot: Option<DurableSnapshot>,
     _config: PhantomData<C>,
 }
 
@@ -129,6 +134,7 @@ impl<C> Clone for LogStore<C> {
             meta: self.meta.clone(),
             flusher: self.flusher.clone(),
             watermark: self.watermark.clone(),
+            snapshot: self.snapshot.clone(),
             _config: PhantomData,
         }
     }
@@ -215,6 +221,7 @@ where
             meta,
             flusher,
             watermark,
+            snapshot: None,
             _config: PhantomData,
         };
         let corrupt = |reason| LogOpenError::Corrupt {
@@ -290,6 +297,41 @@ where
                 }
             }
             expected = Some(index + 1);
+        }
+        Ok(())
+    }
+
+    /// From now on, entries are purged only once `snapshot` covers them on disk.
+    ///
+    /// openraft 0.9 purges the log behind a snapshot a follower installs without waiting
+    /// for the state machine to have written it: a crash in between (kill -9 or a power
+    /// loss) left a log purged past the only snapshot on disk, and the replica could never
+    /// start again ("Failed to get log entries"). Found by the power-loss test.
+    pub fn purge_behind(&mut self, snapshot: DurableSnapshot) {
+        self.snapshot = Some(snapshot);
+    }
+
+    async fn wait_for_snapshot_on_disk(&self, upto: LogId<u64>) -> Result<()> {
+        let Some(snapshot) = &self.snapshot else {
+            return Ok(());
+        };
+        let started = std::time::Instant::now();
+        while !snapshot.covers(upto.index) {
+            if started.elapsed() > PURGE_WAIT {
+                return Err(io_error(
+                    ErrorSubject::Logs,
+                    ErrorVerb::Delete,
+                    std::io::Error::other(format!(
+                        "no snapshot covering {upto} on disk after {PURGE_WAIT:?}: the log is \
+                         not purged past the snapshot it would need to start again"
+                    )),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let waited = started.elapsed();
+        if waited > std::time::Duration::from_millis(2) {
+            tracing::debug!(upto = %upto, ?waited, "purge waited for the snapshot to reach the disk");
         }
         Ok(())
     }
@@ -534,6 +576,7 @@ where
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<()> {
+        self.wait_for_snapshot_on_disk(log_id).await?;
         tracing::debug!(upto = %log_id, "purging the log");
         // Record the purge point first: a crash in between leaves extra entries below it,
         // which are never read, rather than a hole above it.

@@ -93,7 +93,15 @@ impl SnapshotDir {
             path: dir.display().to_string(),
             source,
         };
-        fs::create_dir_all(dir).map_err(io)?;
+        if !dir.is_dir() {
+            fs::create_dir_all(dir).map_err(io)?;
+            // The directory's entry in its parent must be durable before a snapshot in it
+            // lets the log be purged: otherwise a power loss keeps the purge and loses the
+            // snapshot, and the replica cannot start.
+            if let Some(parent) = dir.parent() {
+                crate::data_dir::sync_dir(parent).map_err(io)?;
+            }
+        }
         // Leftovers of an interrupted write or receive are never valid snapshots.
         for entry in fs::read_dir(dir).map_err(io)? {
             let path = entry.map_err(io)?.path();

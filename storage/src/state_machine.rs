@@ -132,6 +132,11 @@ where
         self.stats.clone()
     }
 
+    /// What the snapshot on disk covers, for [`crate::LogStore::purge_behind`].
+    pub fn durable_snapshot(&self) -> DurableSnapshot {
+        DurableSnapshot(self.current.clone())
+    }
+
     fn builder(&self) -> Builder<S> {
         Builder {
             shared: self.shared.clone(),
@@ -139,6 +144,23 @@ where
             current: self.current.clone(),
             stats: self.stats.clone(),
         }
+    }
+}
+
+/// The log id up to which the snapshot on disk covers the log: it changes only once a
+/// new snapshot file is durable.
+#[derive(Debug, Clone)]
+pub struct DurableSnapshot(Arc<Mutex<Option<Meta>>>);
+
+impl DurableSnapshot {
+    /// Whether the snapshot on disk covers log index `index`.
+    pub fn covers(&self, index: u64) -> bool {
+        self.0
+            .lock()
+            .expect("snapshot lock poisoned")
+            .as_ref()
+            .and_then(|meta| meta.last_log_id)
+            .is_some_and(|last| last.index >= index)
     }
 }
 

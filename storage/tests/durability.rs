@@ -75,6 +75,50 @@ async fn vote_log_truncate_and_purge_survive_reopen() {
     assert_eq!(entries.last().unwrap().log_id, log_id(4, 8));
 }
 
+/// openraft 0.9 asks for a purge behind a snapshot that a follower installs without
+/// waiting for the snapshot to be written; the log store waits for it, so a crash in
+/// between never leaves a log purged past the only snapshot on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_not_purged_past_the_snapshot_on_disk() {
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open_log(dir.path());
+    let mut sm = Sm::open(&dir.path().join("snapshot")).unwrap();
+    log.purge_behind(sm.durable_snapshot());
+    log.blocking_append((1..=6).map(|i| entry(1, i, i)))
+        .await
+        .unwrap();
+
+    let purge = {
+        let mut log = log.clone();
+        tokio::spawn(async move { log.purge(log_id(1, 4)).await })
+    };
+    // No snapshot on disk covers index 4: the purge waits (it cannot finish by itself,
+    // so waiting here only gives a wrong implementation the time to do it).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !purge.is_finished(),
+        "purged before a snapshot covered the entries"
+    );
+    assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, None);
+
+    // The state machine writes a snapshot at 4; then the purge goes through.
+    sm.apply((1..=4).map(|i| entry(1, i, i))).await.unwrap();
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), purge)
+        .await
+        .expect("the purge finishes once the snapshot is on disk")
+        .unwrap()
+        .unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 4)));
+}
+
 #[tokio::test]
 async fn a_purge_to_the_end_keeps_the_last_log_id() {
     let dir = tempfile::tempdir().unwrap();
