@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use pageserver_controller::domain::NodeId;
 
-use crate::support::volatile_fs::{self, Mounted, Survivors};
+use crate::support::volatile_fs::{self, Mounted, Names, Survivors};
 use crate::support::{shard, wait_for, TestCluster, DEADLINE};
 
 async fn until_acknowledged(acks: &Arc<AtomicU64>, count: u64, round: usize) {
@@ -98,7 +98,10 @@ async fn acknowledged_generations_survive_every_replica_losing_power_at_once() {
             seed: seed.wrapping_add(round as u64),
         },
     };
-    let mut mounted = Mounted::mount(disk.path(), mountpoint.path(), survivors(0)).expect("mount");
+    let names = Names::from_env();
+    eprintln!("directory entries: {names:?}");
+    let mut mounted =
+        Mounted::mount(disk.path(), mountpoint.path(), survivors(0), names).expect("mount");
     // Frequent snapshots, so the power also goes out while one is written and the log
     // behind it purged.
     let mut cluster = TestCluster::start_on(
@@ -166,16 +169,20 @@ async fn acknowledged_generations_survive_every_replica_losing_power_at_once() {
         let counters = mounted.power_loss();
         lost_bytes += counters.lost_bytes.load(Ordering::Relaxed);
         eprintln!(
-            "power loss {round} ({:?} of the unsynced writes survive): {} attaches acknowledged, {} writes and {} fsyncs reached the disk model, {} bytes not fsynced were lost",
+            "power loss {round} ({:?} of the unsynced writes survive): {} attaches acknowledged, \
+             {} writes, {} file and {} directory fsyncs reached the disk model; lost: {} bytes \
+             and {} directory entries not fsynced",
             survivors(round),
             acks.load(Ordering::Relaxed),
             counters.writes.load(Ordering::Relaxed),
             counters.fsyncs.load(Ordering::Relaxed),
+            counters.dir_fsyncs.load(Ordering::Relaxed),
             counters.lost_bytes.load(Ordering::Relaxed),
+            counters.lost_entries.load(Ordering::Relaxed),
         );
 
         // Power back: every replica starts on what its disk kept.
-        mounted = Mounted::mount(disk.path(), mountpoint.path(), survivors(round + 1))
+        mounted = Mounted::mount(disk.path(), mountpoint.path(), survivors(round + 1), names)
             .expect("mount again");
         for id in 1..=3 {
             cluster.launch(id);

@@ -1,31 +1,31 @@
-//! A FUSE file system that loses every write not fsynced when it is unmounted: what a
-//! power cut does to a disk's volatile cache, made deterministic.
+//! A FUSE file system that loses, when it is unmounted, everything no fsync made
+//! durable: what a power cut does to a disk's volatile cache, made deterministic.
 //!
 //! Killing a process (kill -9) loses nothing it wrote: the kernel's page cache keeps it.
 //! Only a power loss or a kernel crash drops writes that no fsync made durable, and a
 //! replica that acknowledged a write before its fsync would pass every kill -9 test. So
-//! the files here live in memory (what the kernel would cache) over a backing directory
-//! (what the disk holds): `fsync` of a file copies its changed pages and its length to
-//! the backing file, and unmounting drops the memory. The backing directory is then the
-//! image of the disk after the power came back.
+//! the whole tree lives in memory twice: as the processes see it, and as the disk holds
+//! it. `fsync` of a file makes its bytes and length durable; names (files and
+//! directories created, renamed, removed) become durable at the next fsync of anything,
+//! as a journaling file system (ext4, XFS) commits them, or, in [`Names::Strict`], only
+//! at an fsync of their own directory, the least POSIX promises. Unmounting writes the
+//! durable tree to the backing directory, which is then the disk after the power came
+//! back; mounting again starts from it.
 //!
-//! The model is strict about data and lenient about names: creating, renaming and
-//! removing a file or directory reach the backing directory at once (as a journaling file
-//! system would commit them), while a file's bytes and length survive only up to its
-//! last `fsync` or `fdatasync`. `sync_file_range` (sled's own flush) never reaches a FUSE
-//! file system, so it makes nothing durable here, as on a real disk with a volatile
-//! write cache. Kept out: hard and symbolic links, extended attributes, locks across
-//! processes (the kernel keeps `flock` locks of a FUSE mount itself).
+//! `sync_file_range` (sled's own flush) never reaches a FUSE file system, so it makes
+//! nothing durable here, as on a real disk with a volatile write cache. Kept out: hard
+//! and symbolic links, extended attributes, locks across processes (the kernel keeps
+//! `flock` locks of a FUSE mount itself).
 
-use std::collections::{BTreeSet, HashMap};
-use std::ffi::OsStr;
-use std::fs::{self, OpenOptions};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use fuser::{
     FileAttr, FileType, Filesystem, MountOption, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
@@ -33,10 +33,11 @@ use fuser::{
 };
 
 const PAGE: u64 = 4096;
-/// Attributes are never cached by the kernel: sizes change behind its back at a power loss.
+/// Nothing is cached by the kernel: the tree changes behind its back at a power loss.
 const TTL: Duration = Duration::ZERO;
 
-/// What survives of the writes not fsynced when the power goes.
+/// What survives of the file contents not fsynced when the power goes. Directory
+/// entries not fsynced never survive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Survivors {
     /// None: every file is as its last fsync left it.
@@ -47,17 +48,40 @@ pub enum Survivors {
     Some { seed: u64 },
 }
 
+/// When a directory entry (a name created, renamed or removed) becomes durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Names {
+    /// At the next fsync of any file or directory: one journal for the whole file
+    /// system, as ext4 and XFS commit it.
+    Journaled,
+    /// Only at an fsync of its own directory, the least POSIX promises.
+    Strict,
+}
+
+impl Names {
+    /// `PSC_POWER_LOSS_NAMES=strict` picks [`Names::Strict`].
+    pub fn from_env() -> Names {
+        match std::env::var("PSC_POWER_LOSS_NAMES").as_deref() {
+            Ok("strict") => Names::Strict,
+            _ => Names::Journaled,
+        }
+    }
+}
+
 /// What the file system saw, for a test to report (and to show that it lost something).
 #[derive(Debug, Default)]
 pub struct Counters {
     pub writes: AtomicU64,
     pub fsyncs: AtomicU64,
+    pub dir_fsyncs: AtomicU64,
     /// Bytes written after their file's last fsync, dropped by the power loss.
     pub lost_bytes: AtomicU64,
+    /// Directory entries created, renamed or removed and never fsynced, undone by it.
+    pub lost_entries: AtomicU64,
 }
 
 /// A mounted [`VolatileFs`]; dropping it (or [`Mounted::power_loss`]) unmounts it and
-/// forgets what was not fsynced.
+/// writes what was durable to the backing directory.
 pub struct Mounted {
     session: Option<fuser::BackgroundSession>,
     pub mountpoint: PathBuf,
@@ -65,14 +89,15 @@ pub struct Mounted {
 }
 
 impl Mounted {
-    /// Mounts a file system at `mountpoint` whose durable image is `backing`.
+    /// Mounts, at `mountpoint`, a file system holding what `backing` holds.
     pub fn mount(
         backing: &Path,
         mountpoint: &Path,
         survivors: Survivors,
+        names: Names,
     ) -> std::io::Result<Mounted> {
         let counters = Arc::new(Counters::default());
-        let fs = VolatileFs::new(backing.to_owned(), counters.clone(), survivors);
+        let fs = VolatileFs::load(backing.to_owned(), counters.clone(), survivors, names)?;
         let session = fuser::spawn_mount2(
             fs,
             mountpoint,
@@ -85,7 +110,7 @@ impl Mounted {
         })
     }
 
-    /// Cuts the power: unmounts, dropping every write not fsynced. Stop the processes
+    /// Cuts the power: unmounts, keeping only what was durable. Stop the processes
     /// using the mount first (kill -9), as the power cut stops them.
     pub fn power_loss(mut self) -> Arc<Counters> {
         self.unmount();
@@ -110,36 +135,73 @@ impl Drop for Mounted {
 pub fn available() -> Result<(), String> {
     let backing = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mountpoint = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mounted = Mounted::mount(backing.path(), mountpoint.path(), Survivors::None)
-        .map_err(|e| format!("mounting a FUSE file system failed: {e}"))?;
+    let mounted = Mounted::mount(
+        backing.path(),
+        mountpoint.path(),
+        Survivors::None,
+        Names::Journaled,
+    )
+    .map_err(|e| format!("mounting a FUSE file system failed: {e}"))?;
     fs::write(mountpoint.path().join("probe"), b"probe")
         .map_err(|e| format!("writing to a FUSE mount failed: {e}"))?;
     drop(mounted);
     Ok(())
 }
 
-/// A file's bytes as the kernel would cache them, and which pages differ from the disk.
-struct Cached {
-    data: Vec<u8>,
-    dirty_pages: BTreeSet<u64>,
-    length_dirty: bool,
+enum Body {
+    File {
+        data: Vec<u8>,
+        /// The bytes as of the last fsync.
+        durable: Vec<u8>,
+        dirty_pages: BTreeSet<u64>,
+        length_dirty: bool,
+    },
+    Dir {
+        children: BTreeMap<OsString, u64>,
+        /// The entries as of the last fsync of this directory.
+        durable: BTreeMap<OsString, u64>,
+    },
 }
 
-impl Cached {
-    fn unsynced_bytes(&self) -> u64 {
-        self.dirty_pages.len() as u64 * PAGE
+struct Node {
+    perm: u16,
+    body: Body,
+}
+
+impl Node {
+    fn file(perm: u16, data: Vec<u8>) -> Node {
+        Node {
+            perm,
+            body: Body::File {
+                durable: data.clone(),
+                data,
+                dirty_pages: BTreeSet::new(),
+                length_dirty: false,
+            },
+        }
+    }
+
+    fn dir(perm: u16) -> Node {
+        Node {
+            perm,
+            body: Body::Dir {
+                children: BTreeMap::new(),
+                durable: BTreeMap::new(),
+            },
+        }
     }
 }
 
 struct VolatileFs {
     backing: PathBuf,
     counters: Arc<Counters>,
-    /// Inode number -> path relative to `backing` ("" is the root, inode 1).
-    paths: HashMap<u64, PathBuf>,
-    inodes: HashMap<PathBuf, u64>,
-    next_inode: u64,
-    cached: HashMap<u64, Cached>,
     survivors: Survivors,
+    names: Names,
+    /// Every node ever created: a removed one may still be open, or still be where a
+    /// durable directory entry points.
+    nodes: HashMap<u64, Node>,
+    next_inode: u64,
+    mounted_at: SystemTime,
 }
 
 type Errno = libc::c_int;
@@ -155,240 +217,345 @@ fn answer(reply: ReplyEmpty, result: Result<(), Errno>) {
     }
 }
 
-impl VolatileFs {
-    fn new(backing: PathBuf, counters: Arc<Counters>, survivors: Survivors) -> Self {
-        let mut fs = VolatileFs {
-            backing,
-            counters,
-            paths: HashMap::new(),
-            inodes: HashMap::new(),
-            next_inode: 2,
-            cached: HashMap::new(),
-            survivors,
-        };
-        fs.paths.insert(fuser::FUSE_ROOT_ID, PathBuf::new());
-        fs.inodes.insert(PathBuf::new(), fuser::FUSE_ROOT_ID);
-        fs
-    }
-
-    fn relative(&self, ino: u64) -> Result<&PathBuf, Errno> {
-        self.paths.get(&ino).ok_or(libc::ENOENT)
-    }
-
-    fn child(&self, parent: u64, name: &OsStr) -> Result<PathBuf, Errno> {
-        Ok(self.relative(parent)?.join(name))
-    }
-
-    fn real(&self, relative: &Path) -> PathBuf {
-        self.backing.join(relative)
-    }
-
-    fn inode_of(&mut self, relative: &Path) -> u64 {
-        if let Some(&ino) = self.inodes.get(relative) {
-            return ino;
-        }
-        let ino = self.next_inode;
-        self.next_inode += 1;
-        self.inodes.insert(relative.to_owned(), ino);
-        self.paths.insert(ino, relative.to_owned());
-        ino
-    }
-
-    /// The name is gone. A file still open keeps its inode and bytes (the snapshot
-    /// receiver writes to a file it unlinked at once) until the mount ends; they are never
-    /// written back, as the file has no name to be found by after a power loss.
-    fn forget_path(&mut self, relative: &Path) {
-        if let Some(ino) = self.inodes.remove(relative) {
-            self.paths.remove(&ino);
-        }
-    }
-
-    /// Attributes of a file that has lost its name but may still be open.
-    fn orphan_attr(&self, ino: u64) -> Result<FileAttr, Errno> {
-        let cached = self.cached.get(&ino).ok_or(libc::ENOENT)?;
-        let size = cached.data.len() as u64;
-        Ok(FileAttr {
-            ino,
-            size,
-            blocks: size.div_ceil(512),
-            atime: UNIX_EPOCH,
-            mtime: UNIX_EPOCH,
-            ctime: UNIX_EPOCH,
-            crtime: UNIX_EPOCH,
-            kind: FileType::RegularFile,
-            perm: 0o600,
-            nlink: 0,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            blksize: PAGE as u32,
-            flags: 0,
-        })
-    }
-
-    fn attr(&mut self, relative: &Path) -> Result<FileAttr, Errno> {
-        let meta = fs::symlink_metadata(self.real(relative)).map_err(|e| errno(&e))?;
-        let ino = self.inode_of(relative);
-        let kind = if meta.is_dir() {
-            FileType::Directory
-        } else if meta.is_file() {
-            FileType::RegularFile
-        } else {
-            return Err(libc::EOPNOTSUPP);
-        };
-        let size = match self.cached.get(&ino) {
-            Some(cached) => cached.data.len() as u64,
-            None => meta.len(),
-        };
-        let time = |secs: i64, nanos: i64| {
-            UNIX_EPOCH + Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32)
-        };
-        Ok(FileAttr {
-            ino,
-            size,
-            blocks: size.div_ceil(512),
-            atime: time(meta.atime(), meta.atime_nsec()),
-            mtime: time(meta.mtime(), meta.mtime_nsec()),
-            ctime: time(meta.ctime(), meta.ctime_nsec()),
-            crtime: SystemTime::UNIX_EPOCH,
-            kind,
-            perm: (meta.mode() & 0o7777) as u16,
-            nlink: if meta.is_dir() { 2 } else { 1 },
-            uid: meta.uid(),
-            gid: meta.gid(),
-            rdev: 0,
-            blksize: PAGE as u32,
-            flags: 0,
-        })
-    }
-
-    /// The file's cached bytes, read from the backing file the first time.
-    fn cached(&mut self, ino: u64) -> Result<&mut Cached, Errno> {
-        if !self.cached.contains_key(&ino) {
-            let path = self.real(self.relative(ino)?);
-            let data = fs::read(path).map_err(|e| errno(&e))?;
-            self.cached.insert(
-                ino,
-                Cached {
-                    data,
-                    dirty_pages: BTreeSet::new(),
-                    length_dirty: false,
-                },
-            );
-        }
-        Ok(self.cached.get_mut(&ino).expect("inserted above"))
-    }
-
-    fn set_length(&mut self, ino: u64, length: u64) -> Result<(), Errno> {
-        let cached = self.cached(ino)?;
-        let old = cached.data.len() as u64;
-        cached.data.resize(length as usize, 0);
-        cached.length_dirty |= old != length;
-        // Pages past the new end are gone; a grown file's new pages are zeros to write.
-        cached.dirty_pages.retain(|&page| page * PAGE < length);
-        for page in (old.min(length) / PAGE)..length.div_ceil(PAGE) {
-            if length > old {
-                cached.dirty_pages.insert(page);
-            }
-        }
-        Ok(())
-    }
-
-    /// fsync: the changed pages and the length reach the backing file.
-    fn sync(&mut self, ino: u64) -> Result<(), Errno> {
-        let Ok(relative) = self.relative(ino) else {
-            return Ok(()); // unlinked: nothing on disk can reach it
-        };
-        let path = self.real(relative);
-        let Some(cached) = self.cached.get_mut(&ino) else {
-            return Ok(()); // never read or written through this mount: nothing cached
-        };
-        if cached.dirty_pages.is_empty() && !cached.length_dirty {
-            return Ok(());
-        }
-        let file = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| errno(&e))?;
-        let length = cached.data.len() as u64;
-        for &page in &cached.dirty_pages {
-            let start = page * PAGE;
-            let end = (start + PAGE).min(length);
-            if start < end {
-                file.write_all_at(&cached.data[start as usize..end as usize], start)
-                    .map_err(|e| errno(&e))?;
-            }
-        }
-        file.set_len(length).map_err(|e| errno(&e))?;
-        cached.dirty_pages.clear();
-        cached.length_dirty = false;
-        self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Removes a name (at once: names are durable) and forgets its cached bytes.
-    fn remove(
-        &mut self,
-        parent: u64,
-        name: &OsStr,
-        remove: impl FnOnce(&Path) -> std::io::Result<()>,
-    ) -> Result<(), Errno> {
-        let relative = self.child(parent, name)?;
-        remove(&self.real(&relative)).map_err(|e| errno(&e))?;
-        self.forget_path(&relative);
-        Ok(())
-    }
-
-    fn entry(&mut self, relative: &Path, reply: ReplyEntry) {
-        match self.attr(relative) {
-            Ok(attr) => reply.entry(&TTL, &attr, 0),
-            Err(e) => reply.error(e),
-        }
+fn answer_entry(reply: ReplyEntry, result: Result<FileAttr, Errno>) {
+    match result {
+        Ok(attr) => reply.entry(&TTL, &attr, 0),
+        Err(e) => reply.error(e),
     }
 }
 
-/// The power goes: what was not fsynced is lost, all of it or some of it.
-impl Drop for VolatileFs {
-    fn drop(&mut self) {
-        let Survivors::Some { seed } = self.survivors else {
-            let lost: u64 = self
-                .cached
-                .iter()
-                .filter(|(ino, _)| self.paths.contains_key(ino))
-                .map(|(_, cached)| cached.unsynced_bytes())
-                .sum();
-            self.counters.lost_bytes.fetch_add(lost, Ordering::Relaxed);
-            return;
+fn answer_attr(reply: ReplyAttr, result: Result<FileAttr, Errno>) {
+    match result {
+        Ok(attr) => reply.attr(&TTL, &attr),
+        Err(e) => reply.error(e),
+    }
+}
+
+impl VolatileFs {
+    /// Reads the backing directory: everything in it is durable.
+    fn load(
+        backing: PathBuf,
+        counters: Arc<Counters>,
+        survivors: Survivors,
+        names: Names,
+    ) -> std::io::Result<Self> {
+        let mut fs = VolatileFs {
+            backing,
+            counters,
+            survivors,
+            names,
+            nodes: HashMap::new(),
+            next_inode: fuser::FUSE_ROOT_ID + 1,
+            mounted_at: SystemTime::now(),
         };
-        let mut coin = Coin(seed | 1);
-        let mut files: Vec<_> = self
-            .cached
-            .iter()
-            .filter_map(|(ino, cached)| Some((self.paths.get(ino)?, cached)))
-            .collect();
-        files.sort_by_key(|(path, _)| path.as_path());
-        for (relative, cached) in files {
-            let Ok(file) = OpenOptions::new()
-                .write(true)
-                .open(self.backing.join(relative))
+        fs.nodes.insert(fuser::FUSE_ROOT_ID, Node::dir(0o755));
+        let backing = fs.backing.clone();
+        fs.load_dir(&backing, fuser::FUSE_ROOT_ID)?;
+        Ok(fs)
+    }
+
+    fn load_dir(&mut self, path: &Path, ino: u64) -> std::io::Result<()> {
+        for entry in fs::read_dir(path)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            let perm = (meta.permissions().mode() & 0o7777) as u16;
+            let child = self.new_inode(if meta.is_dir() {
+                Node::dir(perm)
+            } else {
+                Node::file(perm, fs::read(entry.path())?)
+            });
+            if meta.is_dir() {
+                self.load_dir(&entry.path(), child)?;
+            }
+            let Body::Dir { children, durable } = &mut self.node_mut(ino).expect("loaded").body
             else {
-                continue;
+                unreachable!("loading into a directory");
             };
-            let length = cached.data.len() as u64;
-            for &page in &cached.dirty_pages {
-                let (start, end) = (page * PAGE, ((page + 1) * PAGE).min(length));
-                if coin.flip() && start < end {
-                    file.write_all_at(&cached.data[start as usize..end as usize], start)
-                        .expect("writing a surviving page to the backing file");
-                } else {
-                    self.counters.lost_bytes.fetch_add(PAGE, Ordering::Relaxed);
+            children.insert(entry.file_name(), child);
+            durable.insert(entry.file_name(), child);
+        }
+        Ok(())
+    }
+
+    fn new_inode(&mut self, node: Node) -> u64 {
+        let ino = self.next_inode;
+        self.next_inode += 1;
+        self.nodes.insert(ino, node);
+        ino
+    }
+
+    fn node_mut(&mut self, ino: u64) -> Result<&mut Node, Errno> {
+        self.nodes.get_mut(&ino).ok_or(libc::ENOENT)
+    }
+
+    fn children(&self, ino: u64) -> Result<&BTreeMap<OsString, u64>, Errno> {
+        match &self.nodes.get(&ino).ok_or(libc::ENOENT)?.body {
+            Body::Dir { children, .. } => Ok(children),
+            Body::File { .. } => Err(libc::ENOTDIR),
+        }
+    }
+
+    fn children_mut(&mut self, ino: u64) -> Result<&mut BTreeMap<OsString, u64>, Errno> {
+        match &mut self.node_mut(ino)?.body {
+            Body::Dir { children, .. } => Ok(children),
+            Body::File { .. } => Err(libc::ENOTDIR),
+        }
+    }
+
+    fn child(&self, parent: u64, name: &OsStr) -> Result<u64, Errno> {
+        self.children(parent)?
+            .get(name)
+            .copied()
+            .ok_or(libc::ENOENT)
+    }
+
+    fn attr(&self, ino: u64) -> Result<FileAttr, Errno> {
+        let node = self.nodes.get(&ino).ok_or(libc::ENOENT)?;
+        let (kind, size) = match &node.body {
+            Body::File { data, .. } => (FileType::RegularFile, data.len() as u64),
+            Body::Dir { .. } => (FileType::Directory, PAGE),
+        };
+        Ok(FileAttr {
+            ino,
+            size,
+            blocks: size.div_ceil(512),
+            atime: self.mounted_at,
+            mtime: self.mounted_at,
+            ctime: self.mounted_at,
+            crtime: self.mounted_at,
+            kind,
+            perm: node.perm,
+            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            // SAFETY: getuid(2) and getgid(2) cannot fail.
+            uid: unsafe { libc::getuid() },
+            gid: unsafe { libc::getgid() },
+            rdev: 0,
+            blksize: PAGE as u32,
+            flags: 0,
+        })
+    }
+
+    fn file_mut(
+        &mut self,
+        ino: u64,
+    ) -> Result<(&mut Vec<u8>, &mut BTreeSet<u64>, &mut bool), Errno> {
+        match &mut self.node_mut(ino)?.body {
+            Body::File {
+                data,
+                dirty_pages,
+                length_dirty,
+                ..
+            } => Ok((data, dirty_pages, length_dirty)),
+            Body::Dir { .. } => Err(libc::EISDIR),
+        }
+    }
+
+    fn set_length(&mut self, ino: u64, length: u64) -> Result<(), Errno> {
+        let (data, dirty_pages, length_dirty) = self.file_mut(ino)?;
+        let old = data.len() as u64;
+        data.resize(length as usize, 0);
+        *length_dirty |= old != length;
+        dirty_pages.retain(|&page| page * PAGE < length);
+        if length > old {
+            dirty_pages.extend(old / PAGE..length.div_ceil(PAGE));
+        }
+        Ok(())
+    }
+
+    fn write_at(&mut self, ino: u64, offset: u64, bytes: &[u8]) -> Result<(), Errno> {
+        let end = offset + bytes.len() as u64;
+        if end > self.file_mut(ino)?.0.len() as u64 {
+            self.set_length(ino, end)?;
+        }
+        let (data, dirty_pages, _) = self.file_mut(ino)?;
+        data[offset as usize..end as usize].copy_from_slice(bytes);
+        dirty_pages.extend(offset / PAGE..end.div_ceil(PAGE));
+        Ok(())
+    }
+
+    /// fsync of a file: its bytes and length; of a directory: its entries. With
+    /// [`Names::Journaled`], every directory's entries.
+    fn sync(&mut self, ino: u64) -> Result<(), Errno> {
+        self.node_mut(ino)?;
+        if self.names == Names::Journaled {
+            for node in self.nodes.values_mut() {
+                if let Body::Dir { children, durable } = &mut node.body {
+                    durable.clone_from(children);
                 }
             }
-            if cached.length_dirty && coin.flip() {
-                file.set_len(length)
-                    .expect("setting a surviving length on the backing file");
+        }
+        match &mut self.node_mut(ino)?.body {
+            Body::File {
+                data,
+                durable,
+                dirty_pages,
+                length_dirty,
+            } => {
+                durable.resize(data.len(), 0);
+                for &page in dirty_pages.iter() {
+                    let start = (page * PAGE) as usize;
+                    let end = (start + PAGE as usize).min(data.len());
+                    if start < end {
+                        durable[start..end].copy_from_slice(&data[start..end]);
+                    }
+                }
+                dirty_pages.clear();
+                *length_dirty = false;
+                self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+            }
+            Body::Dir { children, durable } => {
+                durable.clone_from(children);
+                self.counters.dir_fsyncs.fetch_add(1, Ordering::Relaxed);
             }
         }
+        Ok(())
+    }
+
+    /// Adds a new node under `parent` as `name`.
+    fn insert(&mut self, parent: u64, name: &OsStr, node: Node) -> Result<u64, Errno> {
+        if self.children(parent)?.contains_key(name) {
+            return Err(libc::EEXIST);
+        }
+        let ino = self.new_inode(node);
+        self.children_mut(parent)?.insert(name.to_owned(), ino);
+        Ok(ino)
+    }
+
+    fn is_dir(&self, ino: u64) -> bool {
+        matches!(
+            self.nodes.get(&ino).map(|n| &n.body),
+            Some(Body::Dir { .. })
+        )
+    }
+
+    fn remove(&mut self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
+        let ino = self.child(parent, name)?;
+        match (dir, self.is_dir(ino)) {
+            (true, false) => return Err(libc::ENOTDIR),
+            (false, true) => return Err(libc::EISDIR),
+            (true, true) if !self.children(ino)?.is_empty() => return Err(libc::ENOTEMPTY),
+            _ => {}
+        }
+        self.children_mut(parent)?.remove(name);
+        Ok(())
+    }
+
+    fn rename(
+        &mut self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+    ) -> Result<(), Errno> {
+        let ino = self.child(parent, name)?;
+        self.children(new_parent)?;
+        if let Ok(replaced) = self.child(new_parent, new_name) {
+            if replaced == ino {
+                return Ok(());
+            }
+            match (self.is_dir(ino), self.is_dir(replaced)) {
+                (true, false) => return Err(libc::ENOTDIR),
+                (false, true) => return Err(libc::EISDIR),
+                (true, true) if !self.children(replaced)?.is_empty() => {
+                    return Err(libc::ENOTEMPTY)
+                }
+                _ => {}
+            }
+        }
+        self.children_mut(parent)?.remove(name);
+        self.children_mut(new_parent)?
+            .insert(new_name.to_owned(), ino);
+        Ok(())
+    }
+
+    /// The power goes: the backing directory becomes the durable tree.
+    fn write_durable_tree(&mut self) -> std::io::Result<()> {
+        for entry in fs::read_dir(&self.backing)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                fs::remove_dir_all(&path)?;
+            } else {
+                fs::remove_file(&path)?;
+            }
+        }
+        let mut coin = match self.survivors {
+            Survivors::None => None,
+            Survivors::Some { seed } => Some(Coin(seed | 1)),
+        };
+        let backing = self.backing.clone();
+        self.write_dir(&backing, fuser::FUSE_ROOT_ID, &mut coin)?;
+        // What the processes saw and the disk did not keep, for the report.
+        let lost_entries: u64 = self
+            .nodes
+            .values()
+            .map(|node| match &node.body {
+                Body::Dir { children, durable } => {
+                    let differ = children
+                        .iter()
+                        .filter(|(name, ino)| durable.get(*name) != Some(ino))
+                        .count()
+                        + durable
+                            .keys()
+                            .filter(|k| !children.contains_key(*k))
+                            .count();
+                    differ as u64
+                }
+                Body::File { .. } => 0,
+            })
+            .sum();
+        self.counters
+            .lost_entries
+            .fetch_add(lost_entries, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn write_dir(&self, path: &Path, ino: u64, coin: &mut Option<Coin>) -> std::io::Result<()> {
+        let Some(Node {
+            body: Body::Dir { durable, .. },
+            ..
+        }) = self.nodes.get(&ino)
+        else {
+            return Ok(());
+        };
+        for (name, &child) in durable {
+            let Some(node) = self.nodes.get(&child) else {
+                continue;
+            };
+            let child_path = path.join(name);
+            match &node.body {
+                Body::Dir { .. } => {
+                    fs::create_dir(&child_path)?;
+                    self.write_dir(&child_path, child, coin)?;
+                }
+                Body::File {
+                    data,
+                    durable,
+                    dirty_pages,
+                    length_dirty,
+                } => {
+                    let mut bytes = durable.clone();
+                    for &page in dirty_pages {
+                        let start = (page * PAGE) as usize;
+                        let end = (start + PAGE as usize).min(data.len());
+                        let survives = coin.as_mut().is_some_and(Coin::flip);
+                        if survives && start < end {
+                            if bytes.len() < end {
+                                bytes.resize(end, 0);
+                            }
+                            bytes[start..end].copy_from_slice(&data[start..end]);
+                        } else {
+                            self.counters.lost_bytes.fetch_add(PAGE, Ordering::Relaxed);
+                        }
+                    }
+                    if *length_dirty && coin.as_mut().is_some_and(Coin::flip) {
+                        bytes.resize(data.len(), 0);
+                    }
+                    fs::write(&child_path, &bytes)?;
+                }
+            }
+            fs::set_permissions(&child_path, fs::Permissions::from_mode(node.perm.into()))?;
+        }
+        Ok(())
     }
 }
 
@@ -404,23 +571,23 @@ impl Coin {
     }
 }
 
+impl Drop for VolatileFs {
+    fn drop(&mut self) {
+        self.write_durable_tree()
+            .expect("writing the durable tree to the backing directory");
+    }
+}
+
 impl Filesystem for VolatileFs {
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
-        match self.child(parent, name) {
-            Ok(relative) => self.entry(&relative, reply),
-            Err(e) => reply.error(e),
-        }
+        answer_entry(
+            reply,
+            self.child(parent, name).and_then(|ino| self.attr(ino)),
+        );
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        let result = match self.relative(ino).cloned() {
-            Ok(relative) => self.attr(&relative),
-            Err(_) => self.orphan_attr(ino),
-        };
-        match result {
-            Ok(attr) => reply.attr(&TTL, &attr),
-            Err(e) => reply.error(e),
-        }
+        answer_attr(reply, self.attr(ino));
     }
 
     fn setattr(
@@ -442,25 +609,15 @@ impl Filesystem for VolatileFs {
         reply: ReplyAttr,
     ) {
         let result = (|| {
-            let Ok(relative) = self.relative(ino).cloned() else {
-                if let Some(size) = size {
-                    self.set_length(ino, size)?;
-                }
-                return self.orphan_attr(ino);
-            };
             if let Some(mode) = mode {
-                fs::set_permissions(self.real(&relative), fs::Permissions::from_mode(mode))
-                    .map_err(|e| errno(&e))?;
+                self.node_mut(ino)?.perm = (mode & 0o7777) as u16;
             }
             if let Some(size) = size {
                 self.set_length(ino, size)?;
             }
-            self.attr(&relative)
+            self.attr(ino)
         })();
-        match result {
-            Ok(attr) => reply.attr(&TTL, &attr),
-            Err(e) => reply.error(e),
-        }
+        answer_attr(reply, result);
     }
 
     fn mkdir(
@@ -472,31 +629,19 @@ impl Filesystem for VolatileFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let result = self.child(parent, name).and_then(|relative| {
-            let real = self.real(&relative);
-            fs::create_dir(&real).map_err(|e| errno(&e))?;
-            fs::set_permissions(&real, fs::Permissions::from_mode(mode & !umask & 0o7777))
-                .map_err(|e| errno(&e))?;
-            Ok(relative)
-        });
-        match result {
-            Ok(relative) => self.entry(&relative, reply),
-            Err(e) => reply.error(e),
-        }
+        let perm = (mode & !umask & 0o7777) as u16;
+        let result = self
+            .insert(parent, name, Node::dir(perm))
+            .and_then(|ino| self.attr(ino));
+        answer_entry(reply, result);
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        answer(
-            reply,
-            self.remove(parent, name, |path| fs::remove_file(path)),
-        );
+        answer(reply, self.remove(parent, name, false));
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        answer(
-            reply,
-            self.remove(parent, name, |path| fs::remove_dir(path)),
-        );
+        answer(reply, self.remove(parent, name, true));
     }
 
     fn rename(
@@ -512,39 +657,14 @@ impl Filesystem for VolatileFs {
         if flags != 0 {
             return reply.error(libc::EINVAL); // RENAME_NOREPLACE and friends: unused here
         }
-        let result = (|| {
-            let from = self.child(parent, name)?;
-            let to = self.child(newparent, newname)?;
-            fs::rename(self.real(&from), self.real(&to)).map_err(|e| errno(&e))?;
-            // The replaced file is gone; the moved one (and, for a directory, everything
-            // below it) keeps its inode and its cached bytes under the new name.
-            self.forget_path(&to);
-            let moved: Vec<(PathBuf, u64)> = self
-                .inodes
-                .iter()
-                .filter(|(path, _)| path.starts_with(&from))
-                .map(|(path, &ino)| (path.clone(), ino))
-                .collect();
-            for (old, ino) in moved {
-                // (`join` of an empty suffix would add a trailing slash)
-                let suffix = old.strip_prefix(&from).expect("filtered by prefix");
-                let new = if suffix.as_os_str().is_empty() {
-                    to.clone()
-                } else {
-                    to.join(suffix)
-                };
-                self.inodes.remove(&old);
-                self.inodes.insert(new.clone(), ino);
-                self.paths.insert(ino, new);
-            }
-            Ok(())
-        })();
-        answer(reply, result);
+        answer(reply, self.rename(parent, name, newparent, newname));
     }
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
         let result = (|| {
-            self.cached(ino)?;
+            if self.is_dir(ino) {
+                return Err(libc::EISDIR);
+            }
             if flags & libc::O_TRUNC != 0 {
                 self.set_length(ino, 0)?;
             }
@@ -567,23 +687,21 @@ impl Filesystem for VolatileFs {
         reply: ReplyCreate,
     ) {
         let result = (|| {
-            let relative = self.child(parent, name)?;
-            let real = self.real(&relative);
-            let mut options = OpenOptions::new();
-            options.write(true).create(true);
-            if flags & libc::O_EXCL != 0 {
-                options.create_new(true);
-            }
-            // The name is durable at once; the bytes are not.
-            options.open(&real).map_err(|e| errno(&e))?;
-            fs::set_permissions(&real, fs::Permissions::from_mode(mode & !umask & 0o7777))
-                .map_err(|e| errno(&e))?;
-            let ino = self.inode_of(&relative);
-            self.cached(ino)?;
-            if flags & libc::O_TRUNC != 0 {
-                self.set_length(ino, 0)?;
-            }
-            self.attr(&relative)
+            let ino = match self.child(parent, name) {
+                Ok(_) if flags & libc::O_EXCL != 0 => return Err(libc::EEXIST),
+                Ok(ino) => {
+                    if flags & libc::O_TRUNC != 0 {
+                        self.set_length(ino, 0)?;
+                    }
+                    ino
+                }
+                Err(_) => {
+                    let perm = (mode & !umask & 0o7777) as u16;
+                    let node = Node::file(perm, Vec::new());
+                    self.insert(parent, name, node)?
+                }
+            };
+            self.attr(ino)
         })();
         match result {
             Ok(attr) => reply.created(&TTL, &attr, 0, 0, 0),
@@ -602,11 +720,11 @@ impl Filesystem for VolatileFs {
         _lock_owner: Option<u64>,
         reply: ReplyData,
     ) {
-        match self.cached(ino) {
-            Ok(cached) => {
-                let start = (offset.max(0) as usize).min(cached.data.len());
-                let end = (start + size as usize).min(cached.data.len());
-                reply.data(&cached.data[start..end]);
+        match self.file_mut(ino) {
+            Ok((data, _, _)) => {
+                let start = (offset.max(0) as usize).min(data.len());
+                let end = (start + size as usize).min(data.len());
+                reply.data(&data[start..end]);
             }
             Err(e) => reply.error(e),
         }
@@ -624,20 +742,7 @@ impl Filesystem for VolatileFs {
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
     ) {
-        let offset = offset.max(0) as u64;
-        let end = offset + data.len() as u64;
-        let result = (|| {
-            if end > self.cached(ino)?.data.len() as u64 {
-                self.set_length(ino, end)?;
-            }
-            let cached = self.cached(ino)?;
-            cached.data[offset as usize..end as usize].copy_from_slice(data);
-            for page in offset / PAGE..end.div_ceil(PAGE) {
-                cached.dirty_pages.insert(page);
-            }
-            Ok(())
-        })();
-        match result {
+        match self.write_at(ino, offset.max(0) as u64, data) {
             Ok(()) => {
                 self.counters.writes.fetch_add(1, Ordering::Relaxed);
                 reply.written(data.len() as u32)
@@ -661,6 +766,17 @@ impl Filesystem for VolatileFs {
         answer(reply, self.sync(ino));
     }
 
+    fn fsyncdir(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        answer(reply, self.sync(ino));
+    }
+
     fn readdir(
         &mut self,
         _req: &Request<'_>,
@@ -669,51 +785,28 @@ impl Filesystem for VolatileFs {
         offset: i64,
         mut reply: ReplyDirectory,
     ) {
-        let result = (|| {
-            let relative = self.relative(ino)?.clone();
-            let mut entries = vec![
-                (ino, FileType::Directory, OsStr::new(".").to_owned()),
-                (ino, FileType::Directory, OsStr::new("..").to_owned()),
-            ];
-            let mut names: Vec<_> = fs::read_dir(self.real(&relative))
-                .map_err(|e| errno(&e))?
-                .filter_map(Result::ok)
-                .collect();
-            names.sort_by_key(|entry| entry.file_name());
-            for entry in names {
-                let kind = match entry.file_type() {
-                    Ok(t) if t.is_dir() => FileType::Directory,
-                    Ok(t) if t.is_file() => FileType::RegularFile,
-                    _ => continue,
-                };
-                let child = relative.join(entry.file_name());
-                entries.push((self.inode_of(&child), kind, entry.file_name()));
-            }
-            Ok(entries)
-        })();
-        match result {
-            Ok(entries) => {
-                for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize)
-                {
-                    if reply.add(ino, (i + 1) as i64, kind, &name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
-            Err(e) => reply.error(e),
+        let children = match self.children(ino) {
+            Ok(children) => children,
+            Err(e) => return reply.error(e),
+        };
+        let mut entries = vec![
+            (ino, FileType::Directory, OsString::from(".")),
+            (ino, FileType::Directory, OsString::from("..")),
+        ];
+        for (name, &child) in children {
+            let kind = if self.is_dir(child) {
+                FileType::Directory
+            } else {
+                FileType::RegularFile
+            };
+            entries.push((child, kind, name.clone()));
         }
-    }
-
-    fn fsyncdir(
-        &mut self,
-        _req: &Request<'_>,
-        _ino: u64,
-        _fh: u64,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        reply.ok(); // names are durable at once in this model
+        for (i, (child, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(child, (i + 1) as i64, kind, &name) {
+                break;
+            }
+        }
+        reply.ok();
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
@@ -755,7 +848,7 @@ impl Filesystem for VolatileFs {
         }
         let end = (offset + length).max(0) as u64;
         let result = (|| {
-            if end > self.cached(ino)?.data.len() as u64 {
+            if end > self.file_mut(ino)?.0.len() as u64 {
                 self.set_length(ino, end)?;
             }
             Ok(())
