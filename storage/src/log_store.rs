@@ -77,7 +77,6 @@ pub enum LogOpenError {
     },
 }
 
-/// Removes page-table snapshots sled did not finish (see the module docs).
 /// Makes what sled wrote on opening durable: its settings file, its data file and the
 /// directory's entries.
 fn sync_sled_files(path: &Path) -> std::io::Result<()> {
@@ -91,6 +90,7 @@ fn sync_sled_files(path: &Path) -> std::io::Result<()> {
     sync_dir(path)
 }
 
+/// Removes page-table snapshots sled did not finish (see the module docs).
 fn remove_unfinished_sled_snapshots(path: &Path) -> std::io::Result<()> {
     let mut removed = false;
     for entry in std::fs::read_dir(path)? {

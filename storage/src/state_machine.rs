@@ -153,11 +153,16 @@ where
 pub struct DurableSnapshot(Arc<Mutex<Option<Meta>>>);
 
 impl DurableSnapshot {
-    /// Whether the snapshot on disk covers log index `index`.
+    /// Whether the snapshot on disk covers log index `index`. While a new snapshot is
+    /// being written (the lock is held through its fsyncs) the answer is "not yet", so
+    /// an async caller never blocks on the write.
     pub fn covers(&self, index: u64) -> bool {
-        self.0
-            .lock()
-            .expect("snapshot lock poisoned")
+        let current = match self.0.try_lock() {
+            Ok(current) => current,
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+            Err(std::sync::TryLockError::Poisoned(_)) => panic!("snapshot lock poisoned"),
+        };
+        current
             .as_ref()
             .and_then(|meta| meta.last_log_id)
             .is_some_and(|last| last.index >= index)
