@@ -124,6 +124,8 @@ pub struct LogStore<C> {
     watermark: std::sync::Arc<Watermark>,
     /// Set by [`LogStore::purge_behind`]: the log is never purged past it.
     snapshot: Option<DurableSnapshot>,
+    /// This replica's id, to recognise its own leadership in a stored vote.
+    replica: u64,
     _config: PhantomData<C>,
 }
 
@@ -135,6 +137,7 @@ impl<C> Clone for LogStore<C> {
             flusher: self.flusher.clone(),
             watermark: self.watermark.clone(),
             snapshot: self.snapshot.clone(),
+            replica: self.replica,
             _config: PhantomData,
         }
     }
@@ -222,6 +225,7 @@ where
             flusher,
             watermark,
             snapshot: None,
+            replica,
             _config: PhantomData,
         };
         let corrupt = |reason| LogOpenError::Corrupt {
@@ -437,6 +441,27 @@ where
     }
 }
 
+/// What a replica starting on `stored` should take for its vote: never its own
+/// leadership.
+///
+/// openraft 0.9 resumes a replica whose stored vote is its own committed leadership as
+/// leader of that term, at once, with the commit index it last saved; that index is
+/// written lazily and may lag the writes the replica acknowledged before it stopped. Its
+/// read index is the larger of that index and the first entry of its term, so reads
+/// served before a follower's answer raised the commit index miss acknowledged writes
+/// (a superseded generation called valid). Taken as an uncommitted vote for itself, the
+/// same term and candidate, the replica starts as a follower, still cannot vote for
+/// anyone else in that term, and the next leader (itself or another) is elected in a
+/// higher term and commits a blank entry of its own before any read is answered. What is
+/// on disk is unchanged. etcd's Raft does the same: every node restarts as a follower.
+fn restarted_vote(stored: Vote<u64>, replica: u64) -> Vote<u64> {
+    if stored.is_committed() && stored.leader_id().voted_for() == Some(replica) {
+        Vote::new(stored.leader_id().get_term(), replica)
+    } else {
+        stored
+    }
+}
+
 fn key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
@@ -504,8 +529,12 @@ where
         self.flush(ErrorSubject::Vote).await
     }
 
+    /// The stored vote, except that this replica's own leadership comes back as a bare
+    /// candidacy in the same term (see [`restarted_vote`]). openraft reads the vote only
+    /// when it starts.
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>> {
-        self.read_meta(VOTE, ErrorSubject::Vote)
+        let vote = self.read_meta(VOTE, ErrorSubject::Vote)?;
+        Ok(vote.map(|vote| restarted_vote(vote, self.replica)))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<()> {
@@ -605,5 +634,20 @@ mod tests {
         let eio = sled::Error::Io(std::io::Error::from_raw_os_error(libc::EIO));
         assert!(!is_disk_full(&eio));
         assert!(!is_disk_full(&sled::Error::Corruption { at: None, bt: () }));
+    }
+
+    #[test]
+    fn a_replica_never_restarts_as_leader() {
+        let led = Vote::new_committed(7, 2);
+        let restarted = restarted_vote(led, 2);
+        assert!(!restarted.is_committed(), "{restarted}");
+        assert_eq!(
+            restarted.leader_id(),
+            led.leader_id(),
+            "same term and candidate"
+        );
+        // Anything else comes back as stored: another replica's leadership, a candidacy.
+        assert_eq!(restarted_vote(led, 1), led);
+        assert_eq!(restarted_vote(Vote::new(7, 2), 2), Vote::new(7, 2));
     }
 }

@@ -414,7 +414,7 @@ async fn an_unfinished_storage_snapshot_does_not_stop_the_replica() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut log = open_log(dir.path());
-        log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        log.save_vote(&Vote::new_committed(2, 3)).await.unwrap();
         log.blocking_append((1..=5).map(|i| entry(2, i, i)))
             .await
             .unwrap();
@@ -430,7 +430,7 @@ async fn an_unfinished_storage_snapshot_does_not_stop_the_replica() {
     let mut log = open_log(dir.path());
     assert_eq!(
         log.read_vote().await.unwrap(),
-        Some(Vote::new_committed(2, 1))
+        Some(Vote::new_committed(2, 3))
     );
     let entries = log.try_get_log_entries(0..100).await.unwrap();
     assert_eq!(entries.len(), 5);
@@ -467,7 +467,7 @@ async fn a_damaged_storage_file_is_refused_rather_than_opened_as_a_shorter_log()
     let pristine = base.path().join("pristine");
     {
         let mut log = open_log(&pristine);
-        log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        log.save_vote(&Vote::new_committed(2, 3)).await.unwrap();
         log.blocking_append((1..=200).map(|i| entry(2, i, i)))
             .await
             .unwrap();
@@ -496,7 +496,7 @@ async fn a_damaged_storage_file_is_refused_rather_than_opened_as_a_shorter_log()
                 // Opened: then nothing may be missing.
                 assert_eq!(
                     log.read_vote().await.unwrap(),
-                    Some(Vote::new_committed(2, 1)),
+                    Some(Vote::new_committed(2, 3)),
                     "byte {at}"
                 );
                 let entries = log.try_get_log_entries(1..=200).await.unwrap();

@@ -97,6 +97,64 @@ async fn stopping_and_restarting_the_whole_cluster_keeps_all_state() {
     );
 }
 
+/// A leader killed and started again before its followers elected another must not
+/// answer a read from a state older than the last write it acknowledged. openraft 0.9
+/// resumes such a replica as leader of its old term and takes the commit index it last
+/// saved (written lazily, so lost with the process) as the point a read must reach: reads
+/// waiting for a quorum when the first follower comes back would answer without the
+/// writes acknowledged just before the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_and_restarted_answers_reads_with_every_acknowledged_write() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let client = cluster.client(leader);
+    let mut acknowledged = None;
+    for _ in 0..5 {
+        acknowledged = client
+            .attach_hook(shard(1), Some(NodeId(1)), None)
+            .await
+            .unwrap();
+    }
+    let acknowledged = acknowledged.expect("attached");
+    let follower = cluster.other_than(leader);
+    for id in cluster.others_than(leader) {
+        cluster.kill(id);
+    }
+    cluster.kill(leader);
+    cluster.restart(leader).await;
+
+    // Readers that keep asking the old leader, so reads are waiting for a quorum when a
+    // follower comes back.
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let client = cluster.client(leader);
+            tokio::spawn(async move {
+                let end = std::time::Instant::now() + DEADLINE * 2;
+                let mut answers = Vec::new();
+                while answers.len() < 3 && std::time::Instant::now() < end {
+                    match client.inspect(shard(1)).await {
+                        Ok(answer) => answers.push(answer.map(|(generation, _)| generation)),
+                        Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                    }
+                }
+                answers
+            })
+        })
+        .collect();
+    cluster.restart(follower).await;
+    for reader in readers {
+        let answers = reader.await.unwrap();
+        assert!(!answers.is_empty(), "no read answered after the restart");
+        for answer in answers {
+            assert_eq!(
+                answer,
+                Some(acknowledged),
+                "a read through the restarted leader missed the acknowledged generation"
+            );
+        }
+    }
+}
+
 fn serve_once(args: &[&str]) -> (bool, String) {
     let mut all = vec!["serve"];
     all.extend_from_slice(args);
