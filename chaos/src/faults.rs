@@ -7,6 +7,7 @@
 //! | Fault | What happens |
 //! | --- | --- |
 //! | `kill-leader` | kill -9 the leader, restart it on its data dir |
+//! | `restart-leader` | kill -9 the leader and start it again at once, its peer links cut until just before the followers could elect another: it is back, in its old term, before anyone else could lead, with reads waiting on it when the links return |
 //! | `kill-follower` | kill -9 a follower, restart it |
 //! | `pause-leader` | SIGSTOP the leader past the election timeout, then SIGCONT: it wakes up believing it leads |
 //! | `isolate-leader` | cut the leader off from its peers (clients still reach it), then reconnect |
@@ -37,6 +38,7 @@ use crate::proxy::Link;
 #[serde(rename_all = "kebab-case")]
 pub enum FaultKind {
     KillLeader,
+    RestartLeader,
     KillFollower,
     PauseLeader,
     IsolateLeader,
@@ -53,8 +55,9 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 13] = [
         FaultKind::KillLeader,
+        FaultKind::RestartLeader,
         FaultKind::KillFollower,
         FaultKind::PauseLeader,
         FaultKind::IsolateLeader,
@@ -71,6 +74,7 @@ impl FaultKind {
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::KillLeader => "kill-leader",
+            FaultKind::RestartLeader => "restart-leader",
             FaultKind::KillFollower => "kill-follower",
             FaultKind::PauseLeader => "pause-leader",
             FaultKind::IsolateLeader => "isolate-leader",
@@ -177,6 +181,20 @@ impl Injector<'_> {
     pub async fn inject(&mut self, kind: FaultKind, leader: u64) -> anyhow::Result<FaultSpan> {
         match kind {
             FaultKind::KillLeader => self.kill(kind, leader).await,
+            FaultKind::RestartLeader => {
+                let mut span = self.span(kind, vec![leader]);
+                let killed = Instant::now();
+                self.cluster.kill(leader)?;
+                self.cluster.proxy().isolate(leader);
+                self.cluster.launch(leader)?;
+                // The followers campaign 0.65 s at the earliest after the last heartbeat
+                // (raft/src/timing.rs); reconnect before, at a time the seed picks.
+                let back_at = Duration::from_millis(self.rng.gen_range(250..=500));
+                tokio::time::sleep(back_at.saturating_sub(killed.elapsed())).await;
+                self.cluster.proxy().heal();
+                span.healed_us = self.now();
+                Ok(span)
+            }
             FaultKind::KillFollower => {
                 let target = self.pick(&self.followers(leader))?;
                 self.kill(kind, target).await
