@@ -53,6 +53,18 @@ async fn started_again(cluster: &mut TestCluster, id: u64, round: usize) {
     }
 }
 
+/// The disk's backing directory, kept when the test fails so what the power loss left
+/// can be examined beside the replicas' logs.
+struct Disk(Option<tempfile::TempDir>);
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        if let (true, Some(dir)) = (std::thread::panicking(), self.0.take()) {
+            eprintln!("test failed; the disk is kept in {}", dir.keep().display());
+        }
+    }
+}
+
 const CLIENTS: u32 = 4;
 const TENANTS_PER_CLIENT: u32 = 3;
 const POWER_LOSSES: usize = 6;
@@ -73,10 +85,13 @@ async fn acknowledged_generations_survive_every_replica_losing_power_at_once() {
     if let Err(why) = volatile_fs::available() {
         panic!("{why}: the power-loss test needs FUSE (/dev/fuse, and root or fusermount3); set {SKIP_ENV}=1 to skip it");
     }
-    let disk = tempfile::Builder::new()
-        .prefix("psc-power-disk-")
-        .tempdir()
-        .unwrap();
+    let kept_disk = Disk(Some(
+        tempfile::Builder::new()
+            .prefix("psc-power-disk-")
+            .tempdir()
+            .unwrap(),
+    ));
+    let disk = kept_disk.0.as_ref().unwrap().path().to_owned();
     let mountpoint = tempfile::Builder::new()
         .prefix("psc-power-mnt-")
         .tempdir()
@@ -98,10 +113,17 @@ async fn acknowledged_generations_survive_every_replica_losing_power_at_once() {
             seed: seed.wrapping_add(round as u64),
         },
     };
-    let names = Names::from_env();
-    eprintln!("directory entries: {names:?}");
+    // Two rounds with names journaled as ext4 and XFS do, two strict, two journaled,
+    // unless PSC_POWER_LOSS_NAMES picks one.
+    let chosen = Names::from_env();
+    let names = |round: usize| {
+        chosen.unwrap_or(match (round / 2) % 2 {
+            0 => Names::Journaled,
+            _ => Names::Strict,
+        })
+    };
     let mut mounted =
-        Mounted::mount(disk.path(), mountpoint.path(), survivors(0), names).expect("mount");
+        Mounted::mount(&disk, mountpoint.path(), survivors(0), names(0)).expect("mount");
     // Frequent snapshots, so the power also goes out while one is written and the log
     // behind it purged.
     let mut cluster = TestCluster::start_on(
@@ -169,10 +191,11 @@ async fn acknowledged_generations_survive_every_replica_losing_power_at_once() {
         let counters = mounted.power_loss();
         lost_bytes += counters.lost_bytes.load(Ordering::Relaxed);
         eprintln!(
-            "power loss {round} ({:?} of the unsynced writes survive): {} attaches acknowledged, \
-             {} writes, {} file and {} directory fsyncs reached the disk model; lost: {} bytes \
-             and {} directory entries not fsynced",
+            "power loss {round} ({:?} of the unsynced writes survive, names {:?}): {} attaches \
+             acknowledged, {} writes, {} file and {} directory fsyncs reached the disk model; \
+             lost: {} bytes and {} directory entries not fsynced",
             survivors(round),
+            names(round),
             acks.load(Ordering::Relaxed),
             counters.writes.load(Ordering::Relaxed),
             counters.fsyncs.load(Ordering::Relaxed),
@@ -182,8 +205,13 @@ async fn acknowledged_generations_survive_every_replica_losing_power_at_once() {
         );
 
         // Power back: every replica starts on what its disk kept.
-        mounted = Mounted::mount(disk.path(), mountpoint.path(), survivors(round + 1), names)
-            .expect("mount again");
+        mounted = Mounted::mount(
+            &disk,
+            mountpoint.path(),
+            survivors(round + 1),
+            names(round + 1),
+        )
+        .expect("mount again");
         for id in 1..=3 {
             cluster.launch(id);
         }

@@ -59,11 +59,13 @@ pub enum Names {
 }
 
 impl Names {
-    /// `PSC_POWER_LOSS_NAMES=strict` picks [`Names::Strict`].
-    pub fn from_env() -> Names {
+    /// `PSC_POWER_LOSS_NAMES=strict` or `=journaled` picks one for a whole test; unset,
+    /// `None` (the test alternates).
+    pub fn from_env() -> Option<Names> {
         match std::env::var("PSC_POWER_LOSS_NAMES").as_deref() {
-            Ok("strict") => Names::Strict,
-            _ => Names::Journaled,
+            Ok("strict") => Some(Names::Strict),
+            Ok("journaled") => Some(Names::Journaled),
+            _ => None,
         }
     }
 }
