@@ -30,29 +30,6 @@ async fn until_acknowledged(acks: &Arc<AtomicU64>, count: u64, round: usize) {
     .await;
 }
 
-/// Waits until replica `id` answers; if its process exits instead (it refused what its
-/// disk kept), fails with the end of its log.
-async fn started_again(cluster: &mut TestCluster, id: u64, round: usize) {
-    let client = cluster.client(id);
-    let end = std::time::Instant::now() + DEADLINE;
-    while client.status().await.is_err() {
-        if cluster.has_exited(id) {
-            let log = cluster.log_of(id);
-            let tail: Vec<_> = log.lines().rev().take(12).collect();
-            let tail: Vec<_> = tail.into_iter().rev().collect();
-            panic!(
-                "replica {id} did not start again after power loss {round}:\n{}",
-                tail.join("\n")
-            );
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "replica {id} did not answer within {DEADLINE:?} after power loss {round}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 /// The disk's backing directory, kept when the test fails so what the power loss left
 /// can be examined beside the replicas' logs.
 struct Disk(Option<tempfile::TempDir>);
@@ -177,7 +154,7 @@ async fn acknowledged_generations_survive_every_replica_losing_power_at_once() {
         }
         until_acknowledged(&acks, ATTACHES_PER_ROUND / 2, round).await;
         cluster.launch(lagging);
-        started_again(&mut cluster, lagging, round).await;
+        cluster.wait_answering(lagging).await;
         until_acknowledged(&acks, ATTACHES_PER_ROUND, round).await;
 
         // The power goes out with the clients still sending.
@@ -216,7 +193,7 @@ async fn acknowledged_generations_survive_every_replica_losing_power_at_once() {
             cluster.launch(id);
         }
         for id in 1..=3 {
-            started_again(&mut cluster, id, round).await;
+            cluster.wait_answering(id).await;
         }
         cluster.wait_for_leader().await;
         let acknowledged = acknowledged.lock().unwrap().clone();

@@ -298,12 +298,30 @@ impl TestCluster {
     /// Starts a stopped replica again on its data dir.
     pub async fn restart(&mut self, id: u64) {
         self.spawn(id);
+        self.wait_answering(id).await;
+    }
+
+    /// Waits until replica `id` answers; if its process exits instead (it refused what
+    /// its data dir holds), fails at once with the end of its log.
+    pub async fn wait_answering(&mut self, id: u64) {
         let client = self.client(id);
-        wait_for(&format!("replica {id} to answer"), DEADLINE, || {
-            let client = client.clone();
-            async move { client.status().await.ok() }
-        })
-        .await;
+        let end = Instant::now() + DEADLINE;
+        while client.status().await.is_err() {
+            if self.has_exited(id) {
+                let log = self.log_of(id);
+                let tail: Vec<_> = log.lines().rev().take(12).collect();
+                let tail: Vec<_> = tail.into_iter().rev().collect();
+                panic!(
+                    "replica {id} exited instead of answering:\n{}",
+                    tail.join("\n")
+                );
+            }
+            assert!(
+                Instant::now() < end,
+                "replica {id} did not answer within {DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Starts a new replica `id` with an empty data dir that joins through replica `via`.
