@@ -408,6 +408,10 @@ pub async fn serve(
     let server = start_listener(listener.into_std()?, app, &security, handle.clone()).await?;
     stop.cancelled().await;
     hand_leadership_away(&replica, &membership, config.handoff).await;
+    // Draining stops new connections, the leader's heartbeats included: a replica that
+    // could still campaign would, every election timeout until it exits (up to the
+    // drain), and start again with a term high enough to depose the leader.
+    replica.raft().runtime_config().elect(false);
     tracing::info!("shutting down: draining in-flight requests");
     handle.graceful_shutdown(Some(config.drain));
     match tokio::time::timeout(config.drain + Duration::from_secs(1), server).await {
