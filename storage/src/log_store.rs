@@ -45,9 +45,9 @@ use crate::watermark::{Mark, Recorded, Watermark};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
+const LAST_PURGED: &[u8] = b"last_purged";
 /// How long a purge waits for the snapshot that covers it to be written.
 const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
-const LAST_PURGED: &[u8] = b"last_purged";
 
 /// Why the log could not be opened.
 #[derive(Debug, thiserror::Error)]

@@ -395,11 +395,8 @@ impl VolatileFs {
             } => {
                 durable.resize(data.len(), 0);
                 for &page in dirty_pages.iter() {
-                    let start = (page * PAGE) as usize;
-                    let end = (start + PAGE as usize).min(data.len());
-                    if start < end {
-                        durable[start..end].copy_from_slice(&data[start..end]);
-                    }
+                    let bytes = page_bytes(page, data.len());
+                    durable[bytes.clone()].copy_from_slice(&data[bytes]);
                 }
                 dirty_pages.clear();
                 *length_dirty = false;
@@ -537,14 +534,13 @@ impl VolatileFs {
                 } => {
                     let mut bytes = durable.clone();
                     for &page in dirty_pages {
-                        let start = (page * PAGE) as usize;
-                        let end = (start + PAGE as usize).min(data.len());
+                        let page = page_bytes(page, data.len());
                         let survives = coin.as_mut().is_some_and(Coin::flip);
-                        if survives && start < end {
-                            if bytes.len() < end {
-                                bytes.resize(end, 0);
+                        if survives && !page.is_empty() {
+                            if bytes.len() < page.end {
+                                bytes.resize(page.end, 0);
                             }
-                            bytes[start..end].copy_from_slice(&data[start..end]);
+                            bytes[page.clone()].copy_from_slice(&data[page]);
                         } else {
                             self.counters.lost_bytes.fetch_add(PAGE, Ordering::Relaxed);
                         }
@@ -559,6 +555,12 @@ impl VolatileFs {
         }
         Ok(())
     }
+}
+
+/// The bytes of `page` in a file of `len` bytes: empty past its end, short at it.
+fn page_bytes(page: u64, len: usize) -> std::ops::Range<usize> {
+    let start = usize::try_from(page * PAGE).unwrap_or(usize::MAX).min(len);
+    start..(start + PAGE as usize).min(len)
 }
 
 /// xorshift64: enough to pick pages, and the same picks from the same seed.
