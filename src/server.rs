@@ -360,11 +360,7 @@ pub async fn serve(
 
     let stop = CancellationToken::new();
     let failure = Arc::new(std::sync::Mutex::new(None::<String>));
-    tokio::spawn(watch_for_fatal(
-        replica.clone(),
-        stop.clone(),
-        failure.clone(),
-    ));
+    tokio::spawn(watch_raft(replica.metrics(), stop.clone(), failure.clone()));
     {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -535,32 +531,46 @@ async fn ask_to_join(
     }
 }
 
-/// Stops the process when Raft hits a fatal error (a storage failure, a panic in its
-/// core): a replica that cannot persist or replicate must not keep answering as if it
-/// could, and an exit lets the supervisor restart it.
-async fn watch_for_fatal(
-    replica: Arc<Replica>,
+/// Logs every change of this replica's Raft role, term or known leader (an election is
+/// the event an operator looks for first when answers stalled), and stops the process
+/// when Raft hits a fatal error (a storage failure, a panic in its core): a replica that
+/// cannot persist or replicate must not keep answering as if it could, and an exit lets
+/// the supervisor restart it.
+async fn watch_raft(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, Member>>,
     stop: CancellationToken,
     failure: Arc<std::sync::Mutex<Option<String>>>,
 ) {
-    let mut metrics = replica.metrics();
+    let mut role = None;
     loop {
-        let fatal = match &metrics.borrow().running_state {
-            Err(fatal) => Some(fatal.to_string()),
-            Ok(()) => None,
+        let fatal = {
+            let now = metrics.borrow();
+            let seen = (now.state, now.current_term, now.current_leader);
+            if role != Some(seen) {
+                role = Some(seen);
+                tracing::info!(
+                    role = %crate::api::cluster::state_name(seen.0),
+                    term = seen.1,
+                    leader = ?seen.2,
+                    "raft role"
+                );
+            }
+            match &now.running_state {
+                Err(fatal) => Some(fatal.to_string()),
+                Ok(()) => None,
+            }
         };
         if let Some(fatal) = fatal {
             fail(&stop, &failure, fatal);
             return;
         }
-        tokio::select! {
-            changed = metrics.changed() => if changed.is_err() {
-                // The core dropped its metrics without being asked to stop: it died (a
-                // panic does this without ever reporting a fatal state).
-                fail(&stop, &failure, "the raft core stopped unexpectedly".into());
-                return;
-            },
-            () = stop.cancelled() => return,
+        // Watched until the core is gone, so what a stopping replica does while it
+        // hands leadership away and drains is logged too.
+        if metrics.changed().await.is_err() {
+            // Unless the replica was stopping, the core died (a panic does this without
+            // ever reporting a fatal state).
+            fail(&stop, &failure, "the raft core stopped unexpectedly".into());
+            return;
         }
     }
 }

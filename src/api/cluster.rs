@@ -123,7 +123,7 @@ fn unlisted_at(replica: &crate::replica::Replica) -> Option<u64> {
     controller_raft::removal::unlisted(replica.id(), &metrics.membership_config).map(|id| id.index)
 }
 
-fn state_name(state: ServerState) -> &'static str {
+pub(crate) fn state_name(state: ServerState) -> &'static str {
     match state {
         ServerState::Leader => "leader",
         ServerState::Follower => "follower",

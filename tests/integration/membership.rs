@@ -272,6 +272,87 @@ async fn leadership_moves_on_request_and_when_the_leader_is_stopped() {
     );
 }
 
+/// After handing leadership away on SIGTERM, a replica drains its in-flight requests
+/// with its listener closed, so the new leader's heartbeats no longer reach it. Were it
+/// still allowed to campaign, it would raise its term every election timeout of the drain
+/// and come back with a term that deposes its successor (bug 18 in RELIABILITY.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_draining_after_handing_leadership_away_never_campaigns() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    attach_range(&cluster.client(leader), 0..4, 1).await;
+
+    // A request whose body never arrives keeps the drain open until its bound (5 s,
+    // several election timeouts). `Expect: 100-continue` makes the server say when the
+    // handler starts reading the body, so the request is surely in flight before SIGTERM.
+    let address = cluster.url(leader).trim_start_matches("http://").to_owned();
+    let mut held = tokio::net::TcpStream::connect(&address).await.unwrap();
+    held.write_all(
+        b"POST /debug/v1/attach-hook HTTP/1.1\r\nhost: controller\r\n\
+          content-type: application/json\r\ncontent-length: 64\r\n\
+          expect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = [0u8; 64];
+    let read = tokio::time::timeout(DEADLINE, held.read(&mut answer))
+        .await
+        .expect("the server answers 100 Continue")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 100 Continue"), "{answer}");
+
+    cluster.terminate(leader);
+    let successor = wait_for("another replica to lead", DEADLINE, || {
+        let cluster = &cluster;
+        async move {
+            let leading = cluster.leader_now().await?;
+            (leading != leader).then_some(leading)
+        }
+    })
+    .await;
+    let term = cluster
+        .status_of(successor)
+        .await
+        .expect("successor status")
+        .term;
+    wait_for("the old leader to drain and exit", DEADLINE, || {
+        let exited = cluster.has_exited(leader);
+        async move { exited.then_some(()) }
+    })
+    .await;
+
+    let log = cluster.log_of(leader);
+    let (_, drain) = log
+        .split_once("draining in-flight requests")
+        .unwrap_or_else(|| panic!("the old leader drained:\n{log}"));
+    let campaigns: Vec<_> = drain
+        .lines()
+        .filter(|line| line.contains("raft role"))
+        .filter(|line| {
+            let same_term = line.split_whitespace().any(|f| f == format!("term={term}"));
+            line.contains("role=candidate") || line.contains("role=leader") || !same_term
+        })
+        .collect();
+    assert!(
+        campaigns.is_empty(),
+        "while draining, replica {leader} campaigned or left the successor's term {term}:\n{}",
+        campaigns.join("\n")
+    );
+    drop(held);
+
+    // Back on its data dir, it follows the successor in the same term.
+    cluster.restart(leader).await;
+    cluster.wait_caught_up(leader).await;
+    assert_eq!(cluster.wait_for_leader().await, successor);
+    assert_eq!(
+        cluster.status_of(successor).await.expect("status").term,
+        term
+    );
+}
+
 /// With five voters the new leader needs a vote from a follower, which refuses while it
 /// still hears from the old leader. Reads kept flowing during the handover renewed those
 /// leases: the target's campaign failed, deposed the old leader, and elections followed

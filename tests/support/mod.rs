@@ -254,6 +254,15 @@ impl TestCluster {
         signal(child, if frozen { libc::SIGSTOP } else { libc::SIGCONT });
     }
 
+    /// SIGTERM, without waiting: the replica hands leadership away and drains.
+    pub fn terminate(&self, id: u64) {
+        let child = self.replicas[&id]
+            .child
+            .as_ref()
+            .expect("replica is running");
+        signal(child, libc::SIGTERM);
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(&mut self, id: u64) {
         let replica = self.replicas.get_mut(&id).expect("known replica");
