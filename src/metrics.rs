@@ -34,6 +34,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     request_seconds: HistogramVec,
     forwarded: IntCounterVec,
+    in_flight: IntGauge,
     leader_changes: IntCounter,
     flush_seconds: Histogram,
     sampled: Sampled,
@@ -272,11 +273,17 @@ impl Metrics {
             "psc_raft_leader_changes_total",
             "leader changes seen by this replica",
         );
+        let in_flight = gauge(
+            &registry,
+            "psc_http_requests_in_flight",
+            "requests being handled now, client API and peer RPCs (not /metrics)",
+        );
         Arc::new(Metrics {
             registry,
             requests,
             request_seconds,
             forwarded,
+            in_flight,
             leader_changes,
             flush_seconds,
             sampled,
@@ -433,6 +440,22 @@ pub async fn serve_metrics(State(state): State<MetricsState>) -> Response {
 }
 
 /// Counts and times every routed request by its route template.
+/// One request being handled, for as long as it lives.
+struct InFlight<'a>(&'a IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn count(gauge: &'a IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 pub async fn track_requests(
     State(metrics): State<Arc<Metrics>>,
     request: Request,
@@ -445,6 +468,8 @@ pub async fn track_requests(
         .to_owned();
     let method = request.method().as_str().to_owned();
     let started = Instant::now();
+    // Counted down however the request ends, a client hanging up included.
+    let _in_flight = InFlight::count(&metrics.in_flight);
     let response = next.run(request).await;
     metrics
         .request_seconds

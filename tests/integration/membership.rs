@@ -7,7 +7,9 @@ use std::time::Duration;
 use pageserver_controller::client::{retry, Client};
 use pageserver_controller::domain::NodeId;
 
-use crate::support::{attach_range, shard, wait_for, wait_ready, TestCluster, DEADLINE};
+use crate::support::{
+    attach_range, hold_request_open, shard, wait_for, wait_ready, TestCluster, DEADLINE,
+};
 
 /// Clients that retry like pageservers; every call must eventually succeed.
 struct Traffic {
@@ -278,31 +280,13 @@ async fn leadership_moves_on_request_and_when_the_leader_is_stopped() {
 /// and come back with a term that deposes its successor (bug 18 in RELIABILITY.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_draining_after_handing_leadership_away_never_campaigns() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
     attach_range(&cluster.client(leader), 0..4, 1).await;
 
     // A request whose body never arrives keeps the drain open until its bound (5 s,
-    // several election timeouts). `Expect: 100-continue` makes the server say when the
-    // handler starts reading the body, so the request is surely in flight before SIGTERM.
-    let address = cluster.url(leader).trim_start_matches("http://").to_owned();
-    let mut held = tokio::net::TcpStream::connect(&address).await.unwrap();
-    held.write_all(
-        b"POST /debug/v1/attach-hook HTTP/1.1\r\nhost: controller\r\n\
-          content-type: application/json\r\ncontent-length: 64\r\n\
-          expect: 100-continue\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut answer = [0u8; 64];
-    let read = tokio::time::timeout(DEADLINE, held.read(&mut answer))
-        .await
-        .expect("the server answers 100 Continue")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer[..read]);
-    assert!(answer.starts_with("HTTP/1.1 100 Continue"), "{answer}");
+    // several election timeouts); it is in flight before SIGTERM.
+    let held = hold_request_open(&cluster.url(leader)).await;
 
     cluster.terminate(leader);
     let successor = wait_for("another replica to lead", DEADLINE, || {

@@ -8,7 +8,8 @@ use pageserver_controller::client::{retry, Client};
 use pageserver_controller::domain::NodeId;
 
 use crate::support::{
-    attach_range, free_port, run_binary, shard, wait_for, wait_ready, TestCluster, BIN, DEADLINE,
+    attach_range, free_port, hold_request_open, run_binary, shard, wait_for, wait_ready,
+    TestCluster, BIN, DEADLINE,
 };
 
 const BUMP: u32 = 1000;
@@ -387,6 +388,22 @@ async fn metrics_are_prometheus_text_with_the_operational_series() {
             assert!(free > 0.0, "{free} bytes free where the tests write");
         }
     }
+
+    // A request in flight is counted for as long as it lasts, also when its client hangs
+    // up before it is answered.
+    let in_flight = |text: Option<String>| value(&text?, "psc_http_requests_in_flight");
+    let held = hold_request_open(&cluster.url(leader)).await;
+    let during = in_flight(metrics_of(leader).await).expect("an in-flight gauge");
+    assert!(
+        during >= 1.0,
+        "{during} requests in flight while one is held"
+    );
+    drop(held);
+    wait_for("the held request to be counted out", DEADLINE, || {
+        let metrics = metrics_of(leader);
+        async move { (in_flight(metrics.await)? == 0.0).then_some(()) }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -515,6 +515,32 @@ pub fn shard(n: u32) -> pageserver_controller::domain::TenantShardId {
 }
 
 /// Runs the binary to completion: (succeeded, stdout + stderr).
+/// Opens a request to `url` (an `http://` base URL) whose body never arrives, and returns
+/// once the server has started handling it: `Expect: 100-continue` makes the server say
+/// when the handler begins to read the body. The request lasts until the returned
+/// connection is dropped or the server gives up on it.
+pub async fn hold_request_open(url: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let address = url.trim_start_matches("http://");
+    let mut held = tokio::net::TcpStream::connect(address).await.unwrap();
+    held.write_all(
+        b"POST /debug/v1/attach-hook HTTP/1.1\r\nhost: controller\r\n\
+          content-type: application/json\r\ncontent-length: 64\r\n\
+          expect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = [0u8; 64];
+    let read = tokio::time::timeout(DEADLINE, held.read(&mut answer))
+        .await
+        .expect("the server answers 100 Continue")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 100 Continue"), "{answer}");
+    held
+}
+
 pub fn run_binary(args: &[&str]) -> (bool, String) {
     let output = Command::new(BIN)
         .args(args)
