@@ -439,7 +439,6 @@ pub async fn serve_metrics(State(state): State<MetricsState>) -> Response {
         .into_response()
 }
 
-/// Counts and times every routed request by its route template.
 /// One request being handled, for as long as it lives.
 struct InFlight<'a>(&'a IntGauge);
 
@@ -456,6 +455,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Counts and times every routed request by its route template.
 pub async fn track_requests(
     State(metrics): State<Arc<Metrics>>,
     request: Request,

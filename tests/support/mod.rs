@@ -514,7 +514,6 @@ pub fn shard(n: u32) -> pageserver_controller::domain::TenantShardId {
     )
 }
 
-/// Runs the binary to completion: (succeeded, stdout + stderr).
 /// Opens a request to `url` (an `http://` base URL) whose body never arrives, and returns
 /// once the server has started handling it: `Expect: 100-continue` makes the server say
 /// when the handler begins to read the body. The request lasts until the returned
@@ -541,6 +540,7 @@ pub async fn hold_request_open(url: &str) -> tokio::net::TcpStream {
     held
 }
 
+/// Runs the binary to completion: (succeeded, stdout + stderr).
 pub fn run_binary(args: &[&str]) -> (bool, String) {
     let output = Command::new(BIN)
         .args(args)
