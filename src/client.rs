@@ -397,6 +397,13 @@ impl Client {
             .await
     }
 
+    /// Asks the replica at this client's URL (not the leader) to hand leadership away if
+    /// it leads.
+    pub async fn step_down(&self) -> Result<StepDownResponse> {
+        self.call::<(), _>(Method::POST, "/v1/cluster/step-down", None)
+            .await
+    }
+
     /// Hands leadership to replica `id`.
     pub async fn transfer_leader(&self, id: u64) -> Result<ClusterStatus> {
         self.call(

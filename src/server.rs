@@ -325,6 +325,7 @@ pub async fn serve(
         cluster_id: identity.cluster_id.clone(),
         forwarder,
         leader_wait: config.leader_wait,
+        handoff: config.handoff,
         limits: config.limits,
     });
     let app = api::router(api_state)

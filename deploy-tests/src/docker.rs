@@ -31,6 +31,24 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
+/// The preStop command of `deploy/kubernetes/base/statefulset.yaml`, as the kubelet would
+/// run it in the container.
+pub fn pre_stop_hook() -> anyhow::Result<Vec<String>> {
+    let path = tools::repo_root().join("deploy/kubernetes/base/statefulset.yaml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&text).context("statefulset.yaml is not YAML")?;
+    let command = &doc["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]
+        ["command"];
+    let command: Vec<String> =
+        serde_yaml::from_value(command.clone()).context("the preStop hook is no exec command")?;
+    if command.is_empty() {
+        bail!("the preStop hook is no exec command");
+    }
+    Ok(command)
+}
+
 /// Fails loudly if the Docker engine does not answer.
 pub fn require_docker() {
     tools::require("docker", "Install Docker Engine and start the daemon.");
@@ -230,6 +248,16 @@ impl ContainerCluster {
         docker(strings(&["start", &self.pod(ordinal).container]))
             .await
             .map(drop)
+    }
+
+    /// What the kubelet runs in the container before SIGTERM: the StatefulSet's preStop
+    /// command ([`pre_stop_hook`]), whose output is returned.
+    pub async fn pre_stop(&self, ordinal: u32, hook: &[String]) -> anyhow::Result<String> {
+        let mut args = strings(&["exec", &self.pod(ordinal).container]);
+        args.extend(hook.iter().cloned());
+        docker(args)
+            .await
+            .with_context(|| format!("the preStop hook in pod {ordinal}"))
     }
 
     /// SIGTERM and wait for the exit (what Kubernetes does after preStop); checks that

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chaos::history::{write_jsonl, History, Op};
-use deploy_tests::docker::{build_image, docker, require_docker, ContainerCluster};
+use deploy_tests::docker::{build_image, docker, pre_stop_hook, require_docker, ContainerCluster};
 use deploy_tests::traffic::{Config, Endpoints, Traffic};
 use pageserver_controller::auth::{generate_key_pair, mint, Scope};
 
@@ -260,7 +260,33 @@ async fn scratch_image_cluster_survives_leader_kill_partition_rolling_update_dis
     ])
     .await
     .expect("the new image's id");
+    // Each pod stopped as the kubelet stops it: the StatefulSet's preStop hook, which
+    // hands leadership away if the pod leads, then SIGTERM.
+    let hook = pre_stop_hook().expect("the StatefulSet's preStop hook");
+    let mut stepped_down = 0;
     for ordinal in [2, 1, 0] {
+        let id = cluster.pod(ordinal).id();
+        let said = cluster
+            .pre_stop(ordinal, &hook)
+            .await
+            .expect("the preStop hook succeeds");
+        if said.contains("stepped down") {
+            stepped_down += 1;
+            let others: Vec<u32> = (0..3).filter(|o| *o != ordinal).collect();
+            let leader = cluster
+                .wait_for_voters(&others, &[1, 2, 3], WAIT)
+                .await
+                .expect("the other two agree on a leader");
+            assert_ne!(
+                leader, id,
+                "pod {ordinal} still leads after its preStop hook: {said}"
+            );
+        } else {
+            assert!(
+                said.contains("does not lead"),
+                "pod {ordinal}'s preStop hook: {said}"
+            );
+        }
         cluster
             .stop(ordinal)
             .await
@@ -276,6 +302,9 @@ async fn scratch_image_cluster_survives_leader_kill_partition_rolling_update_dis
             rolled_id.trim()
         );
     }
+    // The leader when the roll began was rolled too (only a stopping leader moves
+    // leadership), so one hook at least had leadership to hand away.
+    assert!(stepped_down >= 1, "no pod led when its preStop hook ran");
     assert_rules("the rolling update", &history, &traffic);
 
     steps.next("a pod loses its volume: it leaves the cluster, then joins again");

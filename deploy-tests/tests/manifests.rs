@@ -10,7 +10,9 @@ use std::process::Command;
 
 use clap::Parser;
 use deploy_tests::tools::{output, python_tool, repo_root, require, run};
-use pageserver_controller::cli::{Cli, Command as CliCommand, Placement, Pod, ServeArgs};
+use pageserver_controller::cli::{
+    Cli, ClusterCommand, Command as CliCommand, OpsCommand, Placement, Pod, ServeArgs,
+};
 use serde_json::Value;
 
 /// What `kubectl kustomize` renders, by name.
@@ -346,18 +348,56 @@ fn check_rendering(name: &str, docs: &[Value]) {
             "{name}: {probe} port"
         );
     }
-    // SIGTERM: the binary's handoff and drain after the preStop pause, with margin.
+    // preStop: the image's binary steps this replica down, through the container's
+    // port on loopback, with the peer token; then it pauses.
+    let hook = strings(&container["lifecycle"]["preStop"]["exec"]["command"]);
+    let (program, hook_args) = hook.split_first().expect("a preStop exec command");
+    assert_eq!(
+        program, "/usr/local/bin/pageserver-controller",
+        "{name}: preStop runs the image's binary (no shell in the image)"
+    );
+    let argv = std::iter::once("pageserver-controller".to_owned()).chain(hook_args.iter().cloned());
+    let (client, pause) = match Cli::try_parse_from(argv) {
+        Ok(Cli {
+            command:
+                Some(CliCommand::Ops(OpsCommand::Cluster(ClusterCommand::StepDown {
+                    client,
+                    then_wait_s,
+                }))),
+            ..
+        }) => (client, then_wait_s),
+        Ok(other) => panic!("{name}: preStop parsed as another command: {other:?}"),
+        Err(e) => panic!("{name}: the binary refuses the preStop command {hook:?}:\n{e}"),
+    };
+    assert_eq!(
+        port_of(&client.url),
+        port,
+        "{name}: preStop calls the container port"
+    );
+    assert_eq!(
+        host_of(&client.url),
+        "127.0.0.1",
+        "{name}: preStop calls its own pod"
+    );
+    assert_eq!(
+        client.token_file, serve.peer_token_file,
+        "{name}: preStop uses the peer token"
+    );
+    assert!(
+        pause >= 1,
+        "{name}: preStop pauses for the Service to drop the pod"
+    );
+    // The grace period covers the hook's handoff and pause, then SIGTERM's handoff (when
+    // the replica leads again) and drain, with margin.
     let handoff = serve.handoff_timeout_ms.div_ceil(1000);
     let drain = pageserver_controller::cli::DRAIN.as_secs();
-    let pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-        .as_u64()
-        .expect("a preStop sleep");
     let grace = pod["terminationGracePeriodSeconds"]
         .as_u64()
         .expect("a grace period");
     assert!(
-        grace >= pause + handoff + drain + 10,
-        "{name}: grace {grace}s < preStop {pause}s + handoff {handoff}s + drain {drain}s + margin"
+        grace >= handoff + pause + handoff + drain + 10,
+        "{name}: grace {grace}s < preStop handoff {handoff}s + pause {pause}s + SIGTERM \
+         handoff {handoff}s + drain {drain}s + margin"
     );
 
     // Paths: the data dir one level inside the volume claim's mount, key and token where

@@ -6,8 +6,9 @@
 //! hooks, migrate, node config and delete, tenant listing, cluster membership, leader
 //! transfer and backups need `admin`; node registration and listing need `infra`.
 //! `admin` is accepted everywhere. Replicas use `controller_peer` for what they ask each
-//! other (probing, read indexes, joining, and leaving to rejoin after a lost disk; a
-//! peer token can already speak Raft, so this grants it nothing more). Health and metrics need nothing. A route
+//! other (probing, read indexes, joining, and leaving to rejoin after a lost disk) and
+//! for a pod's preStop hook (stepping down); a peer token can already speak Raft, so
+//! this grants it nothing more. Health and metrics need nothing. A route
 //! missing from the table needs `admin`: new routes are closed until opened here.
 //! The Raft routes are not in this table: the transport checks them, and accepts only
 //! `controller_peer` tokens.
@@ -45,7 +46,10 @@ pub fn access(method: &Method, route: &str) -> Access {
         // Replicas join, and a replica that lost its disk leaves before joining again.
         ("GET", "/v1/cluster" | "/v1/cluster/read-index")
         | ("POST", "/v1/cluster/members")
-        | ("DELETE", "/v1/cluster/members/{id}") => Access::Scopes(&[ControllerPeer]),
+        | ("DELETE", "/v1/cluster/members/{id}")
+        // A pod's preStop hook, with the peer token it mounts: a replica that leads hands
+        // leadership away, which any peer could already force by campaigning.
+        | ("POST", "/v1/cluster/step-down") => Access::Scopes(&[ControllerPeer]),
         _ => Access::Scopes(&[]),
     }
 }

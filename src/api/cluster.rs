@@ -4,7 +4,8 @@
 //! now: it knows a leader, that leader confirmed itself with a quorum, and this replica
 //! has applied everything committed when the probe asked (a read index from the leader).
 //! `/v1/cluster` is this replica's own view, answered locally without the leader, so an
-//! operator can ask every replica what it believes.
+//! operator can ask every replica what it believes. `/v1/cluster/step-down` also acts on
+//! the replica asked: a pod about to stop hands leadership away from its preStop hook.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use super::error::ApiError;
 use super::json::Json;
 use super::types::{
     AddMemberQuery, AddMemberRequest, ClusterMember, ClusterStatus, ReadyResponse,
-    RemoveMemberQuery, RemovedStatus, StatusResponse, TransferLeaderRequest,
+    RemoveMemberQuery, RemovedStatus, StatusResponse, StepDownResponse, TransferLeaderRequest,
 };
 use super::ApiState;
 use crate::membership::MembershipError;
@@ -258,6 +259,33 @@ pub async fn transfer_leader(
         .transfer(request.id, Duration::from_secs(5))
         .await?;
     Ok(JsonResponse(cluster_status_of(&api).await))
+}
+
+/// `POST /v1/cluster/step-down` (the replica asked): if it leads, it hands leadership to
+/// its most up-to-date peer and answers once another replica leads; otherwise it answers
+/// at once. Either way it may be elected again later, like any voter; a replica that is
+/// stopping also hands leadership away on SIGTERM.
+pub async fn step_down(State(api): Api) -> Result<JsonResponse<StepDownResponse>, ApiError> {
+    let replica = &api.replica;
+    let answer = |was_leader, leader| {
+        JsonResponse(StepDownResponse {
+            replica_id: replica.id(),
+            was_leader,
+            leader,
+        })
+    };
+    if !replica.is_leader() {
+        return Ok(answer(false, replica.leader().map(|(id, _)| id)));
+    }
+    tracing::info!("asked to step down");
+    match api.membership.step_down(api.handoff).await {
+        Ok(Some(leader)) => Ok(answer(true, Some(leader))),
+        // The only voter: there is no one to hand leadership to.
+        Ok(None) => Ok(answer(true, Some(replica.id()))),
+        // Leadership moved on its own meanwhile: what was asked has happened.
+        Err(MembershipError::NotLeader(leader)) => Ok(answer(true, leader)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `GET /v1/backup` (leader): the whole registry at a linearizable point, as a backup file.

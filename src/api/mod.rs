@@ -63,6 +63,8 @@ pub struct ApiState {
     pub forwarder: Forwarder,
     /// How long a request waits for a leader before a 503.
     pub leader_wait: Duration,
+    /// How long a leader asked to step down tries to hand leadership over.
+    pub handoff: Duration,
     pub limits: Limits,
 }
 
@@ -131,7 +133,9 @@ pub fn router(api: Arc<ApiState>) -> Router {
     let local = Router::new()
         .route("/status", get(cluster::status))
         .route("/ready", get(cluster::ready))
-        .route("/v1/cluster", get(cluster::cluster));
+        .route("/v1/cluster", get(cluster::cluster))
+        // Acts on the replica asked, never forwarded: a pod stepping down before it stops.
+        .route("/v1/cluster/step-down", post(cluster::step_down));
     Router::new()
         .merge(writes)
         .merge(reads)

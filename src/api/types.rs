@@ -227,6 +227,17 @@ pub struct TransferLeaderRequest {
     pub id: u64,
 }
 
+/// `POST /v1/cluster/step-down`: what the replica asked did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepDownResponse {
+    pub replica_id: u64,
+    /// Whether it led when asked.
+    pub was_leader: bool,
+    /// The leader it knows of after the step-down (itself when it leads alone: a
+    /// single voter has no one to hand leadership to).
+    pub leader: Option<u64>,
+}
+
 /// `GET /v1/cluster`: this replica's view of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {

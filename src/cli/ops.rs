@@ -188,6 +188,16 @@ pub enum ClusterCommand {
         #[arg(long)]
         to: u64,
     },
+    /// Ask the replica at --url (itself, not the leader) to hand leadership away if it
+    /// leads: before maintenance, or as a pod's preStop hook (with the peer token).
+    StepDown {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Then wait this long before exiting, also when the step-down failed: in a
+        /// preStop hook, the time the pod needs to leave the client Service before SIGTERM.
+        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        then_wait_s: u64,
+    },
 }
 
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
@@ -437,12 +447,48 @@ pub async fn run(command: OpsCommand) -> anyhow::Result<()> {
                     let status = client.client()?.transfer_leader(to).await?;
                     (client, status)
                 }
+                ClusterCommand::StepDown {
+                    client,
+                    then_wait_s,
+                } => {
+                    let result = step_down(&client).await;
+                    if then_wait_s > 0 {
+                        tokio::time::sleep(std::time::Duration::from_secs(then_wait_s)).await;
+                    }
+                    return result;
+                }
             };
             if client.json {
                 return print_json(&status);
             }
             print_cluster_status(&status);
         }
+    }
+    Ok(())
+}
+
+async fn step_down(client: &ClientArgs) -> anyhow::Result<()> {
+    let answer = client
+        .client()?
+        .step_down()
+        .await
+        .with_context(|| format!("asking {} to step down", client.url))?;
+    if client.json {
+        return print_json(&answer);
+    }
+    let id = answer.replica_id;
+    match (answer.was_leader, answer.leader) {
+        (true, Some(leader)) if leader == id => {
+            println!("replica {id} leads and has no other voter to hand leadership to")
+        }
+        (true, leader) => println!(
+            "replica {id} stepped down; the leader is now {}",
+            or_dash(leader)
+        ),
+        (false, leader) => println!(
+            "replica {id} does not lead (leader: {}); nothing to do",
+            or_dash(leader)
+        ),
     }
     Ok(())
 }

@@ -4,11 +4,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pageserver_controller::api::types::StepDownResponse;
 use pageserver_controller::client::{retry, Client};
 use pageserver_controller::domain::NodeId;
 
 use crate::support::{
-    attach_range, hold_request_open, shard, wait_for, wait_ready, TestCluster, DEADLINE,
+    attach_range, hold_request_open, run_binary, shard, wait_for, wait_ready, TestCluster, DEADLINE,
 };
 
 /// Clients that retry like pageservers; every call must eventually succeed.
@@ -272,6 +273,87 @@ async fn leadership_moves_on_request_and_when_the_leader_is_stopped() {
         cluster.client(next).inspect(shard(1)).await.unwrap(),
         Some((1, NodeId(1)))
     );
+}
+
+/// `cluster step-down`, a pod's preStop hook: the replica asked hands leadership away if
+/// it leads, does nothing if it does not, and the command waits `--then-wait-s` either
+/// way, also when the replica cannot be reached (the pod must still leave its Service).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_down_moves_leadership_off_the_replica_asked_and_nothing_else() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    attach_range(&cluster.client(leader), 0..2, 1).await;
+    let cli = |args: Vec<String>| async move {
+        let started = std::time::Instant::now();
+        let (ok, text) = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_binary(&args)
+        })
+        .await
+        .unwrap();
+        (ok, text, started.elapsed())
+    };
+    let step_down = |id: u64, more: &[&str]| {
+        let mut args: Vec<String> = ["cluster", "step-down", "--url"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        args.push(cluster.url(id));
+        args.extend(more.iter().map(|a| a.to_string()));
+        args
+    };
+
+    let follower = cluster.other_than(leader);
+    let (ok, text, took) = cli(step_down(follower, &["--then-wait-s", "1"])).await;
+    assert!(ok, "{text}");
+    assert!(text.contains("does not lead"), "{text}");
+    assert!(took >= Duration::from_secs(1), "waited only {took:?}");
+    assert_eq!(
+        cluster.wait_for_leader().await,
+        leader,
+        "a follower's step-down moved nothing"
+    );
+
+    // The leader hands over. Should an election have moved leadership meanwhile, ask
+    // the new leader: the test is about a replica that leads when asked.
+    let (old, answer) = wait_for("a leader to step down", DEADLINE, || {
+        let cluster = &cluster;
+        async move {
+            let leader = cluster.wait_for_leader().await;
+            let (ok, text, _) = cli(step_down(leader, &["--json"])).await;
+            assert!(ok, "{text}");
+            let answer: StepDownResponse = serde_json::from_str(&text).expect(&text);
+            assert_eq!(answer.replica_id, leader);
+            answer.was_leader.then_some((leader, answer))
+        }
+    })
+    .await;
+    let new = answer.leader.expect("a new leader");
+    assert_ne!(new, old, "{answer:?}");
+    assert_ne!(cluster.wait_for_leader().await, old);
+    for (i, tenant) in (0..2).map(shard).enumerate() {
+        let held = cluster.client(new).inspect(tenant).await.unwrap();
+        assert_eq!(held, Some((1, NodeId(1))), "shard {i} after the step-down");
+    }
+    assert!(
+        cluster.log_of(old).contains("asked to step down"),
+        "{}",
+        cluster.log_of(old)
+    );
+
+    // Nobody answers: the command fails, after the wait all the same.
+    let nobody = format!("http://127.0.0.1:{}", crate::support::free_port());
+    let (ok, text, took) = cli(vec![
+        "cluster".into(),
+        "step-down".into(),
+        "--url".into(),
+        nobody,
+        "--then-wait-s".into(),
+        "1".into(),
+    ])
+    .await;
+    assert!(!ok && text.contains("asking"), "{text}");
+    assert!(took >= Duration::from_secs(1), "waited only {took:?}");
 }
 
 /// After handing leadership away on SIGTERM, a replica drains its in-flight requests

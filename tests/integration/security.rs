@@ -245,6 +245,13 @@ fn endpoints(cluster: &TestCluster, leader: u64) -> Vec<Endpoint> {
             None,
             Some(&[Scope::ControllerPeer]),
         ),
+        // On the leader, it hands leadership away; the transfer below brings it back.
+        e(
+            Method::POST,
+            "/v1/cluster/step-down",
+            None,
+            Some(&[Scope::ControllerPeer]),
+        ),
         e(
             Method::POST,
             "/v1/cluster/leader",
