@@ -37,7 +37,7 @@ pub use data_dir::Bootstrap;
 pub use data_dir::{file_system_space, DataDir, DataDirError, FileSystemSpace, Identity};
 pub use flusher::{FlushObserver, FlushStats};
 pub use log_store::LogOpenError;
-pub use log_store::LogStore;
+pub use log_store::{wait_until_released, LogStore};
 pub use snapshot::{decode as decode_snapshot, write_snapshot, SnapshotError};
 pub use state_machine::{
     Applied, Builder, DurableSnapshot, ReplicatedState, SharedState, SnapshotStats,

@@ -23,6 +23,11 @@
 //! every later open fail with "Read corrupted data", although the log itself is intact.
 //! Such files are removed before sled opens; sled then rebuilds its page table from the
 //! previous snapshot and the log, as it does after any crash.
+//!
+//! sled also writes its settings file (`conf`) without an fsync when it creates a log. A
+//! new log is therefore built beside its final place (`log.creating`), synced, and only
+//! then renamed into place: a power loss during a replica's first start leaves no log (or
+//! a leftover `log.creating`, removed at the next start, never used), never a torn one.
 
 use std::fmt::Debug;
 use std::marker::PhantomData;
@@ -88,6 +93,66 @@ fn sync_sled_files(path: &Path) -> std::io::Result<()> {
         }
     }
     sync_dir(path)
+}
+
+enum Creating {
+    Sled(sled::Error),
+    Io(std::io::Error),
+}
+
+/// Creates an empty log at `path` (which must not exist) so that `path` appears only
+/// once sled's files are durable: built at `log.creating`, flushed, fsynced, renamed.
+fn create(path: &Path, cache_bytes: u64) -> std::result::Result<(), Creating> {
+    let building = path.with_extension("creating");
+    if building.exists() {
+        tracing::warn!(path = %building.display(),
+            "removing a log whose creation did not finish (a crash during the first start)");
+        std::fs::remove_dir_all(&building).map_err(Creating::Io)?;
+    }
+    {
+        let db = sled::Config::new()
+            .path(&building)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(None)
+            .open()
+            .map_err(Creating::Sled)?;
+        db.open_tree("log").map_err(Creating::Sled)?;
+        db.open_tree("meta").map_err(Creating::Sled)?;
+        db.flush().map_err(Creating::Sled)?;
+    }
+    // Done writing only once sled's I/O threads have let go of its files (and the open
+    // of the renamed log takes the lock again).
+    wait_until_released(&building).map_err(Creating::Io)?;
+    sync_sled_files(&building).map_err(Creating::Io)?;
+    std::fs::rename(&building, path).map_err(Creating::Io)?;
+    if let Some(parent) = path.parent() {
+        sync_dir(parent).map_err(Creating::Io)?;
+    }
+    Ok(())
+}
+
+/// Waits until no one holds the lock sled takes on the data file of the log at `path`:
+/// sled lets go of it from its own I/O threads a moment after the last handle is
+/// dropped, so a reopen within one process must wait for it (a new process need not).
+pub fn wait_until_released(path: &Path) -> std::io::Result<()> {
+    use fs2::FileExt;
+    let db = path.join("db");
+    let file = match std::fs::File::open(&db) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while file.try_lock_exclusive().is_err() {
+        if std::time::Instant::now() >= deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{} is still locked 30 s after sled closed it", db.display()),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    FileExt::unlock(&file)
 }
 
 /// Removes page-table snapshots sled did not finish (see the module docs).
@@ -179,7 +244,15 @@ where
             }
         };
         let fresh = !path.exists();
-        if !fresh {
+        if fresh {
+            create(path, cache_bytes).map_err(|e| match e {
+                Creating::Sled(source) => sled_err(source),
+                Creating::Io(source) => LogOpenError::Io {
+                    path: display.clone(),
+                    source,
+                },
+            })?;
+        } else {
             remove_unfinished_sled_snapshots(path).map_err(|source| LogOpenError::Io {
                 path: display.clone(),
                 source,
@@ -197,19 +270,11 @@ where
             path: display.clone(),
             source,
         };
-        if fresh {
-            db.flush().map_err(sled_err)?;
-        }
         // sled writes its settings file (`conf`) when it finds none, or one of 8 bytes or
         // less, and never fsyncs it (nor the data file's first pages: its flush ends in
         // sync_file_range). Unsynced, a power loss leaves it empty (rewritten at the next
         // start, unsynced again) or torn, and sled then refuses the whole log.
         sync_sled_files(path).map_err(io)?;
-        if fresh {
-            if let Some(parent) = path.parent() {
-                sync_dir(parent).map_err(io)?;
-            }
-        }
         let watermark_path = Watermark::path_for(path);
         let watermark_io = |source| LogOpenError::Io {
             path: watermark_path.display().to_string(),

@@ -27,24 +27,10 @@ fn open_log(dir: &std::path::Path) -> LogStore<Config> {
     LogStore::open(&dir.join("log"), 1, 1 << 20).expect("open log")
 }
 
-/// sled lets go of its file lock from its own I/O threads, a moment after the last
-/// handle is dropped (a CI run once reopened too early: "could not acquire lock"). A
-/// restarted replica is a new process, so only a reopen within one process must wait.
+/// A reopen within one process waits for sled's I/O threads to let go of the file lock
+/// (a CI run once reopened too early: "could not acquire lock").
 fn wait_until_unlocked(sled_dir: &std::path::Path) {
-    use fs2::FileExt;
-    let Ok(file) = std::fs::File::open(sled_dir.join("db")) else {
-        return; // nothing there yet
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while file.try_lock_exclusive().is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} is still locked after 30 s",
-            sled_dir.display()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    FileExt::unlock(&file).expect("unlock");
+    controller_storage::wait_until_released(sled_dir).expect("sled lets go of its lock");
 }
 
 #[tokio::test]
@@ -404,6 +390,33 @@ async fn a_hole_in_the_log_stops_the_replica() {
         LogStore::<Config>::open(&dir.path().join("log"), 1, 1 << 20),
         Err(LogOpenError::Corrupt { .. })
     ));
+}
+
+/// A new log appears at its path only once sled's files are durable; a power loss during
+/// the first start leaves at most `log.creating` behind, in any state, which the next
+/// start discards (it never held a vote or an entry) before creating the log again.
+#[tokio::test]
+async fn a_log_whose_creation_was_cut_short_is_created_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let creating = dir.path().join("log.creating");
+    std::fs::create_dir(&creating).unwrap();
+    // sled's settings file torn, as a power cut that kept part of its write leaves it:
+    // sled would refuse to open this directory.
+    std::fs::write(creating.join("conf"), [0u8; 64]).unwrap();
+    std::fs::write(creating.join("db"), b"\x00\x01 torn").unwrap();
+    assert!(sled::Config::new().path(&creating).open().is_err());
+
+    let mut log = LogStore::<Config>::open(&path, 1, 1 << 20).expect("a new, empty log");
+    assert!(!creating.exists(), "the unfinished log is removed");
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, None);
+    assert_eq!(log.read_vote().await.unwrap(), None);
+    assert!(std::fs::metadata(path.join("conf")).unwrap().len() > 8);
+    log.save_vote(&Vote::new(1, 1)).await.unwrap();
+    drop(log);
+    let mut log = open_log(dir.path());
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(1, 1)));
 }
 
 #[tokio::test]
