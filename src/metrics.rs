@@ -63,6 +63,7 @@ struct Sampled {
     proposed_commands: IntCounter,
     read_rounds: IntCounter,
     reads: IntCounter,
+    asker_acks: IntCounter,
     tenant_shards: IntGauge,
     nodes: IntGauge,
     voters: IntGauge,
@@ -236,6 +237,11 @@ impl Metrics {
                 "psc_read_index_reads_total",
                 "reads served by those confirmations",
             ),
+            asker_acks: counter(
+                r,
+                "psc_read_index_asker_acks_total",
+                "read indexes a follower's own vote confirmed, without a heartbeat round (leader)",
+            ),
             tenant_shards: gauge(
                 r,
                 "psc_tenant_shards",
@@ -358,6 +364,7 @@ impl Metrics {
         );
         raise(&s.read_rounds, batches.read_rounds.load(Ordering::Relaxed));
         raise(&s.reads, batches.reads.load(Ordering::Relaxed));
+        raise(&s.asker_acks, batches.asker_acks.load(Ordering::Relaxed));
         {
             let applied = replica
                 .local_state()

@@ -70,9 +70,47 @@ pub struct ReadIndex {
     pub index: u64,
 }
 
-/// `GET /v1/cluster/read-index` (leader): the index a linearizable read must wait for.
-pub async fn read_index(State(api): Api) -> Result<JsonResponse<ReadIndex>, ApiError> {
-    let index = api.replica.read_index().await?;
+/// Query of `GET /v1/cluster/read-index`: the asking replica and its latest vote (term
+/// and the replica voted for), which the leader may count as its acknowledgement.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadIndexQuery {
+    pub asker: Option<u64>,
+    pub term: Option<u64>,
+    pub voted_for: Option<u64>,
+}
+
+/// The path and query a replica asks the leader for a read index with.
+pub fn read_index_uri(query: Option<&ReadIndexQuery>) -> axum::http::Uri {
+    let query = query
+        .and_then(|q| serde_urlencoded::to_string(q).ok())
+        .filter(|q| !q.is_empty());
+    match query {
+        Some(query) => format!("{READ_INDEX_PATH}?{query}")
+            .parse()
+            .expect("a path and a query of numbers"),
+        None => axum::http::Uri::from_static(READ_INDEX_PATH),
+    }
+}
+
+/// `GET /v1/cluster/read-index?asker=N&term=T&voted_for=L` (leader): the index a
+/// linearizable read must wait for. The asker's vote can stand for its acknowledgement
+/// (`replica::asker_ack`); otherwise, or without one, the leader confirms itself with a
+/// round of heartbeats.
+pub async fn read_index(
+    State(api): Api,
+    RawQuery(raw): RawQuery,
+) -> Result<JsonResponse<ReadIndex>, ApiError> {
+    let index = match query::<ReadIndexQuery>(raw)? {
+        ReadIndexQuery {
+            asker: Some(asker),
+            term: Some(term),
+            voted_for: Some(voted_for),
+        } => {
+            let vote = openraft::Vote::new(term, voted_for);
+            api.replica.read_index_for(asker, Some(vote)).await?
+        }
+        _ => api.replica.read_index().await?,
+    };
     Ok(JsonResponse(ReadIndex { index }))
 }
 

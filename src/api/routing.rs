@@ -321,9 +321,15 @@ impl crate::replica::LeaderReadIndex for Forwarder {
         &self,
         leader: u64,
         member: Member,
+        vote: Option<openraft::Vote<u64>>,
     ) -> futures::future::BoxFuture<'_, Result<u64, String>> {
         Box::pin(async move {
-            let uri = Uri::from_static(super::cluster::READ_INDEX_PATH);
+            let query = vote.map(|vote| super::cluster::ReadIndexQuery {
+                asker: Some(self.self_id),
+                term: Some(vote.leader_id().term),
+                voted_for: Some(vote.leader_id().node_id),
+            });
+            let uri = super::cluster::read_index_uri(query.as_ref());
             let mut headers = HeaderMap::new();
             if let Some(token) = &self.peer_token {
                 let value = format!("Bearer {token}")

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 
 use super::{ProposeError, ReadError};
-use crate::consensus::Raft;
+use crate::consensus::{LogStore, Raft};
 use crate::domain::{Command, Outcome};
 
 /// Most commands in one log entry: keeps entries well below sled's blob threshold.
@@ -48,6 +48,9 @@ pub struct BatchStats {
     pub commands: std::sync::atomic::AtomicU64,
     pub read_rounds: std::sync::atomic::AtomicU64,
     pub reads: std::sync::atomic::AtomicU64,
+    /// Read indexes this leader handed out on the asking follower's own acknowledgement,
+    /// without a round ([`super::asker_ack`]).
+    pub asker_acks: std::sync::atomic::AtomicU64,
 }
 
 /// Set while leadership is being handed away: this leader then neither proposes nor
@@ -56,7 +59,7 @@ pub struct BatchStats {
 /// lease, and a follower whose lease is fresh refuses to vote for the new leader.
 pub(super) type HandingOver = Arc<std::sync::atomic::AtomicBool>;
 
-fn handing_over(flag: &HandingOver) -> bool {
+pub(super) fn handing_over(flag: &HandingOver) -> bool {
     flag.load(std::sync::atomic::Ordering::SeqCst)
 }
 
@@ -254,6 +257,7 @@ pub(super) struct ReadCoalescer {
 impl ReadCoalescer {
     pub(super) fn start(
         raft: Raft,
+        log: LogStore,
         deadline: Duration,
         lease: Duration,
         stats: Arc<BatchStats>,
@@ -261,7 +265,16 @@ impl ReadCoalescer {
         paused: HandingOver,
     ) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_reads(raft, rx, deadline, lease, stats, remote, paused));
+        let reads = Reads {
+            raft,
+            log,
+            deadline,
+            lease,
+            stats,
+            remote,
+            paused,
+        };
+        tokio::spawn(reads.run(rx));
         Self { queue }
     }
 
@@ -279,44 +292,64 @@ impl ReadCoalescer {
     }
 }
 
-async fn run_reads(
+/// The loop behind [`ReadCoalescer`]: one read-index round at a time, for every read
+/// that arrived before it began.
+struct Reads {
     raft: Raft,
-    mut rx: mpsc::UnboundedReceiver<ReadWaiter>,
+    /// Where this replica's latest vote is read, for the leader (see
+    /// [`super::asker_ack`]).
+    log: LogStore,
     deadline: Duration,
     lease: Duration,
     stats: Arc<BatchStats>,
     remote: Arc<std::sync::OnceLock<Arc<dyn super::LeaderReadIndex>>>,
     paused: HandingOver,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut waiters = vec![first];
-        while let Ok(next) = rx.try_recv() {
-            waiters.push(next);
-        }
-        waiters.retain(|w| !w.is_closed());
-        if waiters.is_empty() {
-            continue;
-        }
-        stats
-            .read_rounds
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        stats
-            .reads
-            .fetch_add(waiters.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let started = Instant::now();
-        let leading = raft.metrics().borrow().state == openraft::ServerState::Leader;
-        let result = if leading && handing_over(&paused) {
-            Err(ReadError::NotLeader { leader: None })
-        } else {
-            super::read_index_round(&raft, remote.get(), deadline, lease).await
-        };
-        tracing::trace!(
-            readers = waiters.len(),
-            micros = started.elapsed().as_micros() as u64,
-            "read round"
-        );
-        for waiter in waiters {
-            let _ = waiter.send(result.clone());
+}
+
+impl Reads {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<ReadWaiter>) {
+        let Reads {
+            raft,
+            log,
+            deadline,
+            lease,
+            stats,
+            remote,
+            paused,
+        } = self;
+        while let Some(first) = rx.recv().await {
+            let mut waiters = vec![first];
+            while let Ok(next) = rx.try_recv() {
+                waiters.push(next);
+            }
+            waiters.retain(|w| !w.is_closed());
+            if waiters.is_empty() {
+                continue;
+            }
+            stats
+                .read_rounds
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            stats
+                .reads
+                .fetch_add(waiters.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let started = Instant::now();
+            let leading = raft.metrics().borrow().state == openraft::ServerState::Leader;
+            let result = if leading && handing_over(&paused) {
+                Err(ReadError::NotLeader { leader: None })
+            } else {
+                // Read after every waiter above arrived: what the leader may count as
+                // this replica's acknowledgement of it.
+                let vote = log.written_vote();
+                super::read_index_round(&raft, remote.get(), vote, deadline, lease).await
+            };
+            tracing::trace!(
+                readers = waiters.len(),
+                micros = started.elapsed().as_micros() as u64,
+                "read round"
+            );
+            for waiter in waiters {
+                let _ = waiter.send(result.clone());
+            }
         }
     }
 }

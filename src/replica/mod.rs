@@ -20,10 +20,13 @@
 //!   quorum that it is still the leader and applied everything committed before the read
 //!   began (openraft's read index). A deposed leader therefore cannot answer from stale
 //!   state, which is what keeps `validate` from calling a superseded generation valid.
+//!   A follower's request for the read index can itself be the acknowledgement the
+//!   leader needs from a quorum of three ([`asker_ack`]).
 //!
 //! Both go through [`batching`]: concurrent writes share log entries and concurrent reads
 //! share leadership rounds, without changing any single request's answer.
 
+mod asker_ack;
 mod batching;
 
 pub use batching::{BatchStats, MAX_BATCH};
@@ -36,7 +39,7 @@ use controller_raft::timing::Timing;
 use controller_raft::Member;
 use controller_storage::{FlushStats, SnapshotStats};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{RaftMetrics, RaftNetworkFactory, ServerState};
+use openraft::{RaftMetrics, RaftNetworkFactory, ServerState, Vote};
 use tokio::sync::watch;
 
 use crate::consensus::{LogStore, Proposal, Raft, SharedState, StateMachine, TypeConfig};
@@ -125,11 +128,14 @@ pub struct Replica {
 /// How a follower asks the leader for a read index (over HTTP, in the server). Without
 /// one, only the leader serves reads.
 pub trait LeaderReadIndex: Send + Sync + 'static {
-    /// The leader's read index, after it confirmed its leadership with a quorum.
+    /// The leader's read index, after it confirmed its leadership with a quorum. `vote`
+    /// is the asking replica's latest vote, which the leader may count as that replica's
+    /// acknowledgement ([`asker_ack`]).
     fn fetch(
         &self,
         leader: u64,
         member: Member,
+        vote: Option<Vote<u64>>,
     ) -> futures::future::BoxFuture<'_, Result<u64, String>>;
 }
 
@@ -168,6 +174,7 @@ impl Replica {
         let remote_read_index = Arc::new(std::sync::OnceLock::new());
         let reads = batching::ReadCoalescer::start(
             raft.clone(),
+            log.clone(),
             deadlines.read,
             lease,
             batch_stats.clone(),
@@ -281,6 +288,49 @@ impl Replica {
     /// here before it returns. Concurrent calls share one round.
     pub async fn read_index(&self) -> Result<u64, ReadError> {
         self.reads.read_index(self.deadlines.read).await
+    }
+
+    /// On the leader, for another replica that asks with its latest vote: the read index
+    /// that vote confirms by itself ([`asker_ack`]), else [`Replica::read_index`].
+    pub async fn read_index_for(
+        &self,
+        asker: u64,
+        vote: Option<Vote<u64>>,
+    ) -> Result<u64, ReadError> {
+        if let Some(vote) = vote {
+            if let Some(index) = self.read_index_acked_by(asker, vote).await {
+                return Ok(index);
+            }
+        }
+        self.read_index().await
+    }
+
+    async fn read_index_acked_by(&self, asker: u64, vote: Vote<u64>) -> Option<u64> {
+        if batching::handing_over(&self.handing_over) {
+            return None;
+        }
+        let id = self.id;
+        let view = self
+            .raft
+            .with_raft_state(move |state| asker_ack::LeaderView {
+                id,
+                leading: state.server_state == ServerState::Leader,
+                vote: *state.vote_ref(),
+                committed: state.committed,
+                configs: state
+                    .membership_state
+                    .effective()
+                    .membership()
+                    .get_joint_config()
+                    .clone(),
+            })
+            .await
+            .ok()?;
+        let index = asker_ack::confirmed_index(&view, asker, &vote)?;
+        self.batch_stats
+            .asker_acks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(index)
     }
 
     /// openraft's leader lease (see the field).
@@ -459,6 +509,7 @@ async fn propose_entry(
 async fn read_index_round(
     raft: &Raft,
     remote: Option<&Arc<dyn LeaderReadIndex>>,
+    vote: Option<Vote<u64>>,
     deadline: Duration,
     lease: Duration,
 ) -> Result<u64, ReadError> {
@@ -477,7 +528,7 @@ async fn read_index_round(
         return confirm_read_index(raft, deadline).await;
     }
     let started = tokio::time::Instant::now();
-    let fetch = tokio::time::timeout(deadline, remote.fetch(leader, member));
+    let fetch = tokio::time::timeout(deadline, remote.fetch(leader, member, vote));
     let answer = tokio::select! {
         answer = fetch => answer,
         // The leader asked may be cut off and never answer; ask the next one.

@@ -429,6 +429,13 @@ where
         self.flush(ErrorSubject::Logs).await
     }
 
+    /// The latest vote handed to sled, durable or not yet. openraft grants a vote, or
+    /// acts on one, only once `save_vote` has returned, so this is at least every vote
+    /// this replica has granted or followed so far.
+    pub fn written_vote(&self) -> Option<Vote<u64>> {
+        self.watermark.written().vote
+    }
+
     /// Flush counters for metrics.
     pub fn flush_stats(&self) -> std::sync::Arc<FlushStats> {
         self.flusher.stats()

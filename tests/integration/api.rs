@@ -373,3 +373,100 @@ async fn concurrent_attaches_share_log_entries_and_keep_their_own_answers() {
         after - before
     );
 }
+
+/// A follower's request for a read index carries its latest vote; the leader of a
+/// three-voter cluster counts it as that follower's acknowledgement (no heartbeat round)
+/// only when it names the leader's own term and leadership and the two are a quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_vote_stands_for_its_acknowledgement_only_when_it_matches() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.other_than(leader);
+    crate::support::attach_range(&cluster.client(leader), 0..4, 1).await;
+    let http = reqwest::Client::new();
+    let counters = |id: u64| {
+        let http = http.clone();
+        let url = format!("{}/metrics", cluster.url(id));
+        async move {
+            let text = http.get(url).send().await.unwrap().text().await.unwrap();
+            let value = |series: &str| -> u64 {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+                    .unwrap_or(0)
+            };
+            (
+                value("psc_read_index_asker_acks_total"),
+                value("psc_read_index_rounds_total"),
+            )
+        }
+    };
+
+    // Validates through the follower: the leader answers their read indexes on the
+    // follower's word.
+    let (acks_before, _) = counters(leader).await;
+    let answer = cluster
+        .client(follower)
+        .validate(&[(shard(0), 1), (shard(1), 0)])
+        .await
+        .unwrap();
+    let valid: Vec<bool> = answer.tenants.iter().map(|t| t.valid).collect();
+    assert_eq!(valid, [true, false]);
+    let (acks, _) = counters(leader).await;
+    assert!(
+        acks > acks_before,
+        "no read index was acknowledged by the asker"
+    );
+
+    // Asked directly, with claims that must not count: each takes a round.
+    let term = cluster.status_of(leader).await.unwrap().term;
+    let ask = |query: String| {
+        let http = http.clone();
+        let url = format!("{}/v1/cluster/read-index?{query}", cluster.url(leader));
+        async move {
+            let response = http.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        }
+    };
+    for (claim, why) in [
+        (
+            format!("asker={follower}&term={}&voted_for={follower}", term + 1),
+            "a later term",
+        ),
+        (
+            format!("asker={follower}&term={term}&voted_for={follower}"),
+            "another candidate",
+        ),
+        (
+            format!("asker={leader}&term={term}&voted_for={leader}"),
+            "the leader itself",
+        ),
+        (
+            format!("asker=99&term={term}&voted_for={leader}"),
+            "not a voter",
+        ),
+    ] {
+        let (acks, rounds) = counters(leader).await;
+        ask(claim).await;
+        let (acks_after, rounds_after) = counters(leader).await;
+        assert_eq!(acks_after, acks, "{why} was taken for an acknowledgement");
+        assert!(rounds_after > rounds, "{why}: no heartbeat round");
+    }
+    let (acks, rounds) = counters(leader).await;
+    ask(format!("asker={follower}&term={term}&voted_for={leader}")).await;
+    let (acks_after, rounds_after) = counters(leader).await;
+    assert_eq!(
+        acks_after,
+        acks + 1,
+        "a matching vote is an acknowledgement"
+    );
+    assert_eq!(rounds_after, rounds, "and no round is needed");
+    let bad = http
+        .get(format!(
+            "{}/v1/cluster/read-index?asker=x",
+            cluster.url(leader)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}

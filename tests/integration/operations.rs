@@ -328,6 +328,7 @@ async fn metrics_are_prometheus_text_with_the_operational_series() {
                 "psc_nodes",
                 "psc_replication_lag_entries",
                 "psc_raft_proposed_commands_total",
+                "psc_read_index_asker_acks_total",
                 "process_resident_memory_bytes",
             ],
         ),

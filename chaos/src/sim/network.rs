@@ -355,7 +355,9 @@ impl LeaderReadIndex for SimReadIndex {
         &self,
         leader: u64,
         _member: Member,
+        vote: Option<openraft::Vote<u64>>,
     ) -> futures::future::BoxFuture<'_, Result<u64, String>> {
+        let from = self.from;
         Box::pin(async move {
             let answer = self
                 .net
@@ -363,7 +365,10 @@ impl LeaderReadIndex for SimReadIndex {
                     if !target.is_leader() {
                         return Err(format!("replica {leader} is not the leader"));
                     }
-                    target.read_index().await.map_err(|e| e.to_string())
+                    target
+                        .read_index_for(from, vote)
+                        .await
+                        .map_err(|e| e.to_string())
                 })
                 .await;
             match answer {
