@@ -18,7 +18,7 @@
 //! | `drop-peers` | lose a share of peer messages (each loss breaks a connection) |
 //! | `member-replace` | the runbook for a lost disk: remove a member, kill it; start it on its old data dir until it notices it was removed (as a careless supervisor would); kill it, wipe its data dir, start it with `--join` |
 //! | `disk-loss` | kill a member and wipe its data dir, then restart it with its old flags (it must not vote as the member it was) |
-//! | `rolling-restart` | SIGTERM, restart and wait for each replica in turn |
+//! | `rolling-restart` | SIGTERM, restart and wait for each replica in turn; in half the rolls (the seed picks) each replica is first asked to step down, as a StatefulSet's preStop hook does |
 //! | `disk-full-leader`, `disk-full-follower` | fill the replica's disk until it stops; start it on the full disk (it must stop again, saying so); give the space back and start it again. Not in the default set: each replica then gets a tmpfs of its own, which needs root |
 
 use std::time::{Duration, Instant};
@@ -496,7 +496,11 @@ impl Injector<'_> {
         order.shuffle(self.rng);
         order.push(leader);
         let mut span = self.span(kind, order.clone());
+        let pre_stop = self.rng.gen_bool(0.5);
         for id in order {
+            if pre_stop {
+                self.step_down(id).await?;
+            }
             let clean = self.cluster.stop(id, Duration::from_secs(30)).await?;
             if !clean {
                 bail!(
@@ -509,6 +513,33 @@ impl Injector<'_> {
         }
         span.healed_us = self.now();
         Ok(span)
+    }
+
+    /// What a StatefulSet's preStop hook does before SIGTERM (`cluster step-down`). A
+    /// step-down that fails leaves the handover to SIGTERM, as in a pod; one that says it
+    /// succeeded while the replica still leads is a bug.
+    async fn step_down(&mut self, id: u64) -> anyhow::Result<()> {
+        match self
+            .cluster
+            .client(id, Duration::from_secs(10))
+            .step_down()
+            .await
+        {
+            Ok(answer) if answer.was_leader && answer.leader == Some(id) => {
+                if self.cluster.members().len() > 1 {
+                    bail!("replica {id} answered its step-down but still leads: {answer:?}");
+                }
+            }
+            Ok(answer) => tracing::info!(
+                id,
+                was_leader = answer.was_leader,
+                leader = ?answer.leader,
+                "asked to step down before SIGTERM"
+            ),
+            Err(e) => tracing::warn!(id, error = %e,
+                "step-down before SIGTERM failed; SIGTERM hands leadership over instead"),
+        }
+        Ok(())
     }
 }
 
