@@ -415,6 +415,17 @@ impl ContainerCluster {
         self.client(ordinal).cluster_status().await.ok()
     }
 
+    /// The leader that pods 0..3 other than `ordinal` agree on, once they do, with all
+    /// three replicas still voters.
+    pub async fn leader_of_the_others(
+        &self,
+        ordinal: u32,
+        deadline: Duration,
+    ) -> anyhow::Result<u64> {
+        let others: Vec<u32> = (0..3).filter(|o| *o != ordinal).collect();
+        self.wait_for_voters(&others, &[1, 2, 3], deadline).await
+    }
+
     /// Waits until every pod in `ordinals` agrees on one leader among them that reports
     /// exactly `voters` as voters, no learner and no half-done change; the leader's id.
     pub async fn wait_for_voters(

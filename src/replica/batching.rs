@@ -53,6 +53,14 @@ pub struct BatchStats {
     pub asker_acks: std::sync::atomic::AtomicU64,
 }
 
+impl BatchStats {
+    /// One more of `what`, carrying `items` (commands of an entry, reads of a round).
+    fn count(what: &std::sync::atomic::AtomicU64, of: &std::sync::atomic::AtomicU64, items: usize) {
+        what.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        of.fetch_add(items as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Set while leadership is being handed away: this leader then neither proposes nor
 /// confirms reads, and answers both "not the leader" (nothing applied) so the routing
 /// layer sends them to the next leader. A read round would also renew every follower's
@@ -209,12 +217,7 @@ async fn run_writes(
             }
             continue;
         }
-        stats
-            .entries
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        stats
-            .commands
-            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        BatchStats::count(&stats.entries, &stats.commands, batch.len());
         let raft = raft.clone();
         tokio::spawn(async move {
             let (commands, replies): (Vec<_>, Vec<_>) =
@@ -326,12 +329,7 @@ impl Reads {
             if waiters.is_empty() {
                 continue;
             }
-            stats
-                .read_rounds
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            stats
-                .reads
-                .fetch_add(waiters.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            BatchStats::count(&stats.read_rounds, &stats.reads, waiters.len());
             let started = Instant::now();
             let leading = raft.metrics().borrow().state == openraft::ServerState::Leader;
             let result = if leading && handing_over(&paused) {
