@@ -338,9 +338,15 @@ impl Membership {
         let member = self
             .member(to)
             .ok_or_else(|| MembershipError::NotFound(format!("replica {to} is not a member")))?;
-        tracing::info!(to, "handing leadership over");
         let started = Instant::now();
-        self.replica.set_handing_over(true);
+        let Some(_paused) = self.replica.begin_handover(within).await else {
+            return Err(MembershipError::Unavailable(format!(
+                "another leadership handover did not finish within {within:?}; retry shortly"
+            )));
+        };
+        // The handover this one waited for may have moved leadership already.
+        self.ensure_leader()?;
+        tracing::info!(to, "handing leadership over");
         // A write already handed to Raft still lengthens this leader's log; were `to`
         // asked to campaign before it reached `to`, this leader would refuse it its vote
         // (less log) and, its own term gone, win the next election itself.
@@ -354,7 +360,7 @@ impl Membership {
         };
         let left = within.saturating_sub(started.elapsed());
         let result = self.hand_over(goal, &member, left).await;
-        self.replica.set_handing_over(false);
+        drop(_paused);
         match &result {
             Ok(leader) => tracing::info!(to, leader, "leadership handed over"),
             Err(e) => tracing::warn!(to, error = %e, "leadership transfer did not complete"),
@@ -383,13 +389,11 @@ impl Membership {
                 }
                 other => other?,
             }
+            // Back on when the caller's handover guard is dropped, however this ends.
             self.replica.raft().runtime_config().heartbeat(false);
         }
-        let result = self
-            .campaign_until_moved(goal, member, quiet, deadline)
-            .await;
-        self.replica.raft().runtime_config().heartbeat(true);
-        result
+        self.campaign_until_moved(goal, member, quiet, deadline)
+            .await
     }
 
     /// Waits until `to` holds this leader's whole log.

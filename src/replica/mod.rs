@@ -119,6 +119,8 @@ pub struct Replica {
     log: LogStore,
     writes: batching::WriteBatcher,
     handing_over: batching::HandingOver,
+    /// Held by the one handover under way (see [`Replica::begin_handover`]).
+    handover_turn: tokio::sync::Mutex<()>,
     reads: batching::ReadCoalescer,
     remote_read_index: Arc<std::sync::OnceLock<Arc<dyn LeaderReadIndex>>>,
     /// Whether peers reported this replica removed (see [`removal`]).
@@ -137,6 +139,23 @@ pub trait LeaderReadIndex: Send + Sync + 'static {
         member: Member,
         vote: Option<Vote<u64>>,
     ) -> futures::future::BoxFuture<'_, Result<u64, String>>;
+}
+
+/// A handover under way on this replica (see [`Replica::begin_handover`]). Dropping it
+/// resumes proposals and reads and switches heartbeats back on, which a handover among
+/// more than three voters switches off while the followers' leases run out.
+pub struct HandoverGuard<'a> {
+    replica: &'a Replica,
+    _turn: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl Drop for HandoverGuard<'_> {
+    fn drop(&mut self) {
+        self.replica.raft.runtime_config().heartbeat(true);
+        self.replica
+            .handing_over
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Replica {
@@ -197,6 +216,7 @@ impl Replica {
             log,
             writes,
             handing_over,
+            handover_turn: tokio::sync::Mutex::new(()),
             reads,
             remote_read_index,
             standing,
@@ -362,12 +382,26 @@ impl Replica {
             .map(|since| since.elapsed())
     }
 
-    /// While set, this leader answers writes and reads "not the leader" without sending
-    /// anything to its peers (used while handing leadership to another replica, whose
-    /// votes would be refused by followers that just heard from this one).
-    pub fn set_handing_over(&self, handing_over: bool) {
+    /// Starts handing leadership away: until the returned guard is dropped, this leader
+    /// answers writes and reads "not the leader" without sending anything to its peers
+    /// (whose votes for the successor would be refused by followers that just heard from
+    /// this one). One handover at a time: a second waits for the first, at most `wait`,
+    /// and gets `None` if it is still under way.
+    ///
+    /// Dropping the guard ends the pause however the handover ended, including when the
+    /// future running it was dropped (its HTTP caller went away): a flag left set would
+    /// have this replica refuse everything while its heartbeats, once switched back on or
+    /// never off, kept any other replica from taking over.
+    pub async fn begin_handover(&self, wait: Duration) -> Option<HandoverGuard<'_>> {
+        let turn = tokio::time::timeout(wait, self.handover_turn.lock())
+            .await
+            .ok()?;
         self.handing_over
-            .store(handing_over, std::sync::atomic::Ordering::SeqCst);
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Some(HandoverGuard {
+            replica: self,
+            _turn: turn,
+        })
     }
 
     /// Waits, at most `within`, until every write handed to Raft has committed or failed.

@@ -356,6 +356,45 @@ async fn step_down_moves_leadership_off_the_replica_asked_and_nothing_else() {
     assert!(took >= Duration::from_secs(1), "waited only {took:?}");
 }
 
+/// A one-replica cluster (a test bed, or what `recover` leaves before members are added
+/// back) has no one to hand leadership to: the preStop hook must still succeed at once,
+/// say so, and leave the replica leading and writable rather than leaderless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_voter_asked_to_step_down_keeps_leading_and_says_so() {
+    let cluster = TestCluster::start(1).await;
+    let leader = cluster.wait_for_leader().await;
+    assert_eq!(leader, 1);
+    let client = cluster.client(leader);
+    attach_range(&client, 0..1, 1).await;
+
+    let answer = client.step_down().await.expect("a step-down answer");
+    assert_eq!(
+        answer,
+        StepDownResponse {
+            replica_id: 1,
+            was_leader: true,
+            leader: Some(1),
+        }
+    );
+    let (ok, text) = tokio::task::spawn_blocking({
+        let url = cluster.url(leader);
+        move || run_binary(&["cluster", "step-down", "--url", &url])
+    })
+    .await
+    .unwrap();
+    assert!(ok && text.contains("no other voter"), "{text}");
+
+    // Still the leader, and still taking writes in the same term.
+    let before = client.cluster_status().await.unwrap();
+    let generation = client
+        .attach_hook(shard(0), Some(NodeId(1)), None)
+        .await
+        .expect("an attach after the step-down");
+    assert_eq!(generation, Some(2));
+    let after = client.cluster_status().await.unwrap();
+    assert_eq!((after.leader, after.term), (Some(1), before.term));
+}
+
 /// After handing leadership away on SIGTERM, a replica drains its in-flight requests
 /// with its listener closed, so the new leader's heartbeats no longer reach it. Were it
 /// still allowed to campaign, it would raise its term every election timeout of the drain
@@ -717,4 +756,59 @@ async fn a_replica_removed_while_down_stops_campaigning_and_can_be_added_back() 
         .await
         .unwrap();
     assert_eq!(generation, Some(1));
+}
+
+/// A leadership transfer whose caller goes away half-way (an interrupted CLI, a client's
+/// timeout, a follower that stopped forwarding) must not leave the leader half-way too:
+/// refusing reads and writes as "handing over" while its heartbeats keep every other
+/// replica from taking over, which would stop the cluster until someone restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_abandoned_by_its_caller_leaves_the_cluster_writable() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    attach_range(&cluster.client(leader), 0..1, 1).await;
+
+    // The target is frozen, so the handover waits on it; the caller gives up first.
+    let target = cluster.other_than(leader);
+    cluster.freeze(target, true);
+    let impatient = cluster
+        .client(leader)
+        .with_timeout(Duration::from_millis(500));
+    let abandoned = impatient.transfer_leader(target).await;
+    cluster.freeze(target, false);
+    assert!(abandoned.is_err(), "{abandoned:?}");
+
+    // Whoever leads now takes writes; and so does the first leader once it leads again
+    // (handed back explicitly, in case the frozen target took over when it woke).
+    let mut generation = 1;
+    for lead in [None, Some(leader)] {
+        if let Some(id) = lead {
+            let status = retry(
+                DEADLINE,
+                Duration::from_millis(100),
+                Duration::from_secs(1),
+                || {
+                    let client = cluster.client(cluster.other_than(id));
+                    async move { client.transfer_leader(id).await }
+                },
+            )
+            .await
+            .expect("leadership handed back");
+            assert_eq!(status.leader, Some(id));
+        }
+        let via = lead.unwrap_or(leader);
+        let got = retry(
+            DEADLINE,
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+            || {
+                let client = cluster.client(via);
+                async move { client.attach_hook(shard(0), Some(NodeId(1)), None).await }
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("an attach through {via} after the abandoned transfer: {e}"));
+        assert!(got > Some(generation), "{got:?} after {generation}");
+        generation = got.expect("a generation");
+    }
 }

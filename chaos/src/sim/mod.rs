@@ -905,7 +905,10 @@ pub mod scenario {
             proposed() > before || writer.is_finished()
         })
         .await?;
-        replica.set_handing_over(true);
+        let handover = replica
+            .begin_handover(Duration::from_secs(1))
+            .await
+            .context("no other handover runs here")?;
         if replica.writes_settled(Duration::from_millis(100)).await {
             liveness.push("the writes settled while one could not commit".to_owned());
         }
@@ -926,7 +929,7 @@ pub mod scenario {
         if !replica.writes_settled(Duration::from_secs(10)).await {
             liveness.push("the writes did not settle once the links healed".to_owned());
         }
-        replica.set_handing_over(false);
+        drop(handover);
         let _in_flight = writer.await.context("the writer panicked")??;
         let ending = Ending {
             seed,
