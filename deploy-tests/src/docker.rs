@@ -12,13 +12,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-use pageserver_controller::api::types::ClusterStatus;
 use pageserver_controller::client::Client;
 
-use crate::tools;
+use crate::{settled, tools};
 
 /// Runs `docker ARGS` off the async runtime; stdout, or an error with stderr.
 pub async fn docker(args: Vec<String>) -> anyhow::Result<String> {
@@ -382,22 +381,13 @@ impl ContainerCluster {
         &self,
         what: &str,
         deadline: Duration,
-        mut check: F,
+        check: F,
     ) -> anyhow::Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        let end = Instant::now() + deadline;
-        loop {
-            if let Some(value) = check().await {
-                return Ok(value);
-            }
-            if Instant::now() > end {
-                bail!("timed out after {deadline:?} waiting for {what}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        settled::poll_until(what, deadline, check).await
     }
 
     /// Waits until pod `ordinal` answers `/ready` (knows a leader with a quorum, caught up).
@@ -408,11 +398,6 @@ impl ContainerCluster {
             async move { client.ready().await.ok().map(drop) }
         })
         .await
-    }
-
-    /// The view of pod `ordinal`, if it answers.
-    pub async fn status(&self, ordinal: u32) -> Option<ClusterStatus> {
-        self.client(ordinal).cluster_status().await.ok()
     }
 
     /// The leader that pods 0..3 other than `ordinal` agree on, once they do, with all
@@ -426,7 +411,7 @@ impl ContainerCluster {
         self.wait_for_voters(&others, &[1, 2, 3], deadline).await
     }
 
-    /// Waits until every pod in `ordinals` agrees on one leader among them that reports
+    /// Waits until every pod in `ordinals` is ready and agrees on one leader that reports
     /// exactly `voters` as voters, no learner and no half-done change; the leader's id.
     pub async fn wait_for_voters(
         &self,
@@ -434,41 +419,17 @@ impl ContainerCluster {
         voters: &[u64],
         deadline: Duration,
     ) -> anyhow::Result<u64> {
-        let mut expected = voters.to_vec();
-        expected.sort_unstable();
-        self.wait_for(
-            &format!("pods {ordinals:?} to agree on voters {expected:?}"),
-            deadline,
-            || {
-                let expected = expected.clone();
-                async move {
-                    let mut leader = None;
-                    for ordinal in ordinals {
-                        let theirs = self.status(*ordinal).await?.leader?;
-                        if leader.is_some_and(|l| l != theirs) {
-                            return None;
-                        }
-                        leader = Some(theirs);
-                    }
-                    let leader = leader?;
-                    let leader_ordinal = u32::try_from(leader.checked_sub(1)?).ok()?;
-                    let view = self.status(leader_ordinal).await?;
-                    let mut got: Vec<u64> = view
-                        .members
-                        .iter()
-                        .filter(|m| m.role == "voter")
-                        .map(|m| m.id)
-                        .collect();
-                    got.sort_unstable();
-                    let settled = view.state == "leader"
-                        && got == expected
-                        && view.members.len() == expected.len()
-                        && !view.joint;
-                    settled.then_some(leader)
-                }
-            },
-        )
-        .await
+        let members: Vec<Client> = ordinals.iter().map(|o| self.client(*o)).collect();
+        // Replica id N is pod N-1 (`--id-from-hostname`).
+        let client_of = |id: u64| {
+            let ordinal = u32::try_from(id.checked_sub(1)?).ok()?;
+            self.pods
+                .contains_key(&ordinal)
+                .then(|| self.client(ordinal))
+        };
+        settled::wait_until_settled(&members, voters, client_of, deadline)
+            .await
+            .with_context(|| format!("pods {ordinals:?}"))
     }
 
     /// Removes everything this run created. Best effort: reports what it could not do.

@@ -23,5 +23,6 @@
 
 pub mod compose;
 pub mod docker;
+pub mod settled;
 pub mod tools;
 pub mod traffic;

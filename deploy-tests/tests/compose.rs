@@ -7,10 +7,11 @@
 //!
 //! Needs a running Docker engine with Compose; it fails (never skips) without them.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deploy_tests::compose::Project;
 use deploy_tests::docker::{build_image, require_docker};
+use deploy_tests::settled::wait_until_settled;
 use deploy_tests::traffic::shard;
 use pageserver_controller::api::types::NodeRegisterRequest;
 use pageserver_controller::client::{retry, Client};
@@ -34,37 +35,17 @@ where
     .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
-/// Waits until all `clients` are ready and agree on one leader among three voters; the
-/// leader's replica id.
+/// Waits until all `clients` (psc-0, psc-1, psc-2: replicas 1, 2, 3) are ready and agree
+/// on one leader among the three voters; the leader's replica id.
 async fn wait_for_cluster(clients: &[Client]) -> u64 {
-    let end = Instant::now() + WAIT;
-    loop {
-        let mut leader = None;
-        let mut agreed = true;
-        for client in clients {
-            let view = match (client.ready().await, client.cluster_status().await) {
-                (Ok(_), Ok(view)) => view,
-                _ => {
-                    agreed = false;
-                    break;
-                }
-            };
-            let voters = view.members.iter().filter(|m| m.role == "voter").count();
-            if voters != 3 || view.leader.is_none() || (leader.is_some() && leader != view.leader) {
-                agreed = false;
-                break;
-            }
-            leader = view.leader;
-        }
-        if agreed {
-            return leader.expect("a leader");
-        }
-        assert!(
-            Instant::now() < end,
-            "the compose cluster did not become ready with one leader and three voters in {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let client_of = |id: u64| {
+        clients
+            .get(usize::try_from(id.checked_sub(1)?).ok()?)
+            .cloned()
+    };
+    wait_until_settled(clients, &[1, 2, 3], client_of, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("the compose cluster did not settle: {e:#}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
