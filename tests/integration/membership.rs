@@ -812,3 +812,75 @@ async fn a_transfer_abandoned_by_its_caller_leaves_the_cluster_writable() {
         generation = got.expect("a generation");
     }
 }
+
+/// Handovers take turns: a step-down asked while a transfer runs waits for it and then
+/// reports where leadership went, rather than starting a second handover beside the
+/// first (two campaigns at once, and whichever finished first ending the other's pause).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_down_during_a_transfer_waits_for_it_and_reports_where_leadership_went() {
+    let cluster = TestCluster::start(5).await;
+    attach_range(&cluster.client(cluster.wait_for_leader().await), 0..2, 1).await;
+    let handovers_begun = |id: u64| {
+        cluster
+            .log_of(id)
+            .matches("handing leadership over")
+            .count()
+    };
+    // With five voters a transfer keeps quiet for a lease (0.4 s) before its target
+    // campaigns: the step-down comes in that window. Should a busy machine let the transfer
+    // finish first, the step-down has nothing to wait for; try again from the new leader.
+    let (leader, target, answer) =
+        wait_for("a step-down that overlaps a transfer", DEADLINE, || {
+            let cluster = &cluster;
+            async move {
+                let leader = cluster.wait_for_leader().await;
+                // The step-down on its own would pick the highest id (every follower holds
+                // the whole log); the transfer goes to the lowest.
+                let target = *cluster.others_than(leader).iter().min().unwrap();
+                let begun = handovers_begun(leader);
+                let transfer = tokio::spawn({
+                    let client = cluster.client(leader);
+                    async move { client.transfer_leader(target).await }
+                });
+                wait_for("the transfer to begin", DEADLINE, || async {
+                    (handovers_begun(leader) > begun).then_some(())
+                })
+                .await;
+                let answer = cluster
+                    .client(leader)
+                    .step_down()
+                    .await
+                    .expect("a step-down answer");
+                let moved = transfer.await.unwrap().expect("the transfer completes");
+                assert_eq!(moved.leader, Some(target), "{moved:?}");
+                if answer.was_leader {
+                    assert_eq!(
+                        handovers_begun(leader),
+                        begun + 1,
+                        "the step-down began a handover of its own beside the transfer:\n{}",
+                        cluster.log_of(leader)
+                    );
+                }
+                answer.was_leader.then_some((leader, target, answer))
+            }
+        })
+        .await;
+    assert_eq!(
+        answer,
+        StepDownResponse {
+            replica_id: leader,
+            was_leader: true,
+            leader: Some(target),
+        },
+        "the step-down waited for the transfer to {target} and did not start its own"
+    );
+    let log = cluster.log_of(leader);
+    let ended = log.matches("leadership handed over").count()
+        + log.matches("leadership transfer did not complete").count();
+    assert_eq!(
+        handovers_begun(leader),
+        ended,
+        "replica {leader} began a handover that never ended:\n{log}"
+    );
+    assert_eq!(cluster.wait_for_leader().await, target);
+}
