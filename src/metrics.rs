@@ -64,6 +64,9 @@ struct Sampled {
     read_rounds: IntCounter,
     reads: IntCounter,
     asker_acks: IntCounter,
+    follower_rounds: IntCounter,
+    follower_fetch_micros: IntCounter,
+    follower_apply_micros: IntCounter,
     tenant_shards: IntGauge,
     nodes: IntGauge,
     voters: IntGauge,
@@ -242,6 +245,21 @@ impl Metrics {
                 "psc_read_index_asker_acks_total",
                 "read indexes a follower's own vote confirmed, without a heartbeat round (leader)",
             ),
+            follower_rounds: counter(
+                r,
+                "psc_follower_read_rounds_total",
+                "read rounds of this follower that got a read index from the leader and applied it",
+            ),
+            follower_fetch_micros: counter(
+                r,
+                "psc_follower_read_fetch_microseconds_total",
+                "time those rounds spent asking the leader for its read index",
+            ),
+            follower_apply_micros: counter(
+                r,
+                "psc_follower_read_apply_wait_microseconds_total",
+                "time those rounds then spent waiting to apply the leader's read index",
+            ),
             tenant_shards: gauge(
                 r,
                 "psc_tenant_shards",
@@ -365,6 +383,18 @@ impl Metrics {
         raise(&s.read_rounds, batches.read_rounds.load(Ordering::Relaxed));
         raise(&s.reads, batches.reads.load(Ordering::Relaxed));
         raise(&s.asker_acks, batches.asker_acks.load(Ordering::Relaxed));
+        raise(
+            &s.follower_rounds,
+            batches.follower_rounds.load(Ordering::Relaxed),
+        );
+        raise(
+            &s.follower_fetch_micros,
+            batches.follower_fetch_micros.load(Ordering::Relaxed),
+        );
+        raise(
+            &s.follower_apply_micros,
+            batches.follower_apply_micros.load(Ordering::Relaxed),
+        );
         {
             let applied = replica
                 .local_state()

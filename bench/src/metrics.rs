@@ -116,6 +116,20 @@ pub fn reads_per_round(before: &Scrape, after: &Scrape) -> Option<f64> {
     (rounds > 0.0).then(|| reads / rounds)
 }
 
+/// A follower's mean time per read round asking the leader for a read index, then
+/// waiting to apply it, in microseconds; `None` when it served no such round (or runs a
+/// build without these counters).
+pub fn follower_round_phases(before: &Scrape, after: &Scrape) -> Option<(f64, f64)> {
+    let rounds = delta(before, after, "psc_follower_read_rounds_total")?;
+    let fetch = delta(before, after, "psc_follower_read_fetch_microseconds_total")?;
+    let apply = delta(
+        before,
+        after,
+        "psc_follower_read_apply_wait_microseconds_total",
+    )?;
+    (rounds > 0.0).then(|| (fetch / rounds, apply / rounds))
+}
+
 /// One line describing what the server's counters did, or "n/a".
 pub fn describe(before: Option<&Scrape>, after: Option<&Scrape>) -> String {
     match (before, after) {

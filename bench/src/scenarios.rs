@@ -181,7 +181,14 @@ async fn measure(
         let after = metrics::scrape(&ctx.http, url).await;
         if let (Some(before), Some(after)) = (before, after) {
             if let Some(shared) = metrics::reads_per_round(before, &after) {
-                follower_reads.push(format!("follower {id}: {shared:.1} reads/read-index round"));
+                let phases = metrics::follower_round_phases(before, &after)
+                    .map(|(fetch, apply)| {
+                        format!(" ({fetch:.0} µs asking the leader, {apply:.0} µs applying)")
+                    })
+                    .unwrap_or_default();
+                follower_reads.push(format!(
+                    "follower {id}: {shared:.1} reads/read-index round{phases}"
+                ));
             }
         }
     }

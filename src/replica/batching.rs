@@ -51,6 +51,13 @@ pub struct BatchStats {
     /// Read indexes this leader handed out on the asking follower's own acknowledgement,
     /// without a round ([`super::asker_ack`]).
     pub asker_acks: std::sync::atomic::AtomicU64,
+    /// A follower's read rounds that got a read index from the leader and applied it,
+    /// and the microseconds they spent on each phase: asking the leader, then waiting to
+    /// apply what the leader had committed (which this replica learns from the leader's
+    /// next message). Where a validate through a follower waits.
+    pub follower_rounds: std::sync::atomic::AtomicU64,
+    pub follower_fetch_micros: std::sync::atomic::AtomicU64,
+    pub follower_apply_micros: std::sync::atomic::AtomicU64,
 }
 
 impl BatchStats {
@@ -338,7 +345,7 @@ impl Reads {
                 // Read after every waiter above arrived: what the leader may count as
                 // this replica's acknowledgement of it.
                 let vote = log.written_vote();
-                super::read_index_round(&raft, remote.get(), vote, deadline, lease).await
+                super::read_index_round(&raft, remote.get(), vote, deadline, lease, &stats).await
             };
             tracing::trace!(
                 readers = waiters.len(),

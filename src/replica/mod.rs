@@ -546,6 +546,7 @@ async fn read_index_round(
     vote: Option<Vote<u64>>,
     deadline: Duration,
     lease: Duration,
+    stats: &BatchStats,
 ) -> Result<u64, ReadError> {
     let (state, leader, member) = {
         let metrics = raft.metrics();
@@ -582,13 +583,25 @@ async fn read_index_round(
         }
         Err(_) => return Err(ReadError::NoQuorum(deadline)),
     };
-    let left = deadline.saturating_sub(started.elapsed());
+    let fetched = started.elapsed();
+    let left = deadline.saturating_sub(fetched);
     match raft
         .wait(Some(left))
         .applied_index_at_least(Some(index), "follower read")
         .await
     {
-        Ok(_) => Ok(index),
+        Ok(_) => {
+            let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            stats.follower_rounds.fetch_add(1, relaxed);
+            stats
+                .follower_fetch_micros
+                .fetch_add(micros(fetched), relaxed);
+            stats
+                .follower_apply_micros
+                .fetch_add(micros(started.elapsed() - fetched), relaxed);
+            Ok(index)
+        }
         Err(_) => Err(ReadError::NoQuorum(deadline)),
     }
 }

@@ -387,6 +387,18 @@ async fn metrics_are_prometheus_text_with_the_operational_series() {
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or_else(|| panic!("no psc_data_dir_free_bytes value:\n{text}"));
             assert!(free > 0.0, "{free} bytes free where the tests write");
+            // The validate above was a read round of this follower: it asked the leader
+            // (which takes time) and applied what the leader had committed.
+            let rounds = value(&text, "psc_follower_read_rounds_total");
+            let asking = value(&text, "psc_follower_read_fetch_microseconds_total");
+            assert!(
+                rounds.is_some_and(|r| r >= 1.0) && asking.is_some_and(|a| a > 0.0),
+                "no follower read round counted:\n{text}"
+            );
+            assert!(
+                value(&text, "psc_follower_read_apply_wait_microseconds_total").is_some(),
+                "{text}"
+            );
         }
     }
 
