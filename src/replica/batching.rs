@@ -66,6 +66,18 @@ impl BatchStats {
         what.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         of.fetch_add(items as u64, std::sync::atomic::Ordering::Relaxed);
     }
+
+    /// One more follower read round, which spent `asking` on the leader's answer and
+    /// `applying` on applying its read index.
+    pub(super) fn follower_round(&self, asking: Duration, applying: Duration) {
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        self.follower_rounds.fetch_add(1, relaxed);
+        self.follower_fetch_micros
+            .fetch_add(micros(asking), relaxed);
+        self.follower_apply_micros
+            .fetch_add(micros(applying), relaxed);
+    }
 }
 
 /// Set while leadership is being handed away: this leader then neither proposes nor
@@ -318,15 +330,6 @@ struct Reads {
 
 impl Reads {
     async fn run(self, mut rx: mpsc::UnboundedReceiver<ReadWaiter>) {
-        let Reads {
-            raft,
-            log,
-            deadline,
-            lease,
-            stats,
-            remote,
-            paused,
-        } = self;
         while let Some(first) = rx.recv().await {
             let mut waiters = vec![first];
             while let Ok(next) = rx.try_recv() {
@@ -336,16 +339,24 @@ impl Reads {
             if waiters.is_empty() {
                 continue;
             }
-            BatchStats::count(&stats.read_rounds, &stats.reads, waiters.len());
+            BatchStats::count(&self.stats.read_rounds, &self.stats.reads, waiters.len());
             let started = Instant::now();
-            let leading = raft.metrics().borrow().state == openraft::ServerState::Leader;
-            let result = if leading && handing_over(&paused) {
+            let leading = self.raft.metrics().borrow().state == openraft::ServerState::Leader;
+            let result = if leading && handing_over(&self.paused) {
                 Err(ReadError::NotLeader { leader: None })
             } else {
                 // Read after every waiter above arrived: what the leader may count as
                 // this replica's acknowledgement of it.
-                let vote = log.written_vote();
-                super::read_index_round(&raft, remote.get(), vote, deadline, lease, &stats).await
+                let vote = self.log.written_vote();
+                super::read_index_round(
+                    &self.raft,
+                    self.remote.get(),
+                    vote,
+                    self.deadline,
+                    self.lease,
+                    &self.stats,
+                )
+                .await
             };
             tracing::trace!(
                 readers = waiters.len(),

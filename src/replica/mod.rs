@@ -591,15 +591,7 @@ async fn read_index_round(
         .await
     {
         Ok(_) => {
-            let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-            let relaxed = std::sync::atomic::Ordering::Relaxed;
-            stats.follower_rounds.fetch_add(1, relaxed);
-            stats
-                .follower_fetch_micros
-                .fetch_add(micros(fetched), relaxed);
-            stats
-                .follower_apply_micros
-                .fetch_add(micros(started.elapsed() - fetched), relaxed);
+            stats.follower_round(fetched, started.elapsed() - fetched);
             Ok(index)
         }
         Err(_) => Err(ReadError::NoQuorum(deadline)),
