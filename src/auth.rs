@@ -11,7 +11,8 @@
 //! pageserver's or an operator's token cannot forge a vote or a log entry.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -64,19 +65,50 @@ pub struct Claims {
 #[error("{0}")]
 pub struct TokenError(String);
 
-/// The public keys tokens are checked against.
+/// The public keys tokens are checked against. They can be re-read from their file or
+/// directory while the process runs ([`JwtKeys::reload`]), so that keys rotate without a
+/// restart.
 pub struct JwtKeys {
-    keys: Vec<DecodingKey>,
+    /// The file or directory the keys came from; `None` for keys given in memory.
+    source: Option<PathBuf>,
     validation: Validation,
+    /// Replaced whole by a reload: a token checked against the old keys is remembered
+    /// only in the old set, so a key taken away takes its tokens with it.
+    current: std::sync::RwLock<Arc<KeySet>>,
+}
+
+/// One generation of keys, with the tokens they have verified.
+struct KeySet {
+    /// The files the keys were read from, with their bytes: a reload that reads the same
+    /// is not a change.
+    files: Vec<(PathBuf, Vec<u8>)>,
+    keys: Vec<DecodingKey>,
     /// Tokens whose signature one of `keys` has already checked, with their claims. A
     /// pageserver, an operator and each peer send the same token with every request,
     /// and an Ed25519 check costs more than the rest of a validate's work on a
     /// follower (about a quarter of its throughput with four checks per validate:
-    /// BENCHMARKS.md). The keys never change while the process runs, so a signature
-    /// that verified once verifies again; only `exp` depends on the time, and it is
-    /// checked on every use. Keyed by the whole token, so a token differing in any byte
-    /// is checked afresh; only tokens that verified are kept, so garbage cannot fill it.
+    /// BENCHMARKS.md). The keys of a set never change, so a signature that verified
+    /// once verifies again; only `exp` depends on the time, and it is checked on every
+    /// use. Keyed by the whole token, so a token differing in any byte is checked
+    /// afresh; only tokens that verified are kept, so garbage cannot fill it.
     verified: std::sync::Mutex<std::collections::HashMap<Box<str>, Claims>>,
+}
+
+impl KeySet {
+    fn new(files: Vec<(PathBuf, Vec<u8>)>, keys: Vec<DecodingKey>) -> KeySet {
+        KeySet {
+            files,
+            keys,
+            verified: Default::default(),
+        }
+    }
+
+    fn verified(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Box<str>, Claims>> {
+        // The map holds only verified tokens; a panic elsewhere cannot leave it wrong.
+        self.verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Most tokens remembered as verified; past it the memory is cleared and refilled
@@ -85,58 +117,54 @@ const VERIFIED_TOKENS: usize = 1024;
 
 impl std::fmt::Debug for JwtKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "JwtKeys({} keys)", self.keys.len())
+        write!(f, "JwtKeys({} keys)", self.current().keys.len())
     }
 }
 
 impl JwtKeys {
     /// Loads Ed25519 public keys from a PEM file, or from every file of a directory.
     pub fn load(path: &Path) -> anyhow::Result<JwtKeys> {
-        let mut files = Vec::new();
-        if path.is_dir() {
-            for entry in
-                std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
-            {
-                let entry = entry?;
-                // Follow symlinks: a Kubernetes Secret volume projects each key as a
-                // symlink into a hidden `..data` directory. Hidden entries are that
-                // machinery (or editor leftovers), never keys.
-                let hidden = entry.file_name().to_string_lossy().starts_with('.');
-                let target = std::fs::metadata(entry.path())
-                    .with_context(|| format!("reading {}", entry.path().display()))?;
-                if !hidden && target.is_file() {
-                    files.push(entry.path());
-                }
-            }
-            files.sort();
-        } else {
-            files.push(path.to_owned());
-        }
-        let mut keys = Vec::new();
-        for file in &files {
-            let pem = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-            let key = DecodingKey::from_ed_pem(&pem).with_context(|| {
-                format!("{} is not an Ed25519 public key in PEM", file.display())
-            })?;
-            keys.push(key);
-        }
-        if keys.is_empty() {
-            bail!("no public keys found in {}", path.display());
-        }
-        Ok(Self::from_keys(keys))
+        let set = read_keys(path)?;
+        Ok(Self::with_set(Some(path.to_owned()), set))
     }
 
-    fn from_keys(keys: Vec<DecodingKey>) -> JwtKeys {
+    /// Reads the keys' file or directory again and, if what it holds changed, checks
+    /// against the new keys from now on. `Ok(false)`: nothing changed. On an error (a
+    /// file that is not a key, an empty directory) the keys in use stay as they were.
+    pub fn reload(&self) -> anyhow::Result<bool> {
+        let Some(source) = &self.source else {
+            return Ok(false);
+        };
+        let files = read_key_files(source)?;
+        if files == self.current().files {
+            return Ok(false);
+        }
+        let set = parse_keys(files, source)?;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(set);
+        Ok(true)
+    }
+
+    fn with_set(source: Option<PathBuf>, set: KeySet) -> JwtKeys {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.required_spec_claims = HashSet::new();
         validation.validate_exp = true;
         validation.leeway = 5;
         validation.validate_aud = false;
         JwtKeys {
-            keys,
+            source,
             validation,
-            verified: Default::default(),
+            current: std::sync::RwLock::new(Arc::new(set)),
         }
+    }
+
+    fn current(&self) -> Arc<KeySet> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The claims of `token` if one of the keys signed it with EdDSA and it has not expired.
@@ -149,16 +177,17 @@ impl JwtKeys {
 
     /// [`Self::verify`] at `now` (seconds since the Unix epoch) for `exp`.
     fn verify_at(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
-        let known = self.verified().get(token).cloned();
+        let set = self.current();
+        let known = set.verified().get(token).cloned();
         if let Some(claims) = known {
             return self.unexpired(claims, now);
         }
         let mut last = None;
-        for key in &self.keys {
+        for key in &set.keys {
             match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
                 Ok(data) => {
                     let claims = self.unexpired(data.claims, now)?;
-                    let mut verified = self.verified();
+                    let mut verified = set.verified();
                     if verified.len() >= VERIFIED_TOKENS {
                         verified.clear();
                     }
@@ -173,13 +202,6 @@ impl JwtKeys {
         ))
     }
 
-    fn verified(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Box<str>, Claims>> {
-        // The map holds only verified tokens; a panic elsewhere cannot leave it wrong.
-        self.verified
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// `exp` as jsonwebtoken checks it: expired once it is more than the leeway behind.
     fn unexpired(&self, claims: Claims, now: u64) -> Result<Claims, TokenError> {
         match claims.exp {
@@ -189,6 +211,57 @@ impl JwtKeys {
             _ => Ok(claims),
         }
     }
+}
+
+/// The key files at `path` (the file itself, or every file of the directory) with
+/// their bytes, in name order.
+fn read_key_files(path: &Path) -> anyhow::Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut names = Vec::new();
+    if path.is_dir() {
+        for entry in
+            std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
+        {
+            let entry = entry?;
+            // Follow symlinks: a Kubernetes Secret volume projects each key as a
+            // symlink into a hidden `..data` directory. Hidden entries are that
+            // machinery (or editor leftovers), never keys.
+            let hidden = entry.file_name().to_string_lossy().starts_with('.');
+            let target = std::fs::metadata(entry.path())
+                .with_context(|| format!("reading {}", entry.path().display()))?;
+            if !hidden && target.is_file() {
+                names.push(entry.path());
+            }
+        }
+        names.sort();
+    } else {
+        names.push(path.to_owned());
+    }
+    names
+        .into_iter()
+        .map(|file| {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            Ok((file, bytes))
+        })
+        .collect()
+}
+
+fn parse_keys(files: Vec<(PathBuf, Vec<u8>)>, source: &Path) -> anyhow::Result<KeySet> {
+    let keys = files
+        .iter()
+        .map(|(file, pem)| {
+            DecodingKey::from_ed_pem(pem)
+                .with_context(|| format!("{} is not an Ed25519 public key in PEM", file.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if keys.is_empty() {
+        bail!("no public keys found in {}", source.display());
+    }
+    Ok(KeySet::new(files, keys))
+}
+
+fn read_keys(path: &Path) -> anyhow::Result<KeySet> {
+    parse_keys(read_key_files(path)?, path)
 }
 
 /// The bearer token of a request, if it carries one.
@@ -271,34 +344,114 @@ pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// This replica's `controller_peer` token, read from its file, and re-read by
+/// [`PeerToken::reload`] so that it rotates without a restart. Cheap to clone; every
+/// clone sees a reload.
+#[derive(Clone)]
+pub struct PeerToken {
+    file: PathBuf,
+    current: Arc<std::sync::RwLock<Arc<Presented>>>,
+}
+
+/// A peer token and the header that carries it.
+struct Presented {
+    token: String,
+    header: HeaderValue,
+}
+
+impl Presented {
+    fn new(token: String) -> anyhow::Result<Presented> {
+        let mut header = HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the peer token is not a valid header value")?;
+        header.set_sensitive(true);
+        Ok(Presented { token, header })
+    }
+}
+
+impl std::fmt::Debug for PeerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token.
+        write!(f, "PeerToken({}: <redacted>)", self.file.display())
+    }
+}
+
+impl PeerToken {
+    /// Reads the token in `file`, which must be a `controller_peer` token that `keys`
+    /// verify: a replica whose own token its peers would refuse is better stopped at
+    /// start than left out of every election.
+    pub fn load(file: &Path, keys: &JwtKeys) -> anyhow::Result<PeerToken> {
+        let token = read_token_file(file)?;
+        check_peer_token(&token, keys)?;
+        Ok(PeerToken {
+            file: file.to_owned(),
+            current: Arc::new(std::sync::RwLock::new(Arc::new(Presented::new(token)?))),
+        })
+    }
+
+    /// The token, as presented now.
+    pub fn token(&self) -> String {
+        self.current().token.clone()
+    }
+
+    /// `Authorization: Bearer <token>`, marked sensitive.
+    pub fn header(&self) -> HeaderValue {
+        self.current().header.clone()
+    }
+
+    /// Reads the file again and presents the token it now holds, if it changed and is
+    /// a `controller_peer` token that `keys` verify. `Ok(false)`: unchanged. On an
+    /// error the token in use stays. An unchanged token is checked too: keys taken
+    /// away under it mean the peers, which hold the same keys, refuse it as well.
+    pub fn reload(&self, keys: &JwtKeys) -> anyhow::Result<bool> {
+        let token = read_token_file(&self.file)?;
+        check_peer_token(&token, keys)?;
+        if token == self.current().token {
+            return Ok(false);
+        }
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Presented::new(token)?);
+        Ok(true)
+    }
+
+    fn current(&self) -> Arc<Presented> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+fn check_peer_token(token: &str, keys: &JwtKeys) -> anyhow::Result<()> {
+    let claims = keys.verify(token).map_err(|e| {
+        anyhow::anyhow!("the peer token does not verify against --auth-public-key: {e}")
+    })?;
+    if claims.scope != Scope::ControllerPeer {
+        bail!(
+            "the peer token has scope {:?}; it needs controller_peer",
+            claims.scope
+        );
+    }
+    Ok(())
+}
+
 /// Replica-to-replica credentials: presents this replica's `controller_peer` token and
 /// accepts only `controller_peer` tokens (an admin token is refused here on purpose).
 pub struct PeerJwt {
-    outgoing: HeaderValue,
-    keys: std::sync::Arc<JwtKeys>,
+    token: PeerToken,
+    keys: Arc<JwtKeys>,
 }
 
 impl PeerJwt {
-    pub fn new(token: &str, keys: std::sync::Arc<JwtKeys>) -> anyhow::Result<PeerJwt> {
-        let claims = keys.verify(token).map_err(|e| {
-            anyhow::anyhow!("the peer token does not verify against --auth-public-key: {e}")
-        })?;
-        if claims.scope != Scope::ControllerPeer {
-            bail!(
-                "the peer token has scope {:?}; it needs controller_peer",
-                claims.scope
-            );
-        }
-        let mut outgoing = HeaderValue::from_str(&format!("Bearer {token}"))
-            .context("the peer token is not a valid header value")?;
-        outgoing.set_sensitive(true);
-        Ok(PeerJwt { outgoing, keys })
+    pub fn new(token: PeerToken, keys: Arc<JwtKeys>) -> PeerJwt {
+        PeerJwt { token, keys }
     }
 }
 
 impl controller_raft::transport::PeerAuth for PeerJwt {
     fn outgoing(&self) -> Option<(HeaderName, HeaderValue)> {
-        Some((axum::http::header::AUTHORIZATION, self.outgoing.clone()))
+        Some((axum::http::header::AUTHORIZATION, self.token.header()))
     }
 
     fn check(&self, headers: &HeaderMap) -> Result<(), String> {
@@ -324,7 +477,8 @@ mod tests {
 
     fn keys() -> (String, JwtKeys) {
         let (private, public) = generate_key_pair().unwrap();
-        let keys = JwtKeys::from_keys(vec![DecodingKey::from_ed_pem(public.as_bytes()).unwrap()]);
+        let key = DecodingKey::from_ed_pem(public.as_bytes()).unwrap();
+        let keys = JwtKeys::with_set(None, KeySet::new(Vec::new(), vec![key]));
         (private, keys)
     }
 
@@ -346,6 +500,95 @@ mod tests {
         let keys = JwtKeys::load(dir.path()).unwrap();
         let token = mint(private.as_bytes(), Scope::Admin, None, None).unwrap();
         assert_eq!(keys.verify(&token).unwrap().scope, Scope::Admin);
+    }
+
+    /// Rotation as an operator does it: add the new key, move tokens over, take the old
+    /// key away. A directory that does not load leaves the keys in use as they were.
+    #[test]
+    fn reloaded_keys_take_effect_and_a_bad_directory_keeps_the_old_ones() {
+        let (old_private, old_public) = generate_key_pair().unwrap();
+        let (new_private, new_public) = generate_key_pair().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.pem"), &old_public).unwrap();
+        let keys = JwtKeys::load(dir.path()).unwrap();
+        let old = mint(old_private.as_bytes(), Scope::Admin, None, None).unwrap();
+        let new = mint(new_private.as_bytes(), Scope::Admin, None, None).unwrap();
+        assert!(keys.verify(&old).is_ok());
+        assert!(keys.verify(&new).is_err());
+        assert!(!keys.reload().unwrap(), "nothing changed");
+
+        std::fs::write(dir.path().join("b.pem"), &new_public).unwrap();
+        assert!(keys.reload().unwrap());
+        assert!(keys.verify(&old).is_ok());
+        assert!(keys.verify(&new).is_ok());
+
+        // A garbled file: refused, both keys still in use.
+        std::fs::write(dir.path().join("c.pem"), "not a key").unwrap();
+        let error = format!("{:#}", keys.reload().unwrap_err());
+        assert!(error.contains("c.pem"), "{error}");
+        assert!(keys.verify(&old).is_ok());
+        assert!(keys.verify(&new).is_ok());
+        std::fs::remove_file(dir.path().join("c.pem")).unwrap();
+
+        // The old key goes, and the token it signed goes with it although it was
+        // remembered as verified.
+        std::fs::remove_file(dir.path().join("a.pem")).unwrap();
+        assert!(keys.reload().unwrap());
+        assert!(keys.verify(&old).is_err());
+        assert!(keys.verify(&new).is_ok());
+
+        // An empty directory is a mistake, not "accept nothing".
+        std::fs::remove_file(dir.path().join("b.pem")).unwrap();
+        assert!(keys.reload().is_err());
+        assert!(keys.verify(&new).is_ok());
+    }
+
+    #[test]
+    fn a_reloaded_peer_token_is_presented_only_if_it_is_a_peer_token_the_keys_verify() {
+        let (private, public) = generate_key_pair().unwrap();
+        let (stranger, _) = generate_key_pair().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key.pem"), &public).unwrap();
+        let keys = JwtKeys::load(&dir.path().join("key.pem")).unwrap();
+        let file = dir.path().join("peer.token");
+        let first = mint(private.as_bytes(), Scope::ControllerPeer, None, None).unwrap();
+        std::fs::write(&file, &first).unwrap();
+        let token = PeerToken::load(&file, &keys).unwrap();
+        let shared = token.clone();
+        assert_eq!(shared.token(), first);
+        assert!(!token.reload(&keys).unwrap());
+
+        let refused = [
+            mint(private.as_bytes(), Scope::Admin, None, None).unwrap(),
+            mint(stranger.as_bytes(), Scope::ControllerPeer, None, None).unwrap(),
+            String::new(),
+        ];
+        for bad in refused {
+            std::fs::write(&file, &bad).unwrap();
+            assert!(token.reload(&keys).is_err(), "{bad:?} was taken");
+            assert_eq!(shared.token(), first);
+        }
+
+        let second = mint(
+            private.as_bytes(),
+            Scope::ControllerPeer,
+            None,
+            Some(Duration::from_secs(3600)),
+        )
+        .unwrap();
+        std::fs::write(&file, format!("{second}\n")).unwrap();
+        assert!(token.reload(&keys).unwrap());
+        assert_eq!(shared.token(), second, "every clone presents the new token");
+        assert_eq!(
+            shared.header().to_str().unwrap(),
+            format!("Bearer {second}")
+        );
+
+        // The key goes while the token stays: said, although the file did not change.
+        let (_, other_public) = generate_key_pair().unwrap();
+        std::fs::write(dir.path().join("key.pem"), &other_public).unwrap();
+        assert!(keys.reload().unwrap());
+        assert!(token.reload(&keys).is_err());
     }
 
     #[test]
@@ -397,7 +640,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(keys.verify_at(&token, now).unwrap().scope, Scope::Admin);
-        assert_eq!(keys.verified().len(), 1);
+        assert_eq!(keys.current().verified().len(), 1);
         // Remembered, and still refused once past its expiry and the leeway.
         assert!(keys.verify_at(&token, now + 60 + 5).is_ok());
         assert!(keys.verify_at(&token, now + 60 + 7).is_err());
@@ -408,12 +651,12 @@ mod tests {
         let forged = String::from_utf8(forged).unwrap();
         assert!(keys.verify_at(&forged, now).is_err());
         // Refused tokens are not remembered; the memory stays bounded.
-        assert_eq!(keys.verified().len(), 1);
+        assert_eq!(keys.current().verified().len(), 1);
         for i in 0..VERIFIED_TOKENS + 3 {
             let tenant = Some(format!("{i:032x}"));
             let token = mint(private.as_bytes(), Scope::Tenant, tenant, None).unwrap();
             assert!(keys.verify_at(&token, now).is_ok());
-            assert!(keys.verified().len() <= VERIFIED_TOKENS);
+            assert!(keys.current().verified().len() <= VERIFIED_TOKENS);
         }
     }
 

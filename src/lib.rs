@@ -8,6 +8,8 @@
 //! - [`api`]: the HTTP API (Neon's wire format), routed to the leader by a middleware.
 //! - [`server`]: opens the data dir, starts Raft and the listener, bootstraps the
 //!   cluster, and shuts down cleanly.
+//! - [`auth`] and [`credentials`]: tokens and keys, and re-reading them (and the TLS
+//!   certificate) while the replica runs.
 //! - [`client`]: the typed HTTP client used by the CLI, the tests and the chaos harness.
 //! - [`cli`]: the command line (`serve`, `local-cluster`, and operator commands).
 //!
@@ -21,6 +23,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod client;
 pub mod consensus;
+pub mod credentials;
 pub mod domain;
 pub mod logging;
 pub mod loopback;

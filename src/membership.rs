@@ -27,6 +27,7 @@ use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 
 use crate::api::types::ClusterStatus;
+use crate::auth::PeerToken;
 use crate::client::Client;
 use crate::replica::Replica;
 
@@ -49,7 +50,7 @@ pub struct Membership {
     network: HttpNetwork,
     http: reqwest::Client,
     /// Presented when probing other members.
-    peer_token: Option<String>,
+    peer_token: Option<PeerToken>,
 }
 
 /// How long a single probe of a member may take.
@@ -96,7 +97,7 @@ impl Membership {
         replica: Arc<Replica>,
         network: HttpNetwork,
         http: reqwest::Client,
-        peer_token: Option<String>,
+        peer_token: Option<PeerToken>,
     ) -> Self {
         Self {
             replica,
@@ -137,7 +138,7 @@ impl Membership {
 
     async fn status_of(&self, member: &Member) -> Option<ClusterStatus> {
         Client::with_http(&member.url, self.http.clone())
-            .with_token(self.peer_token.clone())
+            .with_token(self.peer_token.as_ref().map(PeerToken::token))
             .with_timeout(PROBE_TIMEOUT)
             .cluster_status()
             .await

@@ -22,6 +22,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::credentials::Credential;
 use crate::replica::Replica;
 
 /// Latency buckets in seconds, from a fast local read to a slow snapshot-sized write.
@@ -37,6 +38,8 @@ pub struct Metrics {
     in_flight: IntGauge,
     leader_changes: IntCounter,
     flush_seconds: Histogram,
+    credential_reloads: IntCounterVec,
+    credential_failing: IntGaugeVec,
     sampled: Sampled,
 }
 
@@ -302,8 +305,36 @@ impl Metrics {
             "psc_http_requests_in_flight",
             "requests being handled now, client API and peer RPCs (not /metrics)",
         );
+        let credential_reloads = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "psc_credential_reloads_total",
+                    "credentials replaced by a reload of their files",
+                ),
+                &["credential"],
+            )
+            .expect("valid metric"),
+        );
+        let credential_failing = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "psc_credential_reload_failing",
+                    "1 while a credential's files cannot be loaded (the previous one stays in use)",
+                ),
+                &["credential"],
+            )
+            .expect("valid metric"),
+        );
+        for credential in Credential::ALL {
+            credential_reloads.with_label_values(&[credential.name()]);
+            credential_failing.with_label_values(&[credential.name()]);
+        }
         Arc::new(Metrics {
             registry,
+            credential_reloads,
+            credential_failing,
             requests,
             request_seconds,
             forwarded,
@@ -312,6 +343,20 @@ impl Metrics {
             flush_seconds,
             sampled,
         })
+    }
+
+    /// Counts a credential replaced by a reload.
+    pub fn credential_reloaded(&self, credential: Credential) {
+        self.credential_reloads
+            .with_label_values(&[credential.name()])
+            .inc();
+    }
+
+    /// Marks whether a credential's files fail to load.
+    pub fn credential_failing(&self, credential: Credential, failing: bool) {
+        self.credential_failing
+            .with_label_values(&[credential.name()])
+            .set(i64::from(failing));
     }
 
     /// Counts a request forwarded to the leader.

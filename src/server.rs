@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use axum_server::tls_rustls::RustlsConfig;
 use controller_raft::removal::Standing;
 use controller_raft::timing::Timing;
 use controller_raft::transport::{self, HttpNetwork, NoPeerAuth, PeerAuth};
@@ -31,10 +32,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::routing::Forwarder;
 use crate::api::{self, ApiState, Limits};
-use crate::auth::{JwtKeys, PeerJwt};
+use crate::auth::{JwtKeys, PeerJwt, PeerToken};
 use crate::bootstrap;
 use crate::client::Client;
 use crate::consensus::{LogStore, StateMachine};
+use crate::credentials::{Reloader, TlsFiles};
 use crate::membership::Membership;
 use crate::metrics::{self, Metrics, MetricsState};
 use crate::replica::{Deadlines, Replica};
@@ -71,11 +73,14 @@ pub struct Security {
     /// Public keys of accepted tokens; `None` turns authentication off.
     pub keys: Option<Arc<JwtKeys>>,
     /// This replica's `controller_peer` token, presented to its peers.
-    pub peer_token: Option<String>,
+    pub peer_token: Option<PeerToken>,
     /// Certificate chain and private key (PEM) to serve HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// CA certificate (PEM) that peers' certificates are checked against.
     pub ca: Option<PathBuf>,
+    /// How often keys, the peer token and the certificate are read again (also on
+    /// SIGHUP); `None`: only on SIGHUP.
+    pub reload_every: Option<Duration>,
 }
 
 impl std::fmt::Debug for Security {
@@ -89,7 +94,24 @@ impl std::fmt::Debug for Security {
             )
             .field("tls", &self.tls)
             .field("ca", &self.ca)
+            .field("reload_every", &self.reload_every)
             .finish()
+    }
+}
+
+impl Security {
+    /// The peer token as presented now; a reload may replace it later, so whatever
+    /// outlives the start-up asks [`PeerToken`] itself.
+    pub fn peer_token_now(&self) -> Option<String> {
+        self.peer_token.as_ref().map(PeerToken::token)
+    }
+
+    /// The certificate and key to serve HTTPS with, loaded, if configured.
+    pub async fn tls_files(&self) -> anyhow::Result<Option<TlsFiles>> {
+        match &self.tls {
+            Some((cert, key)) => Ok(Some(TlsFiles::load(cert, key).await?)),
+            None => Ok(None),
+        }
     }
 }
 
@@ -262,7 +284,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let security = config.security.clone();
     let client = peer_client(security.ca.as_deref())?;
-    let (data_dir, join) = open_data_dir(&config, &client, security.peer_token.clone()).await?;
+    let (data_dir, join) = open_data_dir(&config, &client, security.peer_token_now()).await?;
     let identity = data_dir.identity().clone();
     let mut log = LogStore::open(&data_dir.log_path(), config.id, config.cache_bytes)?;
     let state_machine = StateMachine::open(&data_dir.snapshot_path())
@@ -277,7 +299,7 @@ pub async fn serve(
         replica_id: config.id,
     });
     let peer_auth: Arc<dyn PeerAuth> = match (&security.keys, &security.peer_token) {
-        (Some(keys), Some(token)) => Arc::new(PeerJwt::new(token, keys.clone())?),
+        (Some(keys), Some(token)) => Arc::new(PeerJwt::new(token.clone(), keys.clone())),
         (None, None) => Arc::new(NoPeerAuth),
         _ => bail!("authentication needs both --auth-public-key and --peer-token-file"),
     };
@@ -375,7 +397,7 @@ pub async fn serve(
             tokio::spawn(bootstrap(
                 replica.clone(),
                 client.clone(),
-                security.peer_token.clone(),
+                security.peer_token_now(),
                 identity.cluster_id.clone(),
                 config.initial_cluster.clone(),
                 stop.clone(),
@@ -385,7 +407,7 @@ pub async fn serve(
             tokio::spawn(ask_to_join(
                 replica.clone(),
                 Client::with_http(url, client.clone())
-                    .with_token(security.peer_token.clone())
+                    .with_token(security.peer_token_now())
                     .with_cluster(Some(identity.cluster_id.clone())),
                 config.advertise_url.clone(),
                 stop.clone(),
@@ -402,7 +424,22 @@ pub async fn serve(
     // The listener keeps accepting until leadership has been handed away: the handoff
     // needs the peers' votes and heartbeats to reach this replica.
     let handle = axum_server::Handle::new();
-    let server = start_listener(listener.into_std()?, app, &security, handle.clone()).await?;
+    let reloader = Reloader::new(
+        security.keys.clone(),
+        security.peer_token.clone(),
+        security.tls_files().await?,
+        metrics.clone(),
+    );
+    let server = start_listener(
+        listener.into_std()?,
+        app,
+        reloader.tls_config(),
+        handle.clone(),
+    )
+    .await?;
+    if reloader.has_work() {
+        tokio::spawn(reloader.run(security.reload_every, stop.clone()));
+    }
     stop.cancelled().await;
     hand_leadership_away(&replica, &membership, config.handoff).await;
     // Draining stops new connections, the leader's heartbeats included: a replica that
@@ -438,11 +475,11 @@ pub async fn serve(
 pub(crate) async fn start_listener(
     listener: std::net::TcpListener,
     app: axum::Router,
-    security: &Security,
+    tls: Option<RustlsConfig>,
     handle: axum_server::Handle<SocketAddr>,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let service = app.into_make_service();
-    Ok(match &security.tls {
+    Ok(match tls {
         None => {
             let mut server = axum_server::from_tcp(listener)?.handle(handle);
             server
@@ -451,16 +488,7 @@ pub(crate) async fn start_listener(
                 .header_read_timeout(HEADER_READ_TIMEOUT);
             tokio::spawn(server.serve(service))
         }
-        Some((cert, key)) => {
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .with_context(|| {
-                    format!(
-                        "loading the TLS certificate {} and key {}",
-                        cert.display(),
-                        key.display()
-                    )
-                })?;
+        Some(tls) => {
             let mut server =
                 axum_server::tls_rustls::from_tcp_rustls(listener, tls)?.handle(handle);
             server

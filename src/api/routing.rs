@@ -38,6 +38,7 @@ use controller_raft::Member;
 
 use super::error::{ApiError, NOT_APPLIED_HEADER, NOT_LEADER_HEADER};
 use super::ApiState;
+use crate::auth::PeerToken;
 
 /// Marks a request forwarded by another replica; carries that replica's id.
 pub const FORWARDED_BY_HEADER: &str = "x-controller-forwarded-by";
@@ -90,7 +91,7 @@ pub struct Forwarder {
     /// This replica's own `controller_peer` token, for the requests it makes on its own
     /// behalf (read indexes). A forwarded client request carries the client's token, or
     /// none: the leader then refuses it as it would have refused the client.
-    pub peer_token: Option<String>,
+    pub peer_token: Option<PeerToken>,
     /// Sent with every request, so that a replica of another cluster (a stale or wrong
     /// member URL) refuses it instead of answering for its own state.
     pub cluster_id: String,
@@ -332,10 +333,7 @@ impl crate::replica::LeaderReadIndex for Forwarder {
             let uri = super::cluster::read_index_uri(query.as_ref());
             let mut headers = HeaderMap::new();
             if let Some(token) = &self.peer_token {
-                let value = format!("Bearer {token}")
-                    .parse::<axum::http::HeaderValue>()
-                    .map_err(|_| "the peer token is not a valid header value".to_owned())?;
-                headers.insert(axum::http::header::AUTHORIZATION, value);
+                headers.insert(axum::http::header::AUTHORIZATION, token.header());
             }
             let answer = self
                 .forward(&member, &Method::GET, &uri, &headers, Bytes::new(), None)

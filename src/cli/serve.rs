@@ -15,7 +15,7 @@ use crate::api::Limits;
 use crate::replica::Deadlines;
 use std::sync::Arc;
 
-use crate::auth::JwtKeys;
+use crate::auth::{JwtKeys, PeerToken};
 use crate::server::{serve, Security, ServeConfig};
 
 /// How long a stopping replica keeps answering requests in flight after it handed
@@ -141,6 +141,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     pub tls_ca: Option<PathBuf>,
 
+    /// How often, in milliseconds, the public keys, the peer token and the TLS
+    /// certificate and key are read again from their files, so that they rotate without
+    /// a restart (SIGHUP reloads at once); 0: only on SIGHUP. The CA is read at start.
+    #[arg(long, default_value_t = 10_000)]
+    pub reload_interval_ms: u64,
+
     #[command(flatten)]
     pub statefulset: StatefulSetArgs,
 }
@@ -258,11 +264,10 @@ impl ServeArgs {
             .map(JwtKeys::load)
             .transpose()?
             .map(Arc::new);
-        let peer_token = self
-            .peer_token_file
-            .as_deref()
-            .map(crate::auth::read_token_file)
-            .transpose()?;
+        let peer_token = match (&keys, &self.peer_token_file) {
+            (Some(keys), Some(file)) => Some(PeerToken::load(file, keys)?),
+            _ => None,
+        };
         if keys.is_none() && !self.insecure_no_auth && !self.listen.ip().is_loopback() {
             bail!(
                 "refusing to listen on {} without authentication: anyone who can reach it could hand out \
@@ -285,6 +290,8 @@ impl ServeArgs {
             peer_token,
             tls: self.tls_cert.clone().zip(self.tls_key.clone()),
             ca: self.tls_ca.clone(),
+            reload_every: Some(Duration::from_millis(self.reload_interval_ms))
+                .filter(|every| !every.is_zero()),
         })
     }
 }

@@ -45,6 +45,7 @@ use controller_storage::{Bootstrap, DataDir};
 
 use crate::api::types::{ClusterStatus, ErrorBody, StatusResponse};
 use crate::bootstrap::{is_fresh, is_running, probe};
+use crate::credentials::TlsFiles;
 use crate::server::{derive_cluster_id, peer_client, start_listener, ServeConfig};
 
 /// The flags that place a replica in a StatefulSet.
@@ -389,7 +390,7 @@ pub async fn settle(config: &mut ServeConfig, placement: &Placement) -> anyhow::
             &peers,
             &config.cluster_name,
             &http,
-            config.security.peer_token.clone(),
+            config.security.peer_token_now(),
         )
         .await?;
         let due = |every: Duration| last_report.is_none_or(|at: Instant| at.elapsed() >= every);
@@ -426,7 +427,7 @@ pub async fn settle(config: &mut ServeConfig, placement: &Placement) -> anyhow::
                 &via,
                 placement.id(),
                 &http,
-                config.security.peer_token.clone(),
+                config.security.peer_token_now(),
             )
             .await?;
             tracing::info!(%via, "removed from the running cluster: joining it again");
@@ -486,8 +487,18 @@ impl WaitingRoom {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let handle = axum_server::Handle::new();
-        let task =
-            start_listener(listener.into_std()?, app, &config.security, handle.clone()).await?;
+        let task = start_listener(
+            listener.into_std()?,
+            app,
+            config
+                .security
+                .tls_files()
+                .await?
+                .as_ref()
+                .map(TlsFiles::config),
+            handle.clone(),
+        )
+        .await?;
         Ok(WaitingRoom {
             handle,
             task: Some(task),

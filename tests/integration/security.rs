@@ -6,11 +6,12 @@ use std::process::Command;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use pageserver_controller::auth::{generate_key_pair, mint, Scope, TOKEN_ENV};
+use pageserver_controller::client::Client;
 use pageserver_controller::consensus::{Proposal, TypeConfig};
 use pageserver_controller::domain::{Command as DomainCommand, NodeId};
 use reqwest::Method;
 
-use crate::support::{shard, TestCluster, BIN};
+use crate::support::{shard, wait_for, TestCluster, BIN, DEADLINE};
 
 const ALL_SCOPES: [Scope; 8] = [
     Scope::Tenant,
@@ -636,4 +637,256 @@ async fn tls_between_replicas_and_clients() {
         .send()
         .await;
     assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
+}
+
+/// Writes `contents` to `path` as a Secret volume or cert-manager does: all at once.
+fn replace_file(path: &std::path::Path, contents: &[u8]) {
+    let staged = path.with_extension("staged");
+    std::fs::write(&staged, contents).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
+
+/// The value of a series labelled only by `credential` on a replica's /metrics.
+async fn credential_metric(
+    cluster: &TestCluster,
+    id: u64,
+    series: &str,
+    credential: &str,
+) -> Option<i64> {
+    let text = cluster
+        .http()
+        .get(format!("{}/metrics", cluster.url(id)))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let prefix = format!("{series}{{credential=\"{credential}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+const RELOADS: &str = "psc_credential_reloads_total";
+const FAILING: &str = "psc_credential_reload_failing";
+
+/// Sends every running replica SIGHUP, then waits until each reports `value` for a
+/// credential series.
+async fn reload_everywhere(cluster: &TestCluster, series: &str, credential: &str, value: i64) {
+    for id in cluster.running() {
+        cluster.hang_up(id);
+    }
+    wait_for_credential_metric(cluster, series, credential, value).await
+}
+
+/// Waits until every running replica reports `value` for a credential series.
+async fn wait_for_credential_metric(
+    cluster: &TestCluster,
+    series: &str,
+    credential: &str,
+    value: i64,
+) {
+    wait_for(
+        &format!("{series}{{credential=\"{credential}\"}} = {value} on every replica"),
+        DEADLINE,
+        || async {
+            for id in cluster.running() {
+                if credential_metric(cluster, id, series, credential).await != Some(value) {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await
+}
+
+/// An operator rotates the signing key while the cluster serves: the new public key
+/// goes in beside the old, every token moves to the new key (the replicas' own peer
+/// tokens too), and the old key goes. Each step is a file change and a SIGHUP, never a
+/// restart; a key file that does not parse changes nothing. Afterwards every replica,
+/// as leader in turn, still commits: its peers accept its new peer token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_peer_tokens_rotate_on_sighup_without_a_restart() {
+    let old = Keys::new();
+    let new = Keys::new();
+    let key_dir = old.path("keys");
+    std::fs::create_dir(&key_dir).unwrap();
+    std::fs::write(key_dir.join("old.pem"), &old.public).unwrap();
+    let peer_token = old.path("peer.token");
+    let args = [
+        "--auth-public-key",
+        key_dir.to_str().unwrap(),
+        "--peer-token-file",
+        peer_token.to_str().unwrap(),
+        "--reload-interval-ms",
+        "0",
+    ];
+    let mut cluster =
+        TestCluster::start_secure(3, &args, Some(old.token(Scope::Admin)), None).await;
+    let ids = cluster.running();
+    let admin = |id: u64, keys: &Keys| {
+        Client::with_http(cluster.url(id), cluster.http())
+            .with_token(Some(keys.token(Scope::Admin)))
+    };
+    for id in &ids {
+        assert!(
+            admin(*id, &new).cluster_status().await.is_err(),
+            "an unknown key is refused"
+        );
+    }
+
+    // 1. The new key beside the old one.
+    std::fs::write(key_dir.join("new.pem"), &new.public).unwrap();
+    reload_everywhere(&cluster, RELOADS, "auth_public_key", 1).await;
+    for id in &ids {
+        admin(*id, &new).cluster_status().await.unwrap();
+        admin(*id, &old).cluster_status().await.unwrap();
+    }
+
+    // A key file that does not parse: reported, and the keys in use stay.
+    std::fs::write(key_dir.join("broken.pem"), "not a key").unwrap();
+    reload_everywhere(&cluster, FAILING, "auth_public_key", 1).await;
+    for id in &ids {
+        admin(*id, &new).cluster_status().await.unwrap();
+    }
+    std::fs::remove_file(key_dir.join("broken.pem")).unwrap();
+    reload_everywhere(&cluster, FAILING, "auth_public_key", 0).await;
+
+    // 2. The replicas' own tokens, signed by the new key.
+    replace_file(&peer_token, new.token(Scope::ControllerPeer).as_bytes());
+    reload_everywhere(&cluster, RELOADS, "peer_token", 1).await;
+
+    // 3. The old key goes, and the tokens it signed with it.
+    std::fs::remove_file(key_dir.join("old.pem")).unwrap();
+    reload_everywhere(&cluster, RELOADS, "auth_public_key", 2).await;
+    for id in &ids {
+        let refused = admin(*id, &old).cluster_status().await.unwrap_err();
+        assert_eq!(refused.status(), Some(403), "{refused}");
+    }
+
+    // Every replica leads in turn and commits, and a follower's validate (a read round
+    // the follower asks the leader for with its own token) answers.
+    cluster.use_token(Some(new.token(Scope::Admin)));
+    for (round, target) in ids.iter().enumerate() {
+        let leader = cluster.wait_for_leader().await;
+        if leader != *target {
+            let status = cluster
+                .client(leader)
+                .transfer_leader(*target)
+                .await
+                .unwrap();
+            assert_eq!(status.leader, Some(*target));
+            assert_eq!(cluster.wait_for_leader().await, *target);
+        }
+        let follower = cluster.other_than(*target);
+        let generation = cluster
+            .client(follower)
+            .attach_hook(shard(9), Some(NodeId(1)), None)
+            .await
+            .unwrap();
+        assert_eq!(generation, Some(round as u32 + 1));
+        let answer = cluster
+            .client(follower)
+            .validate(&[(shard(9), round as u32 + 1)])
+            .await
+            .unwrap();
+        assert!(answer.tenants.iter().all(|t| t.valid), "{answer:?}");
+    }
+}
+
+/// A certificate signed by `ca` for loopback, as (certificate PEM, key PEM, DER).
+fn loopback_certificate(ca: &rcgen::Issuer<'_, rcgen::KeyPair>) -> (String, String, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    let cert = params.signed_by(&key, ca).unwrap();
+    (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+}
+
+/// The leaf certificate a replica presents to a new connection now.
+async fn presented_certificate(url: &str, ca: &reqwest::Certificate) -> Option<Vec<u8>> {
+    let http = reqwest::Client::builder()
+        .add_root_certificate(ca.clone())
+        .tls_info(true)
+        .build()
+        .unwrap();
+    let response = http.get(format!("{url}/status")).send().await.ok()?;
+    response
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()?
+        .peer_certificate()
+        .map(<[u8]>::to_vec)
+}
+
+/// cert-manager renews a replica's certificate in place: within the reload interval
+/// every replica serves the new one to new connections, without a restart, and the
+/// replicas, which check each other against the CA, keep replicating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_without_a_restart() {
+    let keys = Keys::new();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let ca = rcgen::Issuer::new(ca_params, ca_key);
+    let ca_file = keys.path("ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    let trusted = reqwest::Certificate::from_pem(ca_cert.pem().as_bytes()).unwrap();
+
+    let (cert_pem, key_pem, first) = loopback_certificate(&ca);
+    let (cert, key) = (keys.path("tls.crt"), keys.path("tls.key"));
+    std::fs::write(&cert, cert_pem).unwrap();
+    std::fs::write(&key, key_pem).unwrap();
+    let mut args = keys.args();
+    for (flag, value) in [
+        ("--tls-cert", cert.display().to_string()),
+        ("--tls-key", key.display().to_string()),
+        ("--tls-ca", ca_file.display().to_string()),
+        ("--reload-interval-ms", "200".to_owned()),
+    ] {
+        args.push(flag.into());
+        args.push(value);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cluster =
+        TestCluster::start_secure(3, &args, Some(keys.token(Scope::Admin)), Some(&ca_file)).await;
+    for id in cluster.running() {
+        assert_eq!(
+            presented_certificate(&cluster.url(id), &trusted).await,
+            Some(first.clone())
+        );
+    }
+
+    let (cert_pem, key_pem, renewed) = loopback_certificate(&ca);
+    replace_file(&key, key_pem.as_bytes());
+    replace_file(&cert, cert_pem.as_bytes());
+    for id in cluster.running() {
+        let url = cluster.url(id);
+        wait_for(
+            &format!("replica {id} to serve the renewed certificate"),
+            DEADLINE,
+            || {
+                let (url, trusted, renewed) = (url.clone(), trusted.clone(), renewed.clone());
+                async move {
+                    (presented_certificate(&url, &trusted).await == Some(renewed)).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    wait_for_credential_metric(&cluster, FAILING, "tls_certificate", 0).await;
+
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.other_than(leader);
+    assert_eq!(
+        cluster
+            .client(follower)
+            .attach_hook(shard(6), Some(NodeId(1)), None)
+            .await
+            .unwrap(),
+        Some(1)
+    );
 }

@@ -208,6 +208,11 @@ impl TestCluster {
     }
 
     /// The shared HTTP client (trusts the test CA when TLS is on).
+    /// What [`TestCluster::client`] sends from now on (after a key rotation).
+    pub fn use_token(&mut self, token: Option<String>) {
+        self.token = token;
+    }
+
     pub fn http(&self) -> reqwest::Client {
         self.http.clone()
     }
@@ -247,20 +252,25 @@ impl TestCluster {
 
     /// SIGSTOP (`true`: the process freezes with its sockets open) or SIGCONT.
     pub fn freeze(&self, id: u64, frozen: bool) {
-        let child = self.replicas[&id]
-            .child
-            .as_ref()
-            .expect("replica is running");
-        signal(child, if frozen { libc::SIGSTOP } else { libc::SIGCONT });
+        self.send_signal(id, if frozen { libc::SIGSTOP } else { libc::SIGCONT });
     }
 
     /// SIGTERM, without waiting: the replica hands leadership away and drains.
     pub fn terminate(&self, id: u64) {
+        self.send_signal(id, libc::SIGTERM);
+    }
+
+    /// SIGHUP: the replica reads its keys, peer token and certificate again.
+    pub fn hang_up(&self, id: u64) {
+        self.send_signal(id, libc::SIGHUP);
+    }
+
+    fn send_signal(&self, id: u64, signal_number: i32) {
         let child = self.replicas[&id]
             .child
             .as_ref()
             .expect("replica is running");
-        signal(child, libc::SIGTERM);
+        signal(child, signal_number);
     }
 
     /// SIGTERM, then wait for a clean exit.

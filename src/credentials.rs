@@ -1,0 +1,253 @@
+//! Credentials that change while a replica runs: the public keys tokens are checked
+//! against, this replica's peer token, and the certificate it serves HTTPS with.
+//!
+//! They live in files that someone else replaces: a Kubernetes Secret volume swaps its
+//! files when the Secret changes, and cert-manager renews a certificate weeks before it
+//! expires. Restarting every replica for each of those costs elections and an
+//! operator's attention, so a replica reads them again every `--reload-interval-ms` and
+//! on SIGHUP. What fails to load (a key that is not a key, a certificate without its
+//! key) leaves the credential in use as it was, and says so once in the log and in
+//! `psc_credential_reload_failing` until the files are right again: a half-read
+//! credential is never used.
+//!
+//! What a reload cannot change: the CA that peers' certificates are checked against
+//! (`--tls-ca`; the pooled client is built with it at start) and the flags themselves.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum_server::tls_rustls::RustlsConfig;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{JwtKeys, PeerToken};
+use crate::metrics::Metrics;
+
+/// A certificate and its key, and the bytes they were last loaded from.
+pub struct TlsFiles {
+    config: RustlsConfig,
+    cert: PathBuf,
+    key: PathBuf,
+    loaded: (Vec<u8>, Vec<u8>),
+}
+
+impl TlsFiles {
+    pub async fn load(cert: &Path, key: &Path) -> anyhow::Result<TlsFiles> {
+        let loaded = read_pair(cert, key).await?;
+        let config = RustlsConfig::from_pem(loaded.0.clone(), loaded.1.clone())
+            .await
+            .with_context(|| describe(cert, key))?;
+        Ok(TlsFiles {
+            config,
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            loaded,
+        })
+    }
+
+    /// What the listener serves with; a reload changes it for new connections.
+    pub fn config(&self) -> RustlsConfig {
+        self.config.clone()
+    }
+
+    /// Serves the pair the files hold now, if it changed and makes a valid
+    /// certificate and key. `Ok(false)`: unchanged.
+    async fn reload(&mut self) -> anyhow::Result<bool> {
+        let read = read_pair(&self.cert, &self.key).await?;
+        if read == self.loaded {
+            return Ok(false);
+        }
+        self.config
+            .reload_from_pem(read.0.clone(), read.1.clone())
+            .await
+            .with_context(|| describe(&self.cert, &self.key))?;
+        self.loaded = read;
+        Ok(true)
+    }
+}
+
+async fn read_pair(cert: &Path, key: &Path) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    let read = |path: &Path| {
+        let path = path.to_owned();
+        async move {
+            tokio::fs::read(&path)
+                .await
+                .with_context(|| format!("reading {}", path.display()))
+        }
+    };
+    Ok((read(cert).await?, read(key).await?))
+}
+
+fn describe(cert: &Path, key: &Path) -> String {
+    format!(
+        "loading the TLS certificate {} and key {}",
+        cert.display(),
+        key.display()
+    )
+}
+
+/// Reads a replica's credentials again, on a timer and on SIGHUP.
+pub struct Reloader {
+    keys: Option<Arc<JwtKeys>>,
+    peer_token: Option<PeerToken>,
+    tls: Option<TlsFiles>,
+    metrics: Arc<Metrics>,
+    /// The last error of each credential whose reload fails, so that it is reported
+    /// once rather than every interval.
+    failing: BTreeMap<Credential, String>,
+    /// Listening from construction on: a SIGHUP that came before the listener would
+    /// otherwise end the process (its default action).
+    hangup: Option<Signal>,
+}
+
+/// What a reload reads, as named in logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Credential {
+    AuthPublicKey,
+    PeerToken,
+    TlsCertificate,
+}
+
+impl Credential {
+    pub const ALL: [Credential; 3] = [
+        Credential::AuthPublicKey,
+        Credential::PeerToken,
+        Credential::TlsCertificate,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Credential::AuthPublicKey => "auth_public_key",
+            Credential::PeerToken => "peer_token",
+            Credential::TlsCertificate => "tls_certificate",
+        }
+    }
+}
+
+impl Reloader {
+    /// Starts listening for SIGHUP at once if there is anything to reload.
+    pub fn new(
+        keys: Option<Arc<JwtKeys>>,
+        peer_token: Option<PeerToken>,
+        tls: Option<TlsFiles>,
+        metrics: Arc<Metrics>,
+    ) -> Reloader {
+        let mut reloader = Reloader {
+            keys,
+            peer_token,
+            tls,
+            metrics,
+            failing: BTreeMap::new(),
+            hangup: None,
+        };
+        if reloader.has_work() {
+            reloader.hangup = match signal(SignalKind::hangup()) {
+                Ok(hangup) => Some(hangup),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; credentials reload only on the timer");
+                    None
+                }
+            };
+        }
+        reloader
+    }
+
+    /// The certificate the listener serves with, if it serves HTTPS.
+    pub fn tls_config(&self) -> Option<RustlsConfig> {
+        self.tls.as_ref().map(TlsFiles::config)
+    }
+
+    /// Whether there is anything to reload.
+    pub fn has_work(&self) -> bool {
+        self.keys.is_some() || self.peer_token.is_some() || self.tls.is_some()
+    }
+
+    /// Reloads every `every` (never if `None`) and on each SIGHUP, until `stop`.
+    pub async fn run(mut self, every: Option<Duration>, stop: CancellationToken) {
+        let mut hangup = self.hangup.take();
+        let mut ticks = every.map(|every| {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        });
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = async {
+                    match ticks.as_mut() {
+                        Some(ticks) => {
+                            ticks.tick().await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                Some(()) = async {
+                    match hangup.as_mut() {
+                        Some(hangup) => hangup.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => tracing::info!("SIGHUP received: reloading credentials"),
+            }
+            self.reload().await;
+        }
+    }
+
+    /// Reads every credential once. The keys come first, so that a peer token signed by
+    /// a key added in the same change verifies.
+    pub async fn reload(&mut self) {
+        if let Some(keys) = self.keys.clone() {
+            let peer_token = self.peer_token.clone();
+            let outcome = tokio::task::spawn_blocking(move || {
+                let keys_outcome = keys.reload();
+                let token_outcome = peer_token.map(|token| token.reload(&keys));
+                (keys_outcome, token_outcome)
+            })
+            .await;
+            match outcome {
+                Ok((keys, token)) => {
+                    self.report(Credential::AuthPublicKey, keys);
+                    if let Some(token) = token {
+                        self.report(Credential::PeerToken, token);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "reloading the keys failed"),
+            }
+        }
+        if let Some(tls) = self.tls.as_mut() {
+            let outcome = tls.reload().await;
+            self.report(Credential::TlsCertificate, outcome);
+        }
+    }
+
+    fn report(&mut self, what: Credential, outcome: anyhow::Result<bool>) {
+        match outcome {
+            Ok(changed) => {
+                if changed {
+                    tracing::info!(credential = what.name(), "credential reloaded");
+                    self.metrics.credential_reloaded(what);
+                }
+                if self.failing.remove(&what).is_some() {
+                    if !changed {
+                        tracing::info!(
+                            credential = what.name(),
+                            "credential files are back to the ones in use"
+                        );
+                    }
+                    self.metrics.credential_failing(what, false);
+                }
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                if self.failing.get(&what) != Some(&error) {
+                    tracing::error!(credential = what.name(), %error,
+                        "cannot reload a credential; the one loaded before stays in use");
+                    self.metrics.credential_failing(what, true);
+                    self.failing.insert(what, error);
+                }
+            }
+        }
+    }
+}
