@@ -896,3 +896,70 @@ async fn a_step_down_during_a_transfer_waits_for_it_and_reports_where_leadership
     );
     assert_eq!(cluster.wait_for_leader().await, target);
 }
+
+/// A handover waits for the one under way only as long as its own budget allows: a
+/// step-down (its budget is `--handoff-timeout-ms`, 1 s here) asked behind a transfer
+/// whose target is frozen (the transfer holds its turn for its 5 s) is answered 503 with
+/// the reason, begins no handover of its own, and leaves the cluster writable once the
+/// transfer has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_down_behind_a_stalled_transfer_gets_a_503_and_changes_nothing() {
+    let cluster = TestCluster::start_with(3, &["--handoff-timeout-ms", "1000"]).await;
+    let leader = cluster.wait_for_leader().await;
+    attach_range(&cluster.client(leader), 0..2, 1).await;
+    let handovers_begun = |id: u64| {
+        cluster
+            .log_of(id)
+            .matches("handing leadership over")
+            .count()
+    };
+    let frozen = *cluster.others_than(leader).iter().min().unwrap();
+    let begun = handovers_begun(leader);
+    cluster.freeze(frozen, true);
+    let transfer = tokio::spawn({
+        let client = cluster.client(leader);
+        async move { client.transfer_leader(frozen).await }
+    });
+    wait_for("the transfer to begin", DEADLINE, || async {
+        (handovers_begun(leader) > begun).then_some(())
+    })
+    .await;
+    let refused = cluster
+        .client(leader)
+        .step_down()
+        .await
+        .expect_err("the step-down cannot take its turn within 1 s");
+    assert_eq!(refused.status(), Some(503), "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("another leadership handover did not finish within 1s"),
+        "{refused}"
+    );
+    assert_eq!(
+        handovers_begun(leader),
+        begun + 1,
+        "the step-down began a handover beside the transfer:\n{}",
+        cluster.log_of(leader)
+    );
+    cluster.freeze(frozen, false);
+    // Either outcome: the target may have woken in time to take over.
+    let _ = transfer.await.unwrap();
+    let leader = cluster.wait_for_leader().await;
+    cluster
+        .client(cluster.other_than(leader))
+        .attach_hook(shard(0), Some(NodeId(2)), None)
+        .await
+        .expect("the cluster is writable after the stalled transfer");
+    let target = cluster.other_than(leader);
+    let moved = cluster
+        .client(leader)
+        .transfer_leader(target)
+        .await
+        .unwrap();
+    assert_eq!(
+        moved.leader,
+        Some(target),
+        "the turn was given back: {moved:?}"
+    );
+}
