@@ -31,7 +31,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::cluster::Cluster;
-use crate::history::{FaultSpan, History, Request};
+use crate::history::{FaultSpan, History, Outcome, Request};
 use crate::proxy::Link;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
@@ -50,12 +50,13 @@ pub enum FaultKind {
     MemberReplace,
     DiskLoss,
     RollingRestart,
+    AbandonedTransfer,
     DiskFullLeader,
     DiskFullFollower,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::KillLeader,
         FaultKind::RestartLeader,
         FaultKind::KillFollower,
@@ -69,6 +70,7 @@ impl FaultKind {
         FaultKind::MemberReplace,
         FaultKind::DiskLoss,
         FaultKind::RollingRestart,
+        FaultKind::AbandonedTransfer,
     ];
 
     pub fn name(self) -> &'static str {
@@ -86,6 +88,7 @@ impl FaultKind {
             FaultKind::MemberReplace => "member-replace",
             FaultKind::DiskLoss => "disk-loss",
             FaultKind::RollingRestart => "rolling-restart",
+            FaultKind::AbandonedTransfer => "abandoned-transfer",
             FaultKind::DiskFullLeader => "disk-full-leader",
             FaultKind::DiskFullFollower => "disk-full-follower",
         }
@@ -257,6 +260,7 @@ impl Injector<'_> {
                 Ok(span)
             }
             FaultKind::RollingRestart => self.rolling_restart(kind, leader).await,
+            FaultKind::AbandonedTransfer => self.abandoned_transfer(kind, leader).await,
             FaultKind::DiskFullLeader => self.disk_full(kind, leader).await,
             FaultKind::DiskFullFollower => {
                 let target = self.pick(&self.followers(leader))?;
@@ -308,6 +312,67 @@ impl Injector<'_> {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// `abandoned-transfer`: an operator asks the leader to hand leadership to a follower
+    /// that is paused, so the handover stalls, and gives up after a time drawn from the
+    /// seed (an interrupted command, a client timeout). Leadership handovers pause the
+    /// leader's writes; with the caller gone the leader must take writes again while the
+    /// target still sleeps (bug 19: it stayed paused for good). The writes that prove it
+    /// are recorded in the history.
+    async fn abandoned_transfer(
+        &mut self,
+        kind: FaultKind,
+        leader: u64,
+    ) -> anyhow::Result<FaultSpan> {
+        let target = self.pick(&self.followers(leader))?;
+        let mut span = self.span(kind, vec![leader, target]);
+        self.cluster.pause(target)?;
+        let patience = Duration::from_millis(self.rng.gen_range(50..=800));
+        let answer = self
+            .cluster
+            .client(leader, patience)
+            .transfer_leader(target)
+            .await;
+        if let Ok(status) = &answer {
+            if status.leader == Some(target) {
+                self.cluster.resume(target)?;
+                bail!("a transfer to paused replica {target} reported it leads: {status:?}");
+            }
+        }
+        // A handover ends at the latest when its own budget (5 s) runs out; a leader
+        // still refusing writes well after that kept the pause of an abandoned handover.
+        let gave_up = Instant::now();
+        let deadline = gave_up + Duration::from_secs(15);
+        let writer = self.cluster.client(leader, Duration::from_secs(2));
+        loop {
+            *self.filler_counter += 1;
+            let request = Request::Attach {
+                shard: filler_shard(*self.filler_counter),
+                node: Some(NodeId(1)),
+                generation_override: None,
+            };
+            let call = self.history.begin("filler", leader, request.clone());
+            let outcome = crate::traffic::execute(&writer, &request).await;
+            let written = matches!(outcome, Outcome::Ok { .. });
+            self.history.end(call, outcome);
+            if written {
+                break;
+            }
+            if Instant::now() >= deadline {
+                self.cluster.resume(target)?;
+                bail!(
+                    "no write through replica {leader} succeeded within {:?} after the caller of \
+                     a transfer to paused replica {target} gave up",
+                    deadline - gave_up
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(self.hold()).await;
+        self.cluster.resume(target)?;
+        span.healed_us = self.now();
+        Ok(span)
     }
 
     async fn kill(&mut self, kind: FaultKind, target: u64) -> anyhow::Result<FaultSpan> {
