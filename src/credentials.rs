@@ -1,5 +1,6 @@
 //! Credentials that change while a replica runs: the public keys tokens are checked
-//! against, this replica's peer token, and the certificate it serves HTTPS with.
+//! against, this replica's peer token, the certificate it serves HTTPS with, and the CA
+//! it checks its peers' certificates against.
 //!
 //! They live in files that someone else replaces: a Kubernetes Secret volume swaps its
 //! files when the Secret changes, and cert-manager renews a certificate weeks before it
@@ -10,8 +11,9 @@
 //! `psc_credential_reload_failing` until the files are right again: a half-read
 //! credential is never used.
 //!
-//! What a reload cannot change: the CA that peers' certificates are checked against
-//! (`--tls-ca`; the pooled client is built with it at start) and the flags themselves.
+//! A new CA replaces the pooled peer client: requests under way finish on the old one,
+//! and every peer is reached over a new connection once. What a reload cannot change is
+//! the flags themselves.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,11 +22,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum_server::tls_rustls::RustlsConfig;
+use controller_raft::transport::PeerHttp;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{JwtKeys, PeerToken};
 use crate::metrics::Metrics;
+use crate::server::peer_client_trusting;
 
 /// A certificate and its key, and the bytes they were last loaded from.
 pub struct TlsFiles {
@@ -69,6 +73,36 @@ impl TlsFiles {
     }
 }
 
+/// The CA (PEM, possibly a bundle) peers' certificates are checked against, and the
+/// peer client that trusts it.
+pub struct CaFile {
+    path: PathBuf,
+    loaded: Vec<u8>,
+    http: PeerHttp,
+}
+
+impl CaFile {
+    /// `loaded`: the bytes `http`'s client was built from.
+    pub fn new(path: PathBuf, loaded: Vec<u8>, http: PeerHttp) -> CaFile {
+        CaFile { path, loaded, http }
+    }
+
+    /// Trusts what the file holds now, if it changed and holds certificates.
+    /// `Ok(false)`: unchanged.
+    async fn reload(&mut self) -> anyhow::Result<bool> {
+        let read = tokio::fs::read(&self.path)
+            .await
+            .with_context(|| format!("reading the CA certificate {}", self.path.display()))?;
+        if read == self.loaded {
+            return Ok(false);
+        }
+        let client = peer_client_trusting(Some((&self.path, &read)))?;
+        self.http.replace(client);
+        self.loaded = read;
+        Ok(true)
+    }
+}
+
 async fn read_pair(cert: &Path, key: &Path) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
     let read = |path: &Path| {
         let path = path.to_owned();
@@ -94,6 +128,7 @@ pub struct Reloader {
     keys: Option<Arc<JwtKeys>>,
     peer_token: Option<PeerToken>,
     tls: Option<TlsFiles>,
+    ca: Option<CaFile>,
     metrics: Arc<Metrics>,
     /// The last error of each credential whose reload fails, so that it is reported
     /// once rather than every interval.
@@ -109,13 +144,15 @@ pub enum Credential {
     AuthPublicKey,
     PeerToken,
     TlsCertificate,
+    TlsCa,
 }
 
 impl Credential {
-    pub const ALL: [Credential; 3] = [
+    pub const ALL: [Credential; 4] = [
         Credential::AuthPublicKey,
         Credential::PeerToken,
         Credential::TlsCertificate,
+        Credential::TlsCa,
     ];
 
     pub fn name(self) -> &'static str {
@@ -123,6 +160,7 @@ impl Credential {
             Credential::AuthPublicKey => "auth_public_key",
             Credential::PeerToken => "peer_token",
             Credential::TlsCertificate => "tls_certificate",
+            Credential::TlsCa => "tls_ca",
         }
     }
 }
@@ -133,12 +171,14 @@ impl Reloader {
         keys: Option<Arc<JwtKeys>>,
         peer_token: Option<PeerToken>,
         tls: Option<TlsFiles>,
+        ca: Option<CaFile>,
         metrics: Arc<Metrics>,
     ) -> Reloader {
         let mut reloader = Reloader {
             keys,
             peer_token,
             tls,
+            ca,
             metrics,
             failing: BTreeMap::new(),
             hangup: None,
@@ -162,7 +202,7 @@ impl Reloader {
 
     /// Whether there is anything to reload.
     pub fn has_work(&self) -> bool {
-        self.keys.is_some() || self.peer_token.is_some() || self.tls.is_some()
+        self.keys.is_some() || self.peer_token.is_some() || self.tls.is_some() || self.ca.is_some()
     }
 
     /// Reloads every `every` (never if `None`) and on each SIGHUP, until `stop`.
@@ -219,6 +259,10 @@ impl Reloader {
         if let Some(tls) = self.tls.as_mut() {
             let outcome = tls.reload().await;
             self.report(Credential::TlsCertificate, outcome);
+        }
+        if let Some(ca) = self.ca.as_mut() {
+            let outcome = ca.reload().await;
+            self.report(Credential::TlsCa, outcome);
         }
     }
 

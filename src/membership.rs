@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use controller_raft::transport::HttpNetwork;
+use controller_raft::transport::{HttpNetwork, PeerHttp};
 use controller_raft::Member;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
@@ -48,7 +48,7 @@ pub enum MembershipError {
 pub struct Membership {
     replica: Arc<Replica>,
     network: HttpNetwork,
-    http: reqwest::Client,
+    http: PeerHttp,
     /// Presented when probing other members.
     peer_token: Option<PeerToken>,
 }
@@ -96,7 +96,7 @@ impl Membership {
     pub fn new(
         replica: Arc<Replica>,
         network: HttpNetwork,
-        http: reqwest::Client,
+        http: PeerHttp,
         peer_token: Option<PeerToken>,
     ) -> Self {
         Self {
@@ -137,7 +137,7 @@ impl Membership {
     }
 
     async fn status_of(&self, member: &Member) -> Option<ClusterStatus> {
-        Client::with_http(&member.url, self.http.clone())
+        Client::with_http(&member.url, self.http.get())
             .with_token(self.peer_token.as_ref().map(PeerToken::token))
             .with_timeout(PROBE_TIMEOUT)
             .cluster_status()

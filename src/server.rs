@@ -24,7 +24,7 @@ use anyhow::{bail, Context};
 use axum_server::tls_rustls::RustlsConfig;
 use controller_raft::removal::Standing;
 use controller_raft::timing::Timing;
-use controller_raft::transport::{self, HttpNetwork, NoPeerAuth, PeerAuth};
+use controller_raft::transport::{self, HttpNetwork, NoPeerAuth, PeerAuth, PeerHttp};
 use controller_raft::{Member, PeerIdentity};
 use controller_storage::{Bootstrap, DataDir, Identity, FORMAT_VERSION};
 use sha2::{Digest, Sha256};
@@ -36,7 +36,7 @@ use crate::auth::{JwtKeys, PeerJwt, PeerToken};
 use crate::bootstrap;
 use crate::client::Client;
 use crate::consensus::{LogStore, StateMachine};
-use crate::credentials::{Reloader, TlsFiles};
+use crate::credentials::{CaFile, Reloader, TlsFiles};
 use crate::membership::Membership;
 use crate::metrics::{self, Metrics, MetricsState};
 use crate::replica::{Deadlines, Replica};
@@ -78,8 +78,8 @@ pub struct Security {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// CA certificate (PEM) that peers' certificates are checked against.
     pub ca: Option<PathBuf>,
-    /// How often keys, the peer token and the certificate are read again (also on
-    /// SIGHUP); `None`: only on SIGHUP.
+    /// How often keys, the peer token, the certificate and the CA are read again (also
+    /// on SIGHUP); `None`: only on SIGHUP.
     pub reload_every: Option<Duration>,
 }
 
@@ -104,6 +104,16 @@ impl Security {
     /// outlives the start-up asks [`PeerToken`] itself.
     pub fn peer_token_now(&self) -> Option<String> {
         self.peer_token.as_ref().map(PeerToken::token)
+    }
+
+    /// `--tls-ca` and what it holds, if given.
+    fn read_ca(&self) -> anyhow::Result<Option<(PathBuf, Vec<u8>)>> {
+        let Some(path) = &self.ca else {
+            return Ok(None);
+        };
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading the CA certificate {}", path.display()))?;
+        Ok(Some((path.clone(), pem)))
     }
 
     /// The certificate and key to serve HTTPS with, loaded, if configured.
@@ -260,19 +270,37 @@ async fn cluster_to_join(
     }
 }
 
-/// One pooled HTTP client for all replica-to-replica traffic; trusts `ca` in addition
-/// to the system roots when given.
+/// One pooled HTTP client for all replica-to-replica traffic; trusts the certificates
+/// in the PEM file `ca` in addition to the system roots when given.
 pub fn peer_client(ca: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    let pem = ca
+        .map(|ca| {
+            std::fs::read(ca)
+                .with_context(|| format!("reading the CA certificate {}", ca.display()))
+        })
+        .transpose()?;
+    peer_client_trusting(ca.zip(pem.as_deref()))
+}
+
+/// [`peer_client`] with the CA file already read: (its path, for errors; its PEM). A
+/// bundle of several certificates is trusted whole (the old and the new CA while peers'
+/// certificates move from one to the other); a file without one is an error.
+pub fn peer_client_trusting(
+    ca: Option<(&std::path::Path, &[u8])>,
+) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(60))
         .connect_timeout(Duration::from_secs(1));
-    if let Some(ca) = ca {
-        let pem = std::fs::read(ca)
-            .with_context(|| format!("reading the CA certificate {}", ca.display()))?;
-        let certificate = reqwest::Certificate::from_pem(&pem)
-            .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
-        builder = builder.add_root_certificate(certificate);
+    if let Some((path, pem)) = ca {
+        let certificates = reqwest::Certificate::from_pem_bundle(pem)
+            .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
+        if certificates.is_empty() {
+            bail!("{} holds no PEM certificate", path.display());
+        }
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
     }
     builder.build().context("building the HTTP client")
 }
@@ -283,7 +311,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let security = config.security.clone();
-    let client = peer_client(security.ca.as_deref())?;
+    let ca = security.read_ca()?;
+    let peer_http = PeerHttp::new(peer_client_trusting(
+        ca.as_ref()
+            .map(|(path, pem)| (path.as_path(), pem.as_slice())),
+    )?);
+    // For the start-up (bootstrap, joining); what runs on asks `peer_http` each time.
+    let client = peer_http.get();
     let (data_dir, join) = open_data_dir(&config, &client, security.peer_token_now()).await?;
     let identity = data_dir.identity().clone();
     let mut log = LogStore::open(&data_dir.log_path(), config.id, config.cache_bytes)?;
@@ -305,7 +339,7 @@ pub async fn serve(
     };
     let standing = Arc::new(Standing::default());
     let network = HttpNetwork::new(
-        client.clone(),
+        peer_http.clone(),
         peer_identity.clone(),
         peer_auth.clone(),
         standing.clone(),
@@ -326,13 +360,13 @@ pub async fn serve(
     let membership = Membership::new(
         replica.clone(),
         network.clone(),
-        client.clone(),
+        peer_http.clone(),
         security.peer_token.clone(),
     );
     let metrics = Metrics::new();
     metrics.attach(&replica);
     let forwarder = Forwarder {
-        client: client.clone(),
+        client: peer_http.clone(),
         self_id: config.id,
         timeout: config.deadlines.write + Duration::from_secs(3),
         peer_token: security.peer_token.clone(),
@@ -428,6 +462,7 @@ pub async fn serve(
         security.keys.clone(),
         security.peer_token.clone(),
         security.tls_files().await?,
+        ca.map(|(path, pem)| CaFile::new(path, pem, peer_http.clone())),
         metrics.clone(),
     );
     let server = start_listener(

@@ -1,7 +1,7 @@
 //! The replica-to-replica transport: openraft RPCs as bincode over HTTP.
 //!
 //! Sending side: [`HttpNetwork`] implements openraft's `RaftNetworkFactory`; every
-//! connection shares one pooled `reqwest::Client`, so a heartbeat reuses a warm
+//! connection shares one pooled `reqwest::Client` ([`PeerHttp`]), so a heartbeat reuses a warm
 //! keep-alive connection instead of a fresh TCP handshake. Receiving side: [`router`]
 //! serves `POST {RAFT_PREFIX}/{append,vote,snapshot}` on the replica's one listener.
 //!
@@ -70,10 +70,38 @@ impl PeerAuth for NoPeerAuth {
     }
 }
 
+/// The pooled HTTP client replicas reach each other with, replaceable while they run
+/// (a new CA for peers' certificates): each request takes the client in place when it
+/// is sent. Cheap to clone; every clone sees a replacement.
+#[derive(Clone)]
+pub struct PeerHttp(Arc<std::sync::RwLock<reqwest::Client>>);
+
+impl PeerHttp {
+    pub fn new(client: reqwest::Client) -> PeerHttp {
+        PeerHttp(Arc::new(std::sync::RwLock::new(client)))
+    }
+
+    /// The client in place now (a `reqwest::Client` is itself a cheap handle).
+    pub fn get(&self) -> reqwest::Client {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// New requests use `client` from now on; those in flight finish on the old one.
+    pub fn replace(&self, client: reqwest::Client) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = client;
+    }
+}
+
 /// Creates connections to peers. Cheap to clone.
 #[derive(Clone)]
 pub struct HttpNetwork {
-    client: reqwest::Client,
+    client: PeerHttp,
     identity: Arc<PeerIdentity>,
     auth: Arc<dyn PeerAuth>,
     /// Where vote answers saying this replica is no voter are reported ([`removal`]).
@@ -82,7 +110,7 @@ pub struct HttpNetwork {
 
 impl HttpNetwork {
     pub fn new(
-        client: reqwest::Client,
+        client: PeerHttp,
         identity: Arc<PeerIdentity>,
         auth: Arc<dyn PeerAuth>,
         standing: Arc<Standing>,
@@ -102,7 +130,7 @@ impl HttpNetwork {
     /// leader, so no other peer can use this to disrupt the cluster.
     pub async fn request_campaign(&self, target: ReplicaId, member: &Member) -> Result<(), String> {
         let url = member.endpoint(&format!("{RAFT_PREFIX}{CAMPAIGN}"));
-        let mut builder = self.client.post(url).timeout(Duration::from_secs(2));
+        let mut builder = self.client.get().post(url).timeout(Duration::from_secs(2));
         for (name, value) in self.identity.request_headers(target) {
             builder = builder.header(name, value);
         }
@@ -179,7 +207,13 @@ impl PeerConnection {
         let body = codec::encode(request)
             .map_err(|e| RPCError::Network(NetworkError::new(&self.error(e))))?;
         let url = self.member.endpoint(&format!("{RAFT_PREFIX}{route}"));
-        let mut builder = self.network.client.post(url).timeout(timeout).body(body);
+        let mut builder = self
+            .network
+            .client
+            .get()
+            .post(url)
+            .timeout(timeout)
+            .body(body);
         for (name, value) in self.network.identity.request_headers(self.target) {
             builder = builder.header(name, value);
         }
@@ -502,7 +536,7 @@ mod tests {
             target: 2,
             member: Member::new(format!("http://{addr}")),
             network: HttpNetwork::new(
-                reqwest::Client::new(),
+                PeerHttp::new(reqwest::Client::new()),
                 identity,
                 Arc::new(NoPeerAuth),
                 Arc::default(),

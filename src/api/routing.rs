@@ -33,7 +33,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use controller_raft::transport::error_text;
+use controller_raft::transport::{error_text, PeerHttp};
 use controller_raft::Member;
 
 use super::error::{ApiError, NOT_APPLIED_HEADER, NOT_LEADER_HEADER};
@@ -85,7 +85,7 @@ pub enum Forwarded {
 /// Sends requests to the leader over the replica's one pooled HTTP client.
 #[derive(Clone)]
 pub struct Forwarder {
-    pub client: reqwest::Client,
+    pub client: PeerHttp,
     pub self_id: u64,
     pub timeout: Duration,
     /// This replica's own `controller_peer` token, for the requests it makes on its own
@@ -110,6 +110,7 @@ impl Forwarder {
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let mut request = self
             .client
+            .get()
             .request(method.clone(), leader.endpoint(path))
             .timeout(timeout.unwrap_or(self.timeout))
             .header(FORWARDED_BY_HEADER, self.self_id.to_string())

@@ -137,13 +137,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// CA certificate (PEM) that peers' HTTPS certificates are checked against.
+    /// CA certificate(s) (PEM; a bundle is trusted whole) that peers' HTTPS certificates
+    /// are checked against.
     #[arg(long, value_name = "PATH")]
     pub tls_ca: Option<PathBuf>,
 
-    /// How often, in milliseconds, the public keys, the peer token and the TLS
-    /// certificate and key are read again from their files, so that they rotate without
-    /// a restart (SIGHUP reloads at once); 0: only on SIGHUP. The CA is read at start.
+    /// How often, in milliseconds, the public keys, the peer token, the TLS certificate
+    /// and key, and the CA are read again from their files, so that they rotate without
+    /// a restart (SIGHUP reloads at once); 0: only on SIGHUP.
     #[arg(long, default_value_t = 10_000)]
     pub reload_interval_ms: u64,
 

@@ -796,6 +796,15 @@ async fn keys_and_peer_tokens_rotate_on_sighup_without_a_restart() {
     }
 }
 
+/// A new CA, and its certificate in PEM.
+fn new_ca() -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let pem = params.self_signed(&key).unwrap().pem();
+    (rcgen::Issuer::new(params, key), pem)
+}
+
 /// A certificate signed by `ca` for loopback, as (certificate PEM, key PEM, DER).
 fn loopback_certificate(ca: &rcgen::Issuer<'_, rcgen::KeyPair>) -> (String, String, Vec<u8>) {
     let key = rcgen::KeyPair::generate().unwrap();
@@ -821,38 +830,63 @@ async fn presented_certificate(url: &str, ca: &reqwest::Certificate) -> Option<V
         .map(<[u8]>::to_vec)
 }
 
-/// cert-manager renews a replica's certificate in place: within the reload interval
-/// every replica serves the new one to new connections, without a restart, and the
-/// replicas, which check each other against the CA, keep replicating.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_renewed_certificate_is_served_without_a_restart() {
-    let keys = Keys::new();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let ca = rcgen::Issuer::new(ca_params, ca_key);
-    let ca_file = keys.path("ca.pem");
-    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
-    let trusted = reqwest::Certificate::from_pem(ca_cert.pem().as_bytes()).unwrap();
+/// Gives every replica (they share the files here) a new certificate signed by `ca`,
+/// and waits until each presents it to new connections.
+async fn reissue(
+    cluster: &TestCluster,
+    keys: &Keys,
+    ca: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    ca_pem: &str,
+) {
+    let (cert_pem, key_pem, issued) = loopback_certificate(ca);
+    replace_file(&keys.path("tls.key"), key_pem.as_bytes());
+    replace_file(&keys.path("tls.crt"), cert_pem.as_bytes());
+    let trusted = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
+    for id in cluster.running() {
+        let url = cluster.url(id);
+        wait_for(
+            &format!("replica {id} to serve its new certificate"),
+            DEADLINE,
+            || {
+                let (url, trusted, issued) = (url.clone(), trusted.clone(), issued.clone());
+                async move {
+                    (presented_certificate(&url, &trusted).await == Some(issued)).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+}
 
-    let (cert_pem, key_pem, first) = loopback_certificate(&ca);
-    let (cert, key) = (keys.path("tls.crt"), keys.path("tls.key"));
-    std::fs::write(&cert, cert_pem).unwrap();
-    std::fs::write(&key, key_pem).unwrap();
+/// Certificates rotate in place, as cert-manager does it: a renewal from the same CA,
+/// then a move to a new CA (trust both, re-issue every certificate from the new one,
+/// trust only the new one). Every step is a file change taken within the reload
+/// interval, without a restart, and afterwards the replicas, which check each other
+/// against the CA file, still elect and replicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_and_the_ca_rotate_without_a_restart() {
+    let keys = Keys::new();
+    let (old_ca, old_ca_pem) = new_ca();
+    let (new_ca, new_ca_pem) = new_ca();
+    let ca_file = keys.path("ca.pem");
+    std::fs::write(&ca_file, &old_ca_pem).unwrap();
+    let (cert_pem, key_pem, first) = loopback_certificate(&old_ca);
+    std::fs::write(keys.path("tls.crt"), cert_pem).unwrap();
+    std::fs::write(keys.path("tls.key"), key_pem).unwrap();
     let mut args = keys.args();
     for (flag, value) in [
-        ("--tls-cert", cert.display().to_string()),
-        ("--tls-key", key.display().to_string()),
-        ("--tls-ca", ca_file.display().to_string()),
-        ("--reload-interval-ms", "200".to_owned()),
+        ("--tls-cert", keys.path("tls.crt")),
+        ("--tls-key", keys.path("tls.key")),
+        ("--tls-ca", ca_file.clone()),
     ] {
         args.push(flag.into());
-        args.push(value);
+        args.push(value.display().to_string());
     }
+    args.extend(["--reload-interval-ms".to_owned(), "200".to_owned()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let cluster =
+    let mut cluster =
         TestCluster::start_secure(3, &args, Some(keys.token(Scope::Admin)), Some(&ca_file)).await;
+    let trusted = reqwest::Certificate::from_pem(old_ca_pem.as_bytes()).unwrap();
     for id in cluster.running() {
         assert_eq!(
             presented_certificate(&cluster.url(id), &trusted).await,
@@ -860,33 +894,59 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         );
     }
 
-    let (cert_pem, key_pem, renewed) = loopback_certificate(&ca);
-    replace_file(&key, key_pem.as_bytes());
-    replace_file(&cert, cert_pem.as_bytes());
-    for id in cluster.running() {
-        let url = cluster.url(id);
-        wait_for(
-            &format!("replica {id} to serve the renewed certificate"),
-            DEADLINE,
-            || {
-                let (url, trusted, renewed) = (url.clone(), trusted.clone(), renewed.clone());
-                async move {
-                    (presented_certificate(&url, &trusted).await == Some(renewed)).then_some(())
-                }
-            },
-        )
-        .await;
-    }
+    // A renewal from the same CA.
+    reissue(&cluster, &keys, &old_ca, &old_ca_pem).await;
     wait_for_credential_metric(&cluster, FAILING, "tls_certificate", 0).await;
 
+    // A CA file without a certificate is reported and changes nothing.
+    replace_file(&ca_file, b"not a certificate");
+    wait_for_credential_metric(&cluster, FAILING, "tls_ca", 1).await;
+    replace_file(&ca_file, old_ca_pem.as_bytes());
+    wait_for_credential_metric(&cluster, FAILING, "tls_ca", 0).await;
+
+    // A new CA: trusted beside the old one, then every certificate from it, then alone.
+    replace_file(&ca_file, format!("{old_ca_pem}{new_ca_pem}").as_bytes());
+    wait_for_credential_metric(&cluster, RELOADS, "tls_ca", 1).await;
+    reissue(&cluster, &keys, &new_ca, &new_ca_pem).await;
+    replace_file(&ca_file, new_ca_pem.as_bytes());
+    wait_for_credential_metric(&cluster, RELOADS, "tls_ca", 2).await;
+    cluster.trust(Some(&ca_file));
+
+    // Connections made before stay up (they were checked when made), so restart a
+    // follower: the leader must reach it over a new connection, checked against the new
+    // CA alone, for it to catch up with a write made through another follower.
     let leader = cluster.wait_for_leader().await;
-    let follower = cluster.other_than(leader);
+    let restarted = cluster.other_than(leader);
+    cluster.kill(restarted);
+    cluster.restart(restarted).await;
+    let writer = *cluster
+        .others_than(leader)
+        .iter()
+        .find(|id| **id != restarted)
+        .unwrap();
     assert_eq!(
         cluster
-            .client(follower)
+            .client(writer)
             .attach_hook(shard(6), Some(NodeId(1)), None)
             .await
             .unwrap(),
         Some(1)
     );
+    let committed = cluster.status_of(leader).await.unwrap().committed_index;
+    wait_for(
+        &format!("replica {restarted} to catch up"),
+        DEADLINE,
+        || async {
+            let applied = cluster.status_of(restarted).await?.applied_index;
+            (applied >= committed).then_some(())
+        },
+    )
+    .await;
+    // And it can lead: its votes and appends go out on its own client.
+    let moved = cluster
+        .client(leader)
+        .transfer_leader(restarted)
+        .await
+        .unwrap();
+    assert_eq!(moved.leader, Some(restarted));
 }

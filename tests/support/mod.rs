@@ -208,6 +208,11 @@ impl TestCluster {
     }
 
     /// The shared HTTP client (trusts the test CA when TLS is on).
+    /// The CA [`TestCluster::client`] trusts from now on (after a CA rotation).
+    pub fn trust(&mut self, ca: Option<&Path>) {
+        self.http = pageserver_controller::server::peer_client(ca).expect("an HTTP client");
+    }
+
     /// What [`TestCluster::client`] sends from now on (after a key rotation).
     pub fn use_token(&mut self, token: Option<String>) {
         self.token = token;
