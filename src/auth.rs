@@ -74,7 +74,32 @@ pub struct JwtKeys {
     validation: Validation,
     /// Replaced whole by a reload: a token checked against the old keys is remembered
     /// only in the old set, so a key taken away takes its tokens with it.
-    current: std::sync::RwLock<Arc<KeySet>>,
+    current: Reloadable<KeySet>,
+}
+
+/// A value a reload replaces whole; a reader keeps the one it took for as long as it
+/// needs it.
+struct Reloadable<T>(std::sync::RwLock<Arc<T>>);
+
+impl<T> Reloadable<T> {
+    fn new(value: T) -> Reloadable<T> {
+        Reloadable(std::sync::RwLock::new(Arc::new(value)))
+    }
+
+    fn get(&self) -> Arc<T> {
+        // Only whole values are stored: a panic elsewhere cannot leave one half written.
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, value: T) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(value);
+    }
 }
 
 /// One generation of keys, with the tokens they have verified.
@@ -124,7 +149,7 @@ impl std::fmt::Debug for JwtKeys {
 impl JwtKeys {
     /// Loads Ed25519 public keys from a PEM file, or from every file of a directory.
     pub fn load(path: &Path) -> anyhow::Result<JwtKeys> {
-        let set = read_keys(path)?;
+        let set = parse_keys(read_key_files(path)?, path)?;
         Ok(Self::with_set(Some(path.to_owned()), set))
     }
 
@@ -139,11 +164,7 @@ impl JwtKeys {
         if files == self.current().files {
             return Ok(false);
         }
-        let set = parse_keys(files, source)?;
-        *self
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(set);
+        self.current.set(parse_keys(files, source)?);
         Ok(true)
     }
 
@@ -156,15 +177,12 @@ impl JwtKeys {
         JwtKeys {
             source,
             validation,
-            current: std::sync::RwLock::new(Arc::new(set)),
+            current: Reloadable::new(set),
         }
     }
 
     fn current(&self) -> Arc<KeySet> {
-        self.current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.current.get()
     }
 
     /// The claims of `token` if one of the keys signed it with EdDSA and it has not expired.
@@ -260,10 +278,6 @@ fn parse_keys(files: Vec<(PathBuf, Vec<u8>)>, source: &Path) -> anyhow::Result<K
     Ok(KeySet::new(files, keys))
 }
 
-fn read_keys(path: &Path) -> anyhow::Result<KeySet> {
-    parse_keys(read_key_files(path)?, path)
-}
-
 /// The bearer token of a request, if it carries one.
 pub fn bearer(headers: &HeaderMap) -> Option<Result<&str, TokenError>> {
     let value = headers.get(axum::http::header::AUTHORIZATION)?;
@@ -350,7 +364,7 @@ pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
 #[derive(Clone)]
 pub struct PeerToken {
     file: PathBuf,
-    current: Arc<std::sync::RwLock<Arc<Presented>>>,
+    current: Arc<Reloadable<Presented>>,
 }
 
 /// A peer token and the header that carries it.
@@ -384,7 +398,7 @@ impl PeerToken {
         check_peer_token(&token, keys)?;
         Ok(PeerToken {
             file: file.to_owned(),
-            current: Arc::new(std::sync::RwLock::new(Arc::new(Presented::new(token)?))),
+            current: Arc::new(Reloadable::new(Presented::new(token)?)),
         })
     }
 
@@ -408,18 +422,12 @@ impl PeerToken {
         if token == self.current().token {
             return Ok(false);
         }
-        *self
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Presented::new(token)?);
+        self.current.set(Presented::new(token)?);
         Ok(true)
     }
 
     fn current(&self) -> Arc<Presented> {
-        self.current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.current.get()
     }
 }
 

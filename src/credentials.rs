@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{JwtKeys, PeerToken};
 use crate::metrics::Metrics;
-use crate::server::peer_client_trusting;
+use crate::server::{peer_client_trusting, read_ca};
 
 /// A certificate and its key, and the bytes they were last loaded from.
 pub struct TlsFiles {
@@ -90,9 +90,7 @@ impl CaFile {
     /// Trusts what the file holds now, if it changed and holds certificates.
     /// `Ok(false)`: unchanged.
     async fn reload(&mut self) -> anyhow::Result<bool> {
-        let read = tokio::fs::read(&self.path)
-            .await
-            .with_context(|| format!("reading the CA certificate {}", self.path.display()))?;
+        let read = read_ca(&self.path)?;
         if read == self.loaded {
             return Ok(false);
         }
@@ -133,8 +131,9 @@ pub struct Reloader {
     /// The last error of each credential whose reload fails, so that it is reported
     /// once rather than every interval.
     failing: BTreeMap<Credential, String>,
-    /// Listening from construction on: a SIGHUP that came before the listener would
-    /// otherwise end the process (its default action).
+    /// Listening from construction on, whether or not there is anything to reload: a
+    /// SIGHUP would otherwise end the process (its default action), and an operator who
+    /// sends one to reload should not lose a replica.
     hangup: Option<Signal>,
 }
 
@@ -166,7 +165,7 @@ impl Credential {
 }
 
 impl Reloader {
-    /// Starts listening for SIGHUP at once if there is anything to reload.
+    /// Starts listening for SIGHUP at once.
     pub fn new(
         keys: Option<Arc<JwtKeys>>,
         peer_token: Option<PeerToken>,
@@ -183,15 +182,13 @@ impl Reloader {
             failing: BTreeMap::new(),
             hangup: None,
         };
-        if reloader.has_work() {
-            reloader.hangup = match signal(SignalKind::hangup()) {
-                Ok(hangup) => Some(hangup),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGHUP; credentials reload only on the timer");
-                    None
-                }
-            };
-        }
+        reloader.hangup = match signal(SignalKind::hangup()) {
+            Ok(hangup) => Some(hangup),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; credentials reload only on the timer");
+                None
+            }
+        };
         reloader
     }
 
@@ -201,13 +198,15 @@ impl Reloader {
     }
 
     /// Whether there is anything to reload.
-    pub fn has_work(&self) -> bool {
+    fn has_work(&self) -> bool {
         self.keys.is_some() || self.peer_token.is_some() || self.tls.is_some() || self.ca.is_some()
     }
 
-    /// Reloads every `every` (never if `None`) and on each SIGHUP, until `stop`.
+    /// Reloads every `every` (never if `None`, or with nothing to reload) and on each
+    /// SIGHUP, until `stop`.
     pub async fn run(mut self, every: Option<Duration>, stop: CancellationToken) {
         let mut hangup = self.hangup.take();
+        let every = every.filter(|_| self.has_work());
         let mut ticks = every.map(|every| {
             let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -229,7 +228,11 @@ impl Reloader {
                         Some(hangup) => hangup.recv().await,
                         None => std::future::pending().await,
                     }
-                } => tracing::info!("SIGHUP received: reloading credentials"),
+                } => if self.has_work() {
+                    tracing::info!("SIGHUP received: reloading credentials");
+                } else {
+                    tracing::info!("SIGHUP received: no keys, peer token or TLS files to reload");
+                },
             }
             self.reload().await;
         }

@@ -107,13 +107,11 @@ impl Security {
     }
 
     /// `--tls-ca` and what it holds, if given.
-    fn read_ca(&self) -> anyhow::Result<Option<(PathBuf, Vec<u8>)>> {
-        let Some(path) = &self.ca else {
-            return Ok(None);
-        };
-        let pem = std::fs::read(path)
-            .with_context(|| format!("reading the CA certificate {}", path.display()))?;
-        Ok(Some((path.clone(), pem)))
+    fn ca_file(&self) -> anyhow::Result<Option<(PathBuf, Vec<u8>)>> {
+        self.ca
+            .as_ref()
+            .map(|path| Ok((path.clone(), read_ca(path)?)))
+            .transpose()
     }
 
     /// The certificate and key to serve HTTPS with, loaded, if configured.
@@ -273,13 +271,13 @@ async fn cluster_to_join(
 /// One pooled HTTP client for all replica-to-replica traffic; trusts the certificates
 /// in the PEM file `ca` in addition to the system roots when given.
 pub fn peer_client(ca: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
-    let pem = ca
-        .map(|ca| {
-            std::fs::read(ca)
-                .with_context(|| format!("reading the CA certificate {}", ca.display()))
-        })
-        .transpose()?;
+    let pem = ca.map(read_ca).transpose()?;
     peer_client_trusting(ca.zip(pem.as_deref()))
+}
+
+/// The bytes of the CA file `path`.
+pub fn read_ca(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading the CA certificate {}", path.display()))
 }
 
 /// [`peer_client`] with the CA file already read: (its path, for errors; its PEM). A
@@ -311,7 +309,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let security = config.security.clone();
-    let ca = security.read_ca()?;
+    let ca = security.ca_file()?;
     let peer_http = PeerHttp::new(peer_client_trusting(
         ca.as_ref()
             .map(|(path, pem)| (path.as_path(), pem.as_slice())),
@@ -472,9 +470,7 @@ pub async fn serve(
         handle.clone(),
     )
     .await?;
-    if reloader.has_work() {
-        tokio::spawn(reloader.run(security.reload_every, stop.clone()));
-    }
+    tokio::spawn(reloader.run(security.reload_every, stop.clone()));
     stop.cancelled().await;
     hand_leadership_away(&replica, &membership, config.handoff).await;
     // Draining stops new connections, the leader's heartbeats included: a replica that

@@ -24,6 +24,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use pageserver_controller::client::Client;
 use pageserver_controller::domain::{NodeId, TenantId, TenantShardId};
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -346,17 +347,7 @@ impl Injector<'_> {
         let deadline = gave_up + Duration::from_secs(15);
         let writer = self.cluster.client(leader, Duration::from_secs(2));
         loop {
-            *self.filler_counter += 1;
-            let request = Request::Attach {
-                shard: filler_shard(*self.filler_counter),
-                node: Some(NodeId(1)),
-                generation_override: None,
-            };
-            let call = self.history.begin("filler", leader, request.clone());
-            let outcome = crate::traffic::execute(&writer, &request).await;
-            let written = matches!(outcome, Outcome::Ok { .. });
-            self.history.end(call, outcome);
-            if written {
+            if self.filler_write(&writer, leader).await {
                 break;
             }
             if Instant::now() >= deadline {
@@ -373,6 +364,22 @@ impl Injector<'_> {
         self.cluster.resume(target)?;
         span.healed_us = self.now();
         Ok(span)
+    }
+
+    /// Attaches the next filler shard through `client` (which reaches replica `via`),
+    /// recorded in the history; `true` if it was acknowledged.
+    async fn filler_write(&mut self, client: &Client, via: u64) -> bool {
+        *self.filler_counter += 1;
+        let request = Request::Attach {
+            shard: filler_shard(*self.filler_counter),
+            node: Some(NodeId(1)),
+            generation_override: None,
+        };
+        let call = self.history.begin("filler", via, request.clone());
+        let outcome = crate::traffic::execute(client, &request).await;
+        let written = matches!(outcome, Outcome::Ok { .. });
+        self.history.end(call, outcome);
+        written
     }
 
     async fn kill(&mut self, kind: FaultKind, target: u64) -> anyhow::Result<FaultSpan> {
@@ -469,16 +476,7 @@ impl Injector<'_> {
             }
             // One write at a time: each becomes its own log entry.
             for _ in 0..20 {
-                *self.filler_counter += 1;
-                let shard = filler_shard(*self.filler_counter);
-                let request = Request::Attach {
-                    shard,
-                    node: Some(NodeId(1)),
-                    generation_override: None,
-                };
-                let call = self.history.begin("filler", leader, request.clone());
-                let outcome = crate::traffic::execute(&filler, &request).await;
-                self.history.end(call, outcome);
+                self.filler_write(&filler, leader).await;
             }
         };
         self.cluster.proxy().heal();

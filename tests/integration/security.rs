@@ -796,6 +796,27 @@ async fn keys_and_peer_tokens_rotate_on_sighup_without_a_restart() {
     }
 }
 
+/// SIGHUP asks for a reload; a replica with nothing to reload (no keys, no TLS) logs
+/// that and keeps serving, rather than dying of the signal's default action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_without_credentials_leaves_the_replica_serving() {
+    let mut cluster = TestCluster::start(1).await;
+    cluster.hang_up(1);
+    wait_for("the SIGHUP to be logged", DEADLINE, || async {
+        cluster
+            .log_of(1)
+            .contains("SIGHUP received: no keys, peer token or TLS files to reload")
+            .then_some(())
+    })
+    .await;
+    assert!(!cluster.has_exited(1), "SIGHUP ended the replica");
+    cluster
+        .client(1)
+        .attach_hook(shard(3), Some(NodeId(1)), None)
+        .await
+        .expect("the replica still serves after SIGHUP");
+}
+
 /// A new CA, and its certificate in PEM.
 fn new_ca() -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
