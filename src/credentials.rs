@@ -14,6 +14,11 @@
 //! A new CA replaces the pooled peer client: requests under way finish on the old one,
 //! and every peer is reached over a new connection once. What a reload cannot change is
 //! the flags themselves.
+//!
+//! SIGHUP is listened for from the first moment of `serve` ([`Hangups`]): a pod that
+//! waits for its peers before Raft starts, or a replica opening a large log, would
+//! otherwise be ended by it (the signal's default action) when an operator reloads every
+//! replica at once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +29,7 @@ use anyhow::Context;
 use axum_server::tls_rustls::RustlsConfig;
 use controller_raft::transport::PeerHttp;
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{JwtKeys, PeerToken};
@@ -121,20 +127,56 @@ fn describe(cert: &Path, key: &Path) -> String {
     )
 }
 
+/// SIGHUP for the whole process, read by one [`Reloader`] at a time: the waiting room's
+/// while a pod decides how to start, then the replica's.
+///
+/// Once tokio listens for a signal it keeps its handler for the life of the process, so
+/// after [`Hangups::listen`] a SIGHUP never ends the process, even between two readers;
+/// one that arrives while no reloader reads waits in the stream and triggers a reload as
+/// soon as one does.
+#[derive(Clone, Default)]
+pub struct Hangups(Arc<tokio::sync::Mutex<Option<Signal>>>);
+
+impl Hangups {
+    /// Starts listening now (`Default` listens only when a reloader first reads).
+    pub fn listen() -> Hangups {
+        Hangups(Arc::new(tokio::sync::Mutex::new(listen_for_hangup())))
+    }
+
+    /// The stream, for as long as the guard lives.
+    async fn take_owned(self) -> OwnedMutexGuard<Option<Signal>> {
+        let mut guard = self.0.lock_owned().await;
+        if guard.is_none() {
+            *guard = listen_for_hangup();
+        }
+        guard
+    }
+}
+
+fn listen_for_hangup() -> Option<Signal> {
+    match signal(SignalKind::hangup()) {
+        Ok(hangup) => Some(hangup),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; credentials reload only on the timer");
+            None
+        }
+    }
+}
+
 /// Reads a replica's credentials again, on a timer and on SIGHUP.
 pub struct Reloader {
     keys: Option<Arc<JwtKeys>>,
     peer_token: Option<PeerToken>,
     tls: Option<TlsFiles>,
     ca: Option<CaFile>,
-    metrics: Arc<Metrics>,
+    /// `None` before the replica serves (its metrics do not exist yet).
+    metrics: Option<Arc<Metrics>>,
     /// The last error of each credential whose reload fails, so that it is reported
     /// once rather than every interval.
     failing: BTreeMap<Credential, String>,
-    /// Listening from construction on, whether or not there is anything to reload: a
-    /// SIGHUP would otherwise end the process (its default action), and an operator who
-    /// sends one to reload should not lose a replica.
-    hangup: Option<Signal>,
+    /// Read whether or not there is anything to reload, so that an operator who sends
+    /// SIGHUP to every replica is told what happened.
+    hangups: Hangups,
 }
 
 /// What a reload reads, as named in logs and metrics.
@@ -165,31 +207,23 @@ impl Credential {
 }
 
 impl Reloader {
-    /// Starts listening for SIGHUP at once.
     pub fn new(
         keys: Option<Arc<JwtKeys>>,
         peer_token: Option<PeerToken>,
         tls: Option<TlsFiles>,
         ca: Option<CaFile>,
-        metrics: Arc<Metrics>,
+        metrics: Option<Arc<Metrics>>,
+        hangups: Hangups,
     ) -> Reloader {
-        let mut reloader = Reloader {
+        Reloader {
             keys,
             peer_token,
             tls,
             ca,
             metrics,
             failing: BTreeMap::new(),
-            hangup: None,
-        };
-        reloader.hangup = match signal(SignalKind::hangup()) {
-            Ok(hangup) => Some(hangup),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; credentials reload only on the timer");
-                None
-            }
-        };
-        reloader
+            hangups,
+        }
     }
 
     /// The certificate the listener serves with, if it serves HTTPS.
@@ -205,7 +239,11 @@ impl Reloader {
     /// Reloads every `every` (never if `None`, or with nothing to reload) and on each
     /// SIGHUP, until `stop`.
     pub async fn run(mut self, every: Option<Duration>, stop: CancellationToken) {
-        let mut hangup = self.hangup.take();
+        let mut guard = tokio::select! {
+            () = stop.cancelled() => return,
+            guard = self.hangups.clone().take_owned() => guard,
+        };
+        let hangup = &mut *guard;
         let every = every.filter(|_| self.has_work());
         let mut ticks = every.map(|every| {
             let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -274,7 +312,9 @@ impl Reloader {
             Ok(changed) => {
                 if changed {
                     tracing::info!(credential = what.name(), "credential reloaded");
-                    self.metrics.credential_reloaded(what);
+                    if let Some(metrics) = &self.metrics {
+                        metrics.credential_reloaded(what);
+                    }
                 }
                 if self.failing.remove(&what).is_some() {
                     if !changed {
@@ -283,7 +323,7 @@ impl Reloader {
                             "credential files are back to the ones in use"
                         );
                     }
-                    self.metrics.credential_failing(what, false);
+                    self.set_failing(what, false);
                 }
             }
             Err(e) => {
@@ -291,10 +331,16 @@ impl Reloader {
                 if self.failing.get(&what) != Some(&error) {
                     tracing::error!(credential = what.name(), %error,
                         "cannot reload a credential; the one loaded before stays in use");
-                    self.metrics.credential_failing(what, true);
+                    self.set_failing(what, true);
                     self.failing.insert(what, error);
                 }
             }
+        }
+    }
+
+    fn set_failing(&self, what: Credential, failing: bool) {
+        if let Some(metrics) = &self.metrics {
+            metrics.credential_failing(what, failing);
         }
     }
 }

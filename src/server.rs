@@ -36,7 +36,7 @@ use crate::auth::{JwtKeys, PeerJwt, PeerToken};
 use crate::bootstrap;
 use crate::client::Client;
 use crate::consensus::{LogStore, StateMachine};
-use crate::credentials::{CaFile, Reloader, TlsFiles};
+use crate::credentials::{CaFile, Hangups, Reloader, TlsFiles};
 use crate::membership::Membership;
 use crate::metrics::{self, Metrics, MetricsState};
 use crate::replica::{Deadlines, Replica};
@@ -81,6 +81,8 @@ pub struct Security {
     /// How often keys, the peer token, the certificate and the CA are read again (also
     /// on SIGHUP); `None`: only on SIGHUP.
     pub reload_every: Option<Duration>,
+    /// SIGHUP, listened for since the process started.
+    pub hangups: Hangups,
 }
 
 impl std::fmt::Debug for Security {
@@ -106,12 +108,20 @@ impl Security {
         self.peer_token.as_ref().map(PeerToken::token)
     }
 
-    /// `--tls-ca` and what it holds, if given.
-    fn ca_file(&self) -> anyhow::Result<Option<(PathBuf, Vec<u8>)>> {
-        self.ca
+    /// The client for peers, trusting `--tls-ca` if given, and that CA file to reload
+    /// it from.
+    pub fn peer_http(&self) -> anyhow::Result<(PeerHttp, Option<CaFile>)> {
+        let ca = self
+            .ca
             .as_ref()
-            .map(|path| Ok((path.clone(), read_ca(path)?)))
-            .transpose()
+            .map(|path| anyhow::Ok((path.clone(), read_ca(path)?)))
+            .transpose()?;
+        let http = PeerHttp::new(peer_client_trusting(
+            ca.as_ref()
+                .map(|(path, pem)| (path.as_path(), pem.as_slice())),
+        )?);
+        let ca = ca.map(|(path, pem)| CaFile::new(path, pem, http.clone()));
+        Ok((http, ca))
     }
 
     /// The certificate and key to serve HTTPS with, loaded, if configured.
@@ -309,11 +319,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let security = config.security.clone();
-    let ca = security.ca_file()?;
-    let peer_http = PeerHttp::new(peer_client_trusting(
-        ca.as_ref()
-            .map(|(path, pem)| (path.as_path(), pem.as_slice())),
-    )?);
+    let (peer_http, ca) = security.peer_http()?;
     // For the start-up (bootstrap, joining); what runs on asks `peer_http` each time.
     let client = peer_http.get();
     let (data_dir, join) = open_data_dir(&config, &client, security.peer_token_now()).await?;
@@ -460,8 +466,9 @@ pub async fn serve(
         security.keys.clone(),
         security.peer_token.clone(),
         security.tls_files().await?,
-        ca.map(|(path, pem)| CaFile::new(path, pem, peer_http.clone())),
-        metrics.clone(),
+        ca,
+        Some(metrics.clone()),
+        security.hangups.clone(),
     );
     let server = start_listener(
         listener.into_std()?,

@@ -16,6 +16,7 @@ use crate::replica::Deadlines;
 use std::sync::Arc;
 
 use crate::auth::{JwtKeys, PeerToken};
+use crate::credentials::Hangups;
 use crate::server::{serve, Security, ServeConfig};
 
 /// How long a stopping replica keeps answering requests in flight after it handed
@@ -144,12 +145,29 @@ pub struct ServeArgs {
 
     /// How often, in milliseconds, the public keys, the peer token, the TLS certificate
     /// and key, and the CA are read again from their files, so that they rotate without
-    /// a restart (SIGHUP reloads at once); 0: only on SIGHUP.
-    #[arg(long, default_value_t = 10_000)]
+    /// a restart (SIGHUP reloads at once); 0: only on SIGHUP, else at least 100.
+    #[arg(long, default_value_t = 10_000, value_parser = parse_reload_interval)]
     pub reload_interval_ms: u64,
 
     #[command(flatten)]
     pub statefulset: StatefulSetArgs,
+}
+
+/// Shortest `--reload-interval-ms`: each reload reads and parses every credential file,
+/// and files that change faster than this are not being rotated by an operator.
+const MIN_RELOAD_INTERVAL_MS: u64 = 100;
+
+fn parse_reload_interval(value: &str) -> Result<u64, String> {
+    let ms: u64 = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number of milliseconds"))?;
+    if ms != 0 && ms < MIN_RELOAD_INTERVAL_MS {
+        return Err(format!(
+            "{ms} ms would read the credential files in a busy loop: give 0 (reload on SIGHUP only) or at \
+             least {MIN_RELOAD_INTERVAL_MS}"
+        ));
+    }
+    Ok(ms)
 }
 
 /// Parses `1=http://a:7001,2=http://b:7001`.
@@ -293,6 +311,7 @@ impl ServeArgs {
             ca: self.tls_ca.clone(),
             reload_every: Some(Duration::from_millis(self.reload_interval_ms))
                 .filter(|every| !every.is_zero()),
+            hangups: Hangups::default(),
         })
     }
 }
@@ -309,7 +328,10 @@ pub async fn stop_signal() {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // First, so that no SIGHUP ends the process from here on (see `Hangups`).
+    let hangups = Hangups::listen();
     let mut config = args.to_config()?;
+    config.security.hangups = hangups;
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn({
         let stop = stop.clone();
@@ -346,6 +368,16 @@ mod tests {
             "1=nota url",
         ] {
             assert!(parse_initial_cluster(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn reload_interval_is_off_or_at_least_the_minimum() {
+        assert_eq!(parse_reload_interval("0"), Ok(0));
+        assert_eq!(parse_reload_interval("100"), Ok(100));
+        assert_eq!(parse_reload_interval("10000"), Ok(10_000));
+        for bad in ["1", "99", "-5", "ten", ""] {
+            assert!(parse_reload_interval(bad).is_err(), "{bad:?} was accepted");
         }
     }
 }

@@ -45,8 +45,8 @@ use controller_storage::{Bootstrap, DataDir};
 
 use crate::api::types::{ClusterStatus, ErrorBody, StatusResponse};
 use crate::bootstrap::{is_fresh, is_running, probe};
-use crate::credentials::TlsFiles;
-use crate::server::{derive_cluster_id, peer_client, start_listener, ServeConfig};
+use crate::credentials::{CaFile, Reloader};
+use crate::server::{derive_cluster_id, start_listener, ServeConfig};
 
 /// The flags that place a replica in a StatefulSet.
 #[derive(Debug, Clone, Args)]
@@ -379,9 +379,9 @@ pub async fn settle(config: &mut ServeConfig, placement: &Placement) -> anyhow::
         return Ok(());
     }
 
-    let http = peer_client(config.security.ca.as_deref())?;
+    let (http, ca) = config.security.peer_http()?;
     let cluster_id = derive_cluster_id(&config.cluster_name, &placement.initial_cluster()?);
-    let room = WaitingRoom::open(config, cluster_id).await?;
+    let room = WaitingRoom::open(config, cluster_id, ca).await?;
     let started = Instant::now();
     let mut seen_fresh = BTreeSet::new();
     let mut last_report = None::<Instant>;
@@ -389,7 +389,7 @@ pub async fn settle(config: &mut ServeConfig, placement: &Placement) -> anyhow::
         let answers = probe(
             &peers,
             &config.cluster_name,
-            &http,
+            &http.get(),
             config.security.peer_token_now(),
         )
         .await?;
@@ -426,7 +426,7 @@ pub async fn settle(config: &mut ServeConfig, placement: &Placement) -> anyhow::
             crate::bootstrap::leave_to_rejoin(
                 &via,
                 placement.id(),
-                &http,
+                &http.get(),
                 config.security.peer_token_now(),
             )
             .await?;
@@ -441,14 +441,24 @@ pub async fn settle(config: &mut ServeConfig, placement: &Placement) -> anyhow::
 }
 
 /// What a pod with an empty data dir serves on its port while it decides: enough for
-/// its peers to see it fresh and for a startup probe to pass, nothing else.
+/// its peers to see it fresh and for a startup probe to pass, nothing else. It may wait
+/// for hours (a peer's volume cannot be attached), so its credentials are reloaded as a
+/// serving replica's are: its certificate, the keys and peer token, and the CA (of
+/// `ca`, the probes' client).
 struct WaitingRoom {
     handle: axum_server::Handle<std::net::SocketAddr>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// Stops the reloader, which hands SIGHUP over to the replica's.
+    reloading: tokio_util::sync::CancellationToken,
+    reloader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl WaitingRoom {
-    async fn open(config: &ServeConfig, cluster_id: String) -> anyhow::Result<WaitingRoom> {
+    async fn open(
+        config: &ServeConfig,
+        cluster_id: String,
+        ca: Option<CaFile>,
+    ) -> anyhow::Result<WaitingRoom> {
         use axum::http::StatusCode;
         use axum::routing::get;
         use axum::Json;
@@ -486,28 +496,42 @@ impl WaitingRoom {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
+        let security = &config.security;
+        let reloader = Reloader::new(
+            security.keys.clone(),
+            security.peer_token.clone(),
+            security.tls_files().await?,
+            ca,
+            None,
+            security.hangups.clone(),
+        );
         let handle = axum_server::Handle::new();
         let task = start_listener(
             listener.into_std()?,
             app,
-            config
-                .security
-                .tls_files()
-                .await?
-                .as_ref()
-                .map(TlsFiles::config),
+            reloader.tls_config(),
             handle.clone(),
         )
         .await?;
+        let reloading = tokio_util::sync::CancellationToken::new();
+        let reloader = tokio::spawn(reloader.run(security.reload_every, reloading.clone()));
         Ok(WaitingRoom {
             handle,
             task: Some(task),
+            reloading,
+            reloader: Some(reloader),
         })
     }
 
     /// Stops serving and frees the port for the replica.
     async fn close(mut self) {
         self.handle.shutdown();
+        self.reloading.cancel();
+        if let Some(reloader) = self.reloader.take() {
+            if let Err(e) = reloader.await {
+                tracing::warn!(error = %e, "the waiting room's credential reloader failed");
+            }
+        }
         if let Some(task) = self.task.take() {
             match task.await {
                 Ok(Ok(())) => {}
@@ -521,6 +545,7 @@ impl WaitingRoom {
 impl Drop for WaitingRoom {
     fn drop(&mut self) {
         self.handle.shutdown();
+        self.reloading.cancel();
     }
 }
 

@@ -836,6 +836,33 @@ fn loopback_certificate(ca: &rcgen::Issuer<'_, rcgen::KeyPair>) -> (String, Stri
     (cert.pem(), key.serialize_pem(), cert.der().to_vec())
 }
 
+/// Writes the CA file and a certificate signed by `ca` beside `keys`; returns the CA
+/// file, the certificate (DER) and the `serve` arguments for authentication and TLS
+/// with credentials reloaded every `reload_ms` (0: on SIGHUP only).
+fn with_tls(
+    keys: &Keys,
+    ca: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    ca_pem: &str,
+    reload_ms: u64,
+) -> (PathBuf, Vec<u8>, Vec<String>) {
+    let ca_file = keys.path("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let (cert_pem, key_pem, issued) = loopback_certificate(ca);
+    std::fs::write(keys.path("tls.crt"), cert_pem).unwrap();
+    std::fs::write(keys.path("tls.key"), key_pem).unwrap();
+    let mut args = keys.args();
+    for (flag, value) in [
+        ("--tls-cert", keys.path("tls.crt")),
+        ("--tls-key", keys.path("tls.key")),
+        ("--tls-ca", ca_file.clone()),
+    ] {
+        args.push(flag.into());
+        args.push(value.display().to_string());
+    }
+    args.extend(["--reload-interval-ms".to_owned(), reload_ms.to_string()]);
+    (ca_file, issued, args)
+}
+
 /// The leaf certificate a replica presents to a new connection now.
 async fn presented_certificate(url: &str, ca: &reqwest::Certificate) -> Option<Vec<u8>> {
     let http = reqwest::Client::builder()
@@ -889,21 +916,7 @@ async fn certificates_and_the_ca_rotate_without_a_restart() {
     let keys = Keys::new();
     let (old_ca, old_ca_pem) = new_ca();
     let (new_ca, new_ca_pem) = new_ca();
-    let ca_file = keys.path("ca.pem");
-    std::fs::write(&ca_file, &old_ca_pem).unwrap();
-    let (cert_pem, key_pem, first) = loopback_certificate(&old_ca);
-    std::fs::write(keys.path("tls.crt"), cert_pem).unwrap();
-    std::fs::write(keys.path("tls.key"), key_pem).unwrap();
-    let mut args = keys.args();
-    for (flag, value) in [
-        ("--tls-cert", keys.path("tls.crt")),
-        ("--tls-key", keys.path("tls.key")),
-        ("--tls-ca", ca_file.clone()),
-    ] {
-        args.push(flag.into());
-        args.push(value.display().to_string());
-    }
-    args.extend(["--reload-interval-ms".to_owned(), "200".to_owned()]);
+    let (ca_file, first, args) = with_tls(&keys, &old_ca, &old_ca_pem, 200);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut cluster =
         TestCluster::start_secure(3, &args, Some(keys.token(Scope::Admin)), Some(&ca_file)).await;
@@ -970,4 +983,62 @@ async fn certificates_and_the_ca_rotate_without_a_restart() {
         .await
         .unwrap();
     assert_eq!(moved.leader, Some(restarted));
+}
+
+/// A StatefulSet pod with an empty data dir waits, before Raft starts, until it sees its
+/// peers; that may take hours. SIGHUP there reloads its certificate as it would on a
+/// serving replica (it used to end the process), and the pod goes on to form the
+/// cluster when its peers come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_waiting_for_its_peers_takes_sighup_as_a_reload() {
+    let keys = Keys::new();
+    let (ca, ca_pem) = new_ca();
+    let (ca_file, first, args) = with_tls(&keys, &ca, &ca_pem, 0);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cluster = TestCluster::pods(3, &args, Some(keys.token(Scope::Admin)), Some(&ca_file));
+    let trusted = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
+
+    cluster.launch(1);
+    cluster.wait_answering(1).await;
+    assert_eq!(
+        presented_certificate(&cluster.url(1), &trusted).await,
+        Some(first)
+    );
+    assert_eq!(
+        cluster.client(1).cluster_status().await.unwrap().state,
+        "starting",
+        "the pod should be waiting for its peers"
+    );
+
+    let (cert_pem, key_pem, renewed) = loopback_certificate(&ca);
+    replace_file(&keys.path("tls.crt"), cert_pem.as_bytes());
+    replace_file(&keys.path("tls.key"), key_pem.as_bytes());
+    cluster.hang_up(1);
+    wait_for(
+        "the waiting pod to present the renewed certificate",
+        DEADLINE,
+        || async {
+            (presented_certificate(&cluster.url(1), &trusted).await == Some(renewed.clone()))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(!cluster.has_exited(1), "SIGHUP ended the waiting pod");
+
+    cluster.launch(2);
+    cluster.launch(3);
+    cluster.wait_for_leader().await;
+    assert_eq!(
+        cluster
+            .client(1)
+            .attach_hook(shard(1), Some(NodeId(1)), None)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        presented_certificate(&cluster.url(1), &trusted).await,
+        Some(renewed),
+        "the replica serves with the certificate its files hold"
+    );
 }

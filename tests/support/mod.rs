@@ -44,6 +44,9 @@ pub struct TestCluster {
     /// Shared by every client; trusts the test CA when TLS is on.
     http: reqwest::Client,
     extra_args: Vec<String>,
+    /// `Some((template, initial size))`: replicas start as StatefulSet pods (see
+    /// [`TestCluster::pods`]).
+    pod_template: Option<(String, u16)>,
 }
 
 fn signal(child: &std::process::Child, signal: libc::c_int) {
@@ -109,6 +112,23 @@ impl TestCluster {
         ca: Option<&Path>,
         data_root: Option<&Path>,
     ) -> TestCluster {
+        let ports = (1..=n).map(|_| free_port()).collect();
+        let mut cluster = Self::prepare(ports, extra_args, token, ca, data_root);
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        cluster.wait_for_leader().await;
+        cluster
+    }
+
+    /// Replicas 1, 2, ... on `ports`, none started.
+    fn prepare(
+        ports: Vec<u16>,
+        extra_args: &[&str],
+        token: Option<String>,
+        ca: Option<&Path>,
+        data_root: Option<&Path>,
+    ) -> TestCluster {
         let dir = tempfile::Builder::new()
             .prefix("psc-test-")
             .tempdir()
@@ -116,8 +136,7 @@ impl TestCluster {
         let scheme = if ca.is_some() { "https" } else { "http" };
         let http = pageserver_controller::server::peer_client(ca).expect("an HTTP client");
         let mut replicas = BTreeMap::new();
-        for id in 1..=n {
-            let port = free_port();
+        for (id, port) in (1..).zip(ports) {
             replicas.insert(
                 id,
                 Replica {
@@ -137,7 +156,7 @@ impl TestCluster {
             .map(|r| format!("{}={scheme}://127.0.0.1:{}", r.id, r.port))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = TestCluster {
+        TestCluster {
             dir: Some(dir),
             replicas,
             initial_cluster,
@@ -145,11 +164,29 @@ impl TestCluster {
             token,
             http,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-        };
-        for id in 1..=n {
-            cluster.spawn(id);
+            pod_template: None,
         }
-        cluster.wait_for_leader().await;
+    }
+
+    /// `n` replicas that start as the pods `psc-0` to `psc-{n-1}` of a StatefulSet
+    /// (`--id-from-hostname`, `--peer-url-template`, `--initial-cluster-size n`), on
+    /// loopback ports whose last digit is the ordinal. None is started: [`launch`] each.
+    ///
+    /// [`launch`]: TestCluster::launch
+    pub fn pods(
+        n: u16,
+        extra_args: &[&str],
+        token: Option<String>,
+        ca: Option<&Path>,
+    ) -> TestCluster {
+        assert!(n <= 10, "one port digit per ordinal");
+        // Ten ports from a multiple of ten hold ordinal k at the port ending in k.
+        let base = pageserver_controller::loopback::free_ports(n + 9).expect("free loopback ports");
+        let tens = base.div_ceil(10);
+        let ports = (0..n).map(|ordinal| tens * 10 + ordinal).collect();
+        let mut cluster = Self::prepare(ports, extra_args, token, ca, None);
+        let template = format!("{}://127.0.0.1:{tens}{{ordinal}}", cluster.scheme);
+        cluster.pod_template = Some((template, n));
         cluster
     }
 
@@ -168,18 +205,30 @@ impl TestCluster {
             .append(true)
             .open(&replica.log)
             .expect("log file");
-        let bootstrap = match &replica.join {
-            Some(url) => ["--join".to_owned(), url.clone()],
-            None => ["--initial-cluster".to_owned(), initial_cluster],
+        let place: Vec<String> = match (&self.pod_template, &replica.join) {
+            (Some((template, initial_size)), _) => vec![
+                "--id-from-hostname".into(),
+                "--peer-url-template".into(),
+                template.clone(),
+                "--initial-cluster-size".into(),
+                initial_size.to_string(),
+            ],
+            (None, Some(url)) => vec!["--join".into(), url.clone()],
+            (None, None) => vec!["--initial-cluster".into(), initial_cluster],
         };
-        let child = Command::new(BIN)
-            .args(["--log", "info,openraft=warn", "serve"])
-            .args(["--id", &id.to_string()])
+        let mut command = Command::new(BIN);
+        command.args(["--log", "info,openraft=warn", "serve"]);
+        if self.pod_template.is_some() {
+            command.env("HOSTNAME", format!("psc-{}", id - 1));
+        } else {
+            command.args(["--id", &id.to_string()]);
+            command.args(["--advertise-url", &advertise]);
+        }
+        let child = command
             .args(["--listen", &format!("127.0.0.1:{}", replica.port)])
             .arg("--data-dir")
             .arg(&replica.data_dir)
-            .args(bootstrap)
-            .args(["--advertise-url", &advertise])
+            .args(place)
             // Slower elections than the production default: the test machine may be
             // starved of CPU for longer than a production heartbeat timeout, and a
             // spurious election turns writes in flight into 503s.
