@@ -444,9 +444,12 @@ pub async fn serve(
         (Bootstrap::Joined, Some(url)) if !initialized => {
             tokio::spawn(ask_to_join(
                 replica.clone(),
-                Client::with_http(url, client.clone())
-                    .with_token(security.peer_token_now())
-                    .with_cluster(Some(identity.cluster_id.clone())),
+                Via {
+                    url: url.clone(),
+                    http: peer_http.clone(),
+                    peer_token: security.peer_token.clone(),
+                    cluster_id: identity.cluster_id.clone(),
+                },
                 config.advertise_url.clone(),
                 stop.clone(),
                 failure.clone(),
@@ -500,10 +503,7 @@ pub async fn serve(
     tracing::info!("replica {} stopped", config.id);
     let failure = failure.lock().expect("failure lock").take();
     match failure {
-        Some(reason) => bail!(
-            "replica {} stopped after a fatal Raft error: {reason}",
-            config.id
-        ),
+        Some(reason) => bail!("replica {} stopped: {reason}", config.id),
         None => Ok(()),
     }
 }
@@ -552,10 +552,28 @@ async fn hand_leadership_away(replica: &Replica, membership: &Membership, within
     }
 }
 
+/// The replica a joining one asks to be added through.
+struct Via {
+    url: String,
+    http: PeerHttp,
+    peer_token: Option<PeerToken>,
+    cluster_id: String,
+}
+
+impl Via {
+    /// A client with the CA and peer token as they are now: a join may wait for a
+    /// quorum for long enough that either is rotated meanwhile.
+    fn client(&self) -> Client {
+        Client::with_http(&self.url, self.http.get())
+            .with_token(self.peer_token.as_ref().map(PeerToken::token))
+            .with_cluster(Some(self.cluster_id.clone()))
+    }
+}
+
 /// A joining replica asks the cluster to add it, until it is added or refused.
 async fn ask_to_join(
     replica: Arc<Replica>,
-    cluster: Client,
+    via: Via,
     url: String,
     stop: CancellationToken,
     failure: Arc<std::sync::Mutex<Option<String>>>,
@@ -575,6 +593,7 @@ async fn ask_to_join(
             tracing::info!("this replica is a voter of the cluster");
             return;
         }
+        let cluster = via.client();
         tokio::select! {
             result = cluster.add_member(id, &url, false) => match result {
                 Ok(status) => {
@@ -647,7 +666,7 @@ fn fail(stop: &CancellationToken, failure: &std::sync::Mutex<Option<String>>, re
         return;
     }
     tracing::error!(error = %reason, "raft stopped with a fatal error; shutting the replica down");
-    *failure.lock().expect("failure lock") = Some(reason);
+    *failure.lock().expect("failure lock") = Some(format!("fatal Raft error: {reason}"));
     stop.cancel();
 }
 

@@ -702,6 +702,46 @@ async fn wait_for_credential_metric(
     .await
 }
 
+/// Two signing keys for a rotation: replicas start with a key directory holding the old
+/// one and a peer token it signed, reloaded on SIGHUP only.
+struct Rotation {
+    old: Keys,
+    new: Keys,
+    key_dir: PathBuf,
+    peer_token: PathBuf,
+}
+
+impl Rotation {
+    fn new() -> Rotation {
+        let old = Keys::new();
+        let key_dir = old.path("keys");
+        std::fs::create_dir(&key_dir).unwrap();
+        std::fs::write(key_dir.join("old.pem"), &old.public).unwrap();
+        Rotation {
+            peer_token: old.path("peer.token"),
+            key_dir,
+            old,
+            new: Keys::new(),
+        }
+    }
+
+    /// Three replicas with the old key, an admin token it signed for the test's client.
+    async fn start() -> (Rotation, TestCluster) {
+        let rotation = Rotation::new();
+        let args = [
+            "--auth-public-key",
+            rotation.key_dir.to_str().unwrap(),
+            "--peer-token-file",
+            rotation.peer_token.to_str().unwrap(),
+            "--reload-interval-ms",
+            "0",
+        ];
+        let token = rotation.old.token(Scope::Admin);
+        let cluster = TestCluster::start_secure(3, &args, Some(token), None).await;
+        (rotation, cluster)
+    }
+}
+
 /// An operator rotates the signing key while the cluster serves: the new public key
 /// goes in beside the old, every token moves to the new key (the replicas' own peer
 /// tokens too), and the old key goes. Each step is a file change and a SIGHUP, never a
@@ -709,22 +749,13 @@ async fn wait_for_credential_metric(
 /// as leader in turn, still commits: its peers accept its new peer token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_and_peer_tokens_rotate_on_sighup_without_a_restart() {
-    let old = Keys::new();
-    let new = Keys::new();
-    let key_dir = old.path("keys");
-    std::fs::create_dir(&key_dir).unwrap();
-    std::fs::write(key_dir.join("old.pem"), &old.public).unwrap();
-    let peer_token = old.path("peer.token");
-    let args = [
-        "--auth-public-key",
-        key_dir.to_str().unwrap(),
-        "--peer-token-file",
-        peer_token.to_str().unwrap(),
-        "--reload-interval-ms",
-        "0",
-    ];
-    let mut cluster =
-        TestCluster::start_secure(3, &args, Some(old.token(Scope::Admin)), None).await;
+    let (rotation, mut cluster) = Rotation::start().await;
+    let Rotation {
+        old,
+        new,
+        key_dir,
+        peer_token,
+    } = rotation;
     let ids = cluster.running();
     let admin = |id: u64, keys: &Keys| {
         Client::with_http(cluster.url(id), cluster.http())
@@ -794,6 +825,63 @@ async fn keys_and_peer_tokens_rotate_on_sighup_without_a_restart() {
             .unwrap();
         assert!(answer.tenants.iter().all(|t| t.valid), "{answer:?}");
     }
+}
+
+/// A replica that joins while the cluster has no quorum asks again every second, for
+/// as long as it takes; if the signing key rotates meanwhile, it asks with the peer token
+/// its file holds now, and is added once the quorum is back (a token read once at start
+/// would be refused as soon as the old key went, and end the joining replica).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_joining_through_a_key_rotation_asks_with_its_new_peer_token() {
+    let (keys, mut cluster) = Rotation::start().await;
+    cluster.stop(2);
+    cluster.stop(3);
+    cluster.join(4, 1).await;
+    wait_for("replica 4 to ask to join", DEADLINE, || async {
+        cluster
+            .log_of(4)
+            .contains("asking to join again shortly")
+            .then_some(())
+    })
+    .await;
+
+    std::fs::write(keys.key_dir.join("new.pem"), &keys.new.public).unwrap();
+    replace_file(
+        &keys.peer_token,
+        keys.new.token(Scope::ControllerPeer).as_bytes(),
+    );
+    reload_everywhere(&cluster, RELOADS, "peer_token", 1).await;
+    std::fs::remove_file(keys.key_dir.join("old.pem")).unwrap();
+    reload_everywhere(&cluster, RELOADS, "auth_public_key", 2).await;
+    let asked = cluster
+        .log_of(4)
+        .matches("asking to join again shortly")
+        .count();
+    // Two more: the first may have been sent, and checked, before the old key went.
+    wait_for(
+        "replica 4 to ask again after the rotation",
+        DEADLINE,
+        || async {
+            (cluster
+                .log_of(4)
+                .matches("asking to join again shortly")
+                .count()
+                > asked + 1)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(!cluster.has_exited(4), "replica 4 gave up joining");
+
+    cluster.use_token(Some(keys.new.token(Scope::Admin)));
+    cluster.restart(2).await;
+    cluster.restart(3).await;
+    cluster.wait_for_voters(&[1, 2, 3, 4]).await;
+    assert!(
+        !cluster.log_of(4).contains("refused to add this replica"),
+        "{}",
+        cluster.log_of(4)
+    );
 }
 
 /// SIGHUP asks for a reload; a replica with nothing to reload (no keys, no TLS) logs
