@@ -35,7 +35,8 @@ pub struct Metrics {
     requests: IntCounterVec,
     request_seconds: HistogramVec,
     forwarded: IntCounterVec,
-    in_flight: IntGauge,
+    /// By kind: `api` (what `--max-in-flight` bounds) and `peer` (Raft RPCs).
+    in_flight: IntGaugeVec,
     leader_changes: IntCounter,
     flush_seconds: Histogram,
     credential_reloads: IntCounterVec,
@@ -300,11 +301,21 @@ impl Metrics {
             "psc_raft_leader_changes_total",
             "leader changes seen by this replica",
         );
-        let in_flight = gauge(
+        let in_flight = register(
             &registry,
-            "psc_http_requests_in_flight",
-            "requests being handled now, client API and peer RPCs (not /metrics)",
+            IntGaugeVec::new(
+                Opts::new(
+                    "psc_http_requests_in_flight",
+                    "requests being handled now (not /metrics), by kind: api (bounded by \
+                     --max-in-flight) or peer (Raft RPCs)",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
         );
+        for kind in ["api", "peer"] {
+            in_flight.with_label_values(&[kind]).set(0);
+        }
         let credential_reloads = register(
             &registry,
             IntCounterVec::new(
@@ -522,16 +533,16 @@ pub async fn serve_metrics(State(state): State<MetricsState>) -> Response {
 }
 
 /// One request being handled, for as long as it lives.
-struct InFlight<'a>(&'a IntGauge);
+struct InFlight(IntGauge);
 
-impl<'a> InFlight<'a> {
-    fn count(gauge: &'a IntGauge) -> Self {
+impl InFlight {
+    fn count(gauge: IntGauge) -> Self {
         gauge.inc();
         Self(gauge)
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
     }
@@ -551,7 +562,12 @@ pub async fn track_requests(
     let method = request.method().as_str().to_owned();
     let started = Instant::now();
     // Counted down however the request ends, a client hanging up included.
-    let _in_flight = InFlight::count(&metrics.in_flight);
+    let kind = if route.starts_with(controller_raft::RAFT_PREFIX) {
+        "peer"
+    } else {
+        "api"
+    };
+    let _in_flight = InFlight::count(metrics.in_flight.with_label_values(&[kind]));
     let response = next.run(request).await;
     metrics
         .request_seconds

@@ -404,9 +404,16 @@ async fn metrics_are_prometheus_text_with_the_operational_series() {
 
     // A request in flight is counted for as long as it lasts, also when its client hangs
     // up before it is answered.
-    let in_flight = |text: Option<String>| value(&text?, "psc_http_requests_in_flight");
+    let in_flight =
+        |text: Option<String>| value(&text?, "psc_http_requests_in_flight{kind=\"api\"}");
     let held = hold_request_open(&cluster.url(leader)).await;
-    let during = in_flight(metrics_of(leader).await).expect("an in-flight gauge");
+    let text = metrics_of(leader).await;
+    let peer = value(
+        text.as_deref().unwrap_or_default(),
+        "psc_http_requests_in_flight{kind=\"peer\"}",
+    );
+    assert!(peer.is_some(), "no peer in-flight gauge: {text:?}");
+    let during = in_flight(text).expect("an in-flight gauge");
     assert!(
         during >= 1.0,
         "{during} requests in flight while one is held"
