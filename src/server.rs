@@ -318,11 +318,27 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
+        });
+    }
     let security = config.security.clone();
     let (peer_http, ca) = security.peer_http()?;
     // For the start-up (bootstrap, joining); what runs on asks `peer_http` each time.
     let client = peer_http.get();
-    let (data_dir, join) = open_data_dir(&config, &client, security.peer_token_now()).await?;
+    // Joining may wait minutes for the cluster to answer: a SIGTERM meanwhile ends it
+    // (nothing is written to the data dir before the cluster has answered).
+    let (data_dir, join) = tokio::select! {
+        opened = open_data_dir(&config, &client, security.peer_token_now()) => opened?,
+        () = stop.cancelled() => {
+            tracing::info!("stopped before the data dir was set up");
+            return Ok(());
+        }
+    };
     let identity = data_dir.identity().clone();
     let mut log = LogStore::open(&data_dir.log_path(), config.id, config.cache_bytes)?;
     let state_machine = StateMachine::open(&data_dir.snapshot_path())
@@ -419,16 +435,8 @@ pub async fn serve(
         config.id
     );
 
-    let stop = CancellationToken::new();
     let failure = Arc::new(std::sync::Mutex::new(None::<String>));
     tokio::spawn(watch_raft(replica.metrics(), stop.clone(), failure.clone()));
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            stop.cancel();
-        });
-    }
     let initialized = replica.raft().is_initialized().await?;
     match (identity.bootstrap, &join) {
         (Bootstrap::InitialMember, _) if !initialized => {

@@ -218,13 +218,34 @@ fn start_replica(
     data_dir: &Path,
     initial_cluster: &str,
 ) -> anyhow::Result<Child> {
-    Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .args(["--log", log, "--log-format", log_format.as_str(), "serve"])
         .args(["--id", &id.to_string(), "--listen", listen])
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--initial-cluster", initial_cluster])
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    // A replica catches SIGHUP (it reloads credentials), so closing the terminal would
+    // end this supervisor and leave the replicas serving; and kill_on_drop does nothing
+    // when the supervisor is killed. The kernel sends each replica SIGTERM when the
+    // supervisor dies, whatever ends it.
+    let supervisor = std::process::id();
+    // SAFETY: between fork and exec the closure calls only prctl(2) and getppid(2),
+    // which are async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The supervisor died before that took effect: do not start at all.
+            if libc::getppid() as u32 != supervisor {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    command
         .spawn()
         .with_context(|| format!("starting replica {id}"))
 }

@@ -45,14 +45,14 @@ impl Drop for Supervisor {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_cluster_restarts_a_killed_replica_and_stops_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts `local-cluster` in `dir` on three free ports and waits until every replica is
+/// ready; returns it and the first port.
+async fn start_local_cluster(dir: &std::path::Path) -> (Supervisor, u16) {
     // local-cluster takes base, base + 1 and base + 2.
     let base = pageserver_controller::loopback::free_ports(3).expect("three free ports");
-    let log_path = dir.path().join("local-cluster.log");
+    let log_path = dir.join("local-cluster.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut supervisor = Supervisor(
+    let supervisor = Supervisor(
         Command::new(BIN)
             .args([
                 "local-cluster",
@@ -60,19 +60,27 @@ async fn local_cluster_restarts_a_killed_replica_and_stops_on_sigterm() {
                 &base.to_string(),
                 "--data-dir",
             ])
-            .arg(dir.path().join("data"))
+            .arg(dir.join("data"))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())
             .spawn()
             .unwrap(),
-        log_path.clone(),
+        log_path,
     );
+    for port in base..base + 3 {
+        wait_ready(&Client::new(format!("http://127.0.0.1:{port}"))).await;
+    }
+    (supervisor, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_cluster_restarts_a_killed_replica_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut supervisor, base) = start_local_cluster(dir.path()).await;
+    let log_path = supervisor.1.clone();
     let url = |id: u16| format!("http://127.0.0.1:{}", base + id - 1);
     let client = |id: u16| Client::new(url(id));
-    for id in 1..=3 {
-        wait_ready(&client(id)).await;
-    }
 
     let shard = shard(1);
     let first = client(2)
@@ -178,4 +186,28 @@ async fn local_cluster_restarts_a_killed_replica_and_stops_on_sigterm() {
             "replica {id} still runs"
         );
     }
+}
+
+/// The replicas do not outlive `local-cluster`: closing the terminal it runs in (SIGHUP),
+/// or killing it, stops them rather than leaving them serving on their ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_cluster_replicas_stop_when_it_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut supervisor, base) = start_local_cluster(dir.path()).await;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(supervisor.0.id() as libc::pid_t, libc::SIGHUP) };
+    supervisor.0.wait().unwrap();
+    let end = std::time::Instant::now() + DEADLINE;
+    let left = loop {
+        let left: Vec<i32> = (base..base + 3).filter_map(pid_listening_on).collect();
+        if left.is_empty() || std::time::Instant::now() > end {
+            break left;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for pid in &left {
+        // SAFETY: kill(2) on a replica this test started (through local-cluster).
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    assert!(left.is_empty(), "replicas outlived local-cluster: {left:?}");
 }

@@ -9,7 +9,8 @@ use pageserver_controller::client::{retry, Client};
 use pageserver_controller::domain::NodeId;
 
 use crate::support::{
-    attach_range, hold_request_open, run_binary, shard, wait_for, wait_ready, TestCluster, DEADLINE,
+    attach_range, free_port, hold_request_open, run_binary, shard, wait_for, wait_ready,
+    TestCluster, DEADLINE,
 };
 
 /// Clients that retry like pageservers; every call must eventually succeed.
@@ -961,5 +962,30 @@ async fn a_step_down_behind_a_stalled_transfer_gets_a_503_and_changes_nothing() 
         moved.leader,
         Some(target),
         "the turn was given back: {moved:?}"
+    );
+}
+
+/// A replica asked to join a cluster it cannot reach keeps trying for minutes (the
+/// cluster may be starting too). SIGTERM (a pod deleted meanwhile) ends it at once and
+/// cleanly, and it leaves no data dir behind: started again, it would join afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_waiting_for_the_cluster_it_joins_stops_on_sigterm() {
+    let mut cluster = TestCluster::start(1).await;
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    cluster.launch_joining(2, nowhere);
+    wait_for("replica 2 to wait for its cluster", DEADLINE, || async {
+        cluster
+            .log_of(2)
+            .contains("waiting for the cluster to join")
+            .then_some(())
+    })
+    .await;
+    // Fails after DEADLINE if the replica only notices when its patience (minutes) ends.
+    cluster.stop(2);
+    let data_dir = &cluster.replicas[&2].data_dir;
+    assert!(
+        !data_dir.exists() || std::fs::read_dir(data_dir).unwrap().next().is_none(),
+        "{} was set up",
+        data_dir.display()
     );
 }

@@ -341,10 +341,11 @@ impl TestCluster {
                 );
                 return;
             }
-            assert!(
-                Instant::now() < end,
-                "replica {id} did not stop after SIGTERM"
-            );
+            if Instant::now() >= end {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("replica {id} did not stop within {DEADLINE:?} of SIGTERM");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -399,6 +400,13 @@ impl TestCluster {
 
     /// Starts a new replica `id` with an empty data dir that joins through replica `via`.
     pub async fn join(&mut self, id: u64, via: u64) {
+        self.launch_joining(id, self.url(via));
+        self.wait_answering(id).await;
+    }
+
+    /// Starts a new replica `id` with an empty data dir and `--join url`, without
+    /// waiting for it to answer.
+    pub fn launch_joining(&mut self, id: u64, url: String) {
         assert!(!self.replicas.contains_key(&id), "replica {id} exists");
         let root = self.root().to_owned();
         self.replicas.insert(
@@ -408,11 +416,11 @@ impl TestCluster {
                 port: free_port(),
                 data_dir: root.join(format!("replica-{id}")),
                 log: root.join(format!("replica-{id}.log")),
-                join: Some(self.url(via)),
+                join: Some(url),
                 child: None,
             },
         );
-        self.restart(id).await;
+        self.spawn(id);
     }
 
     /// Deletes a stopped replica's data dir (a lost disk).
