@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use controller_raft::swap::Swap;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -79,28 +80,7 @@ pub struct JwtKeys {
 
 /// A value a reload replaces whole; a reader keeps the one it took for as long as it
 /// needs it.
-struct Reloadable<T>(std::sync::RwLock<Arc<T>>);
-
-impl<T> Reloadable<T> {
-    fn new(value: T) -> Reloadable<T> {
-        Reloadable(std::sync::RwLock::new(Arc::new(value)))
-    }
-
-    fn get(&self) -> Arc<T> {
-        // Only whole values are stored: a panic elsewhere cannot leave one half written.
-        self.0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    fn set(&self, value: T) {
-        *self
-            .0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(value);
-    }
-}
+type Reloadable<T> = Swap<Arc<T>>;
 
 /// One generation of keys, with the tokens they have verified.
 struct KeySet {
@@ -164,7 +144,7 @@ impl JwtKeys {
         if files == self.current().files {
             return Ok(false);
         }
-        self.current.set(parse_keys(files, source)?);
+        self.current.set(Arc::new(parse_keys(files, source)?));
         Ok(true)
     }
 
@@ -177,7 +157,7 @@ impl JwtKeys {
         JwtKeys {
             source,
             validation,
-            current: Reloadable::new(set),
+            current: Swap::new(Arc::new(set)),
         }
     }
 
@@ -398,7 +378,7 @@ impl PeerToken {
         check_peer_token(&token, keys)?;
         Ok(PeerToken {
             file: file.to_owned(),
-            current: Arc::new(Reloadable::new(Presented::new(token)?)),
+            current: Arc::new(Swap::new(Arc::new(Presented::new(token)?))),
         })
     }
 
@@ -422,7 +402,7 @@ impl PeerToken {
         if token == self.current().token {
             return Ok(false);
         }
-        self.current.set(Presented::new(token)?);
+        self.current.set(Arc::new(Presented::new(token)?));
         Ok(true)
     }
 

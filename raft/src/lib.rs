@@ -9,6 +9,8 @@
 //!   [`RAFT_PREFIX`] mounted on the replica's one listener.
 //! - [`removal`]: a replica removed while it was down learns so from its peers' vote
 //!   answers and stops calling elections.
+//! - [`swap`]: a value (the peer client, a credential) replaced whole while others read
+//!   it.
 //! - [`PeerIdentity`]: who this replica is, checked on every RPC in both directions so a
 //!   misrouted URL or a replica of another cluster is refused instead of obeyed.
 //!
@@ -22,6 +24,7 @@ pub mod codec;
 mod identity;
 mod member;
 pub mod removal;
+pub mod swap;
 pub mod timing;
 pub mod transport;
 

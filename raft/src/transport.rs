@@ -39,6 +39,7 @@ use serde::Serialize;
 use crate::codec;
 use crate::identity::{PeerIdentity, PeerIdentityError, HEADER_RESPONDER};
 use crate::removal::{self, Removal, Standing, HEADER_NOT_A_VOTER};
+use crate::swap::Swap;
 use crate::timing::RAFT_BODY_LIMIT_BYTES;
 use crate::{Member, ReplicaId, RAFT_PREFIX};
 
@@ -74,27 +75,21 @@ impl PeerAuth for NoPeerAuth {
 /// (a new CA for peers' certificates): each request takes the client in place when it
 /// is sent. Cheap to clone; every clone sees a replacement.
 #[derive(Clone)]
-pub struct PeerHttp(Arc<std::sync::RwLock<reqwest::Client>>);
+pub struct PeerHttp(Arc<Swap<reqwest::Client>>);
 
 impl PeerHttp {
     pub fn new(client: reqwest::Client) -> PeerHttp {
-        PeerHttp(Arc::new(std::sync::RwLock::new(client)))
+        PeerHttp(Arc::new(Swap::new(client)))
     }
 
     /// The client in place now (a `reqwest::Client` is itself a cheap handle).
     pub fn get(&self) -> reqwest::Client {
-        self.0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.0.get()
     }
 
     /// New requests use `client` from now on; those in flight finish on the old one.
     pub fn replace(&self, client: reqwest::Client) {
-        *self
-            .0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = client;
+        self.0.set(client);
     }
 }
 
