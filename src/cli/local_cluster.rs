@@ -229,7 +229,9 @@ fn start_replica(
     // A replica catches SIGHUP (it reloads credentials), so closing the terminal would
     // end this supervisor and leave the replicas serving; and kill_on_drop does nothing
     // when the supervisor is killed. The kernel sends each replica SIGTERM when the
-    // supervisor dies, whatever ends it.
+    // supervisor dies, whatever ends it. (Strictly, when the thread that started it
+    // ends: keep spawning from the main thread, where `run` is blocked on, not from a
+    // task a worker or blocking thread may carry.)
     let supervisor = std::process::id();
     // SAFETY: between fork and exec the closure calls only prctl(2) and getppid(2),
     // which are async-signal-safe, and allocates nothing.
