@@ -973,13 +973,9 @@ async fn a_replica_waiting_for_the_cluster_it_joins_stops_on_sigterm() {
     let mut cluster = TestCluster::start(1).await;
     let nowhere = format!("http://127.0.0.1:{}", free_port());
     cluster.launch_joining(2, nowhere);
-    wait_for("replica 2 to wait for its cluster", DEADLINE, || async {
-        cluster
-            .log_of(2)
-            .contains("waiting for the cluster to join")
-            .then_some(())
-    })
-    .await;
+    cluster
+        .wait_for_log(2, "waiting for the cluster to join", 1)
+        .await;
     // Fails after DEADLINE if the replica only notices when its patience (minutes) ends.
     cluster.stop(2);
     let data_dir = &cluster.replicas[&2].data_dir;

@@ -837,13 +837,8 @@ async fn a_replica_joining_through_a_key_rotation_asks_with_its_new_peer_token()
     cluster.stop(2);
     cluster.stop(3);
     cluster.join(4, 1).await;
-    wait_for("replica 4 to ask to join", DEADLINE, || async {
-        cluster
-            .log_of(4)
-            .contains("asking to join again shortly")
-            .then_some(())
-    })
-    .await;
+    const ASKED: &str = "asking to join again shortly";
+    cluster.wait_for_log(4, ASKED, 1).await;
 
     std::fs::write(keys.key_dir.join("new.pem"), &keys.new.public).unwrap();
     replace_file(
@@ -853,24 +848,9 @@ async fn a_replica_joining_through_a_key_rotation_asks_with_its_new_peer_token()
     reload_everywhere(&cluster, RELOADS, "peer_token", 1).await;
     std::fs::remove_file(keys.key_dir.join("old.pem")).unwrap();
     reload_everywhere(&cluster, RELOADS, "auth_public_key", 2).await;
-    let asked = cluster
-        .log_of(4)
-        .matches("asking to join again shortly")
-        .count();
+    let asked = cluster.log_of(4).matches(ASKED).count();
     // Two more: the first may have been sent, and checked, before the old key went.
-    wait_for(
-        "replica 4 to ask again after the rotation",
-        DEADLINE,
-        || async {
-            (cluster
-                .log_of(4)
-                .matches("asking to join again shortly")
-                .count()
-                > asked + 1)
-                .then_some(())
-        },
-    )
-    .await;
+    cluster.wait_for_log(4, ASKED, asked + 2).await;
     assert!(!cluster.has_exited(4), "replica 4 gave up joining");
 
     cluster.use_token(Some(keys.new.token(Scope::Admin)));
@@ -890,13 +870,13 @@ async fn a_replica_joining_through_a_key_rotation_asks_with_its_new_peer_token()
 async fn sighup_without_credentials_leaves_the_replica_serving() {
     let mut cluster = TestCluster::start(1).await;
     cluster.hang_up(1);
-    wait_for("the SIGHUP to be logged", DEADLINE, || async {
-        cluster
-            .log_of(1)
-            .contains("SIGHUP received: no keys, peer token or TLS files to reload")
-            .then_some(())
-    })
-    .await;
+    cluster
+        .wait_for_log(
+            1,
+            "SIGHUP received: no keys, peer token or TLS files to reload",
+            1,
+        )
+        .await;
     assert!(!cluster.has_exited(1), "SIGHUP ended the replica");
     cluster
         .client(1)

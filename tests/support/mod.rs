@@ -535,6 +535,16 @@ impl TestCluster {
         attach_range(&self.client(via), shards, node).await;
     }
 
+    /// Waits until replica `id` has logged `text` at least `times` times.
+    pub async fn wait_for_log(&self, id: u64, text: &str, times: usize) {
+        wait_for(
+            &format!("replica {id} to log {text:?} {times} time(s)"),
+            DEADLINE,
+            || async { (self.log_of(id).matches(text).count() >= times).then_some(()) },
+        )
+        .await
+    }
+
     /// The log of replica `id`, for assertions and failure messages.
     pub fn log_of(&self, id: u64) -> String {
         std::fs::read_to_string(&self.replicas[&id].log).unwrap_or_default()
