@@ -16,12 +16,16 @@
 //!   first sends nothing at all for a lease. A read round in that silence renewed every
 //!   lease and made the campaign fail; a failed campaign deposes the old leader and
 //!   costs an election (seen in the five-replica rolling restarts of RELIABILITY.md).
+//!   A step-down (this leader stopping) hands over to a voter that accepts connections,
+//!   and gives up at once when none does: when the whole cluster stops together, the last
+//!   leader has no one to hand over to, and waiting out the handover budget for replicas
+//!   that are gone would only delay its exit.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use controller_raft::transport::{HttpNetwork, PeerHttp};
+use controller_raft::transport::{accepts_connections, CampaignError, HttpNetwork, PeerHttp};
 use controller_raft::Member;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
@@ -294,17 +298,60 @@ impl Membership {
 
     /// The voter with the most of the log, other than this replica.
     pub async fn best_successor(&self) -> Option<u64> {
+        self.successors().into_iter().next()
+    }
+
+    /// The other voters, the one with the most of the log first (of equals, the highest
+    /// id).
+    fn successors(&self) -> Vec<u64> {
         let metrics = self.replica.metrics().borrow().clone();
         let replication = metrics.replication.clone().unwrap_or_default();
-        self.voters()
+        let mut voters: Vec<u64> = self
+            .voters()
             .into_iter()
             .filter(|v| *v != self.replica.id())
-            .max_by_key(|v| replication.get(v).cloned().flatten().map(|l| l.index))
+            .collect();
+        voters.sort_by_key(|v| {
+            std::cmp::Reverse((replication.get(v).cloned().flatten().map(|l| l.index), *v))
+        });
+        voters
+    }
+
+    /// The first of [`Self::successors`], `skip` left out, that accepts a connection now;
+    /// those that do not are added to `skip` with the reason. When none does, the error
+    /// lists why for each.
+    async fn reachable_successor(
+        &self,
+        skip: &mut BTreeMap<u64, String>,
+    ) -> Result<(u64, Member), MembershipError> {
+        for id in self.successors() {
+            if skip.contains_key(&id) {
+                continue;
+            }
+            let Some(member) = self.member(id) else {
+                continue;
+            };
+            match accepts_connections(&member.url, PROBE_TIMEOUT).await {
+                Ok(()) => return Ok((id, member)),
+                Err(why) => {
+                    skip.insert(id, why);
+                }
+            }
+        }
+        Err(MembershipError::Unavailable(format!(
+            "no other voter can be reached to take over: {}",
+            skip.iter()
+                .map(|(id, why)| format!("replica {id} {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )))
     }
 
     /// Hands leadership to `to` within `within`.
     pub async fn transfer(&self, to: u64, within: Duration) -> Result<(), MembershipError> {
-        self.move_leadership(to, within, false).await.map(|_| ())
+        self.move_leadership(to, within, Instant::now(), false)
+            .await
+            .map(|_| ())
     }
 
     /// Hands leadership away before this replica stops, to the best successor; but any
@@ -313,18 +360,30 @@ impl Membership {
     /// leader, `None` if there is no other voter.
     pub async fn step_down(&self, within: Duration) -> Result<Option<u64>, MembershipError> {
         self.ensure_leader()?;
-        let Some(to) = self.best_successor().await else {
+        if self.successors().is_empty() {
             return Ok(None);
-        };
-        self.move_leadership(to, within, true).await.map(Some)
+        }
+        let started = Instant::now();
+        let (to, _) = tokio::time::timeout(within, self.reachable_successor(&mut BTreeMap::new()))
+            .await
+            .map_err(|_| {
+                MembershipError::Unavailable(format!(
+                    "no other voter accepted a connection within {within:?}"
+                ))
+            })??;
+        self.move_leadership(to, within, started, true)
+            .await
+            .map(Some)
     }
 
     /// Moves leadership to `to` (or, with `any_other`, to whichever other replica wins)
-    /// and returns the new leader.
+    /// within `within` of `started` (when the caller's budget began), and returns the new
+    /// leader.
     async fn move_leadership(
         &self,
         to: u64,
         within: Duration,
+        started: Instant,
         any_other: bool,
     ) -> Result<u64, MembershipError> {
         self.ensure_leader()?;
@@ -339,8 +398,8 @@ impl Membership {
         let member = self
             .member(to)
             .ok_or_else(|| MembershipError::NotFound(format!("replica {to} is not a member")))?;
-        let started = Instant::now();
-        let Some(_paused) = self.replica.begin_handover(within).await else {
+        let turn_within = within.saturating_sub(started.elapsed());
+        let Some(_paused) = self.replica.begin_handover(turn_within).await else {
             return Err(MembershipError::Unavailable(format!(
                 "another leadership handover did not finish within {within:?}; retry shortly"
             )));
@@ -425,20 +484,23 @@ impl Membership {
     /// `quiet`, once the followers' have too (counted from when this leader last spoke to
     /// them: its election, or when heartbeats stopped). A campaign that failed deposed this leader; if it is elected
     /// again, the wait starts over, as the new term renewed every lease. Each campaign
-    /// costs `to` a term.
+    /// costs `to` a term. With [`Goal::any_other`], a target that cannot be connected to
+    /// is replaced by the next best voter, and when none is left this gives up at once.
     async fn campaign_until_moved(
         &self,
-        goal: Goal,
+        mut goal: Goal,
         member: &Member,
         quiet: bool,
         deadline: Instant,
     ) -> Result<u64, MembershipError> {
-        let to = goal.to;
+        let mut member = member.clone();
+        let mut unreachable = BTreeMap::new();
         let lease = self.replica.lease() + Duration::from_millis(50);
         let silent_since = Instant::now();
         let mut metrics = self.replica.metrics();
         let mut last_campaign: Option<Instant> = None;
         loop {
+            let to = goal.to;
             let now = metrics.borrow().clone();
             if let Some(leader) = now.current_leader.filter(|l| goal.reached(Some(*l))) {
                 return Ok(leader);
@@ -463,13 +525,29 @@ impl Membership {
                     // A target that stalls holds the request up to its timeout; another
                     // replica may take over meanwhile.
                     let taken_over = self.until_reached(goal);
-                    tokio::select! {
-                        asked = self.network.request_campaign(to, member) => {
-                            if let Err(e) = asked {
-                                tracing::debug!(to, error = %e, "campaign request failed; retrying");
-                            }
+                    let asked = tokio::select! {
+                        asked = self.network.request_campaign(to, &member) => asked,
+                        () = taken_over => Ok(()),
+                    };
+                    match asked {
+                        Ok(()) => {}
+                        Err(CampaignError::NotReachable(reason)) if goal.any_other => {
+                            // It went away since it was chosen.
+                            unreachable.insert(to, reason);
+                            let (next, next_member) =
+                                self.reachable_successor(&mut unreachable).await?;
+                            tracing::info!(
+                                unreachable = to,
+                                to = next,
+                                "successor not reachable; asking another voter"
+                            );
+                            goal.to = next;
+                            member = next_member;
+                            last_campaign = None;
                         }
-                        () = taken_over => {}
+                        Err(e) => {
+                            tracing::debug!(to, error = %e, "campaign request failed; retrying");
+                        }
                     }
                 }
             }

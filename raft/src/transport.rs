@@ -123,7 +123,11 @@ impl HttpNetwork {
     /// Asks `target` to start an election now: the second half of a leadership transfer
     /// (openraft 0.9 has no transfer of its own). The target only obeys its current
     /// leader, so no other peer can use this to disrupt the cluster.
-    pub async fn request_campaign(&self, target: ReplicaId, member: &Member) -> Result<(), String> {
+    pub async fn request_campaign(
+        &self,
+        target: ReplicaId,
+        member: &Member,
+    ) -> Result<(), CampaignError> {
         let url = member.endpoint(&format!("{RAFT_PREFIX}{CAMPAIGN}"));
         let mut builder = self.client.get().post(url).timeout(Duration::from_secs(2));
         for (name, value) in self.identity.request_headers(target) {
@@ -132,18 +136,58 @@ impl HttpNetwork {
         if let Some((name, value)) = self.auth.outgoing() {
             builder = builder.header(name, value);
         }
-        let response = builder.send().await.map_err(|e| error_text(&e))?;
+        let response = builder.send().await.map_err(|e| {
+            if e.is_connect() {
+                CampaignError::NotReachable(error_text(&e))
+            } else {
+                CampaignError::Failed(error_text(&e))
+            }
+        })?;
         let status = response.status();
-        PeerIdentity::check_responder(response.headers(), target).map_err(|e| e.to_string())?;
+        PeerIdentity::check_responder(response.headers(), target)
+            .map_err(|e| CampaignError::Failed(e.to_string()))?;
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!(
+            Err(CampaignError::Failed(format!(
                 "refused with {status}: {}",
                 response.text().await.unwrap_or_default()
-            ))
+            )))
         }
     }
+}
+
+/// Whether anything accepts TCP connections at `url`'s host and port now: the cheapest
+/// sign that a peer is there at all. A paused process still accepts (its kernel does); one
+/// that exited, or is stopping and has closed its listener, does not. `Err` says why not.
+pub async fn accepts_connections(url: &str, within: Duration) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("bad URL {url}: {e}"))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| format!("no host in {url}"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = parsed
+        .port_or_known_default()
+        .ok_or_else(|| format!("no port in {url}"))?;
+    match tokio::time::timeout(within, tokio::net::TcpStream::connect((host, port))).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("not reachable at {url}: {e}")),
+        Err(_) => Err(format!("no connection to {url} within {within:?}")),
+    }
+}
+
+/// Why a replica asked to campaign did not.
+#[derive(Debug, thiserror::Error)]
+pub enum CampaignError {
+    /// No connection could be made: nothing listens at the member's address (it is down,
+    /// or stopping), so it cannot have received the request.
+    #[error("not reachable: {0}")]
+    NotReachable(String),
+    /// Anything else: a timeout, a refusal, an answer from the wrong replica. The
+    /// request may have arrived.
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl<C> RaftNetworkFactory<C> for HttpNetwork
@@ -595,6 +639,26 @@ mod tests {
         let addr = listener().await.1;
         let err = append_to(addr).await;
         assert!(matches!(err, RPCError::Unreachable(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_peer_accepts_connections_while_it_listens_and_not_after() {
+        let (listening, addr) = listener().await;
+        let url = format!("http://{addr}");
+        let within = Duration::from_secs(5);
+        accepts_connections(&url, within).await.unwrap();
+        // Nobody calls accept: the kernel completes the handshake, as for a paused peer.
+        accepts_connections(&url, within).await.unwrap();
+        drop(listening);
+        let err = accepts_connections(&url, within).await.unwrap_err();
+        assert!(err.starts_with(&format!("not reachable at {url}")), "{err}");
+        assert!(err.to_lowercase().contains("refused"), "{err}");
+
+        // A name, as in a StatefulSet's peer URLs.
+        let (_listening, addr) = listener().await;
+        accepts_connections(&format!("https://localhost:{}/", addr.port()), within)
+            .await
+            .unwrap();
     }
 
     #[test]

@@ -527,18 +527,7 @@ async fn a_stopping_leader_whose_successor_stalls_lets_another_take_over() {
     let leader = cluster.wait_for_leader().await;
     // With every follower holding the whole log, the best successor is the highest id.
     let stalled = *cluster.others_than(leader).iter().max().unwrap();
-    wait_for(
-        "every follower to hold the leader's log",
-        DEADLINE,
-        || async {
-            let status = cluster.status_of(leader).await?;
-            let last = status.last_log_index?;
-            let followers: Vec<_> = status.members.iter().filter(|m| m.id != leader).collect();
-            (followers.len() == 4 && followers.iter().all(|m| m.matched_index == Some(last)))
-                .then_some(())
-        },
-    )
-    .await;
+    cluster.wait_matched_by_followers(leader).await;
     cluster.freeze(stalled, true);
     cluster.stop(leader);
     cluster.freeze(stalled, false);
@@ -555,6 +544,43 @@ async fn a_stopping_leader_whose_successor_stalls_lets_another_take_over() {
     );
     let next = cluster.wait_for_leader().await;
     assert_ne!(next, leader);
+}
+
+/// A stopping leader hands over to a voter that accepts connections, passing over its
+/// best successor when that one is gone (killed); and a leader left with no voter to
+/// connect to (the whole cluster stopping together) exits at once. Neither waits out its
+/// handover budget, an hour here, for a replica that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_skips_successors_that_are_gone() {
+    let mut cluster = TestCluster::start_with(3, &["--handoff-timeout-ms", "3600000"]).await;
+    let leader = cluster.wait_for_leader().await;
+    attach_range(&cluster.client(leader), 0..2, 1).await;
+    // With both followers holding the whole log, the best successor is the higher id.
+    let gone = *cluster.others_than(leader).iter().max().unwrap();
+    let heir = *cluster.others_than(leader).iter().min().unwrap();
+    cluster.wait_matched_by_followers(leader).await;
+    cluster.kill(gone);
+
+    cluster.stop(leader);
+    let log = cluster.log_of(leader);
+    assert!(
+        log.contains(&format!("handing leadership over to={heir}"))
+            && !log.contains(&format!("handing leadership over to={gone}")),
+        "{log}"
+    );
+    assert!(log.contains("leadership handed over"), "{log}");
+    assert_eq!(cluster.wait_for_leader().await, heir);
+
+    // The heir leads with both other voters gone: nobody to hand over to.
+    cluster.stop(heir);
+    let log = cluster.log_of(heir);
+    assert!(
+        log.contains("no other voter can be reached to take over")
+            && log.contains(&format!("replica {gone} not reachable"))
+            && log.contains(&format!("replica {leader} not reachable")),
+        "{log}"
+    );
+    assert!(!log.contains("handing leadership over"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -530,6 +530,29 @@ impl TestCluster {
         self.wait_applied(id, committed).await;
     }
 
+    /// Waits until `leader` sees every other running replica hold its whole log.
+    pub async fn wait_matched_by_followers(&self, leader: u64) {
+        let followers = self.others_than(leader);
+        wait_for(
+            "every follower to hold the leader's log",
+            DEADLINE,
+            || async {
+                let status = self.status_of(leader).await?;
+                let last = status.last_log_index?;
+                followers
+                    .iter()
+                    .all(|f| {
+                        status
+                            .members
+                            .iter()
+                            .any(|m| m.id == *f && m.matched_index == Some(last))
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Attaches shards `shards` to `node` through replica `via`; panics on any failure.
     pub async fn attach_all(&self, via: u64, shards: std::ops::Range<u32>, node: u64) {
         attach_range(&self.client(via), shards, node).await;
