@@ -93,6 +93,43 @@ where
     }
 }
 
+/// Polls `check` every `every` until it yields `Some`; once `deadline` has passed, a
+/// [`TimedOut`] naming `what`. For waiting until others bring a condition about (a leader
+/// elected, an index applied, a pod ready), where [`retry`] repeats one call until it
+/// succeeds. The integration tests and the deploy tests wait through it.
+pub async fn poll_until<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    every: Duration,
+    mut check: F,
+) -> std::result::Result<T, TimedOut>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = std::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if std::time::Instant::now() >= end {
+            return Err(TimedOut {
+                what: what.to_owned(),
+                after: deadline,
+            });
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// What [`poll_until`] waited for in vain, and for how long.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("timed out after {after:?} waiting for {what}")]
+pub struct TimedOut {
+    pub what: String,
+    pub after: Duration,
+}
+
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -412,5 +449,41 @@ impl Client {
             Some(&TransferLeaderRequest { id }),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn poll_until_answers_the_first_some_or_names_what_never_came() {
+        let mut asked = 0;
+        let third = poll_until(
+            "the third look",
+            Duration::from_secs(30),
+            Duration::ZERO,
+            || {
+                asked += 1;
+                let answer = (asked == 3).then_some(asked);
+                async move { answer }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(third, 3);
+
+        let never = poll_until(
+            "a leader",
+            Duration::from_millis(30),
+            Duration::from_millis(5),
+            || async { None::<()> },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            never.to_string(),
+            "timed out after 30ms waiting for a leader"
+        );
     }
 }

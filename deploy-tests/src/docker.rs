@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use pageserver_controller::client::Client;
+use pageserver_controller::client::{poll_until, Client};
 
 use crate::{settled, tools};
 
@@ -387,7 +387,7 @@ impl ContainerCluster {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        settled::poll_until(what, deadline, check).await
+        Ok(poll_until(what, deadline, settled::POLL_EVERY, check).await?)
     }
 
     /// Waits until pod `ordinal` answers `/ready` (knows a leader with a quorum, caught up).

@@ -8,34 +8,13 @@
 //! Docker tests ask the question here, so they cannot drift into two meanings of
 //! "settled".
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::bail;
-use pageserver_controller::client::Client;
+use pageserver_controller::client::{poll_until, Client};
 
-/// Polls `check` every 200 ms until it yields `Some`; an error naming `what` after
-/// `deadline`.
-pub async fn poll_until<T, F, Fut>(
-    what: &str,
-    deadline: Duration,
-    mut check: F,
-) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        if Instant::now() > end {
-            bail!("timed out after {deadline:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+/// How often the deploy tests look again: containers change state more slowly than
+/// processes.
+pub const POLL_EVERY: Duration = Duration::from_millis(200);
 
 /// The leader's id if the cluster has settled now: every one of `members` is ready and
 /// names the same leader, and that leader (reached through `client_of`, which may be one
@@ -82,10 +61,11 @@ pub async fn wait_until_settled(
     deadline: Duration,
 ) -> anyhow::Result<u64> {
     let urls: Vec<&str> = members.iter().map(Client::base_url).collect();
-    poll_until(
+    Ok(poll_until(
         &format!("{urls:?} to be ready and agree on one leader with voters {voters:?}"),
         deadline,
+        POLL_EVERY,
         || settled_leader(members, voters, &client_of),
     )
-    .await
+    .await?)
 }

@@ -58,23 +58,16 @@ pub fn free_port() -> u16 {
     pageserver_controller::loopback::free_port().expect("a free loopback port")
 }
 
-/// Polls `check` until it yields `Some`, or panics with `what` after `deadline`.
-pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+/// Polls `check` every 50 ms until it yields `Some`, or panics with `what` after
+/// `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < end,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    pageserver_controller::client::poll_until(what, deadline, Duration::from_millis(50), check)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl TestCluster {
