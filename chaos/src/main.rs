@@ -36,6 +36,10 @@ enum Command {
     Check {
         /// The history file (JSON lines).
         history: PathBuf,
+        /// Steps each shard's linearizability search may take before that shard is called
+        /// inconclusive (a run uses the default); more decides a shard a run could not.
+        #[arg(long, default_value_t = chaos::checker::DEFAULT_MAX_STEPS)]
+        max_steps: u64,
     },
     /// Many short fault schedules, replicas in this process over a simulated network.
     Sim(SimArgs),
@@ -262,7 +266,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Some(Command::Check { history }) => check(&history),
+        Some(Command::Check { history, max_steps }) => check(&history, max_steps),
         Some(Command::Run(args)) => run_once(args),
         Some(Command::Sim(args)) => simulate(args),
         Some(Command::Scenario { name, list, run }) => scenario(name, list, run),
@@ -342,9 +346,9 @@ fn execute(config: RunConfig) -> anyhow::Result<bool> {
     Ok(result.summary.passed())
 }
 
-fn check(path: &std::path::Path) -> anyhow::Result<bool> {
+fn check(path: &std::path::Path, max_steps: u64) -> anyhow::Result<bool> {
     let ops = chaos::history::read_jsonl(path)?;
-    let verdict = chaos::checker::check(&ops);
+    let verdict = chaos::checker::check_with_budget(&ops, max_steps);
     println!(
         "{} operations, {} shards, {} after projection, largest shard history {}",
         ops.len(),

@@ -98,6 +98,17 @@ impl H {
         )
     }
 
+    fn re_attach_unknown(&mut self, call: u64, ret: u64, node: u64) -> &mut Self {
+        self.push(
+            call,
+            ret,
+            Request::ReAttach { node: NodeId(node) },
+            Outcome::Indeterminate {
+                reason: "503 may or may not".into(),
+            },
+        )
+    }
+
     fn verdict(&self) -> Verdict {
         check(&self.0)
     }
@@ -401,6 +412,35 @@ fn an_exhausted_budget_is_inconclusive_not_a_pass() {
     let verdict = check_with_budget(&h.0, 1_000);
     assert!(!verdict.passed());
     assert_eq!(verdict.inconclusive, [shard(1)]);
+}
+
+/// A shard retired early and read again at the end of a long run: an attach of unknown
+/// outcome explains the final answer (it landed between two early operations, or after
+/// the last read), and in between come hundreds of re-attaches of its nodes, some of
+/// unknown outcome too, none of which can touch it while it is detached. The search must
+/// decide this within the default budget both ways (it once ran out of it on such shards
+/// of an hour's run).
+#[test]
+fn a_late_answer_explained_by_an_early_write_of_unknown_outcome_is_decided() {
+    let mut h = H::default();
+    h.attach(0, 10, 1, 1, 1)
+        .detach(20, 30, 1)
+        .attach_unknown(40, 50, 1, 2)
+        .inspect(60, 80, 1, None)
+        .detach(70, 75, 1);
+    for round in 0..400u64 {
+        let at = 1_000 + round * 100;
+        let node = 1 + round % 2;
+        h.re_attach(at, at + 60, node, &[])
+            .re_attach_unknown(at + 10, at + 20, 3 - node)
+            .inspect(at + 30, at + 90, 1, None);
+    }
+    h.inspect(100_000, 100_010, 1, None)
+        .validate(100_020, 100_030, 1, 2, true);
+    assert_passes(&h);
+    // Then generation 1 again: generations never go back, whatever landed when.
+    h.validate(100_040, 100_050, 1, 1, true);
+    assert!(search_rejects(&h), "{:#?}", h.verdict());
 }
 
 /// Histories of a correct system, generated from the real registry: operations take
