@@ -531,9 +531,10 @@ impl Membership {
                     };
                     match asked {
                         Ok(()) => {}
-                        Err(CampaignError::NotReachable(reason)) if goal.any_other => {
-                            // It went away since it was chosen.
-                            unreachable.insert(to, reason);
+                        Err(e @ CampaignError::NotReachable(_)) if goal.any_other => {
+                            // It went away since it was chosen; named as the probes name
+                            // theirs ("not reachable ...") in the error if none is left.
+                            unreachable.insert(to, e.to_string());
                             let (next, next_member) =
                                 self.reachable_successor(&mut unreachable).await?;
                             tracing::info!(
