@@ -75,12 +75,8 @@ pub struct JwtKeys {
     validation: Validation,
     /// Replaced whole by a reload: a token checked against the old keys is remembered
     /// only in the old set, so a key taken away takes its tokens with it.
-    current: Reloadable<KeySet>,
+    current: Swap<Arc<KeySet>>,
 }
-
-/// A value a reload replaces whole; a reader keeps the one it took for as long as it
-/// needs it.
-type Reloadable<T> = Swap<Arc<T>>;
 
 /// One generation of keys, with the tokens they have verified.
 struct KeySet {
@@ -344,7 +340,7 @@ pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
 #[derive(Clone)]
 pub struct PeerToken {
     file: PathBuf,
-    current: Arc<Reloadable<Presented>>,
+    current: Arc<Swap<Arc<Presented>>>,
 }
 
 /// A peer token and the header that carries it.

@@ -244,9 +244,12 @@ impl Membership {
         }
         let voters = self.voters();
         if id == self.replica.id() {
-            let to = self.best_successor().await.ok_or_else(|| {
-                MembershipError::Conflict("this is the only voter; it cannot be removed".into())
-            })?;
+            if self.successors().is_empty() {
+                return Err(MembershipError::Conflict(
+                    "this is the only voter; it cannot be removed".into(),
+                ));
+            }
+            let (to, _) = self.reachable_successor(&mut BTreeMap::new()).await?;
             self.transfer(to, Duration::from_secs(5)).await?;
             return Err(MembershipError::NotLeader(Some(to)));
         }
@@ -294,11 +297,6 @@ impl Membership {
             .await?;
         }
         Ok(())
-    }
-
-    /// The voter with the most of the log, other than this replica.
-    pub async fn best_successor(&self) -> Option<u64> {
-        self.successors().into_iter().next()
     }
 
     /// The other voters, the one with the most of the log first (of equals, the highest

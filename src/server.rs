@@ -556,7 +556,7 @@ async fn hand_leadership_away(replica: &Replica, membership: &Membership, within
         return;
     }
     if let Err(e) = membership.step_down(within).await {
-        tracing::warn!(error = %e, "could not hand leadership over before stopping; the cluster will elect a new leader");
+        tracing::warn!(error = %e, "could not hand leadership over before stopping; the other voters elect a leader once a quorum of them runs");
     }
 }
 

@@ -583,6 +583,37 @@ async fn a_stopping_leader_skips_successors_that_are_gone() {
     assert!(!log.contains("handing leadership over"), "{log}");
 }
 
+/// Removing the leader hands leadership over first; a voter that would be the best heir
+/// but no longer answers is passed over, so the removal does not wait out the transfer's
+/// deadline on a dead replica and fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_leader_hands_over_to_a_voter_that_answers() {
+    let mut cluster = TestCluster::start(5).await;
+    let leader = cluster.wait_for_leader().await;
+    attach_range(&cluster.client(leader), 0..2, 1).await;
+    cluster.wait_matched_by_followers(leader).await;
+    // Every follower holds the whole log, so the best heir is the highest id.
+    let mut others = cluster.others_than(leader);
+    others.sort_unstable();
+    let gone = others.pop().unwrap();
+    let heir = others.pop().unwrap();
+    cluster.kill(gone);
+
+    let status = cluster
+        .client(leader)
+        .remove_member(leader, false)
+        .await
+        .expect("the leader is removed");
+    assert_eq!(status.leader, Some(heir), "{status:?}");
+    assert!(!status.members.iter().any(|m| m.id == leader), "{status:?}");
+    let log = cluster.log_of(leader);
+    assert!(
+        log.contains(&format!("handing leadership over to={heir}"))
+            && !log.contains(&format!("handing leadership over to={gone}")),
+        "{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_under_traffic_fails_no_request() {
     let mut cluster = TestCluster::start(3).await;
