@@ -20,6 +20,7 @@ pub mod api;
 pub mod auth;
 pub mod backup;
 pub mod bootstrap;
+pub mod child_process;
 pub mod cli;
 pub mod client;
 pub mod consensus;

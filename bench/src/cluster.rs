@@ -3,7 +3,8 @@
 //! bench starts, kills, restarts and measures (RSS, data dir size, logs) itself.
 //!
 //! A local cluster lives in a temporary folder that is removed, and its processes killed,
-//! when it is dropped, so an interrupted or failed run leaves nothing behind.
+//! when it is dropped, so a failed run leaves nothing behind; and its processes die with
+//! the bench even when the bench itself is killed ([`spawn_tied`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -12,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use pageserver_controller::child_process::spawn_tied;
 
 /// One shared connection pool for all bench traffic to our service; with a token, every
 /// request carries it (marked sensitive, so reqwest never prints it).
@@ -246,7 +248,8 @@ impl LocalCluster {
             .append(true)
             .open(&replica.log)
             .context("opening the replica's log file")?;
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        command
             .args(["--log", "info,openraft=warn", "serve"])
             .args(["--id", &id.to_string()])
             .args(["--listen", &format!("127.0.0.1:{}", replica.port)])
@@ -255,8 +258,8 @@ impl LocalCluster {
             .args(["--initial-cluster", &self.initial_cluster])
             .args(&self.extra_args)
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
+            .stderr(log);
+        let child = spawn_tied(command, libc::SIGKILL)
             .with_context(|| format!("starting {}", self.bin.display()))?;
         replica.child = Some(child);
         Ok(())

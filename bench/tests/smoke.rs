@@ -163,3 +163,95 @@ fn a_cluster_that_checks_tokens_is_driven_with_a_token_file() {
     assert!(out.contains("| attach | follower c=2"), "{out}");
     assert_eq!(error_counts(&out), vec![0], "{out}");
 }
+
+/// The pids of `pid`'s children, from every one of its threads.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Whether `pid` is a process that still runs (not gone, not a zombie).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_owned();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
+/// A bench killed with SIGKILL mid-run (no destructor runs) takes its local cluster's
+/// replicas with it: an interrupted run must leave nothing that loads the next one.
+#[test]
+fn replicas_die_with_a_killed_bench() {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+    if server_bin().is_none() {
+        eprintln!("skipped: build pageserver-controller first (cargo test --workspace does)");
+        return;
+    }
+    let mut bench = Command::new(BENCH)
+        .arg("--server-bin")
+        .arg(server_bin().unwrap())
+        .args(["--duration", "300", "--runs", "1"])
+        .args([
+            "attach",
+            "--tenants",
+            "20",
+            "--concurrency",
+            "1",
+            "--via",
+            "leader",
+        ])
+        .env_remove("PAGESERVER_CONTROLLER_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running the bench");
+    // The bench says where its cluster lives once every replica has been started.
+    let stderr = std::io::BufReader::new(bench.stderr.take().unwrap());
+    let mut root = None;
+    for line in stderr.lines() {
+        let line = line.expect("reading the bench's stderr");
+        if let Some(dir) = line.strip_prefix("started a local cluster in ") {
+            root = Some(PathBuf::from(dir.trim()));
+            break;
+        }
+    }
+    let root = root.expect("the bench started a local cluster");
+    let replicas = children_of(bench.id());
+    assert_eq!(replicas.len(), 3, "the bench's children: {replicas:?}");
+    assert!(replicas.iter().all(|pid| running(*pid)), "{replicas:?}");
+
+    bench.kill().expect("kill -9 the bench");
+    bench.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut left: Vec<u32> = replicas.clone();
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        left.retain(|pid| running(*pid));
+    }
+    for pid in &left {
+        // Do not leave them behind for the next test either.
+        // SAFETY: kill(2) with a pid read from /proc; at worst it names no process.
+        unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(left.is_empty(), "replicas {left:?} outlived the bench");
+}

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pageserver_controller::api::types::ClusterStatus;
+use pageserver_controller::child_process::spawn_tied;
 use pageserver_controller::client::Client;
 
 use crate::proxy::Proxy;
@@ -349,16 +350,7 @@ impl Cluster {
             Origin::Joined(url) => ["--join".to_owned(), url.clone()],
         };
         let mut command = Command::new(&self.config.server.program);
-        // SAFETY: prctl(2) is async-signal-safe; it only sets a flag on the new process.
-        unsafe {
-            // Die with the harness, even when the harness is killed: a run must never
-            // leave replicas behind.
-            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = command
+        command
             .args(&self.config.server.prefix)
             .args(["--log", "info,openraft=warn", "serve"])
             .args(["--id", &id.to_string()])
@@ -371,8 +363,10 @@ impl Cluster {
             .args(&self.config.serve_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
+            .stderr(log);
+        // Die with the harness, even when the harness is killed: a run must never leave
+        // replicas behind.
+        let child = spawn_tied(command, libc::SIGKILL)
             .with_context(|| format!("starting {}", self.config.server.program.display()))?;
         replica.starts += 1;
         replica.paused = false;

@@ -232,21 +232,7 @@ fn start_replica(
     // supervisor dies, whatever ends it. (Strictly, when the thread that started it
     // ends: keep spawning from the main thread, where `run` is blocked on, not from a
     // task a worker or blocking thread may carry.)
-    let supervisor = std::process::id();
-    // SAFETY: between fork and exec the closure calls only prctl(2) and getppid(2),
-    // which are async-signal-safe, and allocates nothing.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The supervisor died before that took effect: do not start at all.
-            if libc::getppid() as u32 != supervisor {
-                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
-    }
+    crate::child_process::die_with_parent(command.as_std_mut(), libc::SIGTERM);
     command
         .spawn()
         .with_context(|| format!("starting replica {id}"))
