@@ -60,6 +60,9 @@ pub struct Membership {
 /// How long a single probe of a member may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How often a step-down checks that the heir it waits for is still there.
+const HEIR_PROBE_EVERY: Duration = Duration::from_millis(300);
+
 /// How long a membership change may take to commit before the caller is told its fate is
 /// unknown (it needs a quorum of the old and the new configuration).
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -432,8 +435,13 @@ impl Membership {
         member: &Member,
         within: Duration,
     ) -> Result<u64, MembershipError> {
-        let to = goal.to;
         let deadline = Instant::now() + within;
+        let mut heir = Heir {
+            goal,
+            member: member.clone(),
+            gone: BTreeMap::new(),
+            probed: Instant::now(),
+        };
         // With three voters, the old leader's vote plus the target's own are a quorum.
         // With more, other followers must vote too, and they refuse while they still hear
         // from this leader: it sends them nothing (no heartbeats; reads and writes are
@@ -441,8 +449,10 @@ impl Membership {
         let quorum = self.voters().len() / 2 + 1;
         let quiet = quorum > 2;
         if quiet {
-            match self.wait_matched(to, deadline).await {
-                Err(MembershipError::NotLeader(Some(leader))) if goal.reached(Some(leader)) => {
+            match self.wait_matched(&mut heir, deadline).await {
+                Err(MembershipError::NotLeader(Some(leader)))
+                    if heir.goal.reached(Some(leader)) =>
+                {
                     return Ok(leader)
                 }
                 other => other?,
@@ -450,16 +460,19 @@ impl Membership {
             // Back on when the caller's handover guard is dropped, however this ends.
             self.replica.raft().runtime_config().heartbeat(false);
         }
-        self.campaign_until_moved(goal, member, quiet, deadline)
-            .await
+        self.campaign_until_moved(heir, quiet, deadline).await
     }
 
-    /// Waits until `to` holds this leader's whole log.
-    async fn wait_matched(&self, to: u64, deadline: Instant) -> Result<(), MembershipError> {
+    /// Waits until the heir holds this leader's whole log.
+    async fn wait_matched(
+        &self,
+        heir: &mut Heir,
+        deadline: Instant,
+    ) -> Result<(), MembershipError> {
         let mut metrics = self.replica.metrics();
         loop {
             let now = metrics.borrow().clone();
-            let (matched, last) = log_held_by(&now, to);
+            let (matched, last) = log_held_by(&now, heir.goal.to);
             if matched >= last {
                 return Ok(());
             }
@@ -468,39 +481,39 @@ impl Membership {
             }
             if Instant::now() >= deadline {
                 return Err(MembershipError::Unavailable(format!(
-                    "replica {to} did not catch up with the leader's log ({matched} of {last}) in time"
+                    "replica {} did not catch up with the leader's log ({matched} of {last}) in time",
+                    heir.goal.to
                 )));
             }
+            self.replace_heir_if_gone(heir).await?;
             let _ = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
         }
     }
 
-    /// Asks `to` to campaign until the goal is reached (`to` leads, or with
+    /// Asks the heir to campaign until the goal is reached (it leads, or with
     /// [`Goal::any_other`] any replica but this one does) or `deadline` passes; returns
     /// the new leader. A campaign is only worth asking for once this leader's own lease
-    /// has run out (counted from its election: it votes for `to` only then) and, when
+    /// has run out (counted from its election: it votes for the heir only then) and, when
     /// `quiet`, once the followers' have too (counted from when this leader last spoke to
-    /// them: its election, or when heartbeats stopped). A campaign that failed deposed this leader; if it is elected
-    /// again, the wait starts over, as the new term renewed every lease. Each campaign
-    /// costs `to` a term. With [`Goal::any_other`], a target that cannot be connected to
-    /// is replaced by the next best voter, and when none is left this gives up at once.
+    /// them: its election, or when heartbeats stopped). A campaign that failed deposed
+    /// this leader; if it is elected again, the wait starts over, as the new term renewed
+    /// every lease. Each campaign costs the heir a term. With [`Goal::any_other`], an heir
+    /// that goes away (cannot be connected to when asked, or while it catches up) is
+    /// replaced by the next best voter, and when none is left this gives up at once.
     async fn campaign_until_moved(
         &self,
-        mut goal: Goal,
-        member: &Member,
+        mut heir: Heir,
         quiet: bool,
         deadline: Instant,
     ) -> Result<u64, MembershipError> {
-        let mut member = member.clone();
-        let mut unreachable = BTreeMap::new();
         let lease = self.replica.lease() + Duration::from_millis(50);
         let silent_since = Instant::now();
         let mut metrics = self.replica.metrics();
         let mut last_campaign: Option<Instant> = None;
         loop {
-            let to = goal.to;
+            let to = heir.goal.to;
             let now = metrics.borrow().clone();
-            if let Some(leader) = now.current_leader.filter(|l| goal.reached(Some(*l))) {
+            if let Some(leader) = now.current_leader.filter(|l| heir.goal.reached(Some(*l))) {
                 return Ok(leader);
             }
             if Instant::now() >= deadline {
@@ -516,42 +529,69 @@ impl Membership {
             let leases_out = leading_long_enough && (!quiet || silent_since.elapsed() >= lease);
             let retry_due =
                 last_campaign.is_none_or(|at| at.elapsed() >= Duration::from_millis(300));
-            if leases_out && retry_due {
-                let (matched, last) = log_held_by(&now, to);
-                if matched >= last {
-                    last_campaign = Some(Instant::now());
-                    // A target that stalls holds the request up to its timeout; another
-                    // replica may take over meanwhile.
-                    let taken_over = self.until_reached(goal);
-                    let asked = tokio::select! {
-                        asked = self.network.request_campaign(to, &member) => asked,
-                        () = taken_over => Ok(()),
-                    };
-                    match asked {
-                        Ok(()) => {}
-                        Err(e @ CampaignError::NotReachable(_)) if goal.any_other => {
-                            // It went away since it was chosen; named as the probes name
-                            // theirs ("not reachable ...") in the error if none is left.
-                            unreachable.insert(to, e.to_string());
-                            let (next, next_member) =
-                                self.reachable_successor(&mut unreachable).await?;
-                            tracing::info!(
-                                unreachable = to,
-                                to = next,
-                                "successor not reachable; asking another voter"
-                            );
-                            goal.to = next;
-                            member = next_member;
-                            last_campaign = None;
-                        }
-                        Err(e) => {
-                            tracing::debug!(to, error = %e, "campaign request failed; retrying");
-                        }
+            let (matched, last) = log_held_by(&now, to);
+            if matched < last {
+                if self.replace_heir_if_gone(&mut heir).await? {
+                    last_campaign = None;
+                }
+            } else if leases_out && retry_due {
+                last_campaign = Some(Instant::now());
+                // A target that stalls holds the request up to its timeout; another
+                // replica may take over meanwhile.
+                let taken_over = self.until_reached(heir.goal);
+                let asked = tokio::select! {
+                    asked = self.network.request_campaign(to, &heir.member) => asked,
+                    () = taken_over => Ok(()),
+                };
+                match asked {
+                    Ok(()) => {}
+                    Err(e @ CampaignError::NotReachable(_)) if heir.goal.any_other => {
+                        // Named as the probes name theirs ("not reachable ...") in the
+                        // error if none is left.
+                        self.replace_heir(&mut heir, e.to_string()).await?;
+                        last_campaign = None;
+                    }
+                    Err(e) => {
+                        tracing::debug!(to, error = %e, "campaign request failed; retrying");
                     }
                 }
             }
             let _ = tokio::time::timeout(Duration::from_millis(20), metrics.changed()).await;
         }
+    }
+
+    /// For a step-down ([`Goal::any_other`]), while the heir catches up: checks now and
+    /// then that it still accepts connections, and replaces it by the next best voter if
+    /// not; true if it was replaced. An heir that died after it was chosen would never
+    /// catch up, and the handover would wait out its whole budget.
+    async fn replace_heir_if_gone(&self, heir: &mut Heir) -> Result<bool, MembershipError> {
+        if !heir.goal.any_other || heir.probed.elapsed() < HEIR_PROBE_EVERY {
+            return Ok(false);
+        }
+        heir.probed = Instant::now();
+        match accepts_connections(&heir.member.url, PROBE_TIMEOUT).await {
+            Ok(()) => Ok(false),
+            Err(why) => {
+                self.replace_heir(heir, why).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Records why the heir is gone and makes the next reachable voter the heir.
+    async fn replace_heir(&self, heir: &mut Heir, why: String) -> Result<(), MembershipError> {
+        let gone = heir.goal.to;
+        heir.gone.insert(gone, why);
+        let (next, member) = self.reachable_successor(&mut heir.gone).await?;
+        tracing::info!(
+            unreachable = gone,
+            to = next,
+            "successor not reachable; asking another voter"
+        );
+        heir.goal.to = next;
+        heir.member = member;
+        heir.probed = Instant::now();
+        Ok(())
     }
 
     /// Resolves once the leadership [`Goal`] is reached, as this replica sees it.
@@ -563,6 +603,16 @@ impl Membership {
             }
         }
     }
+}
+
+/// Who a handover is moving leadership to, and the voters found gone on the way (see
+/// [`Membership::replace_heir_if_gone`]).
+struct Heir {
+    goal: Goal,
+    member: Member,
+    gone: BTreeMap<u64, String>,
+    /// When the heir was last found to accept connections.
+    probed: Instant,
 }
 
 /// How much of this leader's log replica `to` holds, and the log's last index, as these

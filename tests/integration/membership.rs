@@ -583,6 +583,71 @@ async fn a_stopping_leader_skips_successors_that_are_gone() {
     assert!(!log.contains("handing leadership over"), "{log}");
 }
 
+/// A stopping leader whose chosen successor dies while the leader waits for it to catch
+/// up (so no campaign request is ever sent to find that out) notices, and hands over to
+/// the next voter instead of waiting out its handover budget, an hour here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_replaces_a_successor_that_dies_while_catching_up() {
+    let mut cluster = TestCluster::start_with(3, &["--handoff-timeout-ms", "3600000"]).await;
+    let leader = cluster.wait_for_leader().await;
+    attach_range(&cluster.client(leader), 0..2, 1).await;
+    let mut others = cluster.others_than(leader);
+    others.sort_unstable();
+    let (second, heir) = (others[0], others[1]);
+    cluster.wait_matched_by_followers(leader).await;
+
+    // One write always outstanding; once both followers are frozen it stays appended on
+    // the leader and acknowledged by neither, so neither holds the whole log. The second
+    // is frozen first: a write committed between the two freezes is the heir's, which
+    // keeps it the best successor (of equal logs, the higher id).
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (client, stop) = (cluster.client(leader), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 100;
+            while !stop.load(Ordering::SeqCst) {
+                let _ = client.attach_hook(shard(i), Some(NodeId(1)), None).await;
+                i += 1;
+            }
+        })
+    };
+    cluster.freeze(second, true);
+    cluster.freeze(heir, true);
+    wait_for(
+        "a write appended that no follower holds",
+        DEADLINE,
+        || async {
+            let status = cluster.status_of(leader).await?;
+            let last = status.last_log_index?;
+            status
+                .members
+                .iter()
+                .filter(|m| m.id != leader)
+                .all(|m| m.matched_index.unwrap_or(0) < last)
+                .then_some(())
+        },
+    )
+    .await;
+
+    cluster.terminate(leader);
+    cluster
+        .wait_for_log(leader, &format!("handing leadership over to={heir}"), 1)
+        .await;
+    cluster.kill(heir);
+    cluster.freeze(second, false);
+    cluster.stop(leader);
+    stop.store(true, Ordering::SeqCst);
+    let log = cluster.log_of(leader);
+    assert!(
+        log.contains("successor not reachable; asking another voter")
+            && log.contains(&format!("unreachable={heir} to={second}")),
+        "{log}"
+    );
+    assert!(log.contains("leadership handed over"), "{log}");
+    assert_eq!(cluster.wait_for_leader().await, second);
+    writer.abort();
+}
+
 /// Removing the leader hands leadership over first; a voter that would be the best heir
 /// but no longer answers is passed over, so the removal does not wait out the transfer's
 /// deadline on a dead replica and fail.
