@@ -27,11 +27,37 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("a tokio runtime starts");
-    match runtime.block_on(cli::run(args)) {
+    let outcome = runtime.block_on(async {
+        let interrupted = interruption();
+        tokio::select! {
+            result = cli::run(args) => result,
+            // Dropping the run drops what it holds: a local cluster kills its replicas
+            // and removes its folder.
+            signal = interrupted => Err(anyhow::anyhow!(
+                "stopped by {signal}; any local cluster it had started was stopped and its folder removed"
+            )),
+        }
+    });
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Installs handlers for SIGINT (Ctrl-C) and SIGTERM now, and resolves, with the
+/// signal's name, when one arrives. Installed before the run starts: a signal that came
+/// before would end the process with no cleanup at all.
+fn interruption() -> impl std::future::Future<Output = &'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
         }
     }
 }

@@ -196,16 +196,10 @@ fn running(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// A bench killed with SIGKILL mid-run (no destructor runs) takes its local cluster's
-/// replicas with it: an interrupted run must leave nothing that loads the next one.
-#[test]
-fn replicas_die_with_a_killed_bench() {
+/// A bench started with a local cluster and a long attach run; returns it once its
+/// replicas are running, with the cluster's folder and the replicas' pids.
+fn bench_mid_run() -> (std::process::Child, PathBuf, Vec<u32>) {
     use std::io::BufRead;
-    use std::time::{Duration, Instant};
-    if server_bin().is_none() {
-        eprintln!("skipped: build pageserver-controller first (cargo test --workspace does)");
-        return;
-    }
     let mut bench = Command::new(BENCH)
         .arg("--server-bin")
         .arg(server_bin().unwrap())
@@ -224,25 +218,31 @@ fn replicas_die_with_a_killed_bench() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("running the bench");
-    // The bench says where its cluster lives once every replica has been started.
+    // The bench says where its cluster lives once every replica has been started; the
+    // rest of its stderr is drained, so that it never writes to a closed pipe.
     let stderr = std::io::BufReader::new(bench.stderr.take().unwrap());
-    let mut root = None;
-    for line in stderr.lines() {
-        let line = line.expect("reading the bench's stderr");
-        if let Some(dir) = line.strip_prefix("started a local cluster in ") {
-            root = Some(PathBuf::from(dir.trim()));
-            break;
+    let (found, root) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some(dir) = line.strip_prefix("started a local cluster in ") {
+                let _ = found.send(PathBuf::from(dir.trim()));
+            }
         }
-    }
+    });
+    let root = root.recv_timeout(std::time::Duration::from_secs(60));
     let root = root.expect("the bench started a local cluster");
     let replicas = children_of(bench.id());
     assert_eq!(replicas.len(), 3, "the bench's children: {replicas:?}");
     assert!(replicas.iter().all(|pid| running(*pid)), "{replicas:?}");
+    (bench, root, replicas)
+}
 
-    bench.kill().expect("kill -9 the bench");
-    bench.wait().unwrap();
+/// Waits (generously) for every one of `pids` to stop running; kills and returns those
+/// that did not.
+fn outlived(pids: &[u32]) -> Vec<u32> {
+    use std::time::{Duration, Instant};
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut left: Vec<u32> = replicas.clone();
+    let mut left = pids.to_vec();
     while !left.is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
         left.retain(|pid| running(*pid));
@@ -252,6 +252,41 @@ fn replicas_die_with_a_killed_bench() {
         // SAFETY: kill(2) with a pid read from /proc; at worst it names no process.
         unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
     }
+    left
+}
+
+/// A bench killed with SIGKILL mid-run (no destructor runs) takes its local cluster's
+/// replicas with it: an interrupted run must leave nothing that loads the next one.
+#[test]
+fn replicas_die_with_a_killed_bench() {
+    if server_bin().is_none() {
+        eprintln!("skipped: build pageserver-controller first (cargo test --workspace does)");
+        return;
+    }
+    let (mut bench, root, replicas) = bench_mid_run();
+    bench.kill().expect("kill -9 the bench");
+    bench.wait().unwrap();
+    let left = outlived(&replicas);
     let _ = std::fs::remove_dir_all(&root);
     assert!(left.is_empty(), "replicas {left:?} outlived the bench");
+}
+
+/// Ctrl-C stops a bench mid-run the way an error would: its replicas are stopped and
+/// its cluster's folder (data dirs of up to a million shards) is removed.
+#[test]
+fn an_interrupted_bench_stops_its_replicas_and_removes_its_folder() {
+    if server_bin().is_none() {
+        eprintln!("skipped: build pageserver-controller first (cargo test --workspace does)");
+        return;
+    }
+    let (mut bench, root, replicas) = bench_mid_run();
+    // SAFETY: kill(2) on the child this test started and has not reaped.
+    unsafe { libc::kill(bench.id() as libc::pid_t, libc::SIGINT) };
+    let status = bench.wait().unwrap();
+    let left = outlived(&replicas);
+    let folder_left = root.exists();
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(!status.success(), "{status}");
+    assert!(left.is_empty(), "replicas {left:?} outlived the bench");
+    assert!(!folder_left, "{} was left behind", root.display());
 }
