@@ -5,7 +5,9 @@
 //! Warnings and errors are capped per place in the code ([`Repeats`]): with one replica
 //! down, openraft logs an error for every leadership round of every read, hundreds a
 //! second under validate traffic, and a log pipeline drowns in one fact. The first few
-//! of each window are written and the rest counted in one summary line.
+//! of each window are written and the rest counted in one summary line. And a few of
+//! openraft's warnings that describe its normal working, not a problem, are dropped
+//! ([`ROUTINE`]): an operator taught by them to skim past WARN lines misses the real ones.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -167,6 +169,41 @@ fn subscriber(
     }
 }
 
+/// Warnings (target, start of the message) that every election produces on a healthy
+/// cluster. openraft 0.9 logs one for each vote answer that arrives after its candidate
+/// already won or gave up: with three voters, several at every start and every change of
+/// leader. The message is stale by design and openraft ignores it; the change of leader
+/// itself is logged at info by this service.
+const ROUTINE: &[(&str, &str)] = &[(
+    "openraft::core::raft_core",
+    "A message will be ignored because vote changed",
+)];
+
+/// Whether `event` is one of the [`ROUTINE`] warnings. The message is only formatted for
+/// events of a target listed there.
+fn routine(event: &tracing::Event<'_>) -> bool {
+    let metadata = event.metadata();
+    let listed: Vec<&str> = ROUTINE
+        .iter()
+        .filter(|(target, _)| *target == metadata.target())
+        .map(|(_, start)| *start)
+        .collect();
+    if listed.is_empty() {
+        return false;
+    }
+    struct Message(String);
+    impl tracing::field::Visit for Message {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+            if field.name() == "message" {
+                self.0 = format!("{value:?}");
+            }
+        }
+    }
+    let mut message = Message(String::new());
+    event.record(&mut message);
+    listed.iter().any(|start| message.0.starts_with(start))
+}
+
 /// Caps warnings and errors per callsite: [`Repeats::SHOWN`] per window are let through,
 /// the rest are counted, and [`Repeats::summarize`] (every [`Repeats::WINDOW`] on a
 /// thread of its own) writes one line per callsite that had any suppressed, then opens
@@ -312,7 +349,7 @@ impl<S: tracing::Subscriber> Layer<S> for Repeats {
     }
 
     fn event_enabled(&self, event: &tracing::Event<'_>, _: Context<'_, S>) -> bool {
-        !Self::capped(event.metadata()) || self.admit(event)
+        !Self::capped(event.metadata()) || (!routine(event) && self.admit(event))
     }
 }
 
@@ -407,6 +444,28 @@ mod tests {
             assert_eq!(out.lines().len(), 1);
             repeats.summarize();
             assert!(out.lines().is_empty());
+        });
+    }
+
+    #[test]
+    fn the_routine_warnings_of_every_election_are_dropped_and_no_other() {
+        let (out, _, subscriber) = capped_into_memory();
+        tracing::subscriber::with_default(subscriber, || {
+            let vote = "T1-N2:committed";
+            tracing::warn!(
+                target: "openraft::core::raft_core",
+                "A message will be ignored because vote changed: msg sent by vote: {}; current my vote: None; when (VoteResponse)",
+                vote
+            );
+            tracing::warn!(target: "openraft::core::raft_core", "a vote was refused");
+            tracing::warn!(
+                target: "somewhere::else",
+                "A message will be ignored because vote changed"
+            );
+            let lines = out.lines();
+            assert_eq!(lines.len(), 2, "{lines:?}");
+            assert!(lines[0].contains("a vote was refused"), "{lines:?}");
+            assert!(lines[1].contains("somewhere::else"), "{lines:?}");
         });
     }
 
