@@ -282,7 +282,20 @@ fn an_interrupted_bench_stops_its_replicas_and_removes_its_folder() {
     let (mut bench, root, replicas) = bench_mid_run();
     // SAFETY: kill(2) on the child this test started and has not reaped.
     unsafe { libc::kill(bench.id() as libc::pid_t, libc::SIGINT) };
-    let status = bench.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = bench.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            bench.kill().unwrap();
+            bench.wait().unwrap();
+            let _ = outlived(&replicas);
+            let _ = std::fs::remove_dir_all(&root);
+            panic!("the bench did not stop within a minute of SIGINT");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     let left = outlived(&replicas);
     let folder_left = root.exists();
     let _ = std::fs::remove_dir_all(&root);
