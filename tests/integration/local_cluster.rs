@@ -52,8 +52,19 @@ async fn start_local_cluster(dir: &std::path::Path) -> (Supervisor, u16) {
     let base = pageserver_controller::loopback::free_ports(3).expect("three free ports");
     let log_path = dir.join("local-cluster.log");
     let log = std::fs::File::create(&log_path).unwrap();
+    let mut command = Command::new(BIN);
+    // As a terminal starts it: a test runner started under `nohup` leaves SIGHUP ignored
+    // in every process it starts, and the tests close the "terminal" with SIGHUP.
+    // SAFETY: signal(2) is async-signal-safe; between fork and exec it only resets the
+    // disposition the child inherited.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     let supervisor = Supervisor(
-        Command::new(BIN)
+        command
             .args([
                 "local-cluster",
                 "--base-port",
@@ -196,7 +207,14 @@ async fn local_cluster_replicas_stop_when_it_dies() {
     let (mut supervisor, base) = start_local_cluster(dir.path()).await;
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(supervisor.0.id() as libc::pid_t, libc::SIGHUP) };
-    supervisor.0.wait().unwrap();
+    let exited_by = std::time::Instant::now() + DEADLINE;
+    while supervisor.0.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < exited_by,
+            "local-cluster did not end on SIGHUP"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let end = std::time::Instant::now() + DEADLINE;
     let left = loop {
         let left: Vec<i32> = (base..base + 3).filter_map(pid_listening_on).collect();
