@@ -182,13 +182,8 @@ const ROUTINE: &[(&str, &str)] = &[(
 /// Whether `event` is one of the [`ROUTINE`] warnings. The message is only formatted for
 /// events of a target listed there.
 fn routine(event: &tracing::Event<'_>) -> bool {
-    let metadata = event.metadata();
-    let listed: Vec<&str> = ROUTINE
-        .iter()
-        .filter(|(target, _)| *target == metadata.target())
-        .map(|(_, start)| *start)
-        .collect();
-    if listed.is_empty() {
+    let target = event.metadata().target();
+    if !ROUTINE.iter().any(|(listed, _)| *listed == target) {
         return false;
     }
     struct Message(String);
@@ -201,7 +196,9 @@ fn routine(event: &tracing::Event<'_>) -> bool {
     }
     let mut message = Message(String::new());
     event.record(&mut message);
-    listed.iter().any(|start| message.0.starts_with(start))
+    ROUTINE
+        .iter()
+        .any(|(listed, start)| *listed == target && message.0.starts_with(start))
 }
 
 /// Caps warnings and errors per callsite: [`Repeats::SHOWN`] per window are let through,
