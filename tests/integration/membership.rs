@@ -583,18 +583,38 @@ async fn a_stopping_leader_skips_successors_that_are_gone() {
     assert!(!log.contains("handing leadership over"), "{log}");
 }
 
+/// Three replicas with a patient handover (an hour), some writes that both followers
+/// hold, and who is who: the leader, then the follower a step-down picks second, then
+/// its heir (of equal logs, the higher id).
+async fn three_with_an_heir() -> (TestCluster, u64, u64, u64) {
+    let cluster = TestCluster::start_with(3, &["--handoff-timeout-ms", "3600000"]).await;
+    let leader = cluster.wait_for_leader().await;
+    attach_range(&cluster.client(leader), 0..2, 1).await;
+    let mut others = cluster.others_than(leader);
+    others.sort_unstable();
+    cluster.wait_matched_by_followers(leader).await;
+    (cluster, leader, others[0], others[1])
+}
+
+/// Asserts that the stopped `leader` found `heir` gone, handed leadership to `second`
+/// instead, and that `second` now leads.
+async fn handed_over_past(cluster: &TestCluster, leader: u64, heir: u64, second: u64) {
+    let log = cluster.log_of(leader);
+    assert!(
+        log.contains("successor not reachable; asking another voter")
+            && log.contains(&format!("unreachable={heir} to={second}")),
+        "{log}"
+    );
+    assert!(log.contains("leadership handed over"), "{log}");
+    assert_eq!(cluster.wait_for_leader().await, second);
+}
+
 /// A stopping leader whose chosen successor dies while the leader waits for it to catch
 /// up (so no campaign request is ever sent to find that out) notices, and hands over to
 /// the next voter instead of waiting out its handover budget, an hour here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_leader_replaces_a_successor_that_dies_while_catching_up() {
-    let mut cluster = TestCluster::start_with(3, &["--handoff-timeout-ms", "3600000"]).await;
-    let leader = cluster.wait_for_leader().await;
-    attach_range(&cluster.client(leader), 0..2, 1).await;
-    let mut others = cluster.others_than(leader);
-    others.sort_unstable();
-    let (second, heir) = (others[0], others[1]);
-    cluster.wait_matched_by_followers(leader).await;
+    let (mut cluster, leader, second, heir) = three_with_an_heir().await;
 
     // One write always outstanding; once both followers are frozen it stays appended on
     // the leader and acknowledged by neither, so neither holds the whole log. The second
@@ -637,15 +657,28 @@ async fn a_stopping_leader_replaces_a_successor_that_dies_while_catching_up() {
     cluster.freeze(second, false);
     cluster.stop(leader);
     stop.store(true, Ordering::SeqCst);
-    let log = cluster.log_of(leader);
-    assert!(
-        log.contains("successor not reachable; asking another voter")
-            && log.contains(&format!("unreachable={heir} to={second}")),
-        "{log}"
-    );
-    assert!(log.contains("leadership handed over"), "{log}");
-    assert_eq!(cluster.wait_for_leader().await, second);
+    handed_over_past(&cluster, leader, heir, second).await;
     writer.abort();
+}
+
+/// A stopping leader whose chosen successor already holds the whole log, but dies before
+/// it answers the request to campaign, learns it from that request (the connection is
+/// refused) and hands over to the next voter instead of asking the dead one again until
+/// its handover budget, an hour here, runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_replaces_a_successor_that_dies_when_asked_to_campaign() {
+    let (mut cluster, leader, second, heir) = three_with_an_heir().await;
+
+    // Frozen, the heir still accepts connections (its kernel does) and so is chosen, but
+    // it cannot win an election before it is killed.
+    cluster.freeze(heir, true);
+    cluster.terminate(leader);
+    cluster
+        .wait_for_log(leader, &format!("handing leadership over to={heir}"), 1)
+        .await;
+    cluster.kill(heir);
+    cluster.stop(leader);
+    handed_over_past(&cluster, leader, heir, second).await;
 }
 
 /// Removing the leader hands leadership over first; a voter that would be the best heir
