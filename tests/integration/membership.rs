@@ -583,17 +583,35 @@ async fn a_stopping_leader_skips_successors_that_are_gone() {
     assert!(!log.contains("handing leadership over"), "{log}");
 }
 
-/// Three replicas with a patient handover (an hour), some writes that both followers
-/// hold, and who is who: the leader, then the follower a step-down picks second, then
-/// its heir (of equal logs, the higher id).
-async fn three_with_an_heir() -> (TestCluster, u64, u64, u64) {
-    let cluster = TestCluster::start_with(3, &["--handoff-timeout-ms", "3600000"]).await;
+/// `n` replicas with a patient handover (an hour), some writes that every follower holds,
+/// the leader, and the followers by id (of equal logs, a step-down prefers the highest).
+async fn patient_cluster(n: u64) -> (TestCluster, u64, Vec<u64>) {
+    let cluster = TestCluster::start_with(n, &["--handoff-timeout-ms", "3600000"]).await;
     let leader = cluster.wait_for_leader().await;
     attach_range(&cluster.client(leader), 0..2, 1).await;
     let mut others = cluster.others_than(leader);
     others.sort_unstable();
     cluster.wait_matched_by_followers(leader).await;
+    (cluster, leader, others)
+}
+
+/// Three replicas as [`patient_cluster`]: the leader, then the follower a step-down picks
+/// second, then its heir.
+async fn three_with_an_heir() -> (TestCluster, u64, u64, u64) {
+    let (cluster, leader, others) = patient_cluster(3).await;
     (cluster, leader, others[0], others[1])
+}
+
+/// Sends the leader SIGTERM and kills `heir` once the leader has chosen it. Frozen until
+/// then, the heir still accepts connections (its kernel does), so it is chosen, but it
+/// cannot win an election.
+async fn kill_the_chosen_heir(cluster: &mut TestCluster, leader: u64, heir: u64) {
+    cluster.freeze(heir, true);
+    cluster.terminate(leader);
+    cluster
+        .wait_for_log(leader, &format!("handing leadership over to={heir}"), 1)
+        .await;
+    cluster.kill(heir);
 }
 
 /// Asserts that the stopped `leader` found `heir` gone, handed leadership to `second`
@@ -668,17 +686,48 @@ async fn a_stopping_leader_replaces_a_successor_that_dies_while_catching_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_leader_replaces_a_successor_that_dies_when_asked_to_campaign() {
     let (mut cluster, leader, second, heir) = three_with_an_heir().await;
-
-    // Frozen, the heir still accepts connections (its kernel does) and so is chosen, but
-    // it cannot win an election before it is killed.
-    cluster.freeze(heir, true);
-    cluster.terminate(leader);
-    cluster
-        .wait_for_log(leader, &format!("handing leadership over to={heir}"), 1)
-        .await;
-    cluster.kill(heir);
+    kill_the_chosen_heir(&mut cluster, leader, heir).await;
     cluster.stop(leader);
     handed_over_past(&cluster, leader, heir, second).await;
+}
+
+/// With five voters the stopping leader sends nothing while it hands over (the other
+/// followers must stop hearing from it before they vote). When its successor dies and the
+/// only voter left to take over lags behind, that one must still catch up on the
+/// leader's replication alone, with no heartbeat to carry it, and then win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_leader_hands_over_to_a_replacement_that_must_catch_up_first() {
+    let (mut cluster, leader, others) = patient_cluster(5).await;
+    // Of equal logs the higher id is the better heir: `heir` first, then `gone`, then the
+    // two that are frozen below and fall behind, `lagging` before `last`.
+    let (last, lagging, gone, heir) = (others[0], others[1], others[2], others[3]);
+
+    cluster.freeze(last, true);
+    cluster.freeze(lagging, true);
+    // Committed by the leader, `heir` and `gone`: the frozen two miss them.
+    attach_range(&cluster.client(leader), 2..6, 1).await;
+    cluster.wait_matched_by(leader, &[heir, gone]).await;
+    cluster.kill(gone);
+    kill_the_chosen_heir(&mut cluster, leader, heir).await;
+    cluster
+        .wait_for_log(leader, &format!("unreachable={heir} to={lagging}"), 1)
+        .await;
+    // Heartbeats are off by now; the leader's log must reach `lagging` regardless.
+    cluster.freeze(lagging, false);
+    cluster.freeze(last, false);
+    cluster.stop(leader);
+    let log = cluster.log_of(leader);
+    assert!(log.contains("leadership handed over"), "{log}");
+    // The two that remain are no quorum of five: a third comes back to check the data.
+    cluster.restart(gone).await;
+    let next = cluster.wait_for_leader().await;
+    assert!([lagging, last].contains(&next), "{next} leads");
+    // Nothing acknowledged was lost on the way.
+    let client = cluster.client(next);
+    for i in 0..6 {
+        let found = client.inspect(shard(i)).await.expect("inspect");
+        assert_eq!(found, Some((1, NodeId(1))), "shard {i}");
+    }
 }
 
 /// Removing the leader hands leadership over first; a voter that would be the best heir

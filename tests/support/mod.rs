@@ -525,9 +525,14 @@ impl TestCluster {
 
     /// Waits until `leader` sees every other running replica hold its whole log.
     pub async fn wait_matched_by_followers(&self, leader: u64) {
-        let followers = self.others_than(leader);
+        self.wait_matched_by(leader, &self.others_than(leader))
+            .await
+    }
+
+    /// Waits until each of `followers` holds the whole log of `leader`, as it sees it.
+    pub async fn wait_matched_by(&self, leader: u64, followers: &[u64]) {
         wait_for(
-            "every follower to hold the leader's log",
+            &format!("replicas {followers:?} to hold the leader's log"),
             DEADLINE,
             || async {
                 let status = self.status_of(leader).await?;
