@@ -255,7 +255,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         let cluster = LocalCluster::start(&server_bin(common)?, 3, &extra)?;
         ctx.seeds = cluster.urls();
         ctx.pids = cluster.pids();
-        eprintln!("started a local cluster in {}", cluster.root().display());
         local = Some(cluster);
     }
     discover(&http, &ctx.seeds, Duration::from_secs(30))

@@ -206,6 +206,8 @@ impl LocalCluster {
         for id in 1..=n {
             cluster.spawn(id)?;
         }
+        // Where the replicas' logs are while it runs (the folder goes when it stops).
+        eprintln!("started a local cluster in {}", cluster.root().display());
         Ok(cluster)
     }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
+use pageserver_controller::child_process::die_with_parent;
 use pageserver_controller::client::Client;
 
 use crate::cluster::{discover, LocalCluster};
@@ -383,10 +384,15 @@ pub fn render(args: &CompareArgs, rows: &[Row]) -> String {
 async fn spawn_null_server() -> anyhow::Result<(tokio::process::Child, String)> {
     use tokio::io::AsyncBufReadExt;
     let exe = std::env::current_exe()?;
-    let mut child = tokio::process::Command::new(exe)
+    let mut command = tokio::process::Command::new(exe);
+    command
         .args(["null-server", "--listen", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    // Gone with the bench even when it is killed (no drop runs then). The run's future is
+    // polled on the main thread (`block_on`), the thread the signal is tied to.
+    die_with_parent(command.as_std_mut(), libc::SIGKILL);
+    let mut child = command
         .spawn()
         .context("starting the do-nothing HTTP server")?;
     let stdout = child.stdout.take().context("null server stdout")?;

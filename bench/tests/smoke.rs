@@ -199,20 +199,28 @@ fn running(pid: u32) -> bool {
 /// A bench started with a local cluster and a long attach run; returns it once its
 /// replicas are running, with the cluster's folder and the replicas' pids.
 fn bench_mid_run() -> (std::process::Child, PathBuf, Vec<u32>) {
+    let scenario = [
+        "attach",
+        "--tenants",
+        "20",
+        "--concurrency",
+        "1",
+        "--via",
+        "leader",
+    ];
+    bench_mid(&scenario, 3)
+}
+
+/// A bench started with `scenario` (which starts a local cluster) for a long run;
+/// returns it once it has `children` processes running, with the cluster's folder and
+/// their pids.
+fn bench_mid(scenario: &[&str], children: usize) -> (std::process::Child, PathBuf, Vec<u32>) {
     use std::io::BufRead;
     let mut bench = Command::new(BENCH)
         .arg("--server-bin")
         .arg(server_bin().unwrap())
         .args(["--duration", "300", "--runs", "1"])
-        .args([
-            "attach",
-            "--tenants",
-            "20",
-            "--concurrency",
-            "1",
-            "--via",
-            "leader",
-        ])
+        .args(scenario)
         .env_remove("PAGESERVER_CONTROLLER_TOKEN")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -231,10 +239,16 @@ fn bench_mid_run() -> (std::process::Child, PathBuf, Vec<u32>) {
     });
     let root = root.recv_timeout(std::time::Duration::from_secs(60));
     let root = root.expect("the bench started a local cluster");
-    let replicas = children_of(bench.id());
-    assert_eq!(replicas.len(), 3, "the bench's children: {replicas:?}");
-    assert!(replicas.iter().all(|pid| running(*pid)), "{replicas:?}");
-    (bench, root, replicas)
+    // What the bench starts after its cluster comes a moment later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut pids = children_of(bench.id());
+    while pids.len() < children && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        pids = children_of(bench.id());
+    }
+    assert_eq!(pids.len(), children, "the bench's children: {pids:?}");
+    assert!(pids.iter().all(|pid| running(*pid)), "{pids:?}");
+    (bench, root, pids)
 }
 
 /// Waits (generously) for every one of `pids` to stop running; kills and returns those
@@ -269,6 +283,23 @@ fn replicas_die_with_a_killed_bench() {
     let left = outlived(&replicas);
     let _ = std::fs::remove_dir_all(&root);
     assert!(left.is_empty(), "replicas {left:?} outlived the bench");
+}
+
+/// `compare` starts a do-nothing HTTP server besides its cluster; a killed bench leaves
+/// neither behind (a peer left listening would skew the next run's ceiling).
+#[test]
+fn a_killed_compare_leaves_no_server_behind() {
+    if server_bin().is_none() {
+        eprintln!("skipped: build pageserver-controller first (cargo test --workspace does)");
+        return;
+    }
+    let scenario = ["compare", "--tenants", "20", "--concurrency", "1"];
+    let (mut bench, root, children) = bench_mid(&scenario, 4);
+    bench.kill().expect("kill -9 the bench");
+    bench.wait().unwrap();
+    let left = outlived(&children);
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(left.is_empty(), "processes {left:?} outlived the bench");
 }
 
 /// Ctrl-C stops a bench mid-run the way an error would: its replicas are stopped and
