@@ -7,7 +7,7 @@
 //! second under validate traffic, and a log pipeline drowns in one fact. The first few
 //! of each window are written and the rest counted in one summary line. And a few of
 //! openraft's warnings that describe its normal working, not a problem, are dropped
-//! ([`ROUTINE`]): an operator taught by them to skim past WARN lines misses the real ones.
+//! (`ROUTINE`): an operator taught by them to skim past WARN lines misses the real ones.
 
 use std::collections::HashMap;
 use std::fmt;

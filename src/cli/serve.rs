@@ -32,7 +32,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub listen: SocketAddr,
 
-    /// URL peers use to reach this replica (default: http://<listen>).
+    /// URL peers use to reach this replica (default: http://LISTEN, the --listen address).
     #[arg(long)]
     pub advertise_url: Option<String>,
 

@@ -434,7 +434,7 @@ impl Registry {
 
 /// A registry's source of truth at one point, serialized exactly as the registry.
 /// Taking one copies the node table and shares the shard table's chunks (see
-/// [`ShardMap`]), so a snapshot or backup takes it while holding the applied state and
+/// `ShardMap`), so a snapshot or backup takes it while holding the applied state and
 /// encodes it after releasing it: writes go on meanwhile, and never show in it.
 #[derive(Debug, Clone)]
 pub struct FrozenRegistry {

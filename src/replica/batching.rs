@@ -49,7 +49,7 @@ pub struct BatchStats {
     pub read_rounds: std::sync::atomic::AtomicU64,
     pub reads: std::sync::atomic::AtomicU64,
     /// Read indexes this leader handed out on the asking follower's own acknowledgement,
-    /// without a round ([`super::asker_ack`]).
+    /// without a round (`super::asker_ack`).
     pub asker_acks: std::sync::atomic::AtomicU64,
     /// A follower's read rounds that got a read index from the leader and applied it,
     /// and the microseconds they spent on each phase: asking the leader, then waiting to

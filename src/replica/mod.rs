@@ -21,9 +21,9 @@
 //!   began (openraft's read index). A deposed leader therefore cannot answer from stale
 //!   state, which is what keeps `validate` from calling a superseded generation valid.
 //!   A follower's request for the read index can itself be the acknowledgement the
-//!   leader needs from a quorum of three ([`asker_ack`]).
+//!   leader needs from a quorum of three (`asker_ack`).
 //!
-//! Both go through [`batching`]: concurrent writes share log entries and concurrent reads
+//! Both go through `batching`: concurrent writes share log entries and concurrent reads
 //! share leadership rounds, without changing any single request's answer.
 
 mod asker_ack;
@@ -132,7 +132,7 @@ pub struct Replica {
 pub trait LeaderReadIndex: Send + Sync + 'static {
     /// The leader's read index, after it confirmed its leadership with a quorum. `vote`
     /// is the asking replica's latest vote, which the leader may count as that replica's
-    /// acknowledgement ([`asker_ack`]).
+    /// acknowledgement (`asker_ack`).
     fn fetch(
         &self,
         leader: u64,
@@ -311,7 +311,7 @@ impl Replica {
     }
 
     /// On the leader, for another replica that asks with its latest vote: the read index
-    /// that vote confirms by itself ([`asker_ack`]), else [`Replica::read_index`].
+    /// that vote confirms by itself (`asker_ack`), else [`Replica::read_index`].
     pub async fn read_index_for(
         &self,
         asker: u64,

@@ -602,7 +602,7 @@ where
     }
 
     /// The stored vote, except that this replica's own leadership comes back as a bare
-    /// candidacy in the same term (see [`restarted_vote`]). openraft reads the vote only
+    /// candidacy in the same term (see `restarted_vote`). openraft reads the vote only
     /// when it starts.
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>> {
         let vote = self.read_meta(VOTE, ErrorSubject::Vote)?;

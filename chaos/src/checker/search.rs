@@ -9,7 +9,7 @@
 //! candidate. A configuration (which operations are placed, which states are possible)
 //! already explored is never explored again, which keeps the search polynomial for the
 //! bounded concurrency of a real run. The order of trial does not change the verdict,
-//! only how soon it comes (see [`candidates`]).
+//! only how soon it comes (see `candidates`).
 //!
 //! Operations whose outcome is unknown have no return event (they may take effect any
 //! time after their call), so they never force a backtrack; since the model lets them
