@@ -722,10 +722,20 @@ async fn a_quiet_leader_hands_over_to_a_replacement_that_must_catch_up_first() {
     cluster.restart(gone).await;
     let next = cluster.wait_for_leader().await;
     assert!([lagging, last].contains(&next), "{next} leads");
-    // Nothing acknowledged was lost on the way.
-    let client = cluster.client(next);
+    // Nothing acknowledged was lost on the way. The leader may not have heard from the
+    // restarted replica yet, and answers 503 until a quorum has: retried as clients do.
     for i in 0..6 {
-        let found = client.inspect(shard(i)).await.expect("inspect");
+        let found = retry(
+            DEADLINE,
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+            || {
+                let client = cluster.client(next);
+                async move { client.inspect(shard(i)).await }
+            },
+        )
+        .await
+        .expect("inspect");
         assert_eq!(found, Some((1, NodeId(1))), "shard {i}");
     }
 }
