@@ -423,7 +423,13 @@ impl Membership {
         let result = self.hand_over(goal, &member, left).await;
         drop(_paused);
         match &result {
-            Ok(leader) => tracing::info!(to, leader, "leadership handed over"),
+            Ok(leader) if *leader == to => tracing::info!(leader, "leadership handed over"),
+            // The heir first asked was replaced, or another voter won the election.
+            Ok(leader) => tracing::info!(
+                asked = to,
+                leader,
+                "leadership handed over to another voter than the one first asked"
+            ),
             Err(e) => tracing::warn!(to, error = %e, "leadership transfer did not complete"),
         }
         result

@@ -536,7 +536,7 @@ async fn a_stopping_leader_whose_successor_stalls_lets_another_take_over() {
         .lines()
         .find(|l| l.contains("leadership handed over"))
         .unwrap_or_else(|| panic!("no handover in the stopped leader's log:\n{log}"));
-    assert!(handed.contains(&format!("to={stalled}")), "{handed}");
+    assert!(handed.contains(&format!("asked={stalled}")), "{handed}");
     assert!(
         !handed.contains(&format!("leader={stalled}"))
             && !handed.contains(&format!("leader={leader}")),
@@ -623,7 +623,10 @@ async fn handed_over_past(cluster: &TestCluster, leader: u64, heir: u64, second:
             && log.contains(&format!("unreachable={heir} to={second}")),
         "{log}"
     );
-    assert!(log.contains("leadership handed over"), "{log}");
+    assert!(
+        log.contains(&format!("asked={heir} leader={second}")),
+        "{log}"
+    );
     assert_eq!(cluster.wait_for_leader().await, second);
 }
 
