@@ -85,6 +85,10 @@ pub enum Scenario {
         /// Concurrent attach clients running alongside (0: none).
         #[arg(long, default_value_t = 16)]
         background: usize,
+        /// Caps those clients at this many attaches per second in all (default: as
+        /// fast as the cluster answers, which saturates a small machine).
+        #[arg(long, value_parser = positive_rate)]
+        background_rate: Option<f64>,
     },
     /// One node holding many shards re-attaches.
     ReAttach {
@@ -281,7 +285,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             batch,
             concurrency,
             background,
-        } => scenarios::validate(&ctx, *tenants, batch, *concurrency, *background).await?,
+            background_rate,
+        } => {
+            let alongside = scenarios::Alongside {
+                clients: *background,
+                rate: *background_rate,
+            };
+            scenarios::validate(&ctx, *tenants, batch, *concurrency, alongside).await?
+        }
         Scenario::ReAttach { shards } => scenarios::re_attach(&ctx, *shards).await?,
         Scenario::Mixed {
             tenants,
@@ -326,6 +337,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     println!("\n{}", table(&rows));
     drop(local);
     Ok(())
+}
+
+/// A rate in operations per second: a finite number above zero.
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a rate above zero (operations per second)"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -395,5 +416,35 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["bench", "failover", "--signal", "hup"]).is_err());
         assert!(Cli::try_parse_from(["bench", "nonsense"]).is_err());
+    }
+
+    #[test]
+    fn a_background_rate_is_a_positive_number() {
+        let parse = |rate: &str| {
+            let flag = format!("--background-rate={rate}");
+            Cli::try_parse_from(["bench", "validate", flag.as_str()]).map(|cli| {
+                match cli.scenario {
+                    Scenario::Validate {
+                        background_rate, ..
+                    } => background_rate,
+                    other => panic!("parsed as {other:?}"),
+                }
+            })
+        };
+        assert_eq!(parse("300").unwrap(), Some(300.0));
+        assert_eq!(parse("0.5").unwrap(), Some(0.5));
+        for bad in ["0", "-3", "NaN", "inf", "fast"] {
+            let error = parse(bad).unwrap_err().to_string();
+            assert!(error.contains("not a rate above zero"), "{bad}: {error}");
+        }
+        let cli = Cli::try_parse_from(["bench", "validate"]).unwrap();
+        assert!(matches!(
+            cli.scenario,
+            Scenario::Validate {
+                background_rate: None,
+                background: 16,
+                ..
+            }
+        ));
     }
 }

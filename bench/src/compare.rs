@@ -217,6 +217,7 @@ pub async fn compare(args: &CompareArgs, http: reqwest::Client) -> anyhow::Resul
         max_ops: u64::MAX,
         duration: args.duration,
         label: String::new(),
+        rate: None,
     };
     let mut results: BTreeMap<usize, Vec<Summary>> = BTreeMap::new();
     for round in 0..args.runs {

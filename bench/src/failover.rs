@@ -77,6 +77,7 @@ pub async fn failover(
                 max_ops: u64::MAX,
                 duration: Duration::from_secs(6),
                 label: "failover background".into(),
+                rate: None,
             };
             let clients: Vec<_> = survivors.iter().map(|u| ctx.client(u)).collect();
             let ops: Vec<_> = clients

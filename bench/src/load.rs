@@ -1,7 +1,9 @@
 //! The closed-loop driver: N workers, each sending its next request only when the
 //! previous one answered, so the offered load adapts to the server and queueing shows up
 //! as latency rather than as an ever-growing backlog. Every run is bounded by an operation
-//! count and a duration, whichever comes first.
+//! count and a duration, whichever comes first. A run may also be paced (a cap on the
+//! total rate), for traffic that should stand beside a measurement without saturating
+//! the machine, as a fleet's attaches do beside its validates.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +23,10 @@ pub struct Load {
     pub duration: Duration,
     /// Printed with progress lines.
     pub label: String,
+    /// At most this many operations per second in all (each worker starts one at most
+    /// every `concurrency / rate` seconds and never catches up in a burst); `None`: as
+    /// fast as the answers come.
+    pub rate: Option<f64>,
 }
 
 /// One operation: given (worker, sequence number), the kind of operation it was and
@@ -76,9 +82,22 @@ pub async fn run(load: &Load, kinds: usize, op: Op) -> RunResult {
         let issued = issued.clone();
         let completed = completed.clone();
         let max_ops = load.max_ops;
+        let interval = load
+            .rate
+            .filter(|rate| *rate > 0.0)
+            .map(|rate| Duration::from_secs_f64(load.concurrency as f64 / rate));
+        // Workers spread over the interval, not all starting at once.
+        let mut next_start = started
+            + interval
+                .unwrap_or_default()
+                .mul_f64(worker as f64 / load.concurrency as f64);
         workers.push(tokio::spawn(async move {
             let mut samples = vec![Samples::default(); kinds];
             loop {
+                if let Some(interval) = interval {
+                    tokio::time::sleep_until(next_start.into()).await;
+                    next_start = (next_start + interval).max(Instant::now());
+                }
                 if Instant::now() >= deadline {
                     break;
                 }
@@ -161,6 +180,7 @@ mod tests {
             max_ops: 100,
             duration: Duration::from_secs(30),
             label: "test".into(),
+            rate: None,
         };
         let op: Op = Arc::new(|_, seq| {
             Box::pin(async move {
@@ -175,5 +195,21 @@ mod tests {
         assert_eq!(result.kinds[0].ops, 90);
         assert_eq!(result.kinds[1].errors, 10);
         assert_eq!(result.total_ops(), 90);
+    }
+
+    #[tokio::test]
+    async fn a_paced_run_stays_under_its_rate() {
+        let load = Load {
+            concurrency: 4,
+            max_ops: 100_000,
+            duration: Duration::from_secs(1),
+            label: "paced".into(),
+            rate: Some(40.0),
+        };
+        let op: Op = Arc::new(|_, _| Box::pin(async { (0, Ok(())) }));
+        let ops = run(&load, 1, op).await.total_ops();
+        // 40 starts in the second, one more per worker at most from rounding; a busy
+        // machine's late timers can only make it fewer.
+        assert!((10..=44).contains(&ops), "{ops} operations at 40/s for 1 s");
     }
 }

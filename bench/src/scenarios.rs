@@ -50,6 +50,7 @@ impl Ctx {
             max_ops: self.max_ops,
             duration: self.duration,
             label,
+            rate: None,
         }
     }
 }
@@ -290,16 +291,25 @@ impl Via {
     }
 }
 
+/// Attach traffic through the leader that runs beside a measurement.
+#[derive(Debug, Clone, Copy)]
+pub struct Alongside {
+    /// Concurrent attach clients (0: none).
+    pub clients: usize,
+    /// Their total rate cap in attaches per second (`None`: closed loop, unpaced).
+    pub rate: Option<f64>,
+}
+
 /// `validate`: batches of `batch` tenants (windows of a pool of `tenants` attached ones)
-/// through a follower, without and with attach
-/// traffic (`background` concurrent attaches through the leader) running alongside.
+/// through a follower, without and with attach traffic running `alongside`.
 pub async fn validate(
     ctx: &Ctx,
     tenants: usize,
     batches: &[usize],
     concurrency: usize,
-    background: usize,
+    alongside: Alongside,
 ) -> anyhow::Result<Vec<Row>> {
+    let background = alongside.clients;
     let view = ctx.view().await?;
     let pool_size = batches.iter().copied().max().unwrap_or(128).max(tenants);
     eprintln!("validate: attaching {pool_size} tenants first");
@@ -350,6 +360,7 @@ pub async fn validate(
                     // Covers warm-up and every measured run.
                     duration: ctx.duration * (ctx.runs as u32) + Duration::from_secs(2),
                     label: "background attach".into(),
+                    rate: alongside.rate,
                 };
                 let op = attach_op(ctx.client(view.leader_url()), ns::ATTACH, 10_000, 100);
                 tokio::spawn(async move { load::run(&load, 1, op).await })
@@ -359,8 +370,12 @@ pub async fn validate(
             let mut config = format!("batch {batch}, follower, c={concurrency}");
             if let Some(bg) = bg {
                 let bg = bg.await.context("background load")?;
+                let paced = alongside
+                    .rate
+                    .map(|rate| format!(", paced at {rate:.0}/s"))
+                    .unwrap_or_default();
                 config.push_str(&format!(
-                    ", with {background} attach clients alongside ({:.0} attaches/s)",
+                    ", with {background} attach clients alongside{paced} ({:.0} attaches/s)",
                     bg.kinds[0].throughput
                 ));
             }

@@ -79,7 +79,17 @@ pub async fn run(ctx_template: &Ctx, bin: &Path, args: &SuiteArgs) -> anyhow::Re
             )
             .await?,
         );
-        let validate = scenarios::validate(&ctx, 10_000, &[128, 10_000], 16, 16).await?;
+        let validate = scenarios::validate(
+            &ctx,
+            10_000,
+            &[128, 10_000],
+            16,
+            scenarios::Alongside {
+                clients: 16,
+                rate: None,
+            },
+        )
+        .await?;
         let p99 = validate
             .iter()
             .find(|r| r.config.starts_with("batch 128,") && r.config.contains("alongside"))
