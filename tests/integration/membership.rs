@@ -53,6 +53,21 @@ where
     .await
 }
 
+/// One call to the cluster, retried as a client retries (every 5xx or transport error, up
+/// to [`DEADLINE`]): for the calls a test makes while leadership may still be settling.
+async fn retried<T, Fut>(call: impl FnMut() -> Fut) -> pageserver_controller::client::Result<T>
+where
+    Fut: std::future::Future<Output = pageserver_controller::client::Result<T>>,
+{
+    retry(
+        DEADLINE,
+        Duration::from_millis(100),
+        Duration::from_secs(1),
+        call,
+    )
+    .await
+}
+
 impl Traffic {
     fn start(urls: Arc<Mutex<Vec<String>>>, workers: u32) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
@@ -242,15 +257,10 @@ async fn leadership_moves_on_request_and_when_the_leader_is_stopped() {
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
     let target = cluster.other_than(leader);
-    let status = retry(
-        DEADLINE,
-        Duration::from_millis(100),
-        Duration::from_secs(1),
-        || {
-            let client = cluster.client(leader);
-            async move { client.transfer_leader(target).await }
-        },
-    )
+    let status = retried(|| {
+        let client = cluster.client(leader);
+        async move { client.transfer_leader(target).await }
+    })
     .await
     .unwrap();
     assert_eq!(status.leader, Some(target));
@@ -728,15 +738,10 @@ async fn a_quiet_leader_hands_over_to_a_replacement_that_must_catch_up_first() {
     // Nothing acknowledged was lost on the way. The leader may not have heard from the
     // restarted replica yet, and answers 503 until a quorum has: retried as clients do.
     for i in 0..6 {
-        let found = retry(
-            DEADLINE,
-            Duration::from_millis(100),
-            Duration::from_secs(1),
-            || {
-                let client = cluster.client(next);
-                async move { client.inspect(shard(i)).await }
-            },
-        )
+        let found = retried(|| {
+            let client = cluster.client(next);
+            async move { client.inspect(shard(i)).await }
+        })
         .await
         .expect("inspect");
         assert_eq!(found, Some((1, NodeId(1))), "shard {i}");
@@ -1013,29 +1018,19 @@ async fn a_transfer_abandoned_by_its_caller_leaves_the_cluster_writable() {
     let mut generation = 1;
     for lead in [None, Some(leader)] {
         if let Some(id) = lead {
-            let status = retry(
-                DEADLINE,
-                Duration::from_millis(100),
-                Duration::from_secs(1),
-                || {
-                    let client = cluster.client(cluster.other_than(id));
-                    async move { client.transfer_leader(id).await }
-                },
-            )
+            let status = retried(|| {
+                let client = cluster.client(cluster.other_than(id));
+                async move { client.transfer_leader(id).await }
+            })
             .await
             .expect("leadership handed back");
             assert_eq!(status.leader, Some(id));
         }
         let via = lead.unwrap_or(leader);
-        let got = retry(
-            DEADLINE,
-            Duration::from_millis(100),
-            Duration::from_secs(1),
-            || {
-                let client = cluster.client(via);
-                async move { client.attach_hook(shard(0), Some(NodeId(1)), None).await }
-            },
-        )
+        let got = retried(|| {
+            let client = cluster.client(via);
+            async move { client.attach_hook(shard(0), Some(NodeId(1)), None).await }
+        })
         .await
         .unwrap_or_else(|e| panic!("an attach through {via} after the abandoned transfer: {e}"));
         assert!(got > Some(generation), "{got:?} after {generation}");
