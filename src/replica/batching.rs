@@ -24,7 +24,9 @@ use super::{ProposeError, ReadError};
 use crate::consensus::{LogStore, Raft};
 use crate::domain::{Command, Outcome};
 
-/// Most commands in one log entry: keeps entries well below sled's blob threshold.
+/// Most commands in one log entry (about 16 KiB of attaches): an entry stays far below
+/// sled's blob threshold, though a leaf of such entries may not (the log store fsyncs
+/// blob files for that reason).
 pub const MAX_BATCH: usize = 256;
 
 /// Proposals in flight at once: one committing while the next one fills.

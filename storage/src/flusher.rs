@@ -8,23 +8,29 @@
 //!
 //! "On disk" means: `sled::Db::flush` (which writes the log buffers and calls
 //! `sync_file_range`), then `fdatasync` of sled's data file so the drive's cache and the
-//! file's size are durable too, then, if a value large enough to become a sled blob file
-//! was written, an fsync of every blob file and the blob directory (sled never does).
-//! After each flush, the [`Watermark`] records what it made durable.
+//! file's size are durable too, and an fsync of every blob file sled created since the
+//! last flush, and of the blob directory (sled never does either). sled writes any
+//! message over a quarter of a segment (128 KiB) to a blob file, and not only large
+//! values: it rewrites a whole leaf of up to 16 log entries as one message, so a few
+//! entries of 256 commands each are enough. Blob files are fsynced before the flush
+//! (the log about to be made durable points at them) and once more after it (for any
+//! created meanwhile). After each flush, the [`Watermark`] records what it made durable.
+//!
+//! A failed flush fails every later one: after a failed fsync the kernel may have
+//! dropped the pages it could not write, and a later fsync that succeeds says nothing
+//! about them, so nothing may be acknowledged again in this process.
 
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::watermark::Watermark;
-
-/// Values this large may be written by sled as separate blob files (its threshold is a
-/// quarter of a 512 KiB segment, minus a header); stay conservative.
-pub(crate) const BLOB_RISK_BYTES: usize = 64 * 1024;
 
 type Waiter = Box<dyn FnOnce(io::Result<()>) + Send>;
 
@@ -67,7 +73,6 @@ impl FlushStats {
 #[derive(Clone)]
 pub(crate) struct Flusher {
     inner: Arc<Handle>,
-    large_value_written: Arc<AtomicBool>,
     stats: Arc<FlushStats>,
 }
 
@@ -97,13 +102,12 @@ impl Flusher {
     ) -> io::Result<Flusher> {
         let data_file = File::open(dir.join("db"))?;
         let (tx, rx) = mpsc::channel::<Waiter>();
-        let large_value_written = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(FlushStats::default());
-        let worker = Worker {
+        let mut worker = Worker {
             db,
             data_file,
-            blob_dir: dir.join("blobs"),
-            large_value_written: large_value_written.clone(),
+            blobs: Blobs::new(dir.join("blobs")),
+            failed: None,
             stats: stats.clone(),
             watermark,
         };
@@ -115,20 +119,12 @@ impl Flusher {
                 tx: Some(tx),
                 thread: Some(thread),
             }),
-            large_value_written,
             stats,
         })
     }
 
     pub(crate) fn stats(&self) -> Arc<FlushStats> {
         self.stats.clone()
-    }
-
-    /// Must be called before [`Flusher::after_flush`] for a write of `len` bytes.
-    pub(crate) fn note_write(&self, len: usize) {
-        if len >= BLOB_RISK_BYTES {
-            self.large_value_written.store(true, Ordering::SeqCst);
-        }
     }
 
     /// Calls `done` once everything written to sled before this call is durable.
@@ -153,42 +149,45 @@ impl Flusher {
 struct Worker {
     db: sled::Db,
     data_file: File,
-    blob_dir: PathBuf,
-    large_value_written: Arc<AtomicBool>,
+    blobs: Blobs,
+    /// The first failure, repeated to every later waiter (see the module doc).
+    failed: Option<(io::ErrorKind, String)>,
     stats: Arc<FlushStats>,
     watermark: Arc<Watermark>,
 }
 
 impl Worker {
-    fn run(self, rx: mpsc::Receiver<Waiter>) {
+    fn run(&mut self, rx: mpsc::Receiver<Waiter>) {
         while let Ok(first) = rx.recv() {
             let mut waiters = vec![first];
             waiters.extend(rx.try_iter());
-            let started = Instant::now();
-            let result = self.flush_once();
-            self.stats.record(started.elapsed(), waiters.len());
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "storage flush failed; the replica cannot persist its log");
+            if self.failed.is_none() {
+                let started = Instant::now();
+                let result = self.flush_once();
+                self.stats.record(started.elapsed(), waiters.len());
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "storage flush failed; the replica cannot persist its log");
+                    self.failed = Some((e.kind(), e.to_string()));
+                }
             }
             for waiter in waiters {
-                waiter(match &result {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                waiter(match &self.failed {
+                    None => Ok(()),
+                    Some((kind, message)) => Err(io::Error::new(*kind, message.clone())),
                 });
             }
         }
     }
 
-    fn flush_once(&self) -> io::Result<()> {
+    fn flush_once(&mut self) -> io::Result<()> {
         // Everything noted here was in sled before the flush began, so the flush covers it.
         let covered = self.watermark.covered();
+        self.blobs.sync_new()?;
         self.db
             .flush()
             .map_err(|e| io::Error::other(format!("sled flush: {e}")))?;
         self.data_file.sync_data()?;
-        if self.large_value_written.swap(false, Ordering::SeqCst) {
-            sync_blobs(&self.blob_dir)?;
-        }
+        self.blobs.sync_new()?;
         self.watermark.flushed(covered).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -198,20 +197,51 @@ impl Worker {
     }
 }
 
-fn sync_blobs(blob_dir: &Path) -> io::Result<()> {
-    let entries = match std::fs::read_dir(blob_dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let path = entry?.path();
-        match File::open(&path) {
-            Ok(file) => file.sync_all()?,
-            // sled may garbage-collect a blob between listing and opening it.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+/// sled's blob files, and which of them are already durable. sled writes a blob file
+/// whole when it creates it and never changes it afterwards (it only deletes it), so each
+/// needs one fsync; listing the directory costs a system call or two per flush.
+struct Blobs {
+    dir: PathBuf,
+    synced: HashSet<OsString>,
+}
+
+impl Blobs {
+    /// Blob files left from before this process count as not yet durable: the first flush
+    /// fsyncs them too.
+    fn new(dir: PathBuf) -> Blobs {
+        Blobs {
+            dir,
+            synced: HashSet::new(),
         }
     }
-    crate::data_dir::sync_dir(blob_dir)
+
+    /// Fsyncs the blob files created since the last call, then the directory holding
+    /// their names; forgets the names of files sled has deleted.
+    fn sync_new(&mut self) -> io::Result<()> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut present = HashSet::with_capacity(self.synced.len());
+        let mut new = false;
+        for entry in entries {
+            let name = entry?.file_name();
+            if !self.synced.contains(&name) {
+                match File::open(self.dir.join(&name)) {
+                    Ok(file) => file.sync_all()?,
+                    // sled may garbage-collect a blob between listing and opening it.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                new = true;
+            }
+            present.insert(name);
+        }
+        if new {
+            crate::data_dir::sync_dir(&self.dir)?;
+        }
+        self.synced = present;
+        Ok(())
+    }
 }

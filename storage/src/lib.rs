@@ -20,8 +20,8 @@
 //! Durability contract: nothing is reported to openraft as persisted (a log append's
 //! callback, a saved vote) before sled has flushed it *and* its files were fsynced. sled
 //! 0.34's own flush ends in `sync_file_range`, which neither forces the drive's cache nor
-//! the file's metadata, and it never fsyncs blob files; `flusher` does both, on one
-//! thread, so flushes never run concurrently.
+//! the file's metadata, and it never fsyncs the blob files it writes large pages to;
+//! `flusher` does both, on one thread, so flushes never run concurrently.
 
 // openraft's error types are large by design; we return them as its traits require.
 #![allow(clippy::result_large_err)]

@@ -258,11 +258,17 @@ where
                 source,
             })?;
         }
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
-            .flush_every_ms(None)
-            .open()
+            .flush_every_ms(None);
+        // sled's recovery panics on some damage (a page whose blob file is missing, for
+        // one): that is a damaged log too, refused with the same clear error.
+        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
+            .map_err(|panic| LogOpenError::Corrupt {
+                path: display.clone(),
+                reason: format!("sled's recovery failed: {}", panic_message(&*panic)),
+            })?
             .map_err(sled_err)?;
         let log = db.open_tree("log").map_err(sled_err)?;
         let meta = db.open_tree("meta").map_err(sled_err)?;
@@ -631,13 +637,11 @@ where
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
-        let mut largest = 0;
         let mut last = None;
         for entry in entries {
             let id = *entry.get_log_id();
             let bytes = codec::encode(&entry)
                 .map_err(|e| io_error(ErrorSubject::Log(id), ErrorVerb::Write, e))?;
-            largest = largest.max(bytes.len());
             batch.insert(&key(id.index), bytes);
             last = Some(id);
         }
@@ -647,7 +651,6 @@ where
         if let Some(last) = last {
             self.watermark.wrote_last(last);
         }
-        self.flusher.note_write(largest);
         self.flusher
             .after_flush(move |result| callback.log_io_completed(result));
         Ok(())
@@ -693,6 +696,15 @@ where
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
         self.flush(ErrorSubject::Logs).await
     }
+}
+
+/// The text a panic carried, when it carried one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
 }
 
 #[cfg(test)]

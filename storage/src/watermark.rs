@@ -17,9 +17,10 @@
 //!   lowered and fsynced first, so no crash can leave it above the log.
 //!
 //! At open, a vote lower than the record's, or a log that ends before the record's last
-//! index, is refused as a damaged log. A record that fails its own checksum (a write cut
-//! by a power loss) or is missing (a data dir from before this record existed) is
-//! replaced without a check.
+//! log id (in an earlier term, or in the same term at a lower index), is refused as a
+//! damaged log. A record that fails its own checksum (a write cut short by a power loss)
+//! or is missing (a data dir from before this record existed) is replaced without a
+//! check.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -54,8 +55,7 @@ impl Mark {
                 ));
             }
         }
-        let index = |last: &Option<LogId<u64>>| last.map(|id| id.index);
-        if index(&self.last) < index(&recorded.last) {
+        if position(&self.last) < position(&recorded.last) {
             return Some(format!(
                 "its log ends at {} but it had durably written up to {}",
                 self.last.map_or("nothing".to_owned(), |id| id.to_string()),
@@ -76,11 +76,23 @@ impl Mark {
             _ => None,
         };
         let last = match (self.last, other.last) {
-            (Some(a), Some(b)) => Some(if a.index <= b.index { a } else { b }),
+            (Some(a), Some(b)) => Some(if position(&Some(a)) <= position(&Some(b)) {
+                a
+            } else {
+                b
+            }),
             _ => None,
         };
         Mark { vote, last }
     }
+}
+
+/// Where a log ending at `last` stands: by term, then index. A log only grows past what
+/// was recorded (anything that cuts it back lowers the record first), so a log ending in
+/// an earlier term than the record's, even at a higher index, is not the log that was
+/// recorded: truncated entries came back and the ones written over them were lost.
+fn position(last: &Option<LogId<u64>>) -> Option<(u64, u64)> {
+    last.map(|id| (id.leader_id.term, id.index))
 }
 
 /// What the record file says.
@@ -184,7 +196,7 @@ impl Watermark {
     /// the last entry). Never lowers it: see [`Watermark::lower`].
     pub(crate) fn wrote_last(&self, last: LogId<u64>) {
         let mut state = self.lock();
-        if state.written.last.is_none_or(|old| old.index < last.index) {
+        if position(&state.written.last) < position(&Some(last)) {
             state.written.last = Some(last);
         }
     }
@@ -283,6 +295,14 @@ mod tests {
         assert_eq!(mark(4, Some(12)).shortfall(&recorded), None);
         let short = mark(3, Some(9)).shortfall(&recorded).unwrap();
         assert!(short.contains("durably written up to"), "{short}");
+        // Longer, but ending in an earlier term: entries of term 2 that were truncated
+        // and written over came back, and the term-3 entries are gone.
+        let resurrected = Mark {
+            vote: recorded.vote,
+            last: Some(id(2, 12)),
+        };
+        let short = resurrected.shortfall(&recorded).unwrap();
+        assert!(short.contains("durably written up to"), "{short}");
         assert!(Mark::default().shortfall(&recorded).is_some());
         let older_vote = mark(2, Some(10)).shortfall(&recorded).unwrap();
         assert!(older_vote.contains("durably voted"), "{older_vote}");
@@ -314,13 +334,7 @@ mod tests {
         // The floor of two marks is covered by both.
         let (a, b) = (mark(3, Some(10)), mark(5, Some(4)));
         let floor = a.floor(&b);
-        assert_eq!(
-            floor,
-            Mark {
-                vote: a.vote,
-                last: b.last
-            }
-        );
+        assert_eq!(floor, a);
         assert_eq!(a.shortfall(&floor), None);
         assert_eq!(b.shortfall(&floor), None);
     }

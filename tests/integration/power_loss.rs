@@ -53,14 +53,22 @@ const ATTACHES_PER_ROUND: u64 = 150;
 /// root nor `fusermount3`). Without it the test fails there, rather than pass unseen.
 const SKIP_ENV: &str = "PSC_TEST_SKIP_POWER_LOSS";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_generations_survive_every_replica_losing_power_at_once() {
+/// Whether this test is skipped on purpose; panics when FUSE is missing and it is not.
+fn skipped() -> bool {
     if std::env::var_os(SKIP_ENV).is_some() {
         eprintln!("NOT RUN: {SKIP_ENV} is set");
-        return;
+        return true;
     }
     if let Err(why) = volatile_fs::available() {
-        panic!("{why}: the power-loss test needs FUSE (/dev/fuse, and root or fusermount3); set {SKIP_ENV}=1 to skip it");
+        panic!("{why}: the power-loss tests need FUSE (/dev/fuse, and root or fusermount3); set {SKIP_ENV}=1 to skip them");
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_generations_survive_every_replica_losing_power_at_once() {
+    if skipped() {
+        return;
     }
     let kept_disk = Disk(Some(
         tempfile::Builder::new()
@@ -242,4 +250,76 @@ async fn acknowledged_generations_survive_every_replica_losing_power_at_once() {
     );
     drop(cluster);
     drop(mounted);
+}
+
+/// sled writes any message over a quarter of a segment (128 KiB) to a file of its own
+/// under `blobs/`, and it rewrites a whole leaf of up to 16 log entries as one message: a
+/// leaf of entries over 8 KiB each is enough, with no large value anywhere (a full batch
+/// of 256 attaches encodes to about 8 KiB; these entries hold two). A log store that
+/// fsyncs sled's data file but not those blob files acknowledges entries that a power
+/// loss then takes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_whose_pages_sled_writes_to_blob_files_keeps_what_it_acknowledged() {
+    use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader};
+    use pageserver_controller::consensus::{LogStore, Proposal, TypeConfig};
+    use pageserver_controller::domain::Command;
+    use pageserver_controller::replica::MAX_BATCH;
+
+    if skipped() {
+        return;
+    }
+    const ENTRIES: u64 = 64;
+    let disk = Disk(Some(tempfile::tempdir().unwrap()));
+    let backing = disk.0.as_ref().unwrap().path().to_owned();
+    let mountpoint = tempfile::tempdir().unwrap();
+    let entry = |index: u64| Entry::<TypeConfig> {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Proposal {
+            commands: (0..2 * MAX_BATCH as u32)
+                .map(|n| Command::AttachHook {
+                    shard: shard(index as u32 * 2 * MAX_BATCH as u32 + n),
+                    node: Some(NodeId(u64::from(n))),
+                    generation_override: None,
+                })
+                .collect(),
+        }),
+    };
+    let blobs_seen = {
+        let mounted = Mounted::mount(&backing, mountpoint.path(), Survivors::None, Names::Strict)
+            .expect("mount");
+        let path = mountpoint.path().join("log");
+        let mut blobs_seen = 0;
+        {
+            let mut log = LogStore::open(&path, 1, 64 << 20).expect("open the log");
+            for index in 1..=ENTRIES {
+                // Returns once the log store reported the entry as on disk.
+                log.blocking_append([entry(index)]).await.unwrap();
+                blobs_seen = blobs_seen
+                    .max(std::fs::read_dir(path.join("blobs")).map_or(0, |files| files.count()));
+            }
+        }
+        controller_storage::wait_until_released(&path).expect("sled lets go of its lock");
+        mounted.power_loss();
+        blobs_seen
+    };
+    assert!(
+        blobs_seen > 0,
+        "sled wrote no blob file: the test did not reach what it is about"
+    );
+    let _mounted = Mounted::mount(&backing, mountpoint.path(), Survivors::None, Names::Strict)
+        .expect("mount again");
+    let mut log = LogStore::open(&mountpoint.path().join("log"), 1, 64 << 20)
+        .unwrap_or_else(|e| panic!("the log did not open after the power loss: {e}"));
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(
+        state.last_log_id.map(|id| id.index),
+        Some(ENTRIES),
+        "the last acknowledged entry is gone"
+    );
+    let entries = log.try_get_log_entries(1..ENTRIES + 1).await.unwrap();
+    assert_eq!(entries.len() as u64, ENTRIES);
+    for (got, index) in entries.iter().zip(1..) {
+        assert_eq!(*got, entry(index), "entry {index} changed");
+    }
 }
