@@ -360,8 +360,18 @@ where
             .await
             .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
         if current.last_log_id != meta.last_log_id {
-            tracing::warn!(offered = ?meta.last_log_id, kept = ?current.last_log_id, "ignored a snapshot older than the current one");
-            return Ok(());
+            // The state already holds more than the offered snapshot (ours was built from
+            // it). Answering Ok would let openraft record the older index as applied and
+            // apply the entries after it a second time; openraft never offers a snapshot
+            // at or below what was committed, so reaching this is a bug to stop on.
+            return Err(snapshot_error(
+                ErrorVerb::Write,
+                std::io::Error::other(format!(
+                    "refusing to install the snapshot at {:?}: this replica's snapshot at {:?} is newer, \
+                     and going back would apply entries twice",
+                    meta.last_log_id, current.last_log_id
+                )),
+            ));
         }
         {
             let mut applied = self

@@ -194,6 +194,47 @@ async fn snapshot_build_and_install_round_trip_and_survive_reopen() {
     );
 }
 
+/// A snapshot older than the one a replica built from its own state is refused, not
+/// acknowledged: acknowledging it would make openraft apply the entries after it again.
+#[tokio::test]
+async fn a_snapshot_older_than_the_current_one_is_refused_and_changes_nothing() {
+    let older_dir = tempfile::tempdir().unwrap();
+    let newer_dir = tempfile::tempdir().unwrap();
+    let older = {
+        let mut sm = Sm::open(&older_dir.path().join("snapshot")).unwrap();
+        sm.apply([entry(1, 1, 1), entry(1, 2, 2)]).await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap()
+    };
+    let mut sm = Sm::open(&newer_dir.path().join("snapshot")).unwrap();
+    sm.apply([entry(1, 1, 1), entry(1, 2, 2), entry(1, 3, 4)])
+        .await
+        .unwrap();
+    let built = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(built.meta.last_log_id, Some(log_id(1, 3)));
+    let mut data = sm.begin_receiving_snapshot().await.unwrap();
+    let mut source = older.snapshot;
+    tokio::io::copy(&mut source, &mut *data).await.unwrap();
+    let refused = sm.install_snapshot(&older.meta, data).await;
+    assert!(refused.is_err(), "an older snapshot was acknowledged");
+    let applied = {
+        let shared = sm.shared();
+        let applied = shared.read().unwrap();
+        (applied.state.0, applied.last_applied)
+    };
+    assert_eq!(applied, (7, Some(log_id(1, 3))));
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, built.meta);
+}
+
 /// A counter whose snapshot encode stops half-way until the test lets it go, so a test
 /// can apply entries while a snapshot of an earlier state is being written.
 mod held_encode {
