@@ -130,6 +130,15 @@ pub async fn attach_hook(
     State(api): Api,
     Json(request): Json<AttachHookRequest>,
 ) -> Result<JsonResponse<AttachHookResponse>, ApiError> {
+    // A shard seeded at the last generation could never be attached: refused here, before
+    // Raft, so the refusal stores nothing (applying it would create the shard).
+    if request.generation_override == Some(u32::MAX) {
+        return Err(ApiError::BadRequest(format!(
+            "generation_override: {} leaves no generation to issue; at most {}",
+            u32::MAX,
+            u32::MAX - 1
+        )));
+    }
     let command = Command::AttachHook {
         shard: request.tenant_shard_id,
         node: request.node_id,

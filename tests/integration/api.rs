@@ -255,6 +255,13 @@ async fn bad_input_gets_a_json_error_naming_the_problem() {
                 "empty",
             ),
             (
+                reqwest::Method::POST,
+                "/debug/v1/attach-hook",
+                r#"{"tenant_shard_id":"1f359dd625e519a1a4e8d7509690f6fc","node_id":1,"generation_override":4294967295}"#,
+                400,
+                "generation_override",
+            ),
+            (
                 reqwest::Method::GET,
                 "/control/v1/node/abc",
                 "",
