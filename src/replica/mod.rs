@@ -548,18 +548,20 @@ async fn read_index_round(
     lease: Duration,
     stats: &BatchStats,
 ) -> Result<u64, ReadError> {
-    let (state, leader, member) = {
+    let (state, leader, member, me) = {
         let metrics = raft.metrics();
         let metrics = metrics.borrow();
         let member = metrics
             .current_leader
             .and_then(|l| metrics.membership_config.membership().get_node(&l).cloned());
-        (metrics.state, metrics.current_leader, member)
+        (metrics.state, metrics.current_leader, member, metrics.id)
     };
     let (Some(remote), Some(leader), Some(member)) = (remote, leader, member) else {
         return confirm_read_index(raft, deadline).await;
     };
-    if state == ServerState::Leader {
+    // Asking itself would wait on the very round it is in (a leader that demoted itself
+    // may still name itself leader): openraft's own check answers it instead.
+    if state == ServerState::Leader || leader == me {
         return confirm_read_index(raft, deadline).await;
     }
     let started = tokio::time::Instant::now();
