@@ -19,8 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Extension, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -395,8 +396,37 @@ where
         .route(&format!("{RAFT_PREFIX}{VOTE}"), post(vote::<C>))
         .route(&format!("{RAFT_PREFIX}{SNAPSHOT}"), post(snapshot::<C>))
         .route(&format!("{RAFT_PREFIX}{CAMPAIGN}"), post(campaign::<C>))
+        // Before any body is read: the limit is large (snapshot chunks), and only peers
+        // may make a replica hold that much.
+        .route_layer(middleware::from_fn_with_state(
+            service.clone(),
+            admit_sender::<C>,
+        ))
         .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT_BYTES))
         .with_state(service)
+}
+
+/// The replica a peer request comes from, checked by [`admit_sender`].
+#[derive(Debug, Clone, Copy)]
+struct Sender(ReplicaId);
+
+/// Checks a peer request's credentials and addressing from its headers alone, before
+/// its handler reads the body, and passes the sender on.
+async fn admit_sender<C>(
+    State(service): State<Arc<Service<C>>>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, Refused>
+where
+    C: RaftTypeConfig<NodeId = ReplicaId, Node = Member>,
+{
+    service
+        .auth
+        .check(request.headers())
+        .map_err(|reason| Refused(StatusCode::FORBIDDEN, reason))?;
+    let from = service.identity.check_incoming(request.headers())?;
+    request.extensions_mut().insert(Sender(from));
+    Ok(next.run(request).await)
 }
 
 /// A refused peer request: status and a reason for the sender's log.
@@ -420,23 +450,16 @@ impl From<PeerIdentityError> for Refused {
     }
 }
 
-/// Checks credentials and addressing, decodes the body, and checks that the sender
-/// header agrees with the replica named by the message's vote.
-fn admit<C, Req>(
-    service: &Service<C>,
-    headers: &HeaderMap,
+/// Decodes the body of a request from `from` (admitted by [`admit_sender`]), and checks
+/// that the sender agrees with the replica named by the message's vote.
+fn admit<Req>(
+    Sender(from): Sender,
     body: &[u8],
     voter: impl Fn(&Req) -> Option<ReplicaId>,
 ) -> Result<Req, Refused>
 where
-    C: RaftTypeConfig<NodeId = ReplicaId, Node = Member>,
     Req: DeserializeOwned,
 {
-    service
-        .auth
-        .check(headers)
-        .map_err(|reason| Refused(StatusCode::FORBIDDEN, reason))?;
-    let from = service.identity.check_incoming(headers)?;
     let request: Req = codec::decode(body).map_err(|e| {
         Refused(
             StatusCode::BAD_REQUEST,
@@ -464,32 +487,30 @@ fn answer<T: Serialize>(service_id: ReplicaId, result: &T) -> Response {
 
 async fn append<C>(
     State(service): State<Arc<Service<C>>>,
-    headers: HeaderMap,
+    Extension(sender): Extension<Sender>,
     body: Bytes,
 ) -> Result<Response, Refused>
 where
     C: RaftTypeConfig<NodeId = ReplicaId, Node = Member>,
 {
-    let request: AppendEntriesRequest<C> =
-        admit(&service, &headers, &body, |r: &AppendEntriesRequest<C>| {
-            r.vote.leader_id().voted_for()
-        })?;
+    let request: AppendEntriesRequest<C> = admit(sender, &body, |r: &AppendEntriesRequest<C>| {
+        r.vote.leader_id().voted_for()
+    })?;
     let result = service.raft.append_entries(request).await;
     Ok(answer(service.identity.replica_id, &result))
 }
 
 async fn vote<C>(
     State(service): State<Arc<Service<C>>>,
-    headers: HeaderMap,
+    Extension(sender): Extension<Sender>,
     body: Bytes,
 ) -> Result<Response, Refused>
 where
     C: RaftTypeConfig<NodeId = ReplicaId, Node = Member>,
 {
-    let request: VoteRequest<ReplicaId> =
-        admit(&service, &headers, &body, |r: &VoteRequest<ReplicaId>| {
-            r.vote.leader_id().voted_for()
-        })?;
+    let request: VoteRequest<ReplicaId> = admit(sender, &body, |r: &VoteRequest<ReplicaId>| {
+        r.vote.leader_id().voted_for()
+    })?;
     let candidate = request.vote.leader_id().voted_for();
     let result = service.raft.vote(request).await;
     let mut response = answer(service.identity.replica_id, &result);
@@ -508,18 +529,16 @@ where
 
 async fn snapshot<C>(
     State(service): State<Arc<Service<C>>>,
-    headers: HeaderMap,
+    Extension(sender): Extension<Sender>,
     body: Bytes,
 ) -> Result<Response, Refused>
 where
     C: RaftTypeConfig<NodeId = ReplicaId, Node = Member>,
 {
-    let request: InstallSnapshotRequest<C> = admit(
-        &service,
-        &headers,
-        &body,
-        |r: &InstallSnapshotRequest<C>| r.vote.leader_id().voted_for(),
-    )?;
+    let request: InstallSnapshotRequest<C> =
+        admit(sender, &body, |r: &InstallSnapshotRequest<C>| {
+            r.vote.leader_id().voted_for()
+        })?;
     let result = service.raft.install_snapshot(request).await;
     Ok(answer(service.identity.replica_id, &result))
 }
@@ -527,16 +546,11 @@ where
 /// Starts an election on this replica when its current leader asks (leadership transfer).
 async fn campaign<C>(
     State(service): State<Arc<Service<C>>>,
-    headers: HeaderMap,
+    Extension(Sender(from)): Extension<Sender>,
 ) -> Result<Response, Refused>
 where
     C: RaftTypeConfig<NodeId = ReplicaId, Node = Member>,
 {
-    service
-        .auth
-        .check(&headers)
-        .map_err(|reason| Refused(StatusCode::FORBIDDEN, reason))?;
-    let from = service.identity.check_incoming(&headers)?;
     let leader = service.raft.metrics().borrow().current_leader;
     if leader != Some(from) {
         return Err(Refused(

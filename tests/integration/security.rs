@@ -488,6 +488,29 @@ async fn forged_raft_traffic_is_refused_and_changes_nothing() {
             );
         }
     }
+    // Refused on its headers, before the body is read: announcing 60 MB and sending
+    // none still gets the answer (a replica that read first could be made to hold 64 MiB
+    // per connection by anyone).
+    for route in ["append", "vote", "snapshot"] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let address = cluster
+            .url(follower)
+            .trim_start_matches("http://")
+            .to_owned();
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let head = format!(
+            "POST /raft/v1/{route} HTTP/1.1\r\nhost: {address}\r\n\
+             x-controller-cluster: {cluster_id}\r\nx-controller-from: {leader}\r\n\
+             x-controller-to: {follower}\r\ncontent-length: 60000000\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = [0u8; 12];
+        tokio::time::timeout(DEADLINE, stream.read_exact(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("{route}: no answer while the body is unsent"))
+            .unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 403", "{route}");
+    }
     let after = cluster.status_of(follower).await.unwrap();
     assert_eq!(after.term, status.term, "the forged vote changed nothing");
     assert_eq!(
