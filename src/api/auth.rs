@@ -36,7 +36,7 @@ pub enum Access {
 pub fn access(method: &Method, route: &str) -> Access {
     use Scope::*;
     match (method.as_str(), route) {
-        ("GET", "/status" | "/ready" | "/metrics") => Access::Public,
+        ("GET" | "HEAD", "/status" | "/ready" | "/metrics") => Access::Public,
         (_, route) if route.starts_with(controller_raft::RAFT_PREFIX) => Access::Public,
         ("POST", "/upcall/v1/re-attach" | "/upcall/v1/validate" | "/re-attach" | "/validate") => {
             Access::Scopes(&[GenerationsApi])
@@ -104,6 +104,8 @@ mod tests {
     fn routes_default_to_admin_and_health_is_public() {
         assert_eq!(access(&Method::GET, "/status"), Access::Public);
         assert_eq!(access(&Method::GET, "/metrics"), Access::Public);
+        // A probe that asks for the head only (the status line is the answer).
+        assert_eq!(access(&Method::HEAD, "/ready"), Access::Public);
         assert_eq!(
             access(&Method::POST, "/upcall/v1/validate"),
             Access::Scopes(&[Scope::GenerationsApi])
