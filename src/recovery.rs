@@ -9,11 +9,13 @@
 //!
 //! Generations: the source may lack generations that were handed out after it was taken
 //! (writes after a backup; writes a lost majority acknowledged but the survivor never
-//! received). Handing such a generation out again would break the first rule. So every
-//! shard's generation is raised by `--generation-bump` (default 65,536) before the new
-//! cluster serves: any generation issued afterwards is above everything issued before,
-//! provided no shard was attached that many times in the gap. Pageservers holding old
-//! generations see `valid: false` and re-attach, which is safe.
+//! received), of shards it holds and of shards it has never seen. Handing such a
+//! generation out again would break the first rule. So every shard's generation, and the
+//! registry's floor that a shard never seen starts above, are raised by
+//! `--generation-bump` (default 65,536) before the new cluster serves: any generation
+//! issued afterwards is above everything issued before, provided no shard was attached
+//! that many times in the gap. Pageservers holding old generations see `valid: false`
+//! and stop deleting until they restart and re-attach, which is safe.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

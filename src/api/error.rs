@@ -98,6 +98,7 @@ impl From<Refusal> for ApiError {
             Refusal::UnknownNode(_) | Refusal::UnknownShard(_) => ApiError::NotFound(msg),
             Refusal::NodeConflict { .. }
             | Refusal::GenerationExhausted(_)
+            | Refusal::FloorExhausted
             | Refusal::NodeInUse { .. } => ApiError::Conflict(msg),
         }
     }

@@ -9,6 +9,9 @@
 //! The safety rules live here and nowhere else:
 //! - a shard's generation only grows, by exactly one per attach, and never wraps;
 //! - detaching keeps the generation, so the next attach is still higher than any issued;
+//! - a shard the registry has never seen starts above its floor, which is zero until a
+//!   restore or a recovery raises it (generations may have been issued to shards that
+//!   were created after the backup, or in entries the survivor never received);
 //! - validate is equality with the current generation, nothing looser.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -122,6 +125,10 @@ pub enum Refusal {
     )]
     GenerationExhausted(TenantShardId),
     #[error(
+        "the floor new tenant shards start above would pass the last generation (u32 exhausted)"
+    )]
+    FloorExhausted,
+    #[error(
         "node {node} still has {attached} attached tenant shards; migrate or detach them first"
     )]
     NodeInUse { node: NodeId, attached: usize },
@@ -139,6 +146,9 @@ pub struct Validity {
 pub struct Registry {
     shards: ShardMap,
     nodes: BTreeMap<NodeId, NodeRecord>,
+    /// Every generation of a shard not in `shards` may have been issued up to here (by
+    /// the cluster a backup or a survivor came from): a new shard starts above it.
+    floor: Option<Generation>,
     attached: HashMap<NodeId, BTreeSet<TenantShardId>>,
 }
 
@@ -193,7 +203,7 @@ impl Registry {
                     self.shards.insert(
                         shard,
                         ShardRecord {
-                            generation: Some(generation),
+                            generation: self.seed(Some(generation)),
                             node: None,
                         },
                     );
@@ -202,11 +212,12 @@ impl Registry {
             }
             return Outcome::Attached { generation: None };
         };
+        let seed = self.seed(generation_override);
         let record = self.shards.get_or_insert(
             shard,
             ShardRecord {
                 // An override only seeds a shard that does not exist yet; it never rewinds one.
-                generation: generation_override,
+                generation: seed,
                 node: None,
             },
         );
@@ -344,11 +355,19 @@ impl Registry {
         }
     }
 
-    /// Raises every shard's generation by `by`: used when a cluster is rebuilt from a backup
-    /// or from a surviving replica, which may be missing generations issued after it was
-    /// taken. Any generation handed out later is then above all of those, provided fewer
-    /// than `by` attaches happened in the gap. All or nothing: refused if a shard would
-    /// wrap. Returns how many shards were raised.
+    /// Where a shard not seen before starts: above the floor, and at the override if that
+    /// is higher. None (the first attach gives 1) when there is neither.
+    fn seed(&self, generation_override: Option<Generation>) -> Option<Generation> {
+        self.floor.max(generation_override)
+    }
+
+    /// Raises every shard's generation by `by`, and the floor new shards start above: used
+    /// when a cluster is rebuilt from a backup or from a surviving replica, which may be
+    /// missing generations issued after it was taken, to shards it holds and to shards it
+    /// has never seen. Any generation handed out later is then above all of those,
+    /// provided fewer than `by` attaches of any one shard happened in the gap. All or
+    /// nothing: refused if a shard or the floor would wrap. Returns how many shards were
+    /// raised.
     pub fn bump_generations(&mut self, by: u32) -> Result<usize, Refusal> {
         if let Some((shard, _)) = self
             .shards
@@ -357,6 +376,12 @@ impl Registry {
         {
             return Err(Refusal::GenerationExhausted(*shard));
         }
+        let floor = self
+            .floor
+            .map_or(0, |floor| floor.0)
+            .checked_add(by)
+            .ok_or(Refusal::FloorExhausted)?;
+        self.floor = Some(Generation(floor));
         let mut raised = 0;
         for record in self.shards.values_mut() {
             if let Some(generation) = &mut record.generation {
@@ -428,7 +453,13 @@ impl Registry {
         FrozenRegistry {
             shards: self.shards.clone(),
             nodes: self.nodes.clone(),
+            floor: self.floor,
         }
+    }
+
+    /// Where shards not seen before start (above it), if a restore or recovery set one.
+    pub fn floor(&self) -> Option<Generation> {
+        self.floor
     }
 }
 
@@ -440,6 +471,7 @@ impl Registry {
 pub struct FrozenRegistry {
     shards: ShardMap,
     nodes: BTreeMap<NodeId, NodeRecord>,
+    floor: Option<Generation>,
 }
 
 impl FrozenRegistry {
@@ -457,22 +489,75 @@ impl Serialize for FrozenRegistry {
         RegistryRef {
             shards: &self.shards,
             nodes: &self.nodes,
+            floor: self.floor,
         }
         .serialize(serializer)
     }
 }
 
-/// The serialized form: only the source of truth, never the derived index.
-#[derive(Serialize)]
+/// The serialized form: only the source of truth, never the derived index. The shards,
+/// the nodes, and the floor only when there is one, last: a registry without a floor
+/// encodes byte for byte as before the floor existed (so earlier versions read it, and
+/// this one reads theirs), and one with a floor is refused by earlier versions (trailing
+/// bytes) rather than read without it.
 struct RegistryRef<'a> {
     shards: &'a ShardMap,
     nodes: &'a BTreeMap<NodeId, NodeRecord>,
+    floor: Option<Generation>,
 }
 
-#[derive(Deserialize)]
+impl Serialize for RegistryRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut tuple = serializer.serialize_tuple(2 + usize::from(self.floor.is_some()))?;
+        tuple.serialize_element(self.shards)?;
+        tuple.serialize_element(self.nodes)?;
+        if let Some(floor) = &self.floor {
+            tuple.serialize_element(floor)?;
+        }
+        tuple.end()
+    }
+}
+
 struct RegistryOwned {
     shards: ShardMap,
     nodes: BTreeMap<NodeId, NodeRecord>,
+    floor: Option<Generation>,
+}
+
+impl<'de> Deserialize<'de> for RegistryOwned {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = RegistryOwned;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a registry: shards, nodes and perhaps a floor")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RegistryOwned, A::Error> {
+                use serde::de::Error;
+                let shards = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let nodes = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                // The encoding ends here when there is no floor: reading past the end is
+                // an error that means "none" (the bytes are checksummed around it).
+                let floor = seq.next_element().ok().flatten();
+                Ok(RegistryOwned {
+                    shards,
+                    nodes,
+                    floor,
+                })
+            }
+        }
+        deserializer.deserialize_tuple(3, Fields)
+    }
 }
 
 impl Serialize for Registry {
@@ -480,6 +565,7 @@ impl Serialize for Registry {
         RegistryRef {
             shards: &self.shards,
             nodes: &self.nodes,
+            floor: self.floor,
         }
         .serialize(serializer)
     }
@@ -487,7 +573,11 @@ impl Serialize for Registry {
 
 impl<'de> Deserialize<'de> for Registry {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let RegistryOwned { shards, nodes } = RegistryOwned::deserialize(deserializer)?;
+        let RegistryOwned {
+            shards,
+            nodes,
+            floor,
+        } = RegistryOwned::deserialize(deserializer)?;
         let mut attached: HashMap<NodeId, BTreeSet<TenantShardId>> = HashMap::new();
         for (shard, record) in shards.iter() {
             if let Some(node) = record.node {
@@ -497,6 +587,7 @@ impl<'de> Deserialize<'de> for Registry {
         Ok(Registry {
             shards,
             nodes,
+            floor,
             attached,
         })
     }

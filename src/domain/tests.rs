@@ -505,6 +505,85 @@ fn bumping_raises_every_generation_and_keeps_attachments() {
     );
 }
 
+/// A backup (or a survivor) does not hold the shards created after it was taken, yet
+/// pageservers may hold generations of them: after the bump such a shard starts above
+/// the floor, not at 1, and an override below the floor does not lower it.
+#[test]
+fn after_a_bump_a_shard_never_seen_starts_above_the_floor() {
+    let mut reg = Registry::default();
+    assert_eq!(reg.floor(), None);
+    attach(&mut reg, shard(1), 1);
+    assert_eq!(reg.bump_generations(1000), Ok(1));
+    assert_eq!(reg.floor(), Some(Generation(1000)));
+    assert_eq!(gen_of(attach(&mut reg, shard(2), 1)), 1001);
+    let seeded_low = reg.apply(&Command::AttachHook {
+        shard: shard(3),
+        node: Some(NodeId(1)),
+        generation_override: Some(Generation(5)),
+    });
+    assert_eq!(gen_of(seeded_low), 1001);
+    let seeded_high = reg.apply(&Command::AttachHook {
+        shard: shard(4),
+        node: Some(NodeId(1)),
+        generation_override: Some(Generation(5000)),
+    });
+    assert_eq!(gen_of(seeded_high), 5001);
+    // A detach that seeds a shard seeds it at the floor at least.
+    reg.apply(&Command::AttachHook {
+        shard: shard(5),
+        node: None,
+        generation_override: Some(Generation(7)),
+    });
+    assert_eq!(
+        reg.shard(&shard(5)).unwrap().generation,
+        Some(Generation(1000))
+    );
+    // Bumps add up: shards created after the first restore may have reached the floor
+    // plus fewer than the bump.
+    assert_eq!(reg.bump_generations(1000), Ok(5));
+    assert_eq!(gen_of(attach(&mut reg, shard(6), 1)), 2001);
+    assert!(matches!(
+        reg.bump_generations(u32::MAX),
+        Err(Refusal::GenerationExhausted(_))
+    ));
+    // With no shard to refuse it, the floor itself may not wrap.
+    let mut empty = Registry::default();
+    assert_eq!(empty.bump_generations(u32::MAX - 1), Ok(0));
+    assert_eq!(empty.bump_generations(10), Err(Refusal::FloorExhausted));
+    assert_eq!(empty.floor(), Some(Generation(u32::MAX - 1)));
+}
+
+/// The floor is encoded after the shards and nodes, and only when there is one: a
+/// registry without one encodes as before the floor existed, both decode to what was
+/// encoded, and a version that knows no floor refuses one that has it (trailing bytes).
+#[test]
+fn the_floor_is_encoded_only_when_there_is_one() {
+    let mut reg = Registry::default();
+    attach(&mut reg, shard(1), 1);
+    let without = controller_raft::codec::encode(&reg).unwrap();
+    let decoded: Registry = controller_raft::codec::decode(&without).unwrap();
+    assert_eq!((decoded.floor(), &decoded), (None, &reg));
+    reg.bump_generations(10).unwrap();
+    let with = controller_raft::codec::encode(&reg).unwrap();
+    let decoded: Registry = controller_raft::codec::decode(&with).unwrap();
+    assert_eq!((decoded.floor(), &decoded), (Some(Generation(10)), &reg));
+    assert_eq!(
+        with.len(),
+        without.len() + 4,
+        "the floor adds its u32 and nothing else"
+    );
+    assert_eq!(controller_raft::codec::encode(&reg.frozen()).unwrap(), with);
+    // The layout before the floor, as earlier versions decode it: shards, then nodes.
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Earlier {
+        shards: super::shard_map::ShardMap,
+        nodes: std::collections::BTreeMap<NodeId, NodeRecord>,
+    }
+    assert!(controller_raft::codec::decode::<Earlier>(&without).is_ok());
+    assert!(controller_raft::codec::decode::<Earlier>(&with).is_err());
+}
+
 #[test]
 fn bumping_past_u32_is_refused_whole() {
     let mut reg = Registry::default();

@@ -80,6 +80,15 @@ async fn a_backup_restores_into_a_new_cluster_with_generations_above_the_origina
         file.to_str().unwrap(),
     ]);
     assert!(printed.contains("20 tenant shards"), "{printed}");
+    // A shard created after the backup: a pageserver holds its generation 1, which the
+    // backup cannot know.
+    assert_eq!(
+        client
+            .attach_hook(shard(50), Some(NodeId(7)), None)
+            .await
+            .unwrap(),
+        Some(1)
+    );
 
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
@@ -132,6 +141,14 @@ async fn a_backup_restores_into_a_new_cluster_with_generations_above_the_origina
             .await
             .unwrap(),
         Some(old + BUMP + 1)
+    );
+    assert_eq!(
+        restored
+            .attach_hook(shard(50), Some(NodeId(7)), None)
+            .await
+            .unwrap(),
+        Some(BUMP + 1),
+        "a shard the backup never saw starts above the floor, not at 1"
     );
     assert_eq!(
         restored.get_node(NodeId(7)).await.unwrap().listen_http_addr,
@@ -223,6 +240,17 @@ async fn a_lost_majority_is_recovered_from_a_survivor_and_grows_again() {
             .unwrap()
             .0,
         original[3].generation.unwrap() + BUMP
+    );
+    // The floor travelled with the snapshot the new replica caught up from: a shard the
+    // survivor never saw (the lost majority may have issued its generations) starts above
+    // it, whichever replica takes the attach.
+    assert_eq!(
+        cluster
+            .client(4)
+            .attach_hook(shard(99), Some(NodeId(1)), None)
+            .await
+            .unwrap(),
+        Some(BUMP + 1)
     );
 }
 
