@@ -55,6 +55,8 @@ pub struct Membership {
     http: PeerHttp,
     /// Presented when probing other members.
     peer_token: Option<PeerToken>,
+    /// Probes name it, and an answer of another cluster counts as no answer.
+    cluster_id: String,
 }
 
 /// How long a single probe of a member may take.
@@ -105,12 +107,14 @@ impl Membership {
         network: HttpNetwork,
         http: PeerHttp,
         peer_token: Option<PeerToken>,
+        cluster_id: String,
     ) -> Self {
         Self {
             replica,
             network,
             http,
             peer_token,
+            cluster_id,
         }
     }
 
@@ -143,13 +147,23 @@ impl Membership {
             .cloned()
     }
 
-    async fn status_of(&self, member: &Member) -> Option<ClusterStatus> {
-        Client::with_http(&member.url, self.http.get())
+    /// What member `id` at `member` says of itself, if what answers there is that replica
+    /// of this cluster (not a mistyped URL that reaches another member, nor a replica of
+    /// another cluster, such as the one a restored cluster came from).
+    async fn status_of(&self, id: u64, member: &Member) -> Option<ClusterStatus> {
+        let status = Client::with_http(&member.url, self.http.get())
             .with_token(self.peer_token.as_ref().map(PeerToken::token))
+            .with_cluster(Some(self.cluster_id.clone()))
             .with_timeout(PROBE_TIMEOUT)
             .cluster_status()
             .await
-            .ok()
+            .ok()?;
+        if status.replica_id != id || status.cluster_id != self.cluster_id {
+            tracing::debug!(id, %member, answered = status.replica_id, cluster = %status.cluster_id,
+                "another replica answers at this member's URL");
+            return None;
+        }
+        Some(status)
     }
 
     async fn committed(&self) -> u64 {
@@ -216,7 +230,10 @@ impl Membership {
         loop {
             self.ensure_leader()?;
             let committed = self.committed().await;
-            let applied = self.status_of(member).await.and_then(|s| s.applied_index);
+            let applied = self
+                .status_of(id, member)
+                .await
+                .and_then(|s| s.applied_index);
             if applied.is_some_and(|a| a >= committed) {
                 tracing::info!(id, committed, "learner caught up");
                 return Ok(());
@@ -268,7 +285,10 @@ impl Membership {
             for voter in &remaining {
                 let alive = *voter == self.replica.id()
                     || match self.member(*voter) {
-                        Some(member) => self.status_of(&member).await.is_some(),
+                        // A replica waiting to start, or one already removed, holds no vote.
+                        Some(member) => self.status_of(*voter, &member).await.is_some_and(|s| {
+                            !crate::bootstrap::is_fresh(&s) && s.removed.is_none()
+                        }),
                         None => false,
                     };
                 answering += usize::from(alive);

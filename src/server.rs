@@ -382,6 +382,7 @@ pub async fn serve(
         network.clone(),
         peer_http.clone(),
         security.peer_token.clone(),
+        identity.cluster_id.clone(),
     );
     let metrics = Metrics::new();
     metrics.attach(&replica);

@@ -827,6 +827,36 @@ async fn a_removal_that_would_stop_the_cluster_is_refused() {
     cluster.wait_for_voters(&voters).await;
 }
 
+/// A member added at a URL where another replica answers (a typo naming an existing
+/// member) never catches up as far as the leader can tell, so it is never promoted: a
+/// voter that cannot vote would cost the cluster its tolerance of one failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_where_another_replica_answers_is_not_promoted() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.other_than(leader);
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/cluster/members?timeout_s=3",
+            cluster.url(leader)
+        ))
+        .json(&serde_json::json!({"id": 4, "url": cluster.url(follower)}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("did not catch up"), "{body}");
+    let cluster_status = cluster.status_of(leader).await.unwrap();
+    let role = cluster_status
+        .members
+        .iter()
+        .find(|m| m.id == 4)
+        .map(|m| m.role.as_str());
+    assert_eq!(role, Some("learner"), "{cluster_status:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_added_as_a_learner_replicates_and_does_not_vote() {
     let mut cluster = TestCluster::start(3).await;
