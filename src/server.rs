@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::routing::Forwarder;
+use crate::api::types::ClusterStatus;
 use crate::api::{self, ApiState, Limits};
 use crate::auth::{JwtKeys, PeerJwt, PeerToken};
 use crate::bootstrap;
@@ -149,7 +150,8 @@ pub fn derive_cluster_id(name: &str, members: &BTreeMap<u64, Member>) -> String 
 }
 
 /// Opens the data dir, creating it for a fresh member of the initial cluster or for a
-/// replica joining a running one. Returns the replica to join through, if joining.
+/// replica joining a running one. Returns the replicas to ask to join through, if
+/// joining: the cluster's leader first when it is known, then the one given.
 ///
 /// An initial member with an empty data dir first asks its peers whether the cluster
 /// already runs; if so it joins instead of bootstrapping, and if the cluster still lists
@@ -159,12 +161,12 @@ async fn open_data_dir(
     config: &ServeConfig,
     http: &reqwest::Client,
     peer_token: Option<String>,
-) -> anyhow::Result<(DataDir, Option<String>)> {
+) -> anyhow::Result<(DataDir, Vec<String>)> {
     let root = &config.data_dir;
     if DataDir::peek(root)?.is_some() {
         let dir = DataDir::open(root, config.id, Some(&config.cluster_name))?;
         tracing::info!(path = %root.display(), cluster = %dir.identity().cluster_id, "opened existing data dir; --initial-cluster is ignored");
-        return Ok((dir, config.join.clone()));
+        return Ok((dir, config.join.clone().into_iter().collect()));
     }
     let mut join = config.join.clone();
     if join.is_none() && !config.initial_cluster.is_empty() {
@@ -187,25 +189,28 @@ async fn open_data_dir(
             .iter()
             .find(|(_, status)| bootstrap::is_running(status))
         {
-            if status.members.iter().any(|m| m.id == config.id) {
-                bootstrap::leave_to_rejoin(via, config.id, http, peer_token.clone()).await?;
-            }
-            tracing::info!(%via, "the cluster already runs: joining it instead of bootstrapping");
+            // Whether the cluster still lists this replica is asked of its leader below.
+            tracing::info!(%via, leader = ?status.leader, "the cluster already runs: joining it instead of bootstrapping");
             join = Some(via.clone());
         }
     }
+    let mut join_through = Vec::new();
     let (cluster_id, bootstrap) = match &join {
         Some(url) => {
-            let (cluster_id, listed) = cluster_to_join(config, url, http, peer_token.clone()).await?;
-            if listed {
+            let (view, leader_url) = cluster_to_join(config, url, http, peer_token.clone()).await?;
+            if view.members.iter().any(|m| m.id == config.id) {
                 // This id is a member already, but the data dir is empty: the disk was
                 // lost after it joined. Voting now, with no log and no memory of its
                 // vote, could elect a leader that lacks an acknowledged write (and
                 // makes the leader's replication panic over a log that went backwards),
                 // so it leaves first, like an initial member does.
-                bootstrap::leave_to_rejoin(url, config.id, http, peer_token).await?;
+                bootstrap::leave_to_rejoin(&leader_url, config.id, http, peer_token).await?;
             }
-            (cluster_id, Bootstrap::Joined)
+            join_through.push(leader_url);
+            if !join_through.contains(url) {
+                join_through.push(url.clone());
+            }
+            (view.cluster_id, Bootstrap::Joined)
         }
         None if config.initial_cluster.is_empty() => bail!(
             "data dir {} is empty: pass --initial-cluster listing every member (including replica {}) to \
@@ -225,23 +230,23 @@ async fn open_data_dir(
         replica_id: config.id,
         bootstrap,
     };
-    Ok((DataDir::create(root, identity)?, join))
+    Ok((DataDir::create(root, identity)?, join_through))
 }
 
 /// How long a joining replica keeps trying to reach the cluster it joins.
 const JOIN_PATIENCE: Duration = Duration::from_secs(120);
 
 /// Asks the replica at `url` which cluster it belongs to, checking the name matches.
-/// Returns the cluster id, and whether the cluster already lists this replica (at the
-/// same URL).
+/// Returns the cluster's status as its leader answers it (whose members say whether
+/// the cluster already lists this replica), and the leader's URL.
 async fn cluster_to_join(
     config: &ServeConfig,
     url: &str,
     http: &reqwest::Client,
     peer_token: Option<String>,
-) -> anyhow::Result<(String, bool)> {
+) -> anyhow::Result<(ClusterStatus, String)> {
     let client = Client::with_http(url, http.clone())
-        .with_token(peer_token)
+        .with_token(peer_token.clone())
         .with_timeout(Duration::from_secs(2));
     let deadline = std::time::Instant::now() + JOIN_PATIENCE;
     loop {
@@ -264,11 +269,19 @@ async fn cluster_to_join(
                     status.cluster_id
                 )
             }
-            Ok(status) => {
-                tracing::info!(%url, cluster = %status.cluster_id, "joining a running cluster");
-                let listed = status.members.iter().any(|m| m.id == config.id);
-                return Ok((status.cluster_id, listed));
-            }
+            Ok(status) => match leaders_view(&status, http, peer_token.clone()).await {
+                Some((view, leader_url)) => {
+                    tracing::info!(%url, cluster = %view.cluster_id, leader = view.replica_id, "joining a running cluster");
+                    return Ok((view, leader_url));
+                }
+                None if std::time::Instant::now() < deadline => {
+                    tracing::info!(%url, leader = ?status.leader, "waiting for the leader of the cluster to join");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                None => bail!(
+                    "the cluster {url} belongs to has no leader that answers; a replica joins through its leader"
+                ),
+            },
             Err(e) if std::time::Instant::now() < deadline => {
                 tracing::info!(%url, error = %e, "waiting for the cluster to join");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -276,6 +289,52 @@ async fn cluster_to_join(
             Err(e) => bail!("could not reach {url} to join its cluster: {e}"),
         }
     }
+}
+
+/// The cluster's status as its leader answers it, given another replica's `status`, and
+/// the leader's URL. Whether the cluster lists a replica must come from the leader:
+/// another replica's membership may lag behind a change that already made it a voter
+/// (a voter that lost its data must leave before it starts Raft again), and a replica
+/// that was removed while down still lists itself. Asks the leader `status` names, else
+/// every member it lists. None while no leader answers.
+async fn leaders_view(
+    status: &ClusterStatus,
+    http: &reqwest::Client,
+    peer_token: Option<String>,
+) -> Option<(ClusterStatus, String)> {
+    if status.state == "leader" && status.removed.is_none() {
+        let url = &status
+            .members
+            .iter()
+            .find(|m| m.id == status.replica_id)?
+            .url;
+        return Some((status.clone(), url.clone()));
+    }
+    let named = status
+        .members
+        .iter()
+        .filter(|m| Some(m.id) == status.leader);
+    let others = status
+        .members
+        .iter()
+        .filter(|m| Some(m.id) != status.leader && m.id != status.replica_id);
+    for member in named.chain(others) {
+        let answer = Client::with_http(&member.url, http.clone())
+            .with_token(peer_token.clone())
+            .with_cluster(Some(status.cluster_id.clone()))
+            .with_timeout(Duration::from_secs(2))
+            .cluster_status()
+            .await;
+        if let Ok(view) = answer {
+            if view.state == "leader"
+                && view.replica_id == member.id
+                && view.cluster_id == status.cluster_id
+            {
+                return Some((view, member.url.clone()));
+            }
+        }
+    }
+    None
 }
 
 /// One pooled HTTP client for all replica-to-replica traffic; trusts the certificates
@@ -439,7 +498,7 @@ pub async fn serve(
     let failure = Arc::new(std::sync::Mutex::new(None::<String>));
     tokio::spawn(watch_raft(replica.metrics(), stop.clone(), failure.clone()));
     let initialized = replica.raft().is_initialized().await?;
-    match (identity.bootstrap, &join) {
+    match (identity.bootstrap, join.first()) {
         (Bootstrap::InitialMember, _) if !initialized => {
             tokio::spawn(bootstrap(
                 replica.clone(),
@@ -450,11 +509,11 @@ pub async fn serve(
                 stop.clone(),
             ));
         }
-        (Bootstrap::Joined, Some(url)) if !initialized => {
+        (Bootstrap::Joined, Some(_)) if !initialized => {
             tokio::spawn(ask_to_join(
                 replica.clone(),
                 Via {
-                    url: url.clone(),
+                    urls: join.clone(),
                     http: peer_http.clone(),
                     peer_token: security.peer_token.clone(),
                     cluster_id: identity.cluster_id.clone(),
@@ -563,7 +622,8 @@ async fn hand_leadership_away(replica: &Replica, membership: &Membership, within
 
 /// The replica a joining one asks to be added through.
 struct Via {
-    url: String,
+    /// Asked in turn, one per attempt.
+    urls: Vec<String>,
     http: PeerHttp,
     peer_token: Option<PeerToken>,
     cluster_id: String,
@@ -572,8 +632,8 @@ struct Via {
 impl Via {
     /// A client with the CA and peer token as they are now: a join may wait for a
     /// quorum for long enough that either is rotated meanwhile.
-    fn client(&self) -> Client {
-        Client::with_http(&self.url, self.http.get())
+    fn client(&self, attempt: usize) -> Client {
+        Client::with_http(&self.urls[attempt % self.urls.len()], self.http.get())
             .with_token(self.peer_token.as_ref().map(PeerToken::token))
             .with_cluster(Some(self.cluster_id.clone()))
     }
@@ -588,7 +648,7 @@ async fn ask_to_join(
     failure: Arc<std::sync::Mutex<Option<String>>>,
 ) {
     let id = replica.id();
-    loop {
+    for attempt in 0.. {
         // The answer may have been lost (the replica asked may have died after adding
         // us): the replicated membership says whether we are in.
         let is_voter = replica
@@ -602,7 +662,7 @@ async fn ask_to_join(
             tracing::info!("this replica is a voter of the cluster");
             return;
         }
-        let cluster = via.client();
+        let cluster = via.client(attempt);
         tokio::select! {
             result = cluster.add_member(id, &url, false) => match result {
                 Ok(status) => {

@@ -151,3 +151,64 @@ async fn a_joined_replica_that_lost_its_disk_leaves_and_rejoins_by_itself() {
         cluster.log_of(4)
     );
 }
+
+/// Whether the cluster still lists a replica that lost its disk is the leader's to say:
+/// the replica it joins through may hold an older membership. Here that one was removed
+/// while down and still lists the old three, not replica 4, which the cluster made a
+/// voter meanwhile. Asked alone, it let the wiped replica 4 start Raft as the voter it
+/// was, with an empty log and no vote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_lost_its_disk_asks_the_leader_whether_it_is_listed() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let stale = cluster.other_than(leader);
+    cluster.kill(stale);
+    cluster
+        .client(leader)
+        .remove_member(stale, false)
+        .await
+        .unwrap();
+    let mut voters = cluster.running();
+    cluster.join(4, leader).await;
+    voters.push(4);
+    voters.sort_unstable();
+    cluster.wait_for_voters(&voters).await;
+    cluster.attach_all(leader, 0..10, 1).await;
+    cluster.wait_caught_up(4).await;
+
+    // The removed replica comes back on its data dir: its membership is the old one.
+    cluster.restart(stale).await;
+    let view = &cluster;
+    let members = wait_for(
+        "the removed replica to answer",
+        Duration::from_secs(30),
+        || async move {
+            let status = view.status_of(stale).await?;
+            Some(status.members.iter().map(|m| m.id).collect::<Vec<_>>())
+        },
+    )
+    .await;
+    assert!(!members.contains(&4), "{members:?}");
+
+    cluster.kill(4);
+    cluster.wipe(4);
+    cluster.launch_joining_through(4, cluster.url(stale));
+    cluster.wait_for_voters(&voters).await;
+    let view = &cluster;
+    wait_for(
+        "replica 4 to catch up again",
+        Duration::from_secs(60),
+        || async move {
+            let found = view.client(4).inspect(shard(9)).await.ok()??;
+            (found == (1, NodeId(1))).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        cluster
+            .log_of(4)
+            .contains("Asking the cluster to remove it"),
+        "replica 4 voted again with an empty log:\n{}",
+        cluster.log_of(4)
+    );
+}

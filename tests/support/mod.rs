@@ -416,6 +416,14 @@ impl TestCluster {
         self.spawn(id);
     }
 
+    /// Starts a stopped replica again (same id, port and data dir) with `--join url`,
+    /// without waiting for it to answer.
+    pub fn launch_joining_through(&mut self, id: u64, url: String) {
+        assert!(!self.is_running(id), "stop replica {id} first");
+        self.replicas.get_mut(&id).expect("known replica").join = Some(url);
+        self.spawn(id);
+    }
+
     /// Deletes a stopped replica's data dir (a lost disk).
     pub fn wipe(&mut self, id: u64) {
         assert!(!self.is_running(id), "stop replica {id} before wiping it");
