@@ -12,8 +12,13 @@
 //! 3. **Linearizability** ([`search`]): each shard's history against the generation
 //!    model ([`model`]), treating writes of unknown outcome as possibly applied at any
 //!    time after their call. Per shard is enough for single-shard operations
-//!    (linearizability is compositional); re-attach spans shards, which the rules'
-//!    torn re-attach check covers.
+//!    (linearizability is compositional). Re-attach and validate span shards, and per
+//!    shard, nothing ties their shards to one state: the rules' torn re-attach check
+//!    covers an *acknowledged* re-attach whose listed generations no single state
+//!    explains, but not a re-attach of unknown outcome applied to some of its shards, a
+//!    validate whose answers come from two states, or a re-attach that leaves out a shard
+//!    attached at its commit point (RELIABILITY.md, "What is not covered"). The server
+//!    applies each as one log entry and answers each from one locked state.
 //!
 //! A search that runs out of budget is *inconclusive*: reported, and a failure, because a
 //! run whose history cannot be checked proves nothing. The traffic keeps each shard's

@@ -188,6 +188,34 @@ fn writes_of_unknown_outcome_may_land_late_or_never() {
     assert_passes(&h);
 }
 
+/// The freedom of a write of unknown outcome has two bounds: it cannot take effect before
+/// it was called, and it takes effect at most once.
+#[test]
+fn a_write_of_unknown_outcome_lands_after_its_call_and_at_most_once() {
+    // Seen on node 2 before anything asked for node 2.
+    let mut early = H::default();
+    early
+        .attach(0, 10, 1, 1, 1)
+        .inspect(20, 30, 1, Some((2, 2)))
+        .attach_unknown(40, 50, 1, 2);
+    assert!(!early.verdict().passed(), "{:#?}", early.verdict());
+    assert!(search_rejects(&early));
+    // One attach of unknown outcome, seen as two.
+    let mut twice = H::default();
+    twice
+        .attach(0, 10, 1, 1, 1)
+        .attach_unknown(20, 30, 1, 2)
+        .inspect(40, 50, 1, Some((3, 2)));
+    assert!(!twice.verdict().passed(), "{:#?}", twice.verdict());
+    assert!(search_rejects(&twice));
+    // Seen once, after its call: fine.
+    let mut once = H::default();
+    once.attach(0, 10, 1, 1, 1)
+        .attach_unknown(20, 30, 1, 2)
+        .inspect(40, 50, 1, Some((2, 2)));
+    assert_passes(&once);
+}
+
 #[test]
 fn concurrent_attaches_may_be_ordered_either_way() {
     let mut h = H::default();
