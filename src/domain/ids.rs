@@ -23,7 +23,8 @@ pub enum IdParseError {
     #[error("invalid tenant shard id {0:?}: shard number must be below shard count")]
     ShardOutOfRange(String),
     #[error(
-        "invalid tenant shard id {0:?}: an unsharded tenant is written without a -0000 suffix"
+        "invalid tenant shard id {0:?}: the shard count is 0; an unsharded tenant is written \
+         without a suffix (not -0000), a sharded one with a count of at least 1"
     )]
     ZeroCount(String),
 }
