@@ -301,9 +301,11 @@ async fn recover_everything(cluster: &mut Cluster, timings: &Timings) -> anyhow:
 }
 
 /// Reads every shard the history mentions back through every replica, recorded as the
-/// client `final`: one inspect per shard, and the newest acknowledged generation of each
-/// validated in batches. The checker then sees whether every acknowledged generation
-/// survived.
+/// client `final`: an inspect of each shard, and the newest acknowledged generation of
+/// each validated in batches, through each replica. The checker then sees whether every
+/// acknowledged generation survived on every replica (a validate answering false alone
+/// cannot tell a lost generation from one superseded by a write of unknown outcome; the
+/// inspect says which).
 async fn final_reads(cluster: &Cluster, history: &History) -> anyhow::Result<()> {
     let ops = history.ops();
     let newest = crate::history::newest_generations(&ops);
@@ -321,9 +323,10 @@ async fn final_reads(cluster: &Cluster, history: &History) -> anyhow::Result<()>
     }
     let members = cluster.members().to_vec();
     tracing::info!(shards = shards.len(), "final reads");
-    for (i, shard) in shards.iter().enumerate() {
-        let via = members[i % members.len()];
-        read_until_answered(cluster, history, via, Request::Inspect { shard: *shard }).await?;
+    for via in &members {
+        for shard in &shards {
+            read_until_answered(cluster, history, *via, Request::Inspect { shard: *shard }).await?;
+        }
     }
     let pairs: Vec<(TenantShardId, u32)> = newest.into_iter().collect();
     for via in &members {

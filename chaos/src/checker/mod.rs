@@ -13,12 +13,14 @@
 //!    model ([`model`]), treating writes of unknown outcome as possibly applied at any
 //!    time after their call. Per shard is enough for single-shard operations
 //!    (linearizability is compositional). Re-attach and validate span shards, and per
-//!    shard, nothing ties their shards to one state: the rules' torn re-attach check
-//!    covers an *acknowledged* re-attach whose listed generations no single state
-//!    explains, but not a re-attach of unknown outcome applied to some of its shards, a
-//!    validate whose answers come from two states, or a re-attach that leaves out a shard
-//!    attached at its commit point (RELIABILITY.md, "What is not covered"). The server
-//!    applies each as one log entry and answers each from one locked state.
+//!    shard, nothing ties their shards to one state: the rules' torn checks cover an
+//!    *acknowledged* re-attach, and a validate's `valid: true` answers, that no single
+//!    point between the other operations' calls and returns explains. They miss what
+//!    only the order of the spanning operation itself against another one that spans
+//!    the same shards would show, a re-attach of unknown outcome applied to some of its
+//!    shards, and a re-attach that leaves out a shard attached at its commit point
+//!    (RELIABILITY.md, "What is not covered"). The server applies each re-attach as one
+//!    log entry and answers each validate from one locked state.
 //!
 //! A search that runs out of budget is *inconclusive*: reported, and a failure, because a
 //! run whose history cannot be checked proves nothing. The traffic keeps each shard's
@@ -59,6 +61,8 @@ pub enum Rule {
     LostGeneration,
     /// A re-attach's answers come from more than one state.
     TornReAttach,
+    /// A validate call's answers come from more than one state.
+    TornValidate,
     /// No order of the shard's operations explains what their callers observed.
     NotLinearizable,
 }

@@ -198,22 +198,33 @@ struct Bound {
 /// or above (it comes before their returns). If the latest such call is not before the
 /// earliest such return, no single point explains the answer: the re-attach was torn
 /// across states.
+///
+/// A validate call is answered from one state too: each shard it called valid at g pins
+/// its point after the calls of operations that saw below g and before the returns of
+/// those that saw above g (a shard called invalid pins nothing: the generation may be
+/// either side of g).
 pub fn check_re_attaches(
     per_shard: &BTreeMap<TenantShardId, Vec<TenantOp>>,
     out: &mut Vec<Violation>,
 ) {
-    // re-attach op id -> (latest lower bound, earliest upper bound)
-    let mut bounds: BTreeMap<u64, (Option<Bound>, Option<Bound>)> = BTreeMap::new();
+    // op id -> (the rule it breaks if torn, latest lower bound, earliest upper bound)
+    let mut bounds: BTreeMap<u64, (Rule, Option<Bound>, Option<Bound>)> = BTreeMap::new();
     for (shard, ops) in per_shard {
         for r in ops {
-            let Step::ReAttach {
-                observed: Some(Some(listed)),
-                ..
-            } = r.step
-            else {
-                continue;
+            // The generation the shard had at the op's point: seen below it means
+            // before, seen at `later_from` or above means after.
+            let (rule, at, later_from) = match r.step {
+                Step::ReAttach {
+                    observed: Some(Some(listed)),
+                    ..
+                } => (Rule::TornReAttach, listed, listed),
+                Step::Validate {
+                    generation,
+                    valid: Some(true),
+                } => (Rule::TornValidate, generation, generation.saturating_add(1)),
+                _ => continue,
             };
-            let entry = bounds.entry(r.op).or_default();
+            let entry = bounds.entry(r.op).or_insert((rule, None, None));
             for o in ops.iter().filter(|o| o.op != r.op) {
                 let Some(return_us) = o.return_us else {
                     continue;
@@ -240,40 +251,45 @@ pub fn check_re_attaches(
                     } => g,
                     _ => continue,
                 };
-                if seen < listed {
+                if seen < at {
                     let bound = Bound {
                         shard: *shard,
                         op: o.op,
                         time_us: o.call_us,
                     };
-                    if entry.0.is_none_or(|b| b.time_us < bound.time_us) {
-                        entry.0 = Some(bound);
+                    if entry.1.is_none_or(|b| b.time_us < bound.time_us) {
+                        entry.1 = Some(bound);
                     }
-                } else {
+                } else if seen >= later_from {
                     let bound = Bound {
                         shard: *shard,
                         op: o.op,
                         time_us: return_us,
                     };
-                    if entry.1.is_none_or(|b| b.time_us > bound.time_us) {
-                        entry.1 = Some(bound);
+                    if entry.2.is_none_or(|b| b.time_us > bound.time_us) {
+                        entry.2 = Some(bound);
                     }
                 }
             }
         }
     }
-    for (op, bounds) in bounds {
-        let (Some(after), Some(before)) = bounds else {
+    for (op, (rule, after, before)) in bounds {
+        let (Some(after), Some(before)) = (after, before) else {
             continue;
         };
         // Within one shard the search reports it; across shards only this rule can.
         if after.time_us >= before.time_us && after.shard != before.shard {
+            let what = if rule == Rule::TornReAttach {
+                "re-attach"
+            } else {
+                "validate"
+            };
             out.push(Violation {
-                rule: Rule::TornReAttach,
+                rule,
                 shard: None,
                 ops: vec![op, after.op, before.op],
                 message: format!(
-                    "re-attach op {op} cannot have happened at one point: on shard {} it \
+                    "{what} op {op} cannot have happened at one point: on shard {} it \
                      must come after op {} was called ({} µs), on shard {} before op {} \
                      returned ({} µs)",
                     after.shard, after.op, after.time_us, before.shard, before.op, before.time_us

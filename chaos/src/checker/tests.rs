@@ -76,6 +76,20 @@ impl H {
         )
     }
 
+    /// One validate call about several shards: (shard, generation, answered valid).
+    fn validate_many(&mut self, call: u64, ret: u64, asked: &[(u8, u32, bool)]) -> &mut Self {
+        self.ok(
+            call,
+            ret,
+            Request::Validate {
+                tenants: asked.iter().map(|(s, g, _)| (shard(*s), *g)).collect(),
+            },
+            Answer::Validated {
+                tenants: asked.iter().map(|(s, _, v)| (shard(*s), *v)).collect(),
+            },
+        )
+    }
+
     fn inspect(&mut self, call: u64, ret: u64, s: u8, attachment: Option<(u32, u64)>) -> &mut Self {
         self.ok(
             call,
@@ -307,6 +321,34 @@ fn a_re_attach_torn_across_two_states_is_caught() {
     // Each shard on its own is fine: only the cross-shard rule sees it.
     assert!(!verdict.breaks(Rule::NotLinearizable), "{verdict:#?}");
     assert!(!search_rejects(&h));
+}
+
+#[test]
+fn a_validate_answered_from_two_states_is_caught() {
+    // One long validate asks about shards 1 and 2. Shard 1 moved to generation 2 early,
+    // shard 2 late, with a read of shard 2 at 1 in between: "1 is valid for shard 1"
+    // puts the validate before 20, "2 is valid for shard 2" after 30.
+    let mut torn = H::default();
+    torn.attach(0, 5, 1, 1, 1)
+        .attach(0, 5, 2, 1, 1)
+        .validate_many(8, 1000, &[(1, 1, true), (2, 2, true)])
+        .attach(10, 20, 1, 1, 2)
+        .inspect(30, 40, 2, Some((1, 1)))
+        .attach(50, 60, 2, 1, 2);
+    let verdict = torn.verdict();
+    assert!(verdict.breaks(Rule::TornValidate), "{verdict:#?}");
+    // Each shard on its own is fine: only the cross-shard rule sees it.
+    assert!(!search_rejects(&torn));
+    // Both answers from before the first move: one state explains them.
+    let mut whole = H::default();
+    whole
+        .attach(0, 5, 1, 1, 1)
+        .attach(0, 5, 2, 1, 1)
+        .validate_many(8, 1000, &[(1, 1, true), (2, 1, true)])
+        .attach(10, 20, 1, 1, 2)
+        .inspect(30, 40, 2, Some((1, 1)))
+        .attach(50, 60, 2, 1, 2);
+    assert_passes(&whole);
 }
 
 #[test]
