@@ -473,6 +473,24 @@ fn migrate_to_where_the_shard_is_keeps_its_generation() {
 }
 
 #[test]
+fn a_migrate_to_another_node_that_keeps_the_generation_is_caught() {
+    // Moving to another node must hand out a new generation: answering the old one gives
+    // the same generation to two pageservers. The named rules cannot tell a move from a
+    // migrate to where the shard already is (which keeps it); the search can.
+    let mut h = H::default();
+    h.attach(0, 10, 1, 1, 1).ok(
+        11,
+        20,
+        Request::Migrate {
+            shard: shard(1),
+            node: NodeId(2),
+        },
+        Answer::Migrated { generation: 1 },
+    );
+    assert_breaks(&h, Rule::NotLinearizable);
+}
+
+#[test]
 fn an_exhausted_budget_is_inconclusive_not_a_pass() {
     let mut h = H::default();
     for i in 0..30 {
