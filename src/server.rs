@@ -498,6 +498,13 @@ pub async fn serve(
     let failure = Arc::new(std::sync::Mutex::new(None::<String>));
     tokio::spawn(watch_raft(replica.metrics(), stop.clone(), failure.clone()));
     let initialized = replica.raft().is_initialized().await?;
+    // A replica that joined, restarted before it was promoted (its catch-up cut short),
+    // finds itself a learner: it asks again, or it would stay one for good.
+    let still_a_learner = initialized && {
+        let metrics = replica.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        membership.get_node(&config.id).is_some() && !membership.voter_ids().any(|v| v == config.id)
+    };
     match (identity.bootstrap, join.first()) {
         (Bootstrap::InitialMember, _) if !initialized => {
             tokio::spawn(bootstrap(
@@ -509,7 +516,10 @@ pub async fn serve(
                 stop.clone(),
             ));
         }
-        (Bootstrap::Joined, Some(_)) if !initialized => {
+        (Bootstrap::Joined, Some(_)) if !initialized || still_a_learner => {
+            if still_a_learner {
+                tracing::info!("restarted as a learner before being promoted: asking again");
+            }
             tokio::spawn(ask_to_join(
                 replica.clone(),
                 Via {

@@ -857,6 +857,45 @@ async fn a_member_added_where_another_replica_answers_is_not_promoted() {
     assert_eq!(role, Some("learner"), "{cluster_status:?}");
 }
 
+/// A replica that joined with `--join` and restarts while still a learner (its catch-up
+/// cut short by a crash or a rollout) asks again to be promoted: it asked only on its
+/// first start before, and stayed a learner for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_replica_restarted_as_a_learner_asks_again_to_be_a_voter() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.join(4, leader).await;
+    cluster.wait_for_voters(&[1, 2, 3, 4]).await;
+    // Leave it a learner, as a join cut short would.
+    let leader = cluster.wait_for_leader().await;
+    let client = cluster.client(leader);
+    client.remove_member(4, false).await.unwrap();
+    cluster.wait_for_voters(&[1, 2, 3]).await;
+    client.add_member(4, &cluster.url(4), true).await.unwrap();
+    let view = &cluster;
+    wait_for(
+        "replica 4 to hold the membership that makes it a learner",
+        DEADLINE,
+        || async move {
+            let status = view.status_of(4).await?;
+            let me = status.members.iter().find(|m| m.id == 4)?;
+            (me.role == "learner" && status.removed.is_none()).then_some(())
+        },
+    )
+    .await;
+    // Restarted with the same flags (`--join`), it asks again.
+    cluster.kill(4);
+    cluster.restart(4).await;
+    cluster.wait_for_voters(&[1, 2, 3, 4]).await;
+    assert!(
+        cluster
+            .log_of(4)
+            .contains("restarted as a learner before being promoted"),
+        "{}",
+        cluster.log_of(4)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_added_as_a_learner_replicates_and_does_not_vote() {
     let mut cluster = TestCluster::start(3).await;
