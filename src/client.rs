@@ -406,6 +406,19 @@ impl Client {
         self.get("/v1/cluster").await
     }
 
+    /// [`Self::cluster_status`], if what answers is replica `id` of cluster `cluster_id`:
+    /// a URL that reaches another replica, or a replica of another cluster, counts as no
+    /// answer (as does an error).
+    pub async fn member_status(&self, id: u64, cluster_id: &str) -> Option<ClusterStatus> {
+        let status = self.cluster_status().await.ok()?;
+        if status.replica_id != id || status.cluster_id != cluster_id {
+            tracing::debug!(id, url = %self.base, answered = status.replica_id, cluster = %status.cluster_id,
+                "another replica answers at this member's URL");
+            return None;
+        }
+        Some(status)
+    }
+
     /// Adds replica `id` at `url`; returns once it caught up and (unless `learner`) votes.
     pub async fn add_member(&self, id: u64, url: &str, learner: bool) -> Result<ClusterStatus> {
         let request = AddMemberRequest {

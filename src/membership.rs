@@ -151,19 +151,12 @@ impl Membership {
     /// of this cluster (not a mistyped URL that reaches another member, nor a replica of
     /// another cluster, such as the one a restored cluster came from).
     async fn status_of(&self, id: u64, member: &Member) -> Option<ClusterStatus> {
-        let status = Client::with_http(&member.url, self.http.get())
+        Client::with_http(&member.url, self.http.get())
             .with_token(self.peer_token.as_ref().map(PeerToken::token))
             .with_cluster(Some(self.cluster_id.clone()))
             .with_timeout(PROBE_TIMEOUT)
-            .cluster_status()
+            .member_status(id, &self.cluster_id)
             .await
-            .ok()?;
-        if status.replica_id != id || status.cluster_id != self.cluster_id {
-            tracing::debug!(id, %member, answered = status.replica_id, cluster = %status.cluster_id,
-                "another replica answers at this member's URL");
-            return None;
-        }
-        Some(status)
     }
 
     async fn committed(&self) -> u64 {

@@ -323,15 +323,10 @@ async fn leaders_view(
             .with_token(peer_token.clone())
             .with_cluster(Some(status.cluster_id.clone()))
             .with_timeout(Duration::from_secs(2))
-            .cluster_status()
+            .member_status(member.id, &status.cluster_id)
             .await;
-        if let Ok(view) = answer {
-            if view.state == "leader"
-                && view.replica_id == member.id
-                && view.cluster_id == status.cluster_id
-            {
-                return Some((view, member.url.clone()));
-            }
+        if let Some(view) = answer.filter(|view| view.state == "leader") {
+            return Some((view, member.url.clone()));
         }
     }
     None

@@ -24,7 +24,7 @@ use super::{ProposeError, ReadError};
 use crate::consensus::{LogStore, Raft};
 use crate::domain::{Command, Outcome};
 
-/// Most commands in one log entry (about 16 KiB of attaches): an entry stays far below
+/// Most commands in one log entry (about 8 KiB of attaches): an entry stays far below
 /// sled's blob threshold, though a leaf of such entries may not (the log store fsyncs
 /// blob files for that reason).
 pub const MAX_BATCH: usize = 256;

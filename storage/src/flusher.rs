@@ -11,8 +11,8 @@
 //! file's size are durable too, and an fsync of every blob file sled created since the
 //! last flush, and of the blob directory (sled never does either). sled writes any
 //! message over a quarter of a segment (128 KiB) to a blob file, and not only large
-//! values: it rewrites a whole leaf of up to 16 log entries as one message, so a few
-//! entries of 256 commands each are enough. Blob files are fsynced before the flush
+//! values: it rewrites a whole leaf of up to 16 log entries as one message, so entries of
+//! over about 8 KiB each (a full batch of 256 attaches is about that) are enough. Blob files are fsynced before the flush
 //! (the log about to be made durable points at them) and once more after it (for any
 //! created meanwhile). After each flush, the [`Watermark`] records what it made durable.
 //!

@@ -143,7 +143,7 @@ pub fn check_with_budget(ops: &[Op], max_steps: u64) -> Verdict {
     for (shard, ops) in &per_shard {
         rules::check_shard(*shard, ops, &mut verdict.violations);
     }
-    rules::check_re_attaches(&per_shard, &mut verdict.violations);
+    rules::check_torn(&per_shard, &mut verdict.violations);
 
     // A shard that already broke a named rule is not linearizable; searching it would
     // only spend the budget proving so (an exhaustive search of a wrong history is the

@@ -203,10 +203,7 @@ struct Bound {
 /// its point after the calls of operations that saw below g and before the returns of
 /// those that saw above g (a shard called invalid pins nothing: the generation may be
 /// either side of g).
-pub fn check_re_attaches(
-    per_shard: &BTreeMap<TenantShardId, Vec<TenantOp>>,
-    out: &mut Vec<Violation>,
-) {
+pub fn check_torn(per_shard: &BTreeMap<TenantShardId, Vec<TenantOp>>, out: &mut Vec<Violation>) {
     // op id -> (the rule it breaks if torn, latest lower bound, earliest upper bound)
     let mut bounds: BTreeMap<u64, (Rule, Option<Bound>, Option<Bound>)> = BTreeMap::new();
     for (shard, ops) in per_shard {
