@@ -176,11 +176,14 @@ impl Watermark {
         })
     }
 
-    /// Starts from the log's checked state at open, and records it.
+    /// Starts from the log's checked state at open, and records it durably, name
+    /// included: [`Watermark::open`] may have just created the file, and a record whose
+    /// name a power loss takes away reads as missing, which turns the check off.
     pub(crate) fn start(&self, current: Mark) -> io::Result<()> {
         let mut state = self.lock();
         state.written = current;
-        write(&mut state, current, true)
+        write(&mut state, current, true)?;
+        crate::data_dir::sync_dir(self.path.parent().unwrap_or(Path::new(".")))
     }
 
     pub(crate) fn path(&self) -> &Path {

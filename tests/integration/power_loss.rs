@@ -7,6 +7,9 @@
 //! kill -9 cannot show this: the kernel keeps a killed process's writes. A replica that
 //! answered before its fsync, or trusted sled's `sync_file_range`, passes every kill
 //! test and fails this one.
+//!
+//! The same file system also fails fsyncs on demand, for what a log store does when its
+//! disk starts failing.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -261,9 +264,8 @@ async fn acknowledged_generations_survive_every_replica_losing_power_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_whose_pages_sled_writes_to_blob_files_keeps_what_it_acknowledged() {
     use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
-    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader};
-    use pageserver_controller::consensus::{LogStore, Proposal, TypeConfig};
-    use pageserver_controller::domain::Command;
+    use openraft::RaftLogReader;
+    use pageserver_controller::consensus::LogStore;
     use pageserver_controller::replica::MAX_BATCH;
 
     if skipped() {
@@ -273,17 +275,10 @@ async fn a_log_whose_pages_sled_writes_to_blob_files_keeps_what_it_acknowledged(
     let disk = Disk(Some(tempfile::tempdir().unwrap()));
     let backing = disk.0.as_ref().unwrap().path().to_owned();
     let mountpoint = tempfile::tempdir().unwrap();
-    let entry = |index: u64| Entry::<TypeConfig> {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Proposal {
-            commands: (0..2 * MAX_BATCH as u32)
-                .map(|n| Command::AttachHook {
-                    shard: shard(index as u32 * 2 * MAX_BATCH as u32 + n),
-                    node: Some(NodeId(u64::from(n))),
-                    generation_override: None,
-                })
-                .collect(),
-        }),
+    let per_entry = 2 * MAX_BATCH as u32;
+    let entry = |index: u64| {
+        let first = index as u32 * per_entry;
+        log_entry(index, first..first + per_entry)
     };
     let blobs_seen = {
         let mounted = Mounted::mount(&backing, mountpoint.path(), Survivors::None, Names::Strict)
@@ -307,6 +302,13 @@ async fn a_log_whose_pages_sled_writes_to_blob_files_keeps_what_it_acknowledged(
         blobs_seen > 0,
         "sled wrote no blob file: the test did not reach what it is about"
     );
+    // The watermark, created beside the log at its first open, is there to check it.
+    let watermark = backing.join("log.watermark");
+    assert!(
+        std::fs::metadata(&watermark).is_ok_and(|m| m.len() > 0),
+        "the log's watermark ({}) did not survive the power loss: its name was never fsynced",
+        watermark.display()
+    );
     let _mounted = Mounted::mount(&backing, mountpoint.path(), Survivors::None, Names::Strict)
         .expect("mount again");
     let mut log = LogStore::open(&mountpoint.path().join("log"), 1, 64 << 20)
@@ -321,5 +323,83 @@ async fn a_log_whose_pages_sled_writes_to_blob_files_keeps_what_it_acknowledged(
     assert_eq!(entries.len() as u64, ENTRIES);
     for (got, index) in entries.iter().zip(1..) {
         assert_eq!(*got, entry(index), "entry {index} changed");
+    }
+}
+
+/// Once an fsync of the log fails, nothing is acknowledged again in this process, even
+/// after fsyncs work again: the kernel may have dropped the pages the failed fsync could
+/// not write, and a later fsync that succeeds says nothing about them. Opened again (a
+/// restart), the log holds what was acknowledged before the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_whose_fsync_failed_acknowledges_nothing_more() {
+    use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+    use pageserver_controller::consensus::LogStore;
+
+    if skipped() {
+        return;
+    }
+    let disk = Disk(Some(tempfile::tempdir().unwrap()));
+    let backing = disk.0.as_ref().unwrap().path().to_owned();
+    let mountpoint = tempfile::tempdir().unwrap();
+    let entry = |index: u64| log_entry(index, index as u32..index as u32 + 1);
+    let mounted = Mounted::mount(
+        &backing,
+        mountpoint.path(),
+        Survivors::None,
+        Names::Journaled,
+    )
+    .expect("mount");
+    let path = mountpoint.path().join("log");
+    {
+        let mut log = LogStore::open(&path, 1, 64 << 20).expect("open the log");
+        log.blocking_append([entry(1)])
+            .await
+            .expect("a healthy disk");
+        mounted.faults.fsync_fails.store(true, Ordering::Relaxed);
+        let failed = log.blocking_append([entry(2)]).await;
+        assert!(
+            failed.is_err(),
+            "an append whose fsync failed was acknowledged"
+        );
+        mounted.faults.fsync_fails.store(false, Ordering::Relaxed);
+        for index in 3..=4 {
+            let after = log.blocking_append([entry(index)]).await;
+            assert!(
+                after.is_err(),
+                "entry {index} was acknowledged by a log whose fsync had failed"
+            );
+        }
+    }
+    controller_storage::wait_until_released(&path).expect("sled lets go of its lock");
+    let mut log = LogStore::open(&path, 1, 64 << 20)
+        .unwrap_or_else(|e| panic!("the log did not open again: {e}"));
+    let state = log.get_log_state().await.unwrap();
+    assert!(
+        state.last_log_id.is_some_and(|id| id.index >= 1),
+        "the entry acknowledged before the failure is gone: {state:?}"
+    );
+    drop(log);
+    controller_storage::wait_until_released(&path).expect("sled lets go of its lock");
+    drop(mounted);
+}
+
+/// Log entry `index` (term 1) attaching each tenant in `tenants` to a node.
+fn log_entry(
+    index: u64,
+    tenants: std::ops::Range<u32>,
+) -> openraft::Entry<pageserver_controller::consensus::TypeConfig> {
+    use pageserver_controller::consensus::Proposal;
+    use pageserver_controller::domain::Command;
+    openraft::Entry {
+        log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+        payload: openraft::EntryPayload::Normal(Proposal {
+            commands: tenants
+                .map(|tenant| Command::AttachHook {
+                    shard: shard(tenant),
+                    node: Some(NodeId(u64::from(tenant % 3 + 1))),
+                    generation_override: None,
+                })
+                .collect(),
+        }),
     }
 }

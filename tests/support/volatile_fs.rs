@@ -23,7 +23,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -82,12 +82,21 @@ pub struct Counters {
     pub lost_entries: AtomicU64,
 }
 
+/// Faults a test switches on while the file system is mounted.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Every fsync (of a file or a directory) fails with EIO and makes nothing durable,
+    /// as on a disk that has started to fail.
+    pub fsync_fails: AtomicBool,
+}
+
 /// A mounted [`VolatileFs`]; dropping it (or [`Mounted::power_loss`]) unmounts it and
 /// writes what was durable to the backing directory.
 pub struct Mounted {
     session: Option<fuser::BackgroundSession>,
     pub mountpoint: PathBuf,
     pub counters: Arc<Counters>,
+    pub faults: Arc<Faults>,
 }
 
 impl Mounted {
@@ -99,7 +108,14 @@ impl Mounted {
         names: Names,
     ) -> std::io::Result<Mounted> {
         let counters = Arc::new(Counters::default());
-        let fs = VolatileFs::load(backing.to_owned(), counters.clone(), survivors, names)?;
+        let faults = Arc::new(Faults::default());
+        let fs = VolatileFs::load(
+            backing.to_owned(),
+            counters.clone(),
+            faults.clone(),
+            survivors,
+            names,
+        )?;
         let session = fuser::spawn_mount2(
             fs,
             mountpoint,
@@ -109,6 +125,7 @@ impl Mounted {
             session: Some(session),
             mountpoint: mountpoint.to_owned(),
             counters,
+            faults,
         })
     }
 
@@ -197,6 +214,7 @@ impl Node {
 struct VolatileFs {
     backing: PathBuf,
     counters: Arc<Counters>,
+    faults: Arc<Faults>,
     survivors: Survivors,
     names: Names,
     /// Every node ever created: a removed one may still be open, or still be where a
@@ -238,12 +256,14 @@ impl VolatileFs {
     fn load(
         backing: PathBuf,
         counters: Arc<Counters>,
+        faults: Arc<Faults>,
         survivors: Survivors,
         names: Names,
     ) -> std::io::Result<Self> {
         let mut fs = VolatileFs {
             backing,
             counters,
+            faults,
             survivors,
             names,
             nodes: HashMap::new(),
@@ -379,6 +399,9 @@ impl VolatileFs {
     /// [`Names::Journaled`], every directory's entries.
     fn sync(&mut self, ino: u64) -> Result<(), Errno> {
         self.node_mut(ino)?;
+        if self.faults.fsync_fails.load(Ordering::Relaxed) {
+            return Err(libc::EIO);
+        }
         if self.names == Names::Journaled {
             for node in self.nodes.values_mut() {
                 if let Body::Dir { children, durable } = &mut node.body {
