@@ -420,21 +420,29 @@ impl Client {
     }
 
     /// Adds replica `id` at `url`; returns once it caught up and (unless `learner`) votes.
-    pub async fn add_member(&self, id: u64, url: &str, learner: bool) -> Result<ClusterStatus> {
+    /// `catch_up` bounds the leader's wait for it to catch up (the server's default
+    /// otherwise), after which the call fails with a 503 and the member stays a learner.
+    pub async fn add_member(
+        &self,
+        id: u64,
+        url: &str,
+        learner: bool,
+        catch_up: Option<Duration>,
+    ) -> Result<ClusterStatus> {
         let request = AddMemberRequest {
             id,
             url: url.to_owned(),
         };
-        let path = if learner {
-            "/v1/cluster/members?learner=true"
-        } else {
-            "/v1/cluster/members"
-        };
-        // The leader waits (up to a minute by default) for the new member to catch up.
-        let patient = self
-            .clone()
-            .with_timeout(self.timeout.max(Duration::from_secs(120)));
-        patient.call(Method::POST, path, Some(&request)).await
+        let mut path = format!("/v1/cluster/members?learner={learner}");
+        if let Some(catch_up) = catch_up {
+            path.push_str(&format!("&timeout_s={}", catch_up.as_secs().max(1)));
+        }
+        // The leader waits for the new member to catch up before it answers; this call
+        // outwaits it.
+        let wait =
+            catch_up.unwrap_or(crate::api::cluster::CATCH_UP_DEFAULT) + Duration::from_secs(60);
+        let patient = self.clone().with_timeout(self.timeout.max(wait));
+        patient.call(Method::POST, &path, Some(&request)).await
     }
 
     /// Removes replica `id`; `force` skips the quorum-safety check.

@@ -669,7 +669,7 @@ async fn ask_to_join(
         }
         let cluster = via.client(attempt);
         tokio::select! {
-            result = cluster.add_member(id, &url, false) => match result {
+            result = cluster.add_member(id, &url, false, None) => match result {
                 Ok(status) => {
                     tracing::info!(leader = ?status.leader, "added to the cluster as a voter");
                     return;

@@ -168,6 +168,10 @@ pub enum ClusterCommand {
         /// Keep it a learner (replicates, does not vote).
         #[arg(long)]
         learner: bool,
+        /// How long the leader waits for it to catch up before giving up (it stays a
+        /// learner then); the server's default is 60 s.
+        #[arg(long, value_name = "SECONDS")]
+        catch_up_timeout_s: Option<u64>,
     },
     /// Remove a replica from the cluster (a leader hands leadership over first).
     Remove {
@@ -432,10 +436,12 @@ pub async fn run(command: OpsCommand) -> anyhow::Result<()> {
                     id,
                     member_url,
                     learner,
+                    catch_up_timeout_s,
                 } => {
+                    let catch_up = catch_up_timeout_s.map(std::time::Duration::from_secs);
                     let status = client
                         .client()?
-                        .add_member(id, &member_url, learner)
+                        .add_member(id, &member_url, learner, catch_up)
                         .await?;
                     (client, status)
                 }

@@ -835,19 +835,26 @@ async fn a_member_added_where_another_replica_answers_is_not_promoted() {
     let cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
     let follower = cluster.other_than(leader);
-    let response = reqwest::Client::new()
-        .post(format!(
-            "{}/v1/cluster/members?timeout_s=3",
-            cluster.url(leader)
-        ))
-        .json(&serde_json::json!({"id": 4, "url": cluster.url(follower)}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let body = response.text().await.unwrap();
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("did not catch up"), "{body}");
+    // Through the operator's command, with a short catch-up wait.
+    let (leader_url, wrong_url) = (cluster.url(leader), cluster.url(follower));
+    let (ok, output) = tokio::task::spawn_blocking(move || {
+        run_binary(&[
+            "cluster",
+            "add",
+            "--url",
+            &leader_url,
+            "--id",
+            "4",
+            "--member-url",
+            &wrong_url,
+            "--catch-up-timeout-s",
+            "3",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(!ok, "a member that never catches up was promoted: {output}");
+    assert!(output.contains("did not catch up"), "{output}");
     let cluster_status = cluster.status_of(leader).await.unwrap();
     let role = cluster_status
         .members
@@ -871,7 +878,10 @@ async fn a_joined_replica_restarted_as_a_learner_asks_again_to_be_a_voter() {
     let client = cluster.client(leader);
     client.remove_member(4, false).await.unwrap();
     cluster.wait_for_voters(&[1, 2, 3]).await;
-    client.add_member(4, &cluster.url(4), true).await.unwrap();
+    client
+        .add_member(4, &cluster.url(4), true, None)
+        .await
+        .unwrap();
     let view = &cluster;
     wait_for(
         "replica 4 to hold the membership that makes it a learner",
@@ -912,7 +922,10 @@ async fn a_member_added_as_a_learner_replicates_and_does_not_vote() {
 
     // Replica 4 still runs; the operator adds it back with ?learner=true.
     let client = cluster.client(leader);
-    let status = client.add_member(4, &cluster.url(4), true).await.unwrap();
+    let status = client
+        .add_member(4, &cluster.url(4), true, None)
+        .await
+        .unwrap();
     let role = |status: &pageserver_controller::api::types::ClusterStatus| {
         status
             .members
@@ -1038,7 +1051,7 @@ async fn a_replica_removed_while_down_stops_campaigning_and_can_be_added_back() 
     // it, it campaigns again when it must, and serves.
     cluster
         .client(leader)
-        .add_member(removed, &cluster.url(removed), false)
+        .add_member(removed, &cluster.url(removed), false, None)
         .await
         .unwrap();
     cluster.wait_for_voters(&[1, 2, 3]).await;
