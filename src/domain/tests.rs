@@ -281,6 +281,25 @@ fn register_is_idempotent_and_conflicting_addresses_are_refused() {
 }
 
 #[test]
+fn a_node_registered_again_in_another_zone_takes_it_and_one_without_a_zone_keeps_it() {
+    let mut reg = Registry::default();
+    let in_zone = |zone: Option<&str>| Command::RegisterNode {
+        node: NodeId(1),
+        address: address(9898),
+        availability_zone_id: zone.map(str::to_owned),
+    };
+    let zone = |reg: &Registry| reg.node(&NodeId(1)).unwrap().availability_zone_id.clone();
+    assert_eq!(reg.apply(&in_zone(Some("az-1"))), Outcome::NodeRegistered);
+    // A pageserver moved to another zone must still be able to register (and re-attach):
+    // the zone decides no generation.
+    assert_eq!(reg.apply(&in_zone(Some("az-2"))), Outcome::NodeRegistered);
+    assert_eq!(zone(&reg).as_deref(), Some("az-2"));
+    // An older pageserver sends no zone: what was known stays.
+    assert_eq!(reg.apply(&in_zone(None)), Outcome::NodeRegistered);
+    assert_eq!(zone(&reg).as_deref(), Some("az-2"));
+}
+
+#[test]
 fn migrate_moves_to_a_registered_node_with_a_new_generation() {
     let mut reg = Registry::default();
     register(&mut reg, 2, 9898);
