@@ -38,7 +38,8 @@ pub struct RestoreArgs {
     pub cluster_name: String,
     /// Raise every generation by this much, so none handed out after the backup was taken
     /// is ever handed out again (see README, "Backup and restore").
-    #[arg(long, default_value_t = DEFAULT_GENERATION_BUMP)]
+    #[arg(long, default_value_t = DEFAULT_GENERATION_BUMP,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub generation_bump: u32,
 }
 
@@ -54,7 +55,8 @@ pub struct RecoverArgs {
     #[arg(long)]
     pub advertise_url: Option<String>,
     /// Raise every generation by this much (see README, "Disaster recovery").
-    #[arg(long, default_value_t = DEFAULT_GENERATION_BUMP)]
+    #[arg(long, default_value_t = DEFAULT_GENERATION_BUMP,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub generation_bump: u32,
     /// Required: you have checked that the other replicas are lost for good. Recovery
     /// makes this replica a cluster of one; the lost replicas must never be started again.

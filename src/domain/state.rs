@@ -365,9 +365,12 @@ impl Registry {
     /// when a cluster is rebuilt from a backup or from a surviving replica, which may be
     /// missing generations issued after it was taken, to shards it holds and to shards it
     /// has never seen. Any generation handed out later is then above all of those,
-    /// provided fewer than `by` attaches of any one shard happened in the gap. All or
-    /// nothing: refused if a shard or the floor would wrap. Returns how many shards were
-    /// raised.
+    /// provided fewer than `by` attaches of any one shard happened in the gap. The floor
+    /// starts from the highest generation held, not only from the old floor: a shard the
+    /// copy has never seen may have been created after it with an override copied from
+    /// one it holds (a shard split), and its first attach must land above that too. All
+    /// or nothing: refused if a shard or the floor would wrap. Returns how many shards
+    /// were raised.
     pub fn bump_generations(&mut self, by: u32) -> Result<usize, Refusal> {
         if let Some((shard, _)) = self
             .shards
@@ -376,11 +379,14 @@ impl Registry {
         {
             return Err(Refusal::GenerationExhausted(*shard));
         }
-        let floor = self
-            .floor
-            .map_or(0, |floor| floor.0)
-            .checked_add(by)
-            .ok_or(Refusal::FloorExhausted)?;
+        let highest = self
+            .shards
+            .iter()
+            .filter_map(|(_, r)| r.generation)
+            .chain(self.floor)
+            .max()
+            .map_or(0, |g| g.0);
+        let floor = highest.checked_add(by).ok_or(Refusal::FloorExhausted)?;
         self.floor = Some(Generation(floor));
         let mut raised = 0;
         for record in self.shards.values_mut() {

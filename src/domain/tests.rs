@@ -526,21 +526,34 @@ fn bumping_raises_every_generation_and_keeps_attachments() {
 
 /// A backup (or a survivor) does not hold the shards created after it was taken, yet
 /// pageservers may hold generations of them: after the bump such a shard starts above
-/// the floor, not at 1, and an override below the floor does not lower it.
+/// the floor, not at 1, and an override below the floor does not lower it. The floor is
+/// the highest generation held plus the bump, so a shard split after the backup (its
+/// children created with the parent's generation as their override) starts above what
+/// its children were given.
 #[test]
 fn after_a_bump_a_shard_never_seen_starts_above_the_floor() {
     let mut reg = Registry::default();
     assert_eq!(reg.floor(), None);
     attach(&mut reg, shard(1), 1);
+    for _ in 0..499 {
+        attach(&mut reg, shard(1), 1);
+    }
+    // After the backup: a child of shard 1 created at its generation (500) and attached.
+    // The backup is all that is left; the child's first attach after the bump must be
+    // above 501.
     assert_eq!(reg.bump_generations(1000), Ok(1));
-    assert_eq!(reg.floor(), Some(Generation(1000)));
-    assert_eq!(gen_of(attach(&mut reg, shard(2), 1)), 1001);
+    assert_eq!(reg.floor(), Some(Generation(1500)));
+    assert_eq!(
+        reg.shard(&shard(1)).unwrap().generation,
+        Some(Generation(1500))
+    );
+    assert_eq!(gen_of(attach(&mut reg, shard(2), 1)), 1501);
     let seeded_low = reg.apply(&Command::AttachHook {
         shard: shard(3),
         node: Some(NodeId(1)),
         generation_override: Some(Generation(5)),
     });
-    assert_eq!(gen_of(seeded_low), 1001);
+    assert_eq!(gen_of(seeded_low), 1501);
     let seeded_high = reg.apply(&Command::AttachHook {
         shard: shard(4),
         node: Some(NodeId(1)),
@@ -555,12 +568,12 @@ fn after_a_bump_a_shard_never_seen_starts_above_the_floor() {
     });
     assert_eq!(
         reg.shard(&shard(5)).unwrap().generation,
-        Some(Generation(1000))
+        Some(Generation(1500))
     );
-    // Bumps add up: shards created after the first restore may have reached the floor
-    // plus fewer than the bump.
+    // Bumps add up, from the highest generation held (shard 4's 5001).
     assert_eq!(reg.bump_generations(1000), Ok(5));
-    assert_eq!(gen_of(attach(&mut reg, shard(6), 1)), 2001);
+    assert_eq!(reg.floor(), Some(Generation(6001)));
+    assert_eq!(gen_of(attach(&mut reg, shard(6), 1)), 6002);
     assert!(matches!(
         reg.bump_generations(u32::MAX),
         Err(Refusal::GenerationExhausted(_))
@@ -585,7 +598,7 @@ fn the_floor_is_encoded_only_when_there_is_one() {
     reg.bump_generations(10).unwrap();
     let with = controller_raft::codec::encode(&reg).unwrap();
     let decoded: Registry = controller_raft::codec::decode(&with).unwrap();
-    assert_eq!((decoded.floor(), &decoded), (Some(Generation(10)), &reg));
+    assert_eq!((decoded.floor(), &decoded), (Some(Generation(11)), &reg));
     assert_eq!(
         with.len(),
         without.len() + 4,

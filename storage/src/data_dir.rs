@@ -242,8 +242,15 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
-/// Makes a directory's entries (creations, renames) durable.
+/// Makes a directory's entries (creations, renames) durable. An empty path is the
+/// current directory: what `Path::parent` gives for a bare relative name (`backup.bin`,
+/// `--data-dir data`), where opening "" would fail.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     File::open(dir)?.sync_all()
 }
 
@@ -276,6 +283,14 @@ pub fn file_system_space(path: &Path) -> io::Result<FileSystemSpace> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_parent_of_a_bare_relative_name_can_be_synced() {
+        let parent = Path::new("backup.bin").parent().unwrap();
+        assert_eq!(parent, Path::new(""));
+        sync_dir(parent).expect("the current directory");
+        assert!(sync_dir(Path::new("/nonexistent-psc-dir")).is_err());
+    }
 
     #[test]
     fn file_system_space_reads_the_disk_and_names_a_missing_path() {

@@ -14,6 +14,15 @@ use crate::support::{
 
 const BUMP: u32 = 1000;
 
+/// The highest generation among `shards`: where the floor starts before the bump.
+fn highest(shards: &[pageserver_controller::api::types::TenantShardDescribe]) -> u32 {
+    shards
+        .iter()
+        .filter_map(|s| s.generation)
+        .max()
+        .unwrap_or(0)
+}
+
 fn run(args: &[&str]) -> String {
     let (ok, text) = run_binary(args);
     assert!(ok, "{args:?} failed: {text}");
@@ -147,8 +156,9 @@ async fn a_backup_restores_into_a_new_cluster_with_generations_above_the_origina
             .attach_hook(shard(50), Some(NodeId(7)), None)
             .await
             .unwrap(),
-        Some(BUMP + 1),
-        "a shard the backup never saw starts above the floor, not at 1"
+        Some(highest(&original) + BUMP + 1),
+        "a shard the backup never saw starts above the floor (the highest generation the \
+         backup held, plus the bump), not at 1"
     );
     assert_eq!(
         restored.get_node(NodeId(7)).await.unwrap().listen_http_addr,
@@ -211,6 +221,16 @@ async fn a_lost_majority_is_recovered_from_a_survivor_and_grows_again() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--confirm-other-replicas-are-lost"));
+    // A bump of 0 would hand out again any generation the lost majority issued.
+    let output = Command::new(BIN)
+        .args(["recover", "--id", &id, "--generation-bump", "0"])
+        .arg("--confirm-other-replicas-are-lost")
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--generation-bump"));
     run(&[
         "recover",
         "--id",
@@ -250,7 +270,7 @@ async fn a_lost_majority_is_recovered_from_a_survivor_and_grows_again() {
             .attach_hook(shard(99), Some(NodeId(1)), None)
             .await
             .unwrap(),
-        Some(BUMP + 1)
+        Some(highest(&original) + BUMP + 1)
     );
 }
 
