@@ -744,7 +744,10 @@ fn fail(stop: &CancellationToken, failure: &std::sync::Mutex<Option<String>>, re
     stop.cancel();
 }
 
-/// Forms the initial cluster unless one is already running.
+/// Forms the initial cluster unless one is already running. Not while a listed peer
+/// answers for another cluster (another `--initial-cluster` or `--cluster-name`): the
+/// members that agree could form a cluster of their own beside it, two leaders for the
+/// same tenants. It waits instead, saying why, until that peer is fixed or gone.
 async fn bootstrap(
     replica: Arc<Replica>,
     client: reqwest::Client,
@@ -753,21 +756,40 @@ async fn bootstrap(
     members: BTreeMap<u64, Member>,
     stop: CancellationToken,
 ) {
-    for (id, member) in members.iter().filter(|(id, _)| **id != replica.id()) {
-        let probe = Client::with_http(&member.url, client.clone())
-            .with_token(peer_token.clone())
-            .with_timeout(Duration::from_secs(1))
-            .cluster_status()
-            .await;
-        let Ok(status) = probe else { continue };
-        if status.cluster_id != cluster_id {
-            tracing::error!(peer = id, url = %member, theirs = %status.cluster_id, ours = %cluster_id,
-                "a listed peer belongs to another cluster: check --initial-cluster and --cluster-name on every replica");
-            continue;
+    let mut last_complaint: Option<tokio::time::Instant> = None;
+    loop {
+        let mut foreign = Vec::new();
+        for (id, member) in members.iter().filter(|(id, _)| **id != replica.id()) {
+            let probe = Client::with_http(&member.url, client.clone())
+                .with_token(peer_token.clone())
+                .with_timeout(Duration::from_secs(1))
+                .cluster_status()
+                .await;
+            let Ok(status) = probe else { continue };
+            if status.cluster_id != cluster_id {
+                foreign.push(format!(
+                    "{id} at {member}: cluster id {}",
+                    status.cluster_id
+                ));
+                continue;
+            }
+            if status.leader.is_some() || status.last_log_index.is_some_and(|i| i > 0) {
+                tracing::info!(peer = id, leader = ?status.leader, "the cluster is already running; waiting to be replicated to");
+                return;
+            }
         }
-        if status.leader.is_some() || status.last_log_index.is_some_and(|i| i > 0) {
-            tracing::info!(peer = id, leader = ?status.leader, "the cluster is already running; waiting to be replicated to");
-            return;
+        if foreign.is_empty() {
+            break;
+        }
+        if last_complaint.is_none_or(|at| at.elapsed() >= Duration::from_secs(30)) {
+            last_complaint = Some(tokio::time::Instant::now());
+            tracing::error!(?foreign, ours = %cluster_id,
+                "not initializing the cluster: listed peers belong to another cluster; check --initial-cluster \
+                 and --cluster-name on every replica");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
     if stop.is_cancelled() {

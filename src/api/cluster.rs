@@ -218,6 +218,7 @@ pub async fn cluster_status_of(api: &ApiState) -> ClusterStatus {
         millis_since_quorum_ack: metrics.millis_since_quorum_ack,
         joint: membership.get_joint_config().len() > 1,
         removed: removed_status(replica),
+        seen_fresh: Vec::new(),
     }
 }
 

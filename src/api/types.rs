@@ -263,6 +263,11 @@ pub struct ClusterStatus {
     /// [`RemovedStatus`]); absent on members and in answers of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed: Option<RemovedStatus>,
+    /// Only from a replica in its waiting room (an empty data dir, deciding whether to
+    /// bootstrap or join): the peers (URLs) it has seen there too, so that a peer about to
+    /// bootstrap knows it was seen before it starts Raft.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seen_fresh: Vec<String>,
 }
 
 /// A peer reported that its committed membership, which this replica's log has not

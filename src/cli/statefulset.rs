@@ -20,9 +20,15 @@
 //! startup probe passes), `/v1/cluster` says "fresh, no log", everything else is 503.
 //! - Data dir present: a restart; the replica rejoins with what it has.
 //! - Empty, ordinal `< N`: the pod waits until it has seen **every** other initial member
-//!   fresh (no log: in its own waiting room, or serving but not yet initialized), keeps
-//!   its room open a few more seconds so the others see it too, then bootstraps (the
-//!   server initializes; all members doing so with the same list is safe). Having seen
+//!   fresh (no log: in its own waiting room, or serving but not yet initialized) and
+//!   deriving the same cluster id (same name, same initial size: a peer started with
+//!   another `--initial-cluster-size`, during a rollout, would otherwise form a second
+//!   cluster beside this one). It keeps its room open until every other member has seen
+//!   it there too (each room lists the peers it has seen), for at most a minute, and then
+//!   bootstraps (the server initializes; all members doing so with the same list is
+//!   safe). A member that found the others and left before they found it (their DNS
+//!   lookups of a new pod fail for a while) would otherwise leave them waiting for a
+//!   fresh peer that no longer is, for good. Having seen
 //!   every member without a log, it knows no member held data, so it cannot be a member
 //!   that lost some, even if the others form the cluster before it starts Raft. Like
 //!   Consul's and rqlite's `bootstrap-expect`, a new cluster forms only once all its
@@ -303,16 +309,18 @@ pub enum FreshStart {
 
 /// The decision for an empty data dir, given every answer so far: `None` while the pod
 /// must keep looking (see the module docs). `seen_fresh` accumulates the peers seen
-/// without a log; `may_bootstrap` is false for pods that can only join.
+/// without a log and deriving `cluster_id`; `may_bootstrap` is false for pods that can
+/// only join.
 pub fn decide_fresh_start(
     placement: &Placement,
     peers: &[String],
     may_bootstrap: bool,
+    cluster_id: &str,
     seen_fresh: &mut BTreeSet<String>,
     answers: &[(String, ClusterStatus)],
 ) -> Option<FreshStart> {
     for (url, status) in answers {
-        if is_fresh(status) {
+        if is_fresh(status) && status.cluster_id == cluster_id {
             seen_fresh.insert(url.clone());
         }
     }
@@ -328,9 +336,37 @@ pub fn decide_fresh_start(
     }
 }
 
-/// How long a pod that decided to bootstrap keeps its waiting room open, so that the
-/// other initial members (polling every half second) see it fresh too.
-const LINGER: Duration = Duration::from_secs(5);
+/// Fresh peers whose cluster id is not `cluster_id`, named with theirs: started with
+/// another `--initial-cluster-size` or `--cluster-name`, they never count as seen.
+fn foreign_fresh(answers: &[(String, ClusterStatus)], cluster_id: &str) -> Vec<String> {
+    answers
+        .iter()
+        .filter(|(_, status)| is_fresh(status) && status.cluster_id != cluster_id)
+        .map(|(url, status)| format!("{url} (cluster id {})", status.cluster_id))
+        .collect()
+}
+
+/// Notes in `seen_by` the peers that have seen this pod (at `own_url`) fresh: their
+/// room lists it, or they have left their room (a peer bootstraps only once it has seen
+/// every member fresh, and a running one no longer waits for this pod).
+pub fn note_seen_by(
+    own_url: &str,
+    seen_by: &mut BTreeSet<String>,
+    answers: &[(String, ClusterStatus)],
+) {
+    for (url, status) in answers {
+        if !is_fresh(status) || status.seen_fresh.iter().any(|seen| seen == own_url) {
+            seen_by.insert(url.clone());
+        }
+    }
+}
+
+/// The longest a pod that decided to bootstrap keeps its waiting room open for the other
+/// initial members (polling every half second) to see it fresh too: long enough for a
+/// cluster DNS to stop answering that the new pod's name does not exist (CoreDNS caches
+/// that for up to 30 s), and no longer, should a member have vanished meanwhile (two of
+/// three still form the cluster).
+const LINGER_MAX: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(500);
 
 /// Before Raft starts: for a pod placed by [`Placement`] with a template, sets
@@ -381,29 +417,50 @@ pub async fn settle(config: &mut ServeConfig, placement: &Placement) -> anyhow::
 
     let (http, ca) = config.security.peer_http()?;
     let cluster_id = derive_cluster_id(&config.cluster_name, &placement.initial_cluster()?);
-    let room = WaitingRoom::open(config, cluster_id, ca).await?;
+    let room = WaitingRoom::open(config, cluster_id.clone(), ca).await?;
     let started = Instant::now();
     let mut seen_fresh = BTreeSet::new();
     let mut last_report = None::<Instant>;
-    let start = loop {
-        let answers = probe(
+    let ask = || async {
+        probe(
             &peers,
             &config.cluster_name,
             &http.get(),
             config.security.peer_token_now(),
         )
-        .await?;
+        .await
+    };
+    let start = loop {
+        let answers = ask().await?;
         let due = |every: Duration| last_report.is_none_or(|at: Instant| at.elapsed() >= every);
-        match decide_fresh_start(placement, &peers, may_bootstrap, &mut seen_fresh, &answers) {
+        let decided = decide_fresh_start(
+            placement,
+            &peers,
+            may_bootstrap,
+            &cluster_id,
+            &mut seen_fresh,
+            &answers,
+        );
+        room.saw(&seen_fresh);
+        match decided {
             Some(decided) => break decided,
             None => {
                 if due(Duration::from_secs(10)) {
                     last_report = Some(Instant::now());
                     let missing: Vec<&String> =
                         peers.iter().filter(|p| !seen_fresh.contains(*p)).collect();
-                    tracing::info!(waited = ?started.elapsed(), not_seen_yet = ?missing,
-                        "empty data dir: waiting to see every initial member before bootstrapping, \
-                         or a running cluster to join");
+                    let foreign = foreign_fresh(&answers, &cluster_id);
+                    if foreign.is_empty() {
+                        tracing::info!(waited = ?started.elapsed(), not_seen_yet = ?missing,
+                            "empty data dir: waiting to see every initial member before bootstrapping, \
+                             or a running cluster to join");
+                    } else {
+                        tracing::warn!(waited = ?started.elapsed(), not_seen_yet = ?missing, ?foreign, ours = %cluster_id,
+                            "empty data dir: peers without a log derive another cluster id (another \
+                             --initial-cluster-size or --cluster-name, as during a rollout of a changed \
+                             manifest): not bootstrapping with them, which would form a second cluster; \
+                             give every initial member the same flags");
+                    }
                 }
             }
         }
@@ -412,8 +469,27 @@ pub async fn settle(config: &mut ServeConfig, placement: &Placement) -> anyhow::
     match start {
         FreshStart::Bootstrap => {
             tracing::info!(waited = ?started.elapsed(),
-                "every initial member is up without a log: bootstrapping a new cluster");
-            tokio::time::sleep(LINGER).await;
+                "every initial member is up without a log: bootstrapping a new cluster once each has seen this one");
+            let own_url = placement.advertise_url()?.unwrap_or_default();
+            let lingered = Instant::now();
+            let mut seen_by = BTreeSet::new();
+            loop {
+                let answers = ask().await?;
+                note_seen_by(&own_url, &mut seen_by, &answers);
+                let missing: Vec<&String> =
+                    peers.iter().filter(|p| !seen_by.contains(*p)).collect();
+                if missing.is_empty() {
+                    break;
+                }
+                if lingered.elapsed() >= LINGER_MAX {
+                    tracing::warn!(not_seen_by = ?missing,
+                        "bootstrapping although these initial members have not seen this one yet: they \
+                         may wait for it until restarted with an empty data dir, unless the others form \
+                         the cluster without them");
+                    break;
+                }
+                tokio::time::sleep(POLL).await;
+            }
             config.join = None;
         }
         FreshStart::Join { via } => {
@@ -446,6 +522,8 @@ pub async fn settle(config: &mut ServeConfig, placement: &Placement) -> anyhow::
 /// serving replica's are: its certificate, the keys and peer token, and the CA (of
 /// `ca`, the probes' client).
 struct WaitingRoom {
+    /// The peers seen fresh so far, listed in the room's `/v1/cluster` answer.
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     handle: axum_server::Handle<std::net::SocketAddr>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     /// Stops the reloader, which hands SIGHUP over to the replica's.
@@ -480,13 +558,25 @@ impl WaitingRoom {
             millis_since_quorum_ack: None,
             joint: false,
             removed: None,
+            seen_fresh: Vec::new(),
         };
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let app = axum::Router::new()
             .route(
                 "/status",
                 get(move || async move { Json(StatusResponse { replica_id: id }) }),
             )
-            .route("/v1/cluster", get(move || async move { Json(fresh) }))
+            .route(
+                "/v1/cluster",
+                get({
+                    let seen = seen.clone();
+                    move || async move {
+                        let mut status = fresh;
+                        status.seen_fresh = seen.lock().expect("seen lock").clone();
+                        Json(status)
+                    }
+                }),
+            )
             .fallback(move || async move {
                 let msg = format!(
                     "replica {id} is starting with an empty data dir: deciding whether to bootstrap or join"
@@ -516,11 +606,17 @@ impl WaitingRoom {
         let reloading = tokio_util::sync::CancellationToken::new();
         let reloader = tokio::spawn(reloader.run(security.reload_every, reloading.clone()));
         Ok(WaitingRoom {
+            seen,
             handle,
             task: Some(task),
             reloading,
             reloader: Some(reloader),
         })
+    }
+
+    /// Publishes the peers seen fresh so far.
+    fn saw(&self, seen_fresh: &BTreeSet<String>) {
+        *self.seen.lock().expect("seen lock") = seen_fresh.iter().cloned().collect();
     }
 
     /// Stops serving and frees the port for the replica.
@@ -669,6 +765,7 @@ mod tests {
             millis_since_quorum_ack: None,
             joint: false,
             removed: None,
+            seen_fresh: Vec::new(),
         }
     }
 
@@ -687,7 +784,7 @@ mod tests {
         let peers = [P0.to_owned(), P1.to_owned()];
         let mut seen = BTreeSet::new();
         let decide = |seen: &mut BTreeSet<String>, got: &[(&str, ClusterStatus)]| {
-            decide_fresh_start(&p, &peers, true, seen, &answers(got))
+            decide_fresh_start(&p, &peers, true, "c", seen, &answers(got))
         };
         // Nobody answers: keep waiting, however long.
         assert_eq!(decide(&mut seen, &[]), None);
@@ -711,6 +808,46 @@ mod tests {
         );
     }
 
+    /// A pod started with another `--initial-cluster-size` (a rollout of a changed
+    /// manifest while the cluster first forms) derives another cluster id: counting it as
+    /// seen would let each group bootstrap a cluster of its own.
+    #[test]
+    fn a_fresh_peer_of_another_cluster_id_is_never_counted_as_seen() {
+        let p = placement("psc-2", 3);
+        let peers = [P0.to_owned(), P1.to_owned()];
+        let mut seen = BTreeSet::new();
+        let room = status(None, 0, None, &[]);
+        let mut other = room.clone();
+        other.cluster_id = "other".into();
+        let got = answers(&[(P0, room), (P1, other)]);
+        assert_eq!(
+            decide_fresh_start(&p, &peers, true, "c", &mut seen, &got),
+            None
+        );
+        assert_eq!(seen, BTreeSet::from([P0.to_owned()]));
+        assert_eq!(
+            foreign_fresh(&got, "c"),
+            vec![format!("{P1} (cluster id other)")]
+        );
+    }
+
+    /// A pod that decided to bootstrap waits until each peer has seen it: listed in the
+    /// peer's room, or the peer has left its room.
+    #[test]
+    fn a_peer_has_seen_this_pod_once_its_room_lists_it_or_it_left_its_room() {
+        const ME: &str = "http://psc-2:7001";
+        let mut seen_by = BTreeSet::new();
+        let mut listing = status(None, 0, None, &[]);
+        listing.seen_fresh = vec![P1.to_owned()];
+        note_seen_by(ME, &mut seen_by, &answers(&[(P0, listing.clone())]));
+        assert!(seen_by.is_empty(), "P0's room does not list this pod yet");
+        listing.seen_fresh.push(ME.to_owned());
+        note_seen_by(ME, &mut seen_by, &answers(&[(P0, listing)]));
+        let campaigning = status(None, 2, Some(0), &[1, 2, 3]);
+        note_seen_by(ME, &mut seen_by, &answers(&[(P1, campaigning)]));
+        assert_eq!(seen_by, BTreeSet::from([P0.to_owned(), P1.to_owned()]));
+    }
+
     #[test]
     fn a_fresh_pod_that_a_running_cluster_lists_waits_for_its_removal() {
         let p = placement("psc-2", 3);
@@ -723,19 +860,19 @@ mod tests {
             (P1, status(Some(2), 4, Some(20), &[1, 2, 3])),
         ]);
         assert_eq!(
-            decide_fresh_start(&p, &peers, true, &mut seen, &got),
+            decide_fresh_start(&p, &peers, true, "c", &mut seen, &got),
             Some(FreshStart::Rejoin { via: P1.into() })
         );
         // A leaderless cluster with a log (peers restarting) counts as running.
         let got = answers(&[(P0, status(None, 3, Some(9), &[1, 2, 3]))]);
         assert_eq!(
-            decide_fresh_start(&p, &peers, true, &mut seen, &got),
+            decide_fresh_start(&p, &peers, true, "c", &mut seen, &got),
             Some(FreshStart::Rejoin { via: P0.into() })
         );
         // Once an operator removed it, it joins.
         let got = answers(&[(P1, status(Some(2), 4, Some(22), &[1, 2]))]);
         assert_eq!(
-            decide_fresh_start(&p, &peers, true, &mut seen, &got),
+            decide_fresh_start(&p, &peers, true, "c", &mut seen, &got),
             Some(FreshStart::Join { via: P1.into() })
         );
     }
@@ -751,12 +888,12 @@ mod tests {
             .map(|u| (u.clone(), status(None, 0, None, &[])))
             .collect();
         assert_eq!(
-            decide_fresh_start(&p, &peers, false, &mut seen, &fresh),
+            decide_fresh_start(&p, &peers, false, "c", &mut seen, &fresh),
             None
         );
         let running = vec![(peers[0].clone(), status(Some(1), 2, Some(5), &[1, 2, 3]))];
         assert_eq!(
-            decide_fresh_start(&p, &peers, false, &mut seen, &running),
+            decide_fresh_start(&p, &peers, false, "c", &mut seen, &running),
             Some(FreshStart::Join {
                 via: peers[0].clone()
             })
@@ -767,7 +904,7 @@ mod tests {
             status(Some(1), 2, Some(5), &[1, 2, 3, 4, 5]),
         )];
         assert_eq!(
-            decide_fresh_start(&p, &peers, false, &mut seen, &listed),
+            decide_fresh_start(&p, &peers, false, "c", &mut seen, &listed),
             Some(FreshStart::Rejoin {
                 via: peers[1].clone()
             })

@@ -222,6 +222,7 @@ mod tests {
             millis_since_quorum_ack: None,
             joint: false,
             removed: None,
+            seen_fresh: Vec::new(),
         }
     }
 

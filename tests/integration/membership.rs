@@ -1279,3 +1279,45 @@ async fn a_replica_waiting_for_the_cluster_it_joins_stops_on_sigterm() {
         data_dir.display()
     );
 }
+
+/// A replica of the initial cluster that answers for another cluster (started with
+/// another `--initial-cluster`, as a mistaken manifest would) keeps the others from
+/// initializing: the two that agree would otherwise form a cluster of their own beside
+/// it. Fixed, it forms the cluster with them. (Only a peer that answers can be seen to
+/// differ: here the odd one starts first. Pods of a StatefulSet see every peer before
+/// any bootstraps.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_replica_initializes_beside_a_listed_peer_of_another_cluster() {
+    let mut cluster = TestCluster::unstarted(3, &[]);
+    // The same three and a fourth: another cluster id, and no quorum of its own.
+    let another = format!(
+        "1={},2={},3={},4=http://127.0.0.1:{}",
+        cluster.url(1),
+        cluster.url(2),
+        cluster.url(3),
+        free_port()
+    );
+    cluster.replicas.get_mut(&3).unwrap().initial_cluster = Some(another);
+    cluster.launch(3);
+    cluster.wait_answering(3).await;
+    for id in 1..=2 {
+        cluster.launch(id);
+    }
+    for id in 1..=2 {
+        cluster
+            .wait_for_log(id, "listed peers belong to another cluster", 1)
+            .await;
+        let status = cluster.status_of(id).await.expect("answers");
+        assert_eq!(
+            (status.leader, status.last_log_index),
+            (None, None),
+            "replica {id} initialized beside a peer of another cluster: {status:?}"
+        );
+    }
+    cluster.kill(3);
+    cluster.wipe(3);
+    cluster.replicas.get_mut(&3).unwrap().initial_cluster = None;
+    cluster.launch(3);
+    cluster.wait_for_leader().await;
+    cluster.wait_for_voters(&[1, 2, 3]).await;
+}

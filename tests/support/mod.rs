@@ -30,6 +30,8 @@ pub struct Replica {
     pub log: PathBuf,
     /// `Some(url)`: started with `--join url` instead of the initial cluster.
     pub join: Option<String>,
+    /// `Some(list)`: started with this `--initial-cluster` instead of the cluster's.
+    pub initial_cluster: Option<String>,
     child: Option<Child>,
 }
 
@@ -140,6 +142,7 @@ impl TestCluster {
                         .join(format!("replica-{id}")),
                     log: dir.path().join(format!("replica-{id}.log")),
                     join: None,
+                    initial_cluster: None,
                     child: None,
                 },
             );
@@ -183,6 +186,14 @@ impl TestCluster {
         cluster
     }
 
+    /// `n` replicas with `--initial-cluster`, none started: [`launch`] each.
+    ///
+    /// [`launch`]: TestCluster::launch
+    pub fn unstarted(n: u64, extra_args: &[&str]) -> TestCluster {
+        let ports = (1..=n).map(|_| free_port()).collect();
+        Self::prepare(ports, extra_args, None, None, None)
+    }
+
     pub fn root(&self) -> &Path {
         self.dir.as_ref().expect("dir lives until drop").path()
     }
@@ -192,6 +203,7 @@ impl TestCluster {
         let extra = self.extra_args.clone();
         let advertise = self.url(id);
         let replica = self.replicas.get_mut(&id).expect("known replica");
+        let initial_cluster = replica.initial_cluster.clone().unwrap_or(initial_cluster);
         assert!(replica.child.is_none(), "replica {id} is already running");
         let log = File::options()
             .create(true)
@@ -410,6 +422,7 @@ impl TestCluster {
                 data_dir: root.join(format!("replica-{id}")),
                 log: root.join(format!("replica-{id}.log")),
                 join: Some(url),
+                initial_cluster: None,
                 child: None,
             },
         );
