@@ -528,6 +528,13 @@ pub async fn serve(
                 failure.clone(),
             ));
         }
+        // `restore` writes the identity first and the seeded state after it: a data dir
+        // that says "seeded" and holds nothing is a restore cut short.
+        (Bootstrap::Seeded, _) if !initialized => anyhow::bail!(
+            "data dir {}: a restore into it did not finish (it holds no restored state); delete it \
+             and run restore again",
+            config.data_dir.display()
+        ),
         (Bootstrap::Joined, None) if !initialized => tracing::warn!(
             "this replica joined a cluster but has not been added yet; pass --join URL or add it with \
              `cluster add`"

@@ -171,6 +171,43 @@ async fn a_backup_restores_into_a_new_cluster_with_generations_above_the_origina
         "a restore is a new cluster"
     );
 
+    // A restore cut short (here: everything but the identity gone, as a crash right
+    // after writing it leaves the dir) is refused at start, not served empty.
+    let cut_short = cluster.root().join("restored-cut-short");
+    run(&[
+        "restore",
+        "--from",
+        file.to_str().unwrap(),
+        "--data-dir",
+        cut_short.to_str().unwrap(),
+        "--id",
+        "1",
+        "--advertise-url",
+        &url,
+    ]);
+    for entry in std::fs::read_dir(&cut_short).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "identity.json" {
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).unwrap();
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+    }
+    let refused_log = cluster.root().join("restored-cut-short.log");
+    let mut serving = serve_seeded(1, free_port(), &cut_short, &refused_log);
+    let status = wait_for("serve to refuse the data dir", DEADLINE, || {
+        let exited = serving.0.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    let stderr = std::fs::read_to_string(&refused_log).unwrap();
+    assert!(
+        !status.success() && stderr.contains("a restore into it did not finish"),
+        "{stderr}"
+    );
+
     // A newer backup format is refused with a message.
     let mut newer = std::fs::read(&file).unwrap();
     newer[8] = 99;
