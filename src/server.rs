@@ -495,10 +495,25 @@ pub async fn serve(
     let initialized = replica.raft().is_initialized().await?;
     // A replica that joined, restarted before it was promoted (its catch-up cut short),
     // finds itself a learner: it asks again, or it would stay one for good.
+    // It then asks through any voter its log names as well as the one it was given with
+    // `--join`: that one may be the replica that is down (a StatefulSet gives every pod
+    // the same first). Without `--join` it does not ask (a learner by intent).
+    let mut join = join;
     let still_a_learner = initialized && {
         let metrics = replica.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
-        membership.get_node(&config.id).is_some() && !membership.voter_ids().any(|v| v == config.id)
+        let learner = membership.get_node(&config.id).is_some()
+            && !membership.voter_ids().any(|v| v == config.id);
+        if learner && !join.is_empty() {
+            for voter in membership.voter_ids() {
+                if let Some(member) = membership.get_node(&voter) {
+                    if !join.contains(&member.url) {
+                        join.push(member.url.clone());
+                    }
+                }
+            }
+        }
+        learner
     };
     match (identity.bootstrap, join.first()) {
         (Bootstrap::InitialMember, _) if !initialized => {

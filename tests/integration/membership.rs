@@ -870,8 +870,8 @@ async fn a_member_added_where_another_replica_answers_is_not_promoted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joined_replica_restarted_as_a_learner_asks_again_to_be_a_voter() {
     let mut cluster = TestCluster::start(3).await;
-    let leader = cluster.wait_for_leader().await;
-    cluster.join(4, leader).await;
+    let joined_through = cluster.wait_for_leader().await;
+    cluster.join(4, joined_through).await;
     cluster.wait_for_voters(&[1, 2, 3, 4]).await;
     // Leave it a learner, as a join cut short would.
     let leader = cluster.wait_for_leader().await;
@@ -893,8 +893,10 @@ async fn a_joined_replica_restarted_as_a_learner_asks_again_to_be_a_voter() {
         },
     )
     .await;
-    // Restarted with the same flags (`--join`), it asks again.
+    // Restarted with the same flags (`--join` naming the replica it joined through,
+    // which is down now), it asks again, through the other voters its log names.
     cluster.kill(4);
+    cluster.kill(joined_through);
     cluster.restart(4).await;
     cluster.wait_for_voters(&[1, 2, 3, 4]).await;
     assert!(
