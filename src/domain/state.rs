@@ -161,6 +161,10 @@ impl Registry {
                 generation_override,
             } => self.attach_hook(*shard, *node, *generation_override),
             Command::ReAttach { node, register } => {
+                // Refused whole, the inline registration included.
+                if let Some(exhausted) = self.exhausted_on(*node) {
+                    return Outcome::Refused(Refusal::GenerationExhausted(exhausted));
+                }
                 if let Some((address, az)) = register {
                     if let Err(refusal) = self.register(*node, address, az) {
                         return Outcome::Refused(refusal);
@@ -212,27 +216,42 @@ impl Registry {
             }
             return Outcome::Attached { generation: None };
         };
-        let seed = self.seed(generation_override);
-        let record = self.shards.get_or_insert(
-            shard,
-            ShardRecord {
-                // An override only seeds a shard that does not exist yet; it never rewinds one.
-                generation: seed,
-                node: None,
-            },
-        );
-        let next = match record.generation {
+        // An override only seeds a shard that does not exist yet; it never rewinds one.
+        let current = match self.shards.get(&shard) {
+            Some(record) => record.generation,
+            None => self.seed(generation_override),
+        };
+        let next = match current {
             None => Generation(1),
             Some(current) => match current.next() {
                 Some(next) => next,
+                // Refused before anything changes: a new shard is not created either.
                 None => return Outcome::Refused(Refusal::GenerationExhausted(shard)),
             },
         };
+        let record = self.shards.get_or_insert(
+            shard,
+            ShardRecord {
+                generation: None,
+                node: None,
+            },
+        );
         record.generation = Some(next);
         self.set_node(shard, Some(node));
         Outcome::Attached {
             generation: Some(next),
         }
+    }
+
+    /// A shard attached to `node` whose generation cannot go up, if there is one.
+    fn exhausted_on(&self, node: NodeId) -> Option<TenantShardId> {
+        self.attached.get(&node)?.iter().copied().find(|shard| {
+            self.shards
+                .get(shard)
+                .expect("the attached index only names known shards")
+                .generation
+                .is_some_and(|g| g.next().is_none())
+        })
     }
 
     fn re_attach(&mut self, node: NodeId) -> Outcome {
@@ -243,14 +262,8 @@ impl Registry {
             .unwrap_or_default();
         // All or nothing: one exhausted shard refuses the whole re-attach, so no replica
         // ever sees half of it applied.
-        if let Some(exhausted) = attached.iter().find(|shard| {
-            self.shards
-                .get(shard)
-                .expect("the attached index only names known shards")
-                .generation
-                .is_some_and(|g| g.next().is_none())
-        }) {
-            return Outcome::Refused(Refusal::GenerationExhausted(*exhausted));
+        if let Some(exhausted) = self.exhausted_on(node) {
+            return Outcome::Refused(Refusal::GenerationExhausted(exhausted));
         }
         let mut shards = Vec::with_capacity(attached.len());
         for shard in attached {

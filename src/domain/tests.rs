@@ -381,6 +381,43 @@ fn generation_exhaustion_is_refused_not_wrapped() {
     assert_eq!(validate(&reg, shard(1), u32::MAX), Some(true));
 }
 
+/// A refusal changes nothing, whatever the command would have done first: a new shard
+/// seeded at the top is not created, and a re-attach that registers its node inline
+/// does not register it.
+#[test]
+fn an_exhausted_generation_refuses_without_creating_or_registering_anything() {
+    let mut reg = Registry::default();
+    assert_eq!(reg.bump_generations(u32::MAX), Ok(0));
+    assert_eq!(
+        attach(&mut reg, shard(1), 1),
+        Outcome::Refused(Refusal::GenerationExhausted(shard(1)))
+    );
+    assert_eq!(
+        reg.shard(&shard(1)),
+        None,
+        "a refused attach created the shard"
+    );
+    assert_eq!(validate(&reg, shard(1), u32::MAX), None);
+
+    let mut reg = Registry::default();
+    reg.apply(&Command::AttachHook {
+        shard: shard(2),
+        node: Some(NodeId(1)),
+        generation_override: Some(Generation(u32::MAX - 1)),
+    });
+    assert_eq!(
+        reg.apply(&Command::ReAttach {
+            node: NodeId(1),
+            register: Some((address(9898), Some("az-1".into()))),
+        }),
+        Outcome::Refused(Refusal::GenerationExhausted(shard(2)))
+    );
+    assert!(
+        reg.node(&NodeId(1)).is_none(),
+        "a refused re-attach registered its node"
+    );
+}
+
 #[test]
 fn delete_node_is_refused_while_shards_are_attached() {
     let mut reg = Registry::default();
