@@ -365,7 +365,7 @@ impl Client {
     /// Moves `shard` to `node`; returns its generation afterwards.
     pub async fn migrate(&self, shard: TenantShardId, node: NodeId) -> Result<u32> {
         let request = TenantShardMigrateRequest {
-            tenant_shard_id: shard,
+            tenant_shard_id: Some(shard),
             node_id: node,
         };
         let response: TenantShardMigrateResponse = self

@@ -56,6 +56,8 @@ pub fn access(method: &Method, route: &str) -> Access {
 
 pub const MISSING: &str = "Unauthorized: missing authorization header";
 pub const FORBIDDEN: &str = "Forbidden: JWT authentication error";
+/// A header that is not `Bearer <token>` (or not text): Neon answers 401, not 403.
+pub const MALFORMED: &str = "Unauthorized: malformed authorization header";
 
 /// The middleware; a no-op when authentication is off.
 pub async fn authorize(
@@ -77,7 +79,7 @@ pub async fn authorize(
         None => return ApiError::Unauthorized(MISSING.into()).into_response(),
         Some(Err(e)) => {
             tracing::info!(%route, reason = %e, "refused a request: bad authorization header");
-            return ApiError::Forbidden(FORBIDDEN.into()).into_response();
+            return ApiError::Unauthorized(MALFORMED.into()).into_response();
         }
         Some(Ok(token)) => token,
     };

@@ -91,6 +91,8 @@ pub async fn re_attach_legacy(
             .map(|(id, generation)| LegacyReAttachResponseTenant {
                 id,
                 generation: generation.0,
+                r#gen: generation.0,
+                mode: LocationMode::AttachedSingle,
             })
             .collect(),
     }))
@@ -311,10 +313,9 @@ pub async fn migrate(
     Json(request): Json<TenantShardMigrateRequest>,
 ) -> Result<JsonResponse<TenantShardMigrateResponse>, ApiError> {
     let shard = shard_in_path(&raw)?;
-    if request.tenant_shard_id != shard {
+    if let Some(named) = request.tenant_shard_id.filter(|named| *named != shard) {
         return Err(ApiError::BadRequest(format!(
-            "tenant_shard_id {} in the body differs from {shard} in the path",
-            request.tenant_shard_id
+            "tenant_shard_id {named} in the body differs from {shard} in the path"
         )));
     }
     match api

@@ -42,7 +42,11 @@ pub enum LocationMode {
     Detached,
 }
 
-/// The 2023 shape of a re-attach answer (bare `/re-attach` path): `generation`, no mode.
+/// A re-attach answer on the bare `/re-attach` path of 2023. Pageservers of that year
+/// read the generation as `generation` at first and as `gen` by its end, and the path a
+/// pageserver calls follows its configured base URL, not its version: each tenant
+/// carries both names, and the mode, so that every one of them finds what it reads
+/// (none of them refuses a field it does not know).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LegacyReAttachResponse {
     pub tenants: Vec<LegacyReAttachResponseTenant>,
@@ -52,6 +56,8 @@ pub struct LegacyReAttachResponse {
 pub struct LegacyReAttachResponseTenant {
     pub id: TenantShardId,
     pub generation: u32,
+    pub r#gen: u32,
+    pub mode: LocationMode,
 }
 
 /// `POST /upcall/v1/validate`
@@ -83,6 +89,9 @@ pub struct ValidateResponseTenant {
 pub struct AttachHookRequest {
     #[serde(alias = "tenant_id")]
     pub tenant_shard_id: TenantShardId,
+    /// `pageserver_id` in the first (2023) clients: without the alias their attach would
+    /// read as a detach.
+    #[serde(alias = "pageserver_id")]
     pub node_id: Option<NodeId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation_override: Option<u32>,
@@ -147,7 +156,9 @@ pub struct NodeConfigureRequest {
 /// `PUT /control/v1/tenant/{tenant_shard_id}/migrate`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantShardMigrateRequest {
-    pub tenant_shard_id: TenantShardId,
+    /// Repeats the path's shard; newer Neon clients leave it out. Checked when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_shard_id: Option<TenantShardId>,
     pub node_id: NodeId,
 }
 

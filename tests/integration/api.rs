@@ -118,9 +118,10 @@ async fn neon_wire_shapes_and_2023_paths() {
     let tenant = "1f359dd625e519a1a4e8d7509690f6fc";
     let sharded = "1f359dd625e519a1a4e8d7509690f6fc-0102";
 
+    // The first clients named the node `pageserver_id`.
     let attached: serde_json::Value = post(
         "/attach-hook",
-        serde_json::json!({"tenant_id": tenant, "node_id": 5}),
+        serde_json::json!({"tenant_id": tenant, "pageserver_id": 5}),
     )
     .await
     .unwrap()
@@ -147,7 +148,9 @@ async fn neon_wire_shapes_and_2023_paths() {
         .unwrap();
     assert_eq!(
         legacy,
-        serde_json::json!({"tenants": [{"id": tenant, "generation": 2}, {"id": sharded, "generation": 2}]})
+        serde_json::json!({"tenants": [
+            {"id": tenant, "generation": 2, "gen": 2, "mode": "AttachedSingle"},
+            {"id": sharded, "generation": 2, "gen": 2, "mode": "AttachedSingle"}]})
     );
     let current: serde_json::Value = post("/upcall/v1/re-attach", serde_json::json!({"node_id": 5, "register": {
         "node_id": 5, "listen_pg_addr": "ps-5", "listen_pg_port": 6400, "listen_http_addr": "ps-5", "listen_http_port": 9898,
@@ -201,6 +204,24 @@ async fn neon_wire_shapes_and_2023_paths() {
         .unwrap();
     assert_eq!(nodes["id"], 5);
     assert_eq!(nodes["listen_http_port"], 9898);
+
+    // Newer clients send a migrate with the node only (here to the node the shard is
+    // on: its generation stays); a body naming another shard than the path is refused.
+    let migrate = |body: serde_json::Value| {
+        http.put(format!("{url}/control/v1/tenant/{tenant}/migrate"))
+            .json(&body)
+            .send()
+    };
+    let moved = migrate(serde_json::json!({"node_id": 5})).await.unwrap();
+    assert_eq!(moved.status(), 200);
+    assert_eq!(
+        moved.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"gen": 3})
+    );
+    let other = migrate(serde_json::json!({"tenant_shard_id": sharded, "node_id": 5}))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

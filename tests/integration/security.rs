@@ -310,6 +310,20 @@ async fn every_endpoint_checks_scopes_like_neon_through_any_replica() {
                         body.contains("Unauthorized: missing authorization header"),
                         "{what}: {body}"
                     );
+                    // Not a bearer token at all: 401 too, as Neon answers it.
+                    let malformed = http
+                        .request(endpoint.method.clone(), format!("{base}{}", endpoint.path))
+                        .header("authorization", "Basic YWRtaW46YWRtaW4=")
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = malformed.status().as_u16();
+                    let body = malformed.text().await.unwrap_or_default();
+                    assert_eq!(status, 401, "{what} with a basic header: {body}");
+                    assert!(
+                        body.contains("Unauthorized: malformed authorization header"),
+                        "{what}: {body}"
+                    );
                 }
             }
             for scope in ALL_SCOPES {
