@@ -367,10 +367,16 @@ pub fn peer_client_trusting(
     builder.build().context("building the HTTP client")
 }
 
-/// Runs a replica until `shutdown` resolves or Raft fails; `Err` if it failed.
+/// Frees the listen port when awaited: what answers on it until the replica binds it
+/// (a StatefulSet pod's waiting room, so that its probes pass while it joins).
+pub type PortHolder = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Runs a replica until `shutdown` resolves or Raft fails; `Err` if it failed. `holder`,
+/// if any, keeps the listen port answering until the replica is about to bind it.
 pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    holder: Option<PortHolder>,
 ) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     {
@@ -399,6 +405,9 @@ pub async fn serve(
         .with_context(|| format!("loading the snapshot in {}", data_dir.root().display()))?;
     log.purge_behind(state_machine.durable_snapshot());
 
+    if let Some(holder) = holder {
+        holder.await;
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

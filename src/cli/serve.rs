@@ -340,13 +340,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             stop.cancel();
         }
     });
+    let mut holder = None;
     if let Some(placement) = args.statefulset.placement()? {
         tokio::select! {
-            settled = statefulset::settle(&mut config, &placement) => settled?,
+            settled = statefulset::settle(&mut config, &placement) => holder = settled?,
             () = stop.cancelled() => return Ok(()),
         }
     }
-    serve(config, stop.cancelled_owned()).await
+    serve(config, stop.cancelled_owned(), holder).await
 }
 
 #[cfg(test)]

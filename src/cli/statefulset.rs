@@ -52,7 +52,7 @@ use controller_storage::{Bootstrap, DataDir};
 use crate::api::types::{ClusterStatus, ErrorBody, StatusResponse};
 use crate::bootstrap::{is_fresh, is_running, probe};
 use crate::credentials::{CaFile, Reloader};
-use crate::server::{derive_cluster_id, start_listener, ServeConfig};
+use crate::server::{derive_cluster_id, start_listener, PortHolder, ServeConfig};
 
 /// The flags that place a replica in a StatefulSet.
 #[derive(Debug, Clone, Args)]
@@ -372,10 +372,16 @@ const POLL: Duration = Duration::from_millis(500);
 /// Before Raft starts: for a pod placed by [`Placement`] with a template, sets
 /// `config.initial_cluster` and `config.join` to what the data dir and the peers call
 /// for. Waits, without a deadline, until it can decide safely: a pod that cannot must
-/// not start Raft.
-pub async fn settle(config: &mut ServeConfig, placement: &Placement) -> anyhow::Result<()> {
+/// not start Raft. Returns the waiting room, if one was opened, still answering: the
+/// replica frees the port only when it binds it, since joining (asking the cluster,
+/// leaving it first after a lost disk) may take minutes, and a liveness probe that
+/// found the port dead that long would restart the pod in the middle of it.
+pub async fn settle(
+    config: &mut ServeConfig,
+    placement: &Placement,
+) -> anyhow::Result<Option<PortHolder>> {
     if placement.template.is_none() {
-        return Ok(());
+        return Ok(None);
     }
     let explicit_join = config.join.clone();
     let peers = match &explicit_join {
@@ -403,7 +409,7 @@ pub async fn settle(config: &mut ServeConfig, placement: &Placement) -> anyhow::
             }
         }
         tracing::info!(bootstrap = ?identity.bootstrap, "data dir present: restarting with it");
-        return Ok(());
+        return Ok(None);
     }
     let may_bootstrap = explicit_join.is_none() && placement.is_initial_member();
     if peers.is_empty() {
@@ -412,7 +418,7 @@ pub async fn settle(config: &mut ServeConfig, placement: &Placement) -> anyhow::
         }
         tracing::info!("a cluster of one: bootstrapping it");
         config.join = None;
-        return Ok(());
+        return Ok(None);
     }
 
     let (http, ca) = config.security.peer_http()?;
@@ -498,7 +504,6 @@ pub async fn settle(config: &mut ServeConfig, placement: &Placement) -> anyhow::
             config.join = Some(via);
         }
         FreshStart::Rejoin { via } => {
-            room.close().await;
             crate::bootstrap::leave_to_rejoin(
                 &via,
                 placement.id(),
@@ -509,11 +514,9 @@ pub async fn settle(config: &mut ServeConfig, placement: &Placement) -> anyhow::
             tracing::info!(%via, "removed from the running cluster: joining it again");
             config.initial_cluster.clear();
             config.join = Some(via);
-            return Ok(());
         }
     }
-    room.close().await;
-    Ok(())
+    Ok(Some(Box::pin(room.close())))
 }
 
 /// What a pod with an empty data dir serves on its port while it decides: enough for

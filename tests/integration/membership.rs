@@ -1323,3 +1323,40 @@ async fn no_replica_initializes_beside_a_listed_peer_of_another_cluster() {
     cluster.wait_for_leader().await;
     cluster.wait_for_voters(&[1, 2, 3]).await;
 }
+
+/// A pod that joins keeps its port answering `/status` from its waiting room until the
+/// replica binds it, however long joining takes (here: the cluster has no quorum). A
+/// port that went dead meanwhile would fail the liveness probe of a StatefulSet and
+/// restart the pod in the middle of joining.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_joining_a_cluster_without_a_quorum_keeps_answering_its_probes() {
+    let mut cluster = TestCluster::pods(4, &[], None, None).with_initial_pods(3);
+    for id in 1..=3 {
+        cluster.launch(id);
+    }
+    cluster.wait_for_voters(&[1, 2, 3]).await;
+    cluster.kill(2);
+    cluster.kill(3);
+    cluster.launch(4);
+    cluster
+        .wait_for_log(4, "empty data dir: joining the running cluster", 1)
+        .await;
+    let status = cluster.client(4);
+    for _ in 0..20 {
+        status
+            .status()
+            .await
+            .expect("the joining pod stopped answering /status");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        cluster
+            .status_of(4)
+            .await
+            .is_some_and(|s| s.last_log_index.is_none()),
+        "pod 4 joined a cluster without a quorum"
+    );
+    cluster.launch(2);
+    cluster.launch(3);
+    cluster.wait_for_voters(&[1, 2, 3, 4]).await;
+}

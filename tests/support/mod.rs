@@ -186,6 +186,14 @@ impl TestCluster {
         cluster
     }
 
+    /// Makes the pods' initial cluster the first `initial` of them: the others join.
+    pub fn with_initial_pods(mut self, initial: u16) -> TestCluster {
+        let (_, size) = self.pod_template.as_mut().expect("a cluster of pods");
+        assert!(initial <= *size);
+        *size = initial;
+        self
+    }
+
     /// `n` replicas with `--initial-cluster`, none started: [`launch`] each.
     ///
     /// [`launch`]: TestCluster::launch
