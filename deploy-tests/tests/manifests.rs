@@ -21,8 +21,8 @@ const RENDERINGS: [(&str, &str); 2] = [
     ("five-replicas", "deploy/kubernetes/overlays/five-replicas"),
 ];
 
-/// The oldest Kubernetes the manifests support (the preStop sleep action, the PVC
-/// retention policy) and the newest schema kubernetes-validate ships.
+/// The oldest Kubernetes the manifests are checked against (they use the StatefulSet's
+/// PVC retention policy) and the newest schema kubernetes-validate ships.
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
 
 /// checkov checks that do not apply, and why:

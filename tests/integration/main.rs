@@ -5,6 +5,7 @@ mod support;
 
 mod amnesia;
 mod api;
+mod cli;
 mod compatibility;
 mod concurrent_joins;
 mod failover;

@@ -674,8 +674,16 @@ pub async fn hold_request_open(url: &str) -> tokio::net::TcpStream {
 
 /// Runs the binary to completion: (succeeded, stdout + stderr).
 pub fn run_binary(args: &[&str]) -> (bool, String) {
+    run_binary_with_env(args, &[])
+}
+
+/// [`run_binary`] with these environment variables set, and the token variable
+/// (PAGESERVER_CONTROLLER_TOKEN) only if among them.
+pub fn run_binary_with_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let output = Command::new(BIN)
         .args(args)
+        .env_remove("PAGESERVER_CONTROLLER_TOKEN")
+        .envs(env.iter().copied())
         .output()
         .expect("running the binary");
     let text = format!(
