@@ -38,6 +38,21 @@ async fn a_restarted_replica_catches_up_through_a_snapshot() {
         "the follower installed a snapshot: {caught_up:?}"
     );
     assert!(cluster.log_of(follower).contains("installed snapshot"));
+    // And the metrics say so, with how long the install took.
+    assert!(
+        cluster
+            .metric(follower, "psc_snapshot_installs_total")
+            .await
+            .is_some_and(|n| n >= 1.0),
+        "no install counted"
+    );
+    assert!(
+        cluster
+            .metric(follower, "psc_snapshot_install_seconds")
+            .await
+            .is_some_and(|s| s > 0.0),
+        "no install duration"
+    );
 
     // The caught-up replica can carry the cluster: kill the old leader and read through it.
     let expected: Vec<_> = {

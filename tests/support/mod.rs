@@ -595,6 +595,21 @@ impl TestCluster {
         .await
     }
 
+    /// The value of an unlabelled series in replica `id`'s `/metrics`, if it answers.
+    pub async fn metric(&self, id: u64, series: &str) -> Option<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url(id)))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
     /// The log of replica `id`, for assertions and failure messages.
     pub fn log_of(&self, id: u64) -> String {
         std::fs::read_to_string(&self.replicas[&id].log).unwrap_or_default()
