@@ -498,3 +498,43 @@ async fn a_followers_vote_stands_for_its_acknowledgement_only_when_it_matches() 
         .unwrap();
     assert_eq!(bad.status(), 400);
 }
+
+/// A request that a replica forwarded is never forwarded again: a replica that is not the
+/// leader either (leadership moved meanwhile) answers "not the leader", unapplied, and
+/// the first replica routes it afresh. Two replicas that each thought the other led
+/// would otherwise pass it back and forth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_request_is_never_forwarded_again() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let followers = cluster.others_than(leader);
+    let forwarded_before = cluster
+        .metric(followers[1], "psc_forwarded_requests_total")
+        .await;
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/debug/v1/attach-hook",
+            cluster.url(followers[1])
+        ))
+        .header("x-controller-forwarded-by", followers[0].to_string())
+        .json(&serde_json::json!({"tenant_shard_id": shard(9).to_string(), "node_id": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("x-controller-not-leader"));
+    let body = response.text().await.unwrap();
+    assert!(body.contains("is not the leader"), "{body}");
+    assert_eq!(
+        cluster.client(leader).inspect(shard(9)).await.unwrap(),
+        None,
+        "the bounced request was applied"
+    );
+    assert_eq!(
+        cluster
+            .metric(followers[1], "psc_forwarded_requests_total")
+            .await,
+        forwarded_before,
+        "the follower forwarded a forwarded request"
+    );
+}

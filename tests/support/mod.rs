@@ -595,7 +595,8 @@ impl TestCluster {
         .await
     }
 
-    /// The value of an unlabelled series in replica `id`'s `/metrics`, if it answers.
+    /// The sum of a series' samples (all its labels) in replica `id`'s `/metrics`; `None`
+    /// if it has none or the replica does not answer.
     pub async fn metric(&self, id: u64, series: &str) -> Option<f64> {
         let text = self
             .http
@@ -606,8 +607,18 @@ impl TestCluster {
             .text()
             .await
             .ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        let samples: Vec<f64> = text
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(series)?;
+                let value = match rest.strip_prefix('{') {
+                    Some(labelled) => labelled.split_once("} ")?.1,
+                    None => rest.strip_prefix(' ')?,
+                };
+                value.parse().ok()
+            })
+            .collect();
+        (!samples.is_empty()).then(|| samples.iter().sum())
     }
 
     /// The log of replica `id`, for assertions and failure messages.
