@@ -161,10 +161,10 @@ impl Registry {
                 generation_override,
             } => self.attach_hook(*shard, *node, *generation_override),
             Command::ReAttach { node, register } => {
-                // Refused whole, the inline registration included.
-                if let Some(exhausted) = self.exhausted_on(*node) {
-                    return Outcome::Refused(Refusal::GenerationExhausted(exhausted));
-                }
+                // What a log entry does never changes between versions (replicas of two
+                // versions apply the same entries during an upgrade): a refused re-attach
+                // keeps the registration it carried, as it always has. Registering again
+                // is what its retry does anyway.
                 if let Some((address, az)) = register {
                     if let Err(refusal) = self.register(*node, address, az) {
                         return Outcome::Refused(refusal);
@@ -216,26 +216,22 @@ impl Registry {
             }
             return Outcome::Attached { generation: None };
         };
-        // An override only seeds a shard that does not exist yet; it never rewinds one.
-        let current = match self.shards.get(&shard) {
-            Some(record) => record.generation,
-            None => self.seed(generation_override),
-        };
-        let next = match current {
-            None => Generation(1),
-            Some(current) => match current.next() {
-                Some(next) => next,
-                // Refused before anything changes: a new shard is not created either.
-                None => return Outcome::Refused(Refusal::GenerationExhausted(shard)),
-            },
-        };
+        let seed = self.seed(generation_override);
         let record = self.shards.get_or_insert(
             shard,
             ShardRecord {
-                generation: None,
+                // An override only seeds a shard that does not exist yet; it never rewinds one.
+                generation: seed,
                 node: None,
             },
         );
+        let next = match record.generation {
+            None => Generation(1),
+            Some(current) => match current.next() {
+                Some(next) => next,
+                None => return Outcome::Refused(Refusal::GenerationExhausted(shard)),
+            },
+        };
         record.generation = Some(next);
         self.set_node(shard, Some(node));
         Outcome::Attached {
@@ -399,7 +395,12 @@ impl Registry {
             .chain(self.floor)
             .max()
             .map_or(0, |g| g.0);
-        let floor = highest.checked_add(by).ok_or(Refusal::FloorExhausted)?;
+        // Below the top, so that a shard seeded at the floor can still be attached: one
+        // seeded at u32::MAX would be created by an attach that is refused.
+        let floor = highest
+            .checked_add(by)
+            .filter(|floor| *floor < u32::MAX)
+            .ok_or(Refusal::FloorExhausted)?;
         self.floor = Some(Generation(floor));
         let mut raised = 0;
         for record in self.shards.values_mut() {
