@@ -405,6 +405,7 @@ pub async fn serve(
         .with_context(|| format!("loading the snapshot in {}", data_dir.root().display()))?;
     log.purge_behind(state_machine.durable_snapshot());
 
+    let held = holder.is_some();
     if let Some(holder) = holder {
         holder.await;
     }
@@ -569,7 +570,7 @@ pub async fn serve(
     // The listener keeps accepting until leadership has been handed away: the handoff
     // needs the peers' votes and heartbeats to reach this replica.
     let handle = axum_server::Handle::new();
-    let reloader = Reloader::new(
+    let mut reloader = Reloader::new(
         security.keys.clone(),
         security.peer_token.clone(),
         security.tls_files().await?,
@@ -577,6 +578,12 @@ pub async fn serve(
         Some(metrics.clone()),
         security.hangups.clone(),
     );
+    // The waiting room had the SIGHUPs until now and reloaded its own copies of the
+    // certificate and CA: read them again, or a rotation signalled while it held the
+    // port would wait for the next signal or tick.
+    if held {
+        reloader.reload().await;
+    }
     let server = start_listener(
         listener.into_std()?,
         app,
