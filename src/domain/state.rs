@@ -125,7 +125,7 @@ pub enum Refusal {
     )]
     GenerationExhausted(TenantShardId),
     #[error(
-        "the floor new tenant shards start above would pass the last generation (u32 exhausted)"
+        "the floor new tenant shards start above would reach the last generation (u32 exhausted)"
     )]
     FloorExhausted,
     #[error(
@@ -239,17 +239,6 @@ impl Registry {
         }
     }
 
-    /// A shard attached to `node` whose generation cannot go up, if there is one.
-    fn exhausted_on(&self, node: NodeId) -> Option<TenantShardId> {
-        self.attached.get(&node)?.iter().copied().find(|shard| {
-            self.shards
-                .get(shard)
-                .expect("the attached index only names known shards")
-                .generation
-                .is_some_and(|g| g.next().is_none())
-        })
-    }
-
     fn re_attach(&mut self, node: NodeId) -> Outcome {
         let attached: Vec<TenantShardId> = self
             .attached
@@ -258,8 +247,14 @@ impl Registry {
             .unwrap_or_default();
         // All or nothing: one exhausted shard refuses the whole re-attach, so no replica
         // ever sees half of it applied.
-        if let Some(exhausted) = self.exhausted_on(node) {
-            return Outcome::Refused(Refusal::GenerationExhausted(exhausted));
+        if let Some(exhausted) = attached.iter().find(|shard| {
+            self.shards
+                .get(shard)
+                .expect("the attached index only names known shards")
+                .generation
+                .is_some_and(|g| g.next().is_none())
+        }) {
+            return Outcome::Refused(Refusal::GenerationExhausted(*exhausted));
         }
         let mut shards = Vec::with_capacity(attached.len());
         for shard in attached {

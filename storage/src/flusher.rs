@@ -12,9 +12,10 @@
 //! last flush, and of the blob directory (sled never does either). sled writes any
 //! message over a quarter of a segment (128 KiB) to a blob file, and not only large
 //! values: it rewrites a whole leaf of up to 16 log entries as one message, so entries of
-//! over about 8 KiB each (a full batch of 256 attaches is about that) are enough. Blob files are fsynced before the flush
-//! (the log about to be made durable points at them) and once more after it (for any
-//! created meanwhile). After each flush, the [`Watermark`] records what it made durable.
+//! over about 8 KiB each (a full batch of 256 attaches is about that) are enough. Blob
+//! files are fsynced before the flush (the log about to be made durable points at them)
+//! and once more after it (for any created meanwhile). After each flush, the
+//! [`Watermark`] records what it made durable.
 //!
 //! A failed flush fails every later one: after a failed fsync the kernel may have
 //! dropped the pages it could not write, and a later fsync that succeeds says nothing

@@ -690,19 +690,11 @@ async fn credential_metric(
     series: &str,
     credential: &str,
 ) -> Option<i64> {
-    let text = cluster
-        .http()
-        .get(format!("{}/metrics", cluster.url(id)))
-        .send()
+    let selector = format!("{series}{{credential=\"{credential}\"}}");
+    cluster
+        .metric(id, &selector)
         .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let prefix = format!("{series}{{credential=\"{credential}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .and_then(|value| value.trim().parse().ok())
+        .map(|value| value as i64)
 }
 
 const RELOADS: &str = "psc_credential_reloads_total";

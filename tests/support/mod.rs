@@ -596,7 +596,8 @@ impl TestCluster {
     }
 
     /// The sum of a series' samples (all its labels) in replica `id`'s `/metrics`; `None`
-    /// if it has none or the replica does not answer.
+    /// if it has none or the replica does not answer. `series` may carry its labels
+    /// (`name{label="value"}`) to pick one sample.
     pub async fn metric(&self, id: u64, series: &str) -> Option<f64> {
         let text = self
             .http
