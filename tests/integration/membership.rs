@@ -1349,13 +1349,6 @@ async fn a_pod_joining_a_cluster_without_a_quorum_keeps_answering_its_probes() {
             .expect("the joining pod stopped answering /status");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        cluster
-            .status_of(4)
-            .await
-            .is_some_and(|s| s.last_log_index.is_none()),
-        "pod 4 joined a cluster without a quorum"
-    );
     cluster.launch(2);
     cluster.launch(3);
     cluster.wait_for_voters(&[1, 2, 3, 4]).await;
