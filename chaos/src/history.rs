@@ -130,6 +130,12 @@ pub enum Outcome {
     Indeterminate {
         reason: String,
     },
+    /// A success whose answer the API does not allow (a body that does not parse, a
+    /// re-attached shard without a generation, an outcome of the wrong kind). The write
+    /// may have been applied, so the checker treats it as indeterminate, and reports it.
+    Unreadable {
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -153,6 +159,9 @@ impl Outcome {
                 ..
             } => Outcome::NotSent {
                 reason: reason.clone(),
+            },
+            ClientError::Decode { .. } => Outcome::Unreadable {
+                reason: error.to_string(),
             },
             other => Outcome::Indeterminate {
                 reason: other.to_string(),
@@ -184,7 +193,7 @@ impl Outcome {
                 };
             }
             other => {
-                return Outcome::Indeterminate {
+                return Outcome::Unreadable {
                     reason: format!("an answer no request of the history expects: {other:?}"),
                 }
             }
@@ -464,6 +473,33 @@ mod tests {
             (ops.len(), &ops[0].request, &ops[0].outcome),
             (1, &request, &answer)
         );
+    }
+
+    /// What a client error tells the caller: a 4xx changed nothing, a 5xx may have, and a
+    /// success whose body the client could not read is no timeout.
+    #[test]
+    fn client_errors_map_to_what_the_caller_knows() {
+        let http = |status, not_applied| ClientError::Http {
+            status,
+            msg: "m".into(),
+            not_applied,
+        };
+        assert!(matches!(
+            Outcome::from_error(&http(409, true)),
+            Outcome::Refused { status: 409, .. }
+        ));
+        assert!(matches!(
+            Outcome::from_error(&http(503, true)),
+            Outcome::NotSent { .. }
+        ));
+        assert!(Outcome::from_error(&http(503, false)).is_indeterminate());
+        assert!(matches!(
+            Outcome::from_error(&ClientError::Decode {
+                url: "u".into(),
+                reason: "expected value".into()
+            }),
+            Outcome::Unreadable { .. }
+        ));
     }
 
     #[test]

@@ -29,7 +29,11 @@ impl OpCounts {
         for op in ops {
             match op.outcome {
                 Outcome::Ok { .. } => counts.ok += 1,
-                Outcome::Indeterminate { .. } => counts.indeterminate += 1,
+                // An unreadable success is a violation the checker reports; for the
+                // counts it is an answer the caller could not use.
+                Outcome::Indeterminate { .. } | Outcome::Unreadable { .. } => {
+                    counts.indeterminate += 1
+                }
                 Outcome::Refused { .. } => counts.refused += 1,
                 Outcome::NotSent { .. } => counts.not_sent += 1,
             }

@@ -590,7 +590,7 @@ fn seconds(t_us: u64) -> String {
 fn outcome_color(outcome: &Outcome) -> &'static str {
     match outcome {
         Outcome::Ok { .. } => COLOR_OK,
-        Outcome::Indeterminate { .. } => COLOR_INDETERMINATE,
+        Outcome::Indeterminate { .. } | Outcome::Unreadable { .. } => COLOR_INDETERMINATE,
         Outcome::Refused { .. } => COLOR_REFUSED,
         Outcome::NotSent { .. } => COLOR_NOT_SENT,
     }
@@ -631,6 +631,7 @@ fn outcome_text(outcome: &Outcome, max_chars: Option<usize>) -> String {
         Outcome::Refused { status, msg } => format!("refused {status}: {}", reason(msg)),
         Outcome::NotSent { reason: r } => format!("not applied: {}", reason(r)),
         Outcome::Indeterminate { reason: r } => format!("indeterminate: {}", reason(r)),
+        Outcome::Unreadable { reason: r } => format!("unreadable: {}", reason(r)),
     }
 }
 

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use pageserver_controller::api::types::NodeRegisterRequest;
+use pageserver_controller::api::types::{LocationMode, NodeRegisterRequest};
 use pageserver_controller::client::{self, Client};
 use pageserver_controller::domain::{NodeId, TenantId, TenantShardId};
 use rand::{Rng, SeedableRng};
@@ -257,13 +257,16 @@ pub async fn execute(client: &Client, request: &Request) -> Outcome {
                 let tenants = response
                     .tenants
                     .into_iter()
-                    .map(|t| {
-                        t.r#gen
-                            .map(|g| (t.id, g))
-                            .ok_or_else(|| client::ClientError::Decode {
-                                url: client.base_url().to_owned(),
-                                reason: format!("re-attach answered no generation for {}", t.id),
-                            })
+                    .map(|t| match (t.r#gen, t.mode) {
+                        // Every shard this controller re-attaches is attached, alone.
+                        (Some(g), LocationMode::AttachedSingle) => Ok((t.id, g)),
+                        (generation, mode) => Err(client::ClientError::Decode {
+                            url: client.base_url().to_owned(),
+                            reason: format!(
+                                "re-attach answered generation {generation:?} in mode {mode:?} for {}",
+                                t.id
+                            ),
+                        }),
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(Answer::ReAttached { tenants })

@@ -12,6 +12,8 @@
 //!
 //! The rules mirror `pageserver_controller::domain::Registry` as the API documents them:
 //! - attach: generation + 1 (a new shard starts at its override, or 0), node set;
+//!   refused (never acknowledged) where that would pass `u32::MAX`, as are a migrate and
+//!   a re-attach of an attached shard there;
 //! - detach: node cleared, generation kept (an unknown shard stays unknown, unless an
 //!   override creates it detached);
 //! - migrate to the node it is on: nothing changes and the current generation is
@@ -87,11 +89,25 @@ pub fn step(state: ShardState, step: &Step, out: &mut Vec<ShardState>) {
             generation_override,
             observed,
         } => {
+            // From the generation this attach starts from (an override seeds a new
+            // shard), one up; none above u32::MAX, where the attach is refused.
+            let from = state.generation.or(generation_override);
+            let Some(issued) = from.map_or(Some(1), |g| g.checked_add(1)) else {
+                // Refused, so never acknowledged; a refused attach still leaves a shard
+                // its override created (detached), as the registry does.
+                if observed.is_none() {
+                    out.extend([
+                        state,
+                        ShardState {
+                            generation: from,
+                            node: state.node,
+                        },
+                    ]);
+                }
+                return;
+            };
             let next = ShardState {
-                generation: Some(match state.generation {
-                    None => generation_override.map_or(1, |g| g.saturating_add(1)),
-                    Some(g) => g.saturating_add(1),
-                }),
+                generation: Some(issued),
                 node: Some(node),
             };
             match observed {
@@ -134,8 +150,15 @@ pub fn step(state: ShardState, step: &Step, out: &mut Vec<ShardState>) {
             let next = if state.node == Some(node) {
                 state
             } else {
+                let Some(issued) = generation.checked_add(1) else {
+                    // Refused (exhausted): never acknowledged, nothing changed.
+                    if observed.is_none() {
+                        out.push(state);
+                    }
+                    return;
+                };
                 ShardState {
-                    generation: Some(generation.saturating_add(1)),
+                    generation: Some(issued),
                     node: Some(node),
                 }
             };
@@ -147,8 +170,17 @@ pub fn step(state: ShardState, step: &Step, out: &mut Vec<ShardState>) {
         }
         Step::ReAttach { node, observed } => {
             let attached = state.node == Some(node);
+            let Some(issued) = state.generation.map_or(Some(1), |g| g.checked_add(1)) else {
+                // An exhausted shard attached here refuses the whole re-attach, which is
+                // then never acknowledged; one attached elsewhere is not its business.
+                match (observed, attached) {
+                    (None, _) | (Some(None), false) => out.push(state),
+                    (Some(_), _) => {}
+                }
+                return;
+            };
             let next = ShardState {
-                generation: Some(state.generation.map_or(1, |g| g.saturating_add(1))),
+                generation: Some(issued),
                 node: Some(node),
             };
             match (observed, attached) {
@@ -282,6 +314,34 @@ mod tests {
         assert_eq!(
             next(at(3, Some(1)), unknown),
             [at(3, Some(1)), at(4, Some(2))]
+        );
+    }
+
+    /// The registry refuses to go past `u32::MAX` (409): no write is acknowledged there,
+    /// so an answer at the top is never a second copy of it.
+    #[test]
+    fn nothing_is_acknowledged_past_the_last_generation() {
+        let top = at(u32::MAX, Some(1));
+        assert!(next(top, attach(2, Some(u32::MAX))).is_empty());
+        let migrate = |observed| Step::Migrate { node: 2, observed };
+        assert!(next(top, migrate(Some(u32::MAX))).is_empty());
+        assert_eq!(next(top, migrate(None)), [top]);
+        let re_attach = |node, observed| Step::ReAttach { node, observed };
+        assert!(next(top, re_attach(1, Some(Some(u32::MAX)))).is_empty());
+        assert!(next(top, re_attach(1, Some(None))).is_empty());
+        assert_eq!(next(top, re_attach(1, None)), [top]);
+        // Attached elsewhere, it does not stop another node's re-attach.
+        assert_eq!(next(top, re_attach(2, Some(None))), [top]);
+        // An override at the top creates the shard, detached, and refuses the attach.
+        let seeded_at_top = |observed| Step::Attach {
+            node: Some(1),
+            generation_override: Some(u32::MAX),
+            observed,
+        };
+        assert!(next(ShardState::default(), seeded_at_top(Some(Some(u32::MAX)))).is_empty());
+        assert_eq!(
+            next(ShardState::default(), seeded_at_top(None)),
+            [ShardState::default(), at(u32::MAX, None)]
         );
     }
 

@@ -50,7 +50,7 @@ pub fn project(ops: &[Op]) -> (BTreeMap<TenantShardId, Vec<TenantOp>>, Vec<Malfo
     for op in ops {
         if !matches!(
             op.outcome,
-            Outcome::Ok { .. } | Outcome::Indeterminate { .. }
+            Outcome::Ok { .. } | Outcome::Indeterminate { .. } | Outcome::Unreadable { .. }
         ) {
             continue;
         }
@@ -86,6 +86,17 @@ pub fn project(ops: &[Op]) -> (BTreeMap<TenantShardId, Vec<TenantOp>>, Vec<Malfo
         let answer = match &op.outcome {
             Outcome::Ok { answer } => Some(answer),
             Outcome::Indeterminate { .. } => None,
+            Outcome::Unreadable { reason } => {
+                malformed.push(Malformed {
+                    op: op.id,
+                    shard: None,
+                    message: format!(
+                        "{} answered what the API does not allow: {reason}",
+                        op.request.name()
+                    ),
+                });
+                None
+            }
             Outcome::Refused { .. } | Outcome::NotSent { .. } => continue,
         };
         let mut push = |shard: TenantShardId, step: Step, observed: bool| {

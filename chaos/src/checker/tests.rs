@@ -404,6 +404,33 @@ fn an_answer_about_a_shard_not_asked_is_malformed() {
     assert!(h.verdict().breaks(Rule::MalformedAnswer));
 }
 
+/// A success the API does not allow (here a re-attach listing a shard without a
+/// generation) is reported, not passed over as a timeout would be.
+#[test]
+fn an_unreadable_success_is_reported() {
+    let mut h = H::default();
+    h.attach(0, 10, 1, 1, 1).push(
+        11,
+        12,
+        Request::ReAttach { node: NodeId(1) },
+        Outcome::Unreadable {
+            reason: "re-attach answered generation None in mode Secondary".into(),
+        },
+    );
+    assert!(h.verdict().breaks(Rule::MalformedAnswer));
+    // The same call lost to a timeout is no violation.
+    let mut h = H::default();
+    h.attach(0, 10, 1, 1, 1).push(
+        11,
+        12,
+        Request::ReAttach { node: NodeId(1) },
+        Outcome::Indeterminate {
+            reason: "timed out".into(),
+        },
+    );
+    assert!(h.verdict().violations.is_empty(), "{:#?}", h.verdict());
+}
+
 #[test]
 fn refused_and_unsent_requests_change_nothing() {
     let mut h = H::default();

@@ -576,7 +576,11 @@ impl Ending<'_> {
             }
         }
         match cluster.wait_settled(Duration::from_secs(30)).await {
-            Ok(_) => final_reads(cluster, history, shards).await,
+            Ok(_) => {
+                if let Err(e) = final_reads(cluster, history, shards).await {
+                    self.liveness.push(format!("after the faults: {e}"));
+                }
+            }
             Err(e) => self.liveness.push(format!("after the faults: {e}")),
         }
         cluster.shutdown().await;
@@ -602,24 +606,48 @@ impl Ending<'_> {
     }
 }
 
-/// Every shard read back through every replica, recorded as the client `final`.
-async fn final_reads(cluster: &SimCluster, history: &History, shards: &[TenantShardId]) {
+/// Every shard read back through every replica, recorded as the client `final`; an error
+/// if a replica of the settled cluster does not answer a read (a read that is never
+/// answered could hide a lost generation).
+async fn final_reads(
+    cluster: &SimCluster,
+    history: &History,
+    shards: &[TenantShardId],
+) -> anyhow::Result<()> {
     let newest = crate::history::newest_generations(&history.ops());
     for id in &cluster.ids {
         for shard in shards {
-            let request = Request::Inspect { shard: *shard };
-            let call = history.begin("final", *id, request.clone());
-            let outcome = serve(&cluster.net, *id, &request).await;
-            history.end(call, outcome);
+            read_until_answered(cluster, history, *id, Request::Inspect { shard: *shard }).await?;
         }
         let tenants: Vec<(TenantShardId, u32)> = newest.iter().map(|(s, g)| (*s, *g)).collect();
         if !tenants.is_empty() {
-            let request = Request::Validate { tenants };
-            let call = history.begin("final", *id, request.clone());
-            let outcome = serve(&cluster.net, *id, &request).await;
-            history.end(call, outcome);
+            read_until_answered(cluster, history, *id, Request::Validate { tenants }).await?;
         }
     }
+    Ok(())
+}
+
+async fn read_until_answered(
+    cluster: &SimCluster,
+    history: &History,
+    via: u64,
+    request: Request,
+) -> anyhow::Result<()> {
+    const TRIES: usize = 20;
+    for _ in 0..TRIES {
+        let call = history.begin("final", via, request.clone());
+        let outcome = serve(&cluster.net, via, &request).await;
+        let answered = outcome.is_ok();
+        history.end(call, outcome);
+        if answered {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!(
+        "replica {via} did not answer a final {} in {TRIES} tries",
+        request.name()
+    )
 }
 
 /// Runs `count` seeds from `first`, `concurrency` at a time, printing progress; returns
