@@ -74,6 +74,8 @@ struct Sampled {
     tenant_shards: IntGauge,
     nodes: IntGauge,
     voters: IntGauge,
+    is_voter: IntGauge,
+    has_leader: IntGauge,
     removed: IntGauge,
     replication_lag: IntGaugeVec,
 }
@@ -279,6 +281,16 @@ impl Metrics {
                 "psc_raft_voters",
                 "voting members in the current configuration",
             ),
+            is_voter: gauge(
+                r,
+                "psc_raft_is_voter",
+                "1 if this replica votes in the current configuration (0: a learner, or removed)",
+            ),
+            has_leader: gauge(
+                r,
+                "psc_raft_has_leader",
+                "1 if this replica knows a leader of its current term",
+            ),
             removed: gauge(
                 r,
                 "psc_removed",
@@ -414,6 +426,13 @@ impl Metrics {
         }
         s.voters
             .set(m.membership_config.membership().voter_ids().count() as i64);
+        s.is_voter.set(i64::from(
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .any(|voter| voter == m.id),
+        ));
+        s.has_leader.set(i64::from(m.current_leader.is_some()));
         s.removed.set(i64::from(replica.removed().is_some()));
         let snapshots = replica.snapshot_stats();
         s.snapshot_bytes

@@ -17,16 +17,20 @@ pub fn repo_root() -> PathBuf {
 /// The full path of `program` on `PATH`; panics with `how_to_install` when it is not
 /// there, so that a machine without it fails the test instead of skipping it.
 pub fn require(program: &str, how_to_install: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
+    on_path(program).unwrap_or_else(|| {
+        panic!(
+            "`{program}` is not on PATH; the deploy tests need it. {how_to_install} \
+                 (or skip these tests: cargo test --workspace --exclude deploy-tests)"
+        )
+    })
+}
+
+/// The full path of `program` if it is on `PATH`.
+fn on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
         .find(|candidate| is_executable(candidate))
-        .unwrap_or_else(|| {
-            panic!(
-                "`{program}` is not on PATH; the deploy tests need it. {how_to_install} \
-                 (or skip these tests: cargo test --workspace --exclude deploy-tests)"
-            )
-        })
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -40,12 +44,7 @@ fn is_executable(path: &Path) -> bool {
 /// (so `cargo test --workspace` works on a fresh machine that has `python3`).
 pub fn python_tool(program: &str) -> PathBuf {
     let venv = repo_root().join("target/deploy-tools/bin").join(program);
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(program))
-            .find(|candidate| is_executable(candidate))
-    });
-    if let Some(found) = on_path {
+    if let Some(found) = on_path(program) {
         return found;
     }
     if !is_executable(&venv) {
@@ -134,4 +133,84 @@ pub fn run(command: &mut Command) -> anyhow::Result<String> {
         );
     }
     String::from_utf8(out.stdout).with_context(|| format!("{command:?} printed non-UTF-8"))
+}
+
+/// Prometheus' `promtool` (it checks and unit-tests `deploy/prometheus/alerts.yaml`): from
+/// `PATH`, else `target/deploy-tools/promtool`, which is unpacked on first use from
+/// Debian's `prometheus` package (`apt-get download`, so nothing is installed or started).
+pub fn promtool() -> PathBuf {
+    let unpacked = repo_root().join("target/deploy-tools/promtool");
+    if let Some(found) = on_path("promtool") {
+        return found;
+    }
+    if !is_executable(&unpacked) {
+        if let Err(e) = unpack_promtool(&unpacked) {
+            panic!(
+                "`promtool` is not on PATH and unpacking it from Debian's prometheus package \
+                 failed: {e:#}. Install it (Debian: prometheus) or put it on PATH."
+            );
+        }
+    }
+    unpacked
+}
+
+/// Downloads Debian's `prometheus` package into a temporary directory and copies its
+/// `promtool` to `to`; once per test process.
+fn unpack_promtool(to: &Path) -> anyhow::Result<()> {
+    static UNPACKED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    UNPACKED
+        .get_or_init(|| {
+            let attempt = || -> anyhow::Result<()> {
+                let work = download_dir()?;
+                eprintln!(
+                    "[deploy tests] unpacking promtool from Debian's prometheus package (once)"
+                );
+                let download = || {
+                    output(
+                        Command::new(require("apt-get", "promtool comes from Debian's apt."))
+                            .args(["download", "-qq", "prometheus"])
+                            .current_dir(&work),
+                    )
+                };
+                let mut out = download()?;
+                if !out.status.success() {
+                    // A fresh machine may have no package lists yet.
+                    run(Command::new("apt-get").args(["update", "-qq"]))?;
+                    out = download()?;
+                }
+                if !out.status.success() {
+                    bail!(
+                        "apt-get download prometheus failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                let deb = std::fs::read_dir(&work)?
+                    .filter_map(|entry| entry.ok().map(|e| e.path()))
+                    .find(|p| p.extension().is_some_and(|e| e == "deb"))
+                    .context("apt-get download left no .deb")?;
+                let unpacked = work.join("unpacked");
+                run(
+                    Command::new(require("dpkg-deb", "promtool comes from a Debian package."))
+                        .arg("-x")
+                        .arg(&deb)
+                        .arg(&unpacked),
+                )?;
+                std::fs::create_dir_all(to.parent().expect("a file in a directory"))?;
+                std::fs::copy(unpacked.join("usr/bin/promtool"), to)
+                    .context("the package holds no usr/bin/promtool")?;
+                std::fs::remove_dir_all(&work)?;
+                Ok(())
+            };
+            attempt().map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// A fresh directory under `target/` (apt's downloader must be able to write there).
+fn download_dir() -> anyhow::Result<PathBuf> {
+    let dir = repo_root().join(format!("target/promtool-download-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }

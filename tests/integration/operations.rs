@@ -526,6 +526,58 @@ async fn metrics_are_prometheus_text_with_the_operational_series() {
         async move { (in_flight(metrics.await)? == 0.0).then_some(()) }
     })
     .await;
+
+    // The shipped alert rules (deploy/prometheus/alerts.yaml) read only series that the
+    // replicas export, and the series their cluster-wide rules compare are there on
+    // every replica: a voter that knows its leader.
+    let mut exported = std::collections::BTreeSet::new();
+    for id in cluster.running() {
+        let text = metrics_of(id).await.expect("metrics");
+        exported.extend(parse_prometheus(&text));
+        for (series, expected) in [
+            ("psc_raft_is_voter", 1.0),
+            ("psc_raft_has_leader", 1.0),
+            ("psc_raft_voters", 3.0),
+            ("psc_removed", 0.0),
+            ("psc_raft_is_leader", if id == leader { 1.0 } else { 0.0 }),
+        ] {
+            assert_eq!(
+                value(&text, series),
+                Some(expected),
+                "{series} on {id}:\n{text}"
+            );
+        }
+    }
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yaml"),
+    )
+    .unwrap();
+    let read_by_rules = metric_names_in(&rules);
+    assert!(read_by_rules.len() >= 10, "{read_by_rules:?}");
+    for name in &read_by_rules {
+        assert!(
+            exported.contains(name),
+            "alerts.yaml reads {name}, which no replica exports"
+        );
+    }
+}
+
+/// The metric names (`psc_...`, `process_...`) that appear in `text`.
+fn metric_names_in(text: &str) -> std::collections::BTreeSet<String> {
+    let is_name_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut names = std::collections::BTreeSet::new();
+    for (start, _) in text
+        .match_indices("psc_")
+        .chain(text.match_indices("process_"))
+    {
+        let preceded_by_name = text[..start].chars().next_back().is_some_and(is_name_char);
+        if !preceded_by_name {
+            let rest = &text[start..];
+            let end = rest.find(|c| !is_name_char(c)).unwrap_or(rest.len());
+            names.insert(rest[..end].to_owned());
+        }
+    }
+    names
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
