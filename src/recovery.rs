@@ -3,8 +3,9 @@
 //! disks are lost for good).
 //!
 //! Both leave a data dir holding a snapshot of the registry at some log index `L`, a log
-//! that is "committed and purged up to `L`", a membership of this one replica, and a vote
-//! at the latest term seen. Started with `serve`, the replica elects itself at once; more
+//! that is "committed and purged up to `L`", a membership of this one replica, a vote
+//! at the latest term seen, and a new cluster id (so that no replica of the cluster the
+//! state came from can talk to the new one). Started with `serve`, the replica elects itself at once; more
 //! members are added with `serve --join`.
 //!
 //! Generations: the source may lack generations that were handed out after it was taken
@@ -182,10 +183,22 @@ pub async fn recover(
     // The seeded snapshot takes the place of everything up to `last`.
     let last = LogId::new(CommittedLeaderId::new(term, id), last.index.max(1));
     seed(&dir, &mut log, &registry, last, term, id, &member).await?;
+    // A new cluster id, as for a restore: a replica of the old cluster that was declared
+    // lost but starts again on its old data dir is refused on every request between
+    // replicas (votes, entries, read indexes), instead of mixing its state, which lacks
+    // the raise, into the recovered cluster's.
     let mut identity = dir.identity().clone();
+    let old_cluster_id = std::mem::replace(
+        &mut identity.cluster_id,
+        derive_cluster_id(
+            &format!("{}\nrecovered {}", identity.cluster_name, now_ms()),
+            &BTreeMap::from([(id, member.clone())]),
+        ),
+    );
     identity.bootstrap = Bootstrap::Seeded;
     dir.set_identity(identity.clone())?;
-    tracing::warn!(%member, last_index = last.index, raised, bump, "recovered a one-member cluster from a surviving replica");
+    tracing::warn!(%member, last_index = last.index, raised, bump, from_cluster = %old_cluster_id,
+        cluster = %identity.cluster_id, "recovered a one-member cluster from a surviving replica");
     Ok(Seeded {
         cluster_id: identity.cluster_id,
         shards: registry.shard_count(),

@@ -135,7 +135,7 @@ pub async fn recover(args: RecoverArgs) -> anyhow::Result<()> {
     )
     .await?;
     eprintln!(
-        "!!! replica {} is now the only member of cluster {}; {} tenant shards, {} generations raised by {} !!!",
+        "!!! replica {} is now the only member of a new cluster {}; {} tenant shards, {} generations raised by {} !!!",
         args.id, seeded.cluster_id, seeded.shards, seeded.raised, args.generation_bump
     );
     eprintln!("!!! start it with serve, then add fresh replicas with serve --join; never restart the lost ones !!!");

@@ -241,6 +241,7 @@ async fn a_lost_majority_is_recovered_from_a_survivor_and_grows_again() {
     let client = cluster.client(leader);
     attach_range(&client, 0..25, 1).await;
     let original = client.list_tenants(None, None).await.unwrap();
+    let old_cluster = client.cluster_status().await.unwrap().cluster_id;
     let survivor = cluster.other_than(leader);
     cluster.wait_caught_up(survivor).await;
     for id in cluster.running() {
@@ -309,6 +310,29 @@ async fn a_lost_majority_is_recovered_from_a_survivor_and_grows_again() {
             .unwrap(),
         Some(highest(&original) + BUMP + 1)
     );
+
+    // The recovered cluster is a new cluster. A replica declared lost that starts again on
+    // its old data dir anyway (its state lacks the raise) is refused by the survivor,
+    // and its reads, without a quorum of its old cluster, are errors, not old answers.
+    let recovered = client.cluster_status().await.unwrap().cluster_id;
+    assert_ne!(recovered, old_cluster);
+    cluster.restart(leader).await;
+    cluster
+        .wait_for_log(survivor, "but this replica belongs to cluster", 1)
+        .await;
+    assert!(cluster.log_of(survivor).contains(&old_cluster));
+    let stale = original[3].generation.unwrap();
+    let answer = cluster.client(leader).validate(&[(shard(3), stale)]).await;
+    assert!(
+        answer.is_err(),
+        "a replica of the old cluster answered {answer:?}"
+    );
+    let recovered_answer = cluster
+        .client(survivor)
+        .validate(&[(shard(3), stale)])
+        .await
+        .unwrap();
+    assert!(!recovered_answer.tenants[0].valid, "{recovered_answer:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
