@@ -75,7 +75,9 @@ struct Sampled {
     nodes: IntGauge,
     voters: IntGauge,
     is_voter: IntGauge,
+    is_member: IntGauge,
     has_leader: IntGauge,
+    quorum_ack_age_seconds: Gauge,
     removed: IntGauge,
     replication_lag: IntGaugeVec,
 }
@@ -286,10 +288,24 @@ impl Metrics {
                 "psc_raft_is_voter",
                 "1 if this replica votes in the current configuration (0: a learner, or removed)",
             ),
+            is_member: gauge(
+                r,
+                "psc_raft_is_member",
+                "1 if the current configuration lists this replica, as a voter or a learner",
+            ),
             has_leader: gauge(
                 r,
                 "psc_raft_has_leader",
                 "1 if this replica knows a leader of its current term",
+            ),
+            quorum_ack_age_seconds: register(
+                r,
+                Gauge::with_opts(Opts::new(
+                    "psc_raft_leader_quorum_ack_age_seconds",
+                    "leader only: seconds since a quorum last acknowledged this leader (0 elsewhere); \
+                     growing while it still leads means it is cut off from a quorum",
+                ))
+                .expect("valid metric"),
             ),
             removed: gauge(
                 r,
@@ -432,7 +448,15 @@ impl Metrics {
                 .voter_ids()
                 .any(|voter| voter == m.id),
         ));
+        s.is_member.set(i64::from(
+            m.membership_config.membership().get_node(&m.id).is_some(),
+        ));
         s.has_leader.set(i64::from(m.current_leader.is_some()));
+        s.quorum_ack_age_seconds
+            .set(match (m.state, m.millis_since_quorum_ack) {
+                (openraft::ServerState::Leader, Some(ms)) => ms as f64 / 1e3,
+                _ => 0.0,
+            });
         s.removed.set(i64::from(replica.removed().is_some()));
         let snapshots = replica.snapshot_stats();
         s.snapshot_bytes

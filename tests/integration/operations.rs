@@ -560,6 +560,7 @@ async fn metrics_are_prometheus_text_with_the_operational_series() {
         exported.extend(parse_prometheus(&text));
         for (series, expected) in [
             ("psc_raft_is_voter", 1.0),
+            ("psc_raft_is_member", 1.0),
             ("psc_raft_has_leader", 1.0),
             ("psc_raft_voters", 3.0),
             ("psc_removed", 0.0),
@@ -571,6 +572,12 @@ async fn metrics_are_prometheus_text_with_the_operational_series() {
                 "{series} on {id}:\n{text}"
             );
         }
+        // A leader hears from a quorum with every heartbeat; elsewhere the age is 0.
+        let quorum_ack_age = value(&text, "psc_raft_leader_quorum_ack_age_seconds");
+        assert!(
+            quorum_ack_age.is_some_and(|age| if id == leader { age < 5.0 } else { age == 0.0 }),
+            "{quorum_ack_age:?} on {id}"
+        );
     }
     let rules = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yaml"),
