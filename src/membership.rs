@@ -289,8 +289,8 @@ impl Membership {
             if answering < quorum && !force {
                 return Err(MembershipError::Conflict(format!(
                     "refusing to remove replica {id}: of the {} remaining voters only {answering} answer, and a \
-                     quorum of them needs {quorum}; the cluster would stop. Bring replicas back first, or pass \
-                     force=true",
+                     quorum of them needs {quorum}; the cluster would stop. Bring replicas back first, or force \
+                     it (`?force=true`; `cluster remove --force`)",
                     remaining.len()
                 )));
             }

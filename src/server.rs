@@ -54,6 +54,8 @@ pub struct ServeConfig {
     pub initial_cluster: BTreeMap<u64, Member>,
     /// A replica of a running cluster to ask for membership (fresh data dir only).
     pub join: Option<String>,
+    /// Joins as a learner and stays one (`--learner`).
+    pub learner: bool,
     pub cluster_name: String,
     pub timing: Timing,
     pub deadlines: Deadlines,
@@ -165,7 +167,11 @@ async fn open_data_dir(
     let root = &config.data_dir;
     if DataDir::peek(root)?.is_some() {
         let dir = DataDir::open(root, config.id, Some(&config.cluster_name))?;
-        tracing::info!(path = %root.display(), cluster = %dir.identity().cluster_id, "opened existing data dir; --initial-cluster is ignored");
+        if config.initial_cluster.is_empty() {
+            tracing::info!(path = %root.display(), cluster = %dir.identity().cluster_id, "opened existing data dir");
+        } else {
+            tracing::info!(path = %root.display(), cluster = %dir.identity().cluster_id, "opened existing data dir; --initial-cluster is ignored");
+        }
         return Ok((dir, config.join.clone().into_iter().collect()));
     }
     let mut join = config.join.clone();
@@ -507,9 +513,10 @@ pub async fn serve(
     // finds itself a learner: it asks again, or it would stay one for good.
     // It then asks through any voter its log names as well as the one it was given with
     // `--join`: that one may be the replica that is down (a StatefulSet gives every pod
-    // the same first). Without `--join` it does not ask (a learner by intent).
+    // the same first). Without `--join`, or with `--learner`, it does not ask (a learner
+    // by intent).
     let mut join = join;
-    let still_a_learner = initialized && {
+    let still_a_learner = initialized && !config.learner && {
         let metrics = replica.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let learner = membership.get_node(&config.id).is_some()
@@ -542,6 +549,7 @@ pub async fn serve(
             }
             tokio::spawn(ask_to_join(
                 replica.clone(),
+                config.learner,
                 Via {
                     urls: join.clone(),
                     http: peer_http.clone(),
@@ -685,31 +693,35 @@ impl Via {
 /// A joining replica asks the cluster to add it, until it is added or refused.
 async fn ask_to_join(
     replica: Arc<Replica>,
+    as_learner: bool,
     via: Via,
     url: String,
     stop: CancellationToken,
     failure: Arc<std::sync::Mutex<Option<String>>>,
 ) {
     let id = replica.id();
+    let role = if as_learner { "learner" } else { "voter" };
     for attempt in 0.. {
         // The answer may have been lost (the replica asked may have died after adding
         // us): the replicated membership says whether we are in.
-        let is_voter = replica
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == id);
-        if is_voter {
-            tracing::info!("this replica is a voter of the cluster");
+        let joined = {
+            let metrics = replica.metrics().borrow().clone();
+            let membership = metrics.membership_config.membership();
+            if as_learner {
+                membership.get_node(&id).is_some()
+            } else {
+                membership.voter_ids().any(|v| v == id)
+            }
+        };
+        if joined {
+            tracing::info!(role, "this replica is a member of the cluster");
             return;
         }
         let cluster = via.client(attempt);
         tokio::select! {
-            result = cluster.add_member(id, &url, false, None) => match result {
+            result = cluster.add_member(id, &url, as_learner, None) => match result {
                 Ok(status) => {
-                    tracing::info!(leader = ?status.leader, "added to the cluster as a voter");
+                    tracing::info!(leader = ?status.leader, role, "added to the cluster");
                     return;
                 }
                 Err(e) if e.is_refusal() => {

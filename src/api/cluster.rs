@@ -181,6 +181,7 @@ pub async fn cluster_status_of(api: &ApiState) -> ClusterStatus {
         .await
         .ok()
         .flatten();
+    let last_log_term = replica.last_log_id().map(|id| id.leader_id.term);
     let metrics = replica.metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
     let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
@@ -211,6 +212,7 @@ pub async fn cluster_status_of(api: &ApiState) -> ClusterStatus {
         term: metrics.current_term,
         members,
         last_log_index: metrics.last_log_index,
+        last_log_term,
         committed_index: committed,
         applied_index: metrics.last_applied.map(|id| id.index),
         snapshot_index: metrics.snapshot.map(|id| id.index),

@@ -261,6 +261,11 @@ pub struct ClusterStatus {
     pub term: u64,
     pub members: Vec<ClusterMember>,
     pub last_log_index: Option<u64>,
+    /// The term of the last log entry (not the current term, which a replica without a
+    /// quorum keeps raising): with `last_log_index`, which replica's log is the most
+    /// recent, as Raft compares logs. Absent in answers of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_log_term: Option<u64>,
     pub committed_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub snapshot_index: Option<u64>,

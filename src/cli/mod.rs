@@ -116,6 +116,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keygen(args) => offline::keygen(args),
         Command::Ops(command) => {
             crate::logging::init("warn", log_format, None);
+            // Printed for a person or a pipe: `cluster status | head -1` ends quietly,
+            // as other command-line tools do, instead of a panic on the closed pipe.
+            // (Sockets are written with MSG_NOSIGNAL, so only the pipe is affected; the
+            // server commands keep SIGPIPE ignored.)
+            // SAFETY: restores the default action of one signal, before any thread of ours
+            // writes to stdout; no handler is installed.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            }
             runtime.block_on(ops::run(command))
         }
     }

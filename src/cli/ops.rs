@@ -105,14 +105,14 @@ pub enum OpsCommand {
         /// Pageserver node id.
         #[arg(long)]
         node: u64,
-        /// Host the node serves the page service (libpq) on.
-        #[arg(long)]
+        /// Host the node serves the page service (libpq) on (the port is --pg-port).
+        #[arg(long, value_parser = host_only)]
         pg_addr: String,
         /// Port of the page service.
         #[arg(long, default_value_t = 6400)]
         pg_port: u16,
-        /// Host the node serves its management HTTP API on.
-        #[arg(long)]
+        /// Host the node serves its management HTTP API on (the port is --http-port).
+        #[arg(long, value_parser = host_only)]
         http_addr: String,
         /// Port of the management HTTP API.
         #[arg(long, default_value_t = 9898)]
@@ -260,13 +260,33 @@ pub fn print_cluster_status(status: &ClusterStatus) {
         );
     }
     println!(
-        "log: last {}, committed {}, applied {}, snapshot {}, purged {}",
+        "log: last {} (term {}), committed {}, applied {}, snapshot {}, purged {}",
         or_dash(status.last_log_index),
+        or_dash(status.last_log_term),
         or_dash(status.committed_index),
         or_dash(status.applied_index),
         or_dash(status.snapshot_index),
         or_dash(status.purged_index)
     );
+}
+
+/// A host name or address without a port: a node's ports are flags of their own, and a
+/// `host:port` here would be registered as a host (and a correction refused as a
+/// conflicting address).
+fn host_only(value: &str) -> Result<String, String> {
+    let has_port = value.parse::<std::net::SocketAddr>().is_ok()
+        || value
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.contains(':') && port.parse::<u16>().is_ok());
+    if value.is_empty() {
+        Err("empty host".into())
+    } else if has_port {
+        Err(format!(
+            "{value:?} carries a port: give the host alone, and the port with --pg-port or --http-port"
+        ))
+    } else {
+        Ok(value.to_owned())
+    }
 }
 
 pub async fn run(command: OpsCommand) -> anyhow::Result<()> {

@@ -50,6 +50,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL", conflicts_with = "initial_cluster")]
     pub join: Option<String>,
 
+    /// With --join: ask to be added as a learner, which receives every entry but never
+    /// votes, and stay one (restarts included) until promoted with `cluster add`.
+    #[arg(long, conflicts_with = "initial_cluster")]
+    pub learner: bool,
+
     /// Name of the cluster; a data dir of another cluster is refused.
     #[arg(long, default_value = "pageserver-controller")]
     pub cluster_name: String,
@@ -255,6 +260,7 @@ impl ServeArgs {
             data_dir: self.data_dir.clone(),
             initial_cluster,
             join: self.join.clone(),
+            learner: self.learner,
             cluster_name: self.cluster_name.clone(),
             timing,
             deadlines: Deadlines {

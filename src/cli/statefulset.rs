@@ -554,6 +554,7 @@ impl WaitingRoom {
             term: 0,
             members: Vec::new(),
             last_log_index: None,
+            last_log_term: None,
             committed_index: None,
             applied_index: None,
             snapshot_index: None,
@@ -761,6 +762,7 @@ mod tests {
                 })
                 .collect(),
             last_log_index: last,
+            last_log_term: None,
             committed_index: None,
             applied_index: None,
             snapshot_index: None,

@@ -215,6 +215,7 @@ mod tests {
                 .map(|m| member(m, leading.then_some(40 + m)))
                 .collect(),
             last_log_index: Some(applied),
+            last_log_term: Some(term),
             committed_index: Some(applied),
             applied_index: Some(applied),
             snapshot_index: None,

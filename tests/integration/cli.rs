@@ -54,6 +54,39 @@ async fn every_tenant_and_node_command_works_through_a_follower() {
         nodes.contains("ps-7:6400") && nodes.contains("ps-8:9898"),
         "{nodes}"
     );
+    // A port in a host flag is refused before anything is sent: registered, it would
+    // be part of the host, and the corrected registration a conflict.
+    for host in ["ps-9:6401", "10.0.0.9:6401", "[::1]:6401"] {
+        let (registered, text) = run_binary_with_env(
+            &[
+                "register-node",
+                "--url",
+                &url,
+                "--node",
+                "9",
+                "--pg-addr",
+                host,
+                "--http-addr",
+                "ps-9",
+            ],
+            &[],
+        );
+        assert!(!registered && text.contains("--pg-port"), "{host}: {text}");
+    }
+    ok(&[
+        "register-node",
+        "--url",
+        &url,
+        "--node",
+        "9",
+        "--pg-addr",
+        "::1",
+        "--pg-port",
+        "6401",
+        "--http-addr",
+        "ps-9",
+    ]);
+    assert!(ok(&["nodes", "--url", &url]).contains("::1:6401"));
 
     assert_eq!(
         json(&["attach", &one, "--node", "7", "--url", &url]),

@@ -157,6 +157,13 @@ async fn local_cluster_restarts_a_killed_replica_and_stops_on_sigterm() {
         report.contains("MATCHED is known to the leader only"),
         "{report}"
     );
+    // The last entry's term, which the disaster-recovery runbook compares.
+    assert!(
+        report.lines().any(|l| l.starts_with("log: last ")
+            && l.contains("(term ")
+            && !l.contains("(term -)")),
+        "{report}"
+    );
 
     // Every member answers for itself again, and they agree on the leader.
     let (ok, report) = run_binary(&["cluster", "status", "--all", "--url", &url(survivor)]);

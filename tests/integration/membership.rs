@@ -928,32 +928,96 @@ async fn a_member_added_as_a_learner_replicates_and_does_not_vote() {
         .add_member(4, &cluster.url(4), true, None)
         .await
         .unwrap();
-    let role = |status: &pageserver_controller::api::types::ClusterStatus| {
-        status
-            .members
-            .iter()
-            .find(|m| m.id == 4)
-            .map(|m| m.role.clone())
-    };
-    assert_eq!(role(&status).as_deref(), Some("learner"), "{status:?}");
+    assert_eq!(
+        role_of(&status, 4).as_deref(),
+        Some("learner"),
+        "{status:?}"
+    );
     // It replicates: a write through the leader reaches its state.
     let generation = client
         .attach_hook(shard(9), Some(NodeId(1)), None)
         .await
         .unwrap();
     let learner = cluster.client(4);
-    wait_for("the learner to apply the attach", DEADLINE, || {
-        let learner = &learner;
-        async move {
-            let inspected = learner.inspect(shard(9)).await.ok()??;
-            (Some(inspected.0) == generation).then_some(())
-        }
-    })
-    .await;
+    wait_shard_applied(&learner, 9, generation).await;
     // And it never becomes a voter by itself.
     let status = cluster.status_of(leader).await.unwrap();
-    assert_eq!(role(&status).as_deref(), Some("learner"), "{status:?}");
+    assert_eq!(
+        role_of(&status, 4).as_deref(),
+        Some("learner"),
+        "{status:?}"
+    );
     assert!(!status.joint, "{status:?}");
+}
+
+/// The role (`voter` or `learner`) of member `id` in `status`.
+fn role_of(status: &pageserver_controller::api::types::ClusterStatus, id: u64) -> Option<String> {
+    status
+        .members
+        .iter()
+        .find(|m| m.id == id)
+        .map(|m| m.role.clone())
+}
+
+/// Waits until `client`'s replica has applied `generation` of shard `n`.
+async fn wait_shard_applied(client: &Client, n: u32, generation: Option<u32>) {
+    wait_for("the replica to apply the attach", DEADLINE, || async {
+        let inspected = client.inspect(shard(n)).await.ok()??;
+        (Some(inspected.0) == generation).then_some(())
+    })
+    .await;
+}
+
+/// `serve --join URL --learner`: the replica asks to be added as a learner, catches up,
+/// and stays a learner, also after a restart (which, without `--learner`, asks to be
+/// promoted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_as_a_learner_joins_as_one_and_stays_one() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.launch_joining_with(4, cluster.url(leader), &["--learner"]);
+    cluster.wait_answering(4).await;
+    let generation = cluster
+        .client(leader)
+        .attach_hook(shard(9), Some(NodeId(1)), None)
+        .await
+        .unwrap();
+    let learner = cluster.client(4);
+    wait_shard_applied(&learner, 9, generation).await;
+    // Once it stops asking (it would only stop as a voter without `--learner`).
+    wait_for("replica 4 to be added", DEADLINE, || async {
+        let log = cluster.log_of(4);
+        (log.contains("added to the cluster") || log.contains("is a member of the cluster"))
+            .then_some(())
+    })
+    .await;
+    for restart in [false, true] {
+        if restart {
+            cluster.stop(4);
+            cluster.restart(4).await;
+            // Caught up again through the leader's entries, after the restart.
+            let generation = cluster
+                .client(leader)
+                .attach_hook(shard(9), Some(NodeId(2)), None)
+                .await
+                .unwrap();
+            wait_shard_applied(&learner, 9, generation).await;
+        }
+        let status = cluster.status_of(leader).await.unwrap();
+        assert_eq!(
+            role_of(&status, 4).as_deref(),
+            Some("learner"),
+            "{status:?}"
+        );
+        assert!(!status.joint, "{status:?}");
+    }
+    assert!(
+        !cluster
+            .log_of(4)
+            .contains("restarted as a learner before being promoted"),
+        "{}",
+        cluster.log_of(4)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -241,7 +241,11 @@ async fn a_lost_majority_is_recovered_from_a_survivor_and_grows_again() {
     let client = cluster.client(leader);
     attach_range(&client, 0..25, 1).await;
     let original = client.list_tenants(None, None).await.unwrap();
-    let old_cluster = client.cluster_status().await.unwrap().cluster_id;
+    let status = client.cluster_status().await.unwrap();
+    // The leader's last entry is of its own term: what an operator compares to pick the
+    // survivor with the most recent log.
+    assert_eq!(status.last_log_term, Some(status.term), "{status:?}");
+    let old_cluster = status.cluster_id;
     let survivor = cluster.other_than(leader);
     cluster.wait_caught_up(survivor).await;
     for id in cluster.running() {

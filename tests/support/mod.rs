@@ -32,6 +32,8 @@ pub struct Replica {
     pub join: Option<String>,
     /// `Some(list)`: started with this `--initial-cluster` instead of the cluster's.
     pub initial_cluster: Option<String>,
+    /// `serve` flags of this replica alone, after the cluster's.
+    pub args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -143,6 +145,7 @@ impl TestCluster {
                     log: dir.path().join(format!("replica-{id}.log")),
                     join: None,
                     initial_cluster: None,
+                    args: Vec::new(),
                     child: None,
                 },
             );
@@ -252,6 +255,7 @@ impl TestCluster {
                 "1000",
             ])
             .args(&extra)
+            .args(&replica.args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -420,6 +424,11 @@ impl TestCluster {
     /// Starts a new replica `id` with an empty data dir and `--join url`, without
     /// waiting for it to answer.
     pub fn launch_joining(&mut self, id: u64, url: String) {
+        self.launch_joining_with(id, url, &[]);
+    }
+
+    /// [`TestCluster::launch_joining`] with `serve` flags for this replica alone.
+    pub fn launch_joining_with(&mut self, id: u64, url: String, args: &[&str]) {
         assert!(!self.replicas.contains_key(&id), "replica {id} exists");
         let root = self.root().to_owned();
         self.replicas.insert(
@@ -431,6 +440,7 @@ impl TestCluster {
                 log: root.join(format!("replica-{id}.log")),
                 join: Some(url),
                 initial_cluster: None,
+                args: args.iter().map(|a| a.to_string()).collect(),
                 child: None,
             },
         );
