@@ -42,6 +42,9 @@ pub struct Metrics {
     credential_reloads: IntCounterVec,
     credential_failing: IntGaugeVec,
     sampled: Sampled,
+    /// Held from sampling to encoding: two scrapes at once (two Prometheus servers)
+    /// would otherwise interleave, one clearing the lag series the other just set.
+    scraping: std::sync::Mutex<()>,
 }
 
 /// Series set from the replica's state at scrape time.
@@ -381,6 +384,7 @@ impl Metrics {
             leader_changes,
             flush_seconds,
             sampled,
+            scraping: std::sync::Mutex::new(()),
         })
     }
 
@@ -521,6 +525,10 @@ impl Metrics {
         data_dir: &std::path::Path,
         committed: Option<u64>,
     ) -> String {
+        let _scraping = self
+            .scraping
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.sample(replica, data_dir, committed);
         let mut out = Vec::new();
         TextEncoder::new()
