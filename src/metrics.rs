@@ -570,9 +570,24 @@ pub async fn serve_metrics(State(state): State<MetricsState>) -> Response {
         .await
         .ok()
         .flatten();
-    let body = state
-        .metrics
-        .render(&state.replica, &state.data_dir, committed);
+    // Sampling walks the data dir and may wait for another scrape: off the runtime's
+    // workers, which Raft's heartbeats and the API need.
+    let body = match tokio::task::spawn_blocking(move || {
+        state
+            .metrics
+            .render(&state.replica, &state.data_dir, committed)
+    })
+    .await
+    {
+        Ok(body) => body,
+        Err(e) => {
+            return (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!("sampling the metrics failed: {e}"),
+            )
+                .into_response()
+        }
+    };
     (
         [(
             axum::http::header::CONTENT_TYPE,

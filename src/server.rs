@@ -516,6 +516,20 @@ pub async fn serve(
     // the same first). Without `--join`, or with `--learner`, it does not ask (a learner
     // by intent).
     let mut join = join;
+    if config.learner && initialized {
+        let metrics = replica.metrics().borrow().clone();
+        if metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == config.id)
+        {
+            tracing::warn!(
+                "--learner is ignored: this replica is a voter; to make it a learner, remove it \
+                 and add it back with `cluster add --learner`"
+            );
+        }
+    }
     let still_a_learner = initialized && !config.learner && {
         let metrics = replica.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();

@@ -195,9 +195,13 @@ fn unpack_promtool(to: &Path) -> anyhow::Result<()> {
                         .arg(&deb)
                         .arg(&unpacked),
                 )?;
+                // Copied under another name, then renamed: a copy cut short must not
+                // pass for the tool next time.
                 std::fs::create_dir_all(to.parent().expect("a file in a directory"))?;
-                std::fs::copy(unpacked.join("usr/bin/promtool"), to)
+                let partial = to.with_extension("partial");
+                std::fs::copy(unpacked.join("usr/bin/promtool"), &partial)
                     .context("the package holds no usr/bin/promtool")?;
+                std::fs::rename(&partial, to)?;
                 std::fs::remove_dir_all(&work)?;
                 Ok(())
             };

@@ -181,7 +181,8 @@ pub async fn cluster_status_of(api: &ApiState) -> ClusterStatus {
         .await
         .ok()
         .flatten();
-    let last_log_term = replica.last_log_id().map(|id| id.leader_id.term);
+    // Index and term of the last entry from one report of openraft's.
+    let last_log = replica.raft().data_metrics().borrow().last_log;
     let metrics = replica.metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
     let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
@@ -211,8 +212,8 @@ pub async fn cluster_status_of(api: &ApiState) -> ClusterStatus {
         leader: metrics.current_leader,
         term: metrics.current_term,
         members,
-        last_log_index: metrics.last_log_index,
-        last_log_term,
+        last_log_index: last_log.map(|id| id.index),
+        last_log_term: last_log.map(|id| id.leader_id.term),
         committed_index: committed,
         applied_index: metrics.last_applied.map(|id| id.index),
         snapshot_index: metrics.snapshot.map(|id| id.index),

@@ -1,6 +1,22 @@
 //! The command line: `serve` runs a replica, `local-cluster` runs three on loopback, and
 //! the rest are operator commands that talk to any replica through [`crate::client`].
 
+/// `std`'s `println!`/`print!` for what the commands print, except that a closed stdout
+/// (`cluster status | head -1`) ends the command quietly, as other command-line tools
+/// do, instead of panicking. (SIGPIPE stays ignored: its default action would also kill
+/// a command that writes to a socket a replica has just reset.) Defined before the
+/// command modules, which use it in place of `std`'s.
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*), false)
+    };
+}
+macro_rules! println {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*), true)
+    };
+}
+
 mod local_cluster;
 mod offline;
 mod ops;
@@ -85,6 +101,25 @@ impl Command {
     }
 }
 
+/// Writes to stdout for the commands' `print!`/`println!`: exits quietly (status 0) once
+/// stdout is closed, and panics on any other failure, as `std`'s macros do.
+pub(crate) fn write_stdout(text: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(text).and_then(|()| {
+        if newline {
+            stdout.write_all(b"\n")
+        } else {
+            Ok(())
+        }
+    });
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => panic!("failed printing to stdout: {e}"),
+    }
+}
+
 /// Runs the parsed command line; the process exit code follows the result.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -116,15 +151,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keygen(args) => offline::keygen(args),
         Command::Ops(command) => {
             crate::logging::init("warn", log_format, None);
-            // Printed for a person or a pipe: `cluster status | head -1` ends quietly,
-            // as other command-line tools do, instead of a panic on the closed pipe.
-            // (Sockets are written with MSG_NOSIGNAL, so only the pipe is affected; the
-            // server commands keep SIGPIPE ignored.)
-            // SAFETY: restores the default action of one signal, before any thread of ours
-            // writes to stdout; no handler is installed.
-            unsafe {
-                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            }
             runtime.block_on(ops::run(command))
         }
     }

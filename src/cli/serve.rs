@@ -52,7 +52,7 @@ pub struct ServeArgs {
 
     /// With --join: ask to be added as a learner, which receives every entry but never
     /// votes, and stay one (restarts included) until promoted with `cluster add`.
-    #[arg(long, conflicts_with = "initial_cluster")]
+    #[arg(long, requires = "join")]
     pub learner: bool,
 
     /// Name of the cluster; a data dir of another cluster is refused.

@@ -264,11 +264,6 @@ impl Replica {
         self.log.entry_count()
     }
 
-    /// The id of the last log entry (or of the purge point past it).
-    pub fn last_log_id(&self) -> Option<openraft::LogId<u64>> {
-        self.log.written_last()
-    }
-
     /// The leader this replica currently believes in, with its member record.
     pub fn leader(&self) -> Option<(u64, Member)> {
         let metrics = self.raft.metrics();

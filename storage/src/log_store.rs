@@ -442,12 +442,6 @@ where
         self.watermark.written().vote
     }
 
-    /// The id of the last entry handed to sled (or the purge point past it), durable or
-    /// not yet: its term says how recent this log is, whatever the current term.
-    pub fn written_last(&self) -> Option<LogId<u64>> {
-        self.watermark.written().last
-    }
-
     /// Flush counters for metrics.
     pub fn flush_stats(&self) -> std::sync::Arc<FlushStats> {
         self.flusher.stats()

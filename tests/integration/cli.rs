@@ -88,6 +88,22 @@ async fn every_tenant_and_node_command_works_through_a_follower() {
     ]);
     assert!(ok(&["nodes", "--url", &url]).contains("::1:6401"));
 
+    // Printing into a pipe whose reader is gone (`| head -1` after its line) ends the
+    // command quietly, with success, rather than with a panic.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let closed = std::process::Command::new(crate::support::BIN)
+        .args(["cluster", "status", "--url", &url])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&closed.stderr);
+    assert!(
+        closed.status.success() && !stderr.contains("panicked"),
+        "{:?}: {stderr}",
+        closed.status
+    );
+
     assert_eq!(
         json(&["attach", &one, "--node", "7", "--url", &url]),
         serde_json::json!({"gen": 1})

@@ -241,10 +241,19 @@ async fn a_lost_majority_is_recovered_from_a_survivor_and_grows_again() {
     let client = cluster.client(leader);
     attach_range(&client, 0..25, 1).await;
     let original = client.list_tenants(None, None).await.unwrap();
-    let status = client.cluster_status().await.unwrap();
-    // The leader's last entry is of its own term: what an operator compares to pick the
-    // survivor with the most recent log.
-    assert_eq!(status.last_log_term, Some(status.term), "{status:?}");
+    // A leader's last entry is of its own term (its first entry as leader is): what an
+    // operator compares to pick the survivor with the most recent log.
+    let status = wait_for(
+        "a leader to report its last entry's term",
+        DEADLINE,
+        || async {
+            let leader = cluster.leader_now().await?;
+            let status = cluster.status_of(leader).await?;
+            (status.state == "leader" && status.last_log_term == Some(status.term))
+                .then_some(status)
+        },
+    )
+    .await;
     let old_cluster = status.cluster_id;
     let survivor = cluster.other_than(leader);
     cluster.wait_caught_up(survivor).await;
@@ -558,31 +567,36 @@ async fn metrics_are_prometheus_text_with_the_operational_series() {
     // The shipped alert rules (deploy/prometheus/alerts.yaml) read only series that the
     // replicas export, and the series their cluster-wide rules compare are there on
     // every replica: a voter that knows its leader.
-    let mut exported = std::collections::BTreeSet::new();
-    for id in cluster.running() {
-        let text = metrics_of(id).await.expect("metrics");
-        exported.extend(parse_prometheus(&text));
-        for (series, expected) in [
-            ("psc_raft_is_voter", 1.0),
-            ("psc_raft_is_member", 1.0),
-            ("psc_raft_has_leader", 1.0),
-            ("psc_raft_voters", 3.0),
-            ("psc_removed", 0.0),
-            ("psc_raft_is_leader", if id == leader { 1.0 } else { 0.0 }),
-        ] {
-            assert_eq!(
-                value(&text, series),
-                Some(expected),
-                "{series} on {id}:\n{text}"
-            );
+    // (Waited for: on a busy machine an election may move the leader meanwhile.)
+    let exported = wait_for("every replica to report its place", DEADLINE, || async {
+        let leader = cluster.leader_now().await?;
+        let mut exported = std::collections::BTreeSet::new();
+        for id in cluster.running() {
+            let text = metrics_of(id).await?;
+            let expected = [
+                ("psc_raft_is_voter", 1.0),
+                ("psc_raft_is_member", 1.0),
+                ("psc_raft_has_leader", 1.0),
+                ("psc_raft_voters", 3.0),
+                ("psc_removed", 0.0),
+                ("psc_raft_is_leader", if id == leader { 1.0 } else { 0.0 }),
+            ];
+            if expected
+                .iter()
+                .any(|(series, want)| value(&text, series) != Some(*want))
+            {
+                return None;
+            }
+            // A leader hears from a quorum with every heartbeat; elsewhere the age is 0.
+            let age = value(&text, "psc_raft_leader_quorum_ack_age_seconds")?;
+            if !(if id == leader { age < 5.0 } else { age == 0.0 }) {
+                return None;
+            }
+            exported.extend(parse_prometheus(&text));
         }
-        // A leader hears from a quorum with every heartbeat; elsewhere the age is 0.
-        let quorum_ack_age = value(&text, "psc_raft_leader_quorum_ack_age_seconds");
-        assert!(
-            quorum_ack_age.is_some_and(|age| if id == leader { age < 5.0 } else { age == 0.0 }),
-            "{quorum_ack_age:?} on {id}"
-        );
-    }
+        Some(exported)
+    })
+    .await;
     let rules = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yaml"),
     )
