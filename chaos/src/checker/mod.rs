@@ -65,6 +65,8 @@ pub enum Rule {
     TornValidate,
     /// No order of the shard's operations explains what their callers observed.
     NotLinearizable,
+    /// A migrate acknowledged onto a node that no request could have registered yet.
+    UnregisteredNode,
 }
 
 impl fmt::Display for Rule {
@@ -144,6 +146,7 @@ pub fn check_with_budget(ops: &[Op], max_steps: u64) -> Verdict {
         rules::check_shard(*shard, ops, &mut verdict.violations);
     }
     rules::check_torn(&per_shard, &mut verdict.violations);
+    check_registration(ops, &mut verdict.violations);
 
     // A shard that already broke a named rule is not linearizable; searching it would
     // only spend the budget proving so (an exhaustive search of a wrong history is the
@@ -188,6 +191,49 @@ pub fn check_with_budget(ops: &[Op], max_steps: u64) -> Verdict {
     });
     verdict.inconclusive.sort();
     verdict
+}
+
+/// A migrate is refused (404) unless its target node is registered, and nodes register
+/// only by re-attaching (the history's re-attaches carry their registration; nothing
+/// deletes a node). So a migrate acknowledged onto node N needs a re-attach of N that may
+/// have taken effect before the migrate returned: one acknowledged, or of unknown
+/// outcome, called before then. Complete for these histories, since registration only
+/// grows; wrong refusals are not checked (refused requests are left out).
+fn check_registration(ops: &[Op], violations: &mut Vec<Violation>) {
+    use crate::history::{Outcome, Request};
+    // The earliest call of a re-attach of each node that may have been applied.
+    let mut registered_from: BTreeMap<u64, u64> = BTreeMap::new();
+    for op in ops {
+        if let (
+            Request::ReAttach { node },
+            Outcome::Ok { .. } | Outcome::Indeterminate { .. } | Outcome::Unreadable { .. },
+        ) = (&op.request, &op.outcome)
+        {
+            let first = registered_from.entry(node.0).or_insert(op.call_us);
+            *first = (*first).min(op.call_us);
+        }
+    }
+    for op in ops {
+        let (Request::Migrate { shard, node }, Outcome::Ok { .. }) = (&op.request, &op.outcome)
+        else {
+            continue;
+        };
+        if registered_from
+            .get(&node.0)
+            .is_none_or(|&call| call >= op.return_us)
+        {
+            violations.push(Violation {
+                rule: Rule::UnregisteredNode,
+                shard: Some(*shard),
+                ops: vec![op.id],
+                message: format!(
+                    "migrate to node {} acknowledged, but no re-attach of that node (which \
+                     registers it) was called before the migrate returned",
+                    node.0
+                ),
+            });
+        }
+    }
 }
 
 /// Runs each shard's search, spread over the machine's cores.

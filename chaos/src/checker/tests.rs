@@ -476,7 +476,9 @@ fn refused_and_unsent_requests_change_nothing() {
 #[test]
 fn migrate_to_where_the_shard_is_keeps_its_generation() {
     let mut h = H::default();
-    h.attach(0, 10, 1, 1, 1)
+    // Nodes 1 and 2 register (a migrate onto an unregistered node is refused).
+    h.re_attach(0, 1, 1, &[]).re_attach(0, 1, 2, &[]);
+    h.attach(2, 10, 1, 1, 1)
         .ok(
             11,
             20,
@@ -505,6 +507,7 @@ fn a_migrate_to_another_node_that_keeps_the_generation_is_caught() {
     // the same generation to two pageservers. The named rules cannot tell a move from a
     // migrate to where the shard already is (which keeps it); the search can.
     let mut h = H::default();
+    h.re_attach(0, 1, 2, &[]);
     h.attach(0, 10, 1, 1, 1).ok(
         11,
         20,
@@ -515,6 +518,40 @@ fn a_migrate_to_another_node_that_keeps_the_generation_is_caught() {
         Answer::Migrated { generation: 1 },
     );
     assert_breaks(&h, Rule::NotLinearizable);
+}
+
+/// Nodes register by re-attaching, and a migrate onto a node not registered is refused:
+/// one acknowledged when no re-attach of its node had been called before it returned is
+/// a wrong answer. A re-attach of unknown outcome, or one that overlaps the migrate, may
+/// have registered it.
+#[test]
+fn a_migrate_onto_a_node_never_registered_is_caught() {
+    let migrate = |node| Request::Migrate {
+        shard: shard(1),
+        node: NodeId(node),
+    };
+    let moved = Answer::Migrated { generation: 2 };
+    let mut h = H::default();
+    h.attach(0, 10, 1, 1, 1)
+        .ok(11, 20, migrate(7), moved.clone());
+    let verdict = h.verdict();
+    assert!(verdict.breaks(Rule::UnregisteredNode), "{verdict:#?}");
+    // Node 7 re-attached only after the migrate had returned: still caught.
+    let mut h = H::default();
+    h.attach(0, 10, 1, 1, 1)
+        .ok(11, 20, migrate(7), moved.clone())
+        .re_attach(21, 22, 7, &[(1, 3)]);
+    assert!(h.verdict().breaks(Rule::UnregisteredNode));
+    // A re-attach of unknown outcome called while the migrate ran may have registered it.
+    let mut h = H::default();
+    h.attach(0, 10, 1, 1, 1)
+        .re_attach_unknown(12, 30, 7)
+        .ok(11, 20, migrate(7), moved);
+    assert!(
+        !h.verdict().breaks(Rule::UnregisteredNode),
+        "{:#?}",
+        h.verdict()
+    );
 }
 
 #[test]
