@@ -444,17 +444,12 @@ impl Metrics {
         if let Ok(space) = controller_storage::file_system_space(data_dir) {
             s.data_dir_free_bytes.set(space.available_bytes as i64);
         }
-        s.voters
-            .set(m.membership_config.membership().voter_ids().count() as i64);
-        s.is_voter.set(i64::from(
-            m.membership_config
-                .membership()
-                .voter_ids()
-                .any(|voter| voter == m.id),
-        ));
-        s.is_member.set(i64::from(
-            m.membership_config.membership().get_node(&m.id).is_some(),
-        ));
+        let membership = m.membership_config.membership();
+        s.voters.set(membership.voter_ids().count() as i64);
+        s.is_voter
+            .set(i64::from(membership.voter_ids().any(|voter| voter == m.id)));
+        s.is_member
+            .set(i64::from(membership.get_node(&m.id).is_some()));
         s.has_leader.set(i64::from(m.current_leader.is_some()));
         s.quorum_ack_age_seconds
             .set(match (m.state, m.millis_since_quorum_ack) {

@@ -167,11 +167,8 @@ async fn open_data_dir(
     let root = &config.data_dir;
     if DataDir::peek(root)?.is_some() {
         let dir = DataDir::open(root, config.id, Some(&config.cluster_name))?;
-        if config.initial_cluster.is_empty() {
-            tracing::info!(path = %root.display(), cluster = %dir.identity().cluster_id, "opened existing data dir");
-        } else {
-            tracing::info!(path = %root.display(), cluster = %dir.identity().cluster_id, "opened existing data dir; --initial-cluster is ignored");
-        }
+        tracing::info!(path = %root.display(), cluster = %dir.identity().cluster_id,
+            initial_cluster_ignored = !config.initial_cluster.is_empty(), "opened existing data dir");
         return Ok((dir, config.join.clone().into_iter().collect()));
     }
     let mut join = config.join.clone();
@@ -516,28 +513,21 @@ pub async fn serve(
     // the same first). Without `--join`, or with `--learner`, it does not ask (a learner
     // by intent).
     let mut join = join;
-    if config.learner && initialized {
-        let metrics = replica.metrics().borrow().clone();
-        if metrics
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == config.id)
-        {
+    let still_a_learner = {
+        let raft_metrics = replica.metrics().borrow().clone();
+        let current = raft_metrics.membership_config.membership();
+        let is_voter = current.voter_ids().any(|v| v == config.id);
+        if config.learner && initialized && is_voter {
             tracing::warn!(
-                "--learner is ignored: this replica is a voter; to make it a learner, remove it \
-                 and add it back with `cluster add --learner`"
+                "--learner is ignored: this replica is a voter; to make it a learner, remove \
+                 it and add it back with `cluster add --learner`"
             );
         }
-    }
-    let still_a_learner = initialized && !config.learner && {
-        let metrics = replica.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let learner = membership.get_node(&config.id).is_some()
-            && !membership.voter_ids().any(|v| v == config.id);
+        let learner =
+            initialized && !config.learner && current.get_node(&config.id).is_some() && !is_voter;
         if learner && !join.is_empty() {
-            for voter in membership.voter_ids() {
-                if let Some(member) = membership.get_node(&voter) {
+            for voter in current.voter_ids() {
+                if let Some(member) = current.get_node(&voter) {
                     if !join.contains(&member.url) {
                         join.push(member.url.clone());
                     }

@@ -340,6 +340,38 @@ impl History {
         Call(id)
     }
 
+    /// A read after the faults, as client `final`: sent through `via` with `send`, and
+    /// again (after `pause`) until answered, `tries` times at most; an error if it never
+    /// is, since a read never answered could hide a lost generation. Every try is
+    /// recorded.
+    pub async fn read_until_answered<F, Fut>(
+        &self,
+        via: u64,
+        request: Request,
+        tries: usize,
+        pause: std::time::Duration,
+        send: F,
+    ) -> anyhow::Result<()>
+    where
+        F: Fn(Request) -> Fut,
+        Fut: std::future::Future<Output = Outcome>,
+    {
+        for _ in 0..tries {
+            let call = self.begin("final", via, request.clone());
+            let outcome = send(request.clone()).await;
+            let answered = outcome.is_ok();
+            self.end(call, outcome);
+            if answered {
+                return Ok(());
+            }
+            tokio::time::sleep(pause).await;
+        }
+        anyhow::bail!(
+            "replica {via} did not answer a final {} in {tries} tries",
+            request.name()
+        )
+    }
+
     /// Records the outcome of a request noted by [`History::begin`].
     pub fn end(&self, call: Call, outcome: Outcome) {
         let return_us = self.now_us();

@@ -347,19 +347,12 @@ async fn read_until_answered(
     request: Request,
 ) -> anyhow::Result<()> {
     let client = cluster.client(via, Duration::from_secs(15));
-    for _ in 0..20 {
-        let call = history.begin("final", via, request.clone());
-        let outcome = execute(&client, &request).await;
-        history.end(call, outcome.clone());
-        if outcome.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    anyhow::bail!(
-        "replica {via} did not answer a {} after 20 tries",
-        request.name()
-    )
+    history
+        .read_until_answered(via, request, 20, Duration::from_millis(250), |request| {
+            let client = &client;
+            async move { execute(client, &request).await }
+        })
+        .await
 }
 
 /// Every replica lists the same shards with the same generations and nodes (reads are

@@ -274,13 +274,14 @@ pub fn print_cluster_status(status: &ClusterStatus) {
 /// `host:port` here would be registered as a host (and a correction refused as a
 /// conflicting address).
 fn host_only(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Err("empty host".into());
+    }
     let has_port = value.parse::<std::net::SocketAddr>().is_ok()
         || value
             .rsplit_once(':')
             .is_some_and(|(host, port)| !host.contains(':') && port.parse::<u16>().is_ok());
-    if value.is_empty() {
-        Err("empty host".into())
-    } else if has_port {
+    if has_port {
         Err(format!(
             "{value:?} carries a port: give the host alone, and the port with --pg-port or --http-port"
         ))

@@ -941,13 +941,7 @@ async fn a_member_added_as_a_learner_replicates_and_does_not_vote() {
     let learner = cluster.client(4);
     wait_shard_applied(&learner, 9, generation).await;
     // And it never becomes a voter by itself.
-    let status = cluster.status_of(leader).await.unwrap();
-    assert_eq!(
-        role_of(&status, 4).as_deref(),
-        Some("learner"),
-        "{status:?}"
-    );
-    assert!(!status.joint, "{status:?}");
+    assert_still_a_learner(&cluster, leader, 4).await;
 }
 
 /// The role (`voter` or `learner`) of member `id` in `status`.
@@ -957,6 +951,17 @@ fn role_of(status: &pageserver_controller::api::types::ClusterStatus, id: u64) -
         .iter()
         .find(|m| m.id == id)
         .map(|m| m.role.clone())
+}
+
+/// The leader lists replica `id` as a learner, with no membership change under way.
+async fn assert_still_a_learner(cluster: &TestCluster, leader: u64, id: u64) {
+    let status = cluster.status_of(leader).await.unwrap();
+    assert_eq!(
+        role_of(&status, id).as_deref(),
+        Some("learner"),
+        "{status:?}"
+    );
+    assert!(!status.joint, "{status:?}");
 }
 
 /// Waits until `client`'s replica has applied `generation` of shard `n`.
@@ -1003,13 +1008,7 @@ async fn a_replica_started_as_a_learner_joins_as_one_and_stays_one() {
                 .unwrap();
             wait_shard_applied(&learner, 9, generation).await;
         }
-        let status = cluster.status_of(leader).await.unwrap();
-        assert_eq!(
-            role_of(&status, 4).as_deref(),
-            Some("learner"),
-            "{status:?}"
-        );
-        assert!(!status.joint, "{status:?}");
+        assert_still_a_learner(&cluster, leader, 4).await;
     }
     assert!(
         !cluster

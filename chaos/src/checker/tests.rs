@@ -408,27 +408,21 @@ fn an_answer_about_a_shard_not_asked_is_malformed() {
 /// generation) is reported, not passed over as a timeout would be.
 #[test]
 fn an_unreadable_success_is_reported() {
-    let mut h = H::default();
-    h.attach(0, 10, 1, 1, 1).push(
-        11,
-        12,
-        Request::ReAttach { node: NodeId(1) },
-        Outcome::Unreadable {
-            reason: "re-attach answered generation None in mode Secondary".into(),
-        },
-    );
-    assert!(h.verdict().breaks(Rule::MalformedAnswer));
+    let re_attach_ending = |outcome| {
+        let mut h = H::default();
+        h.attach(0, 10, 1, 1, 1)
+            .push(11, 12, Request::ReAttach { node: NodeId(1) }, outcome);
+        h.verdict()
+    };
+    let unreadable = re_attach_ending(Outcome::Unreadable {
+        reason: "re-attach answered generation None in mode Secondary".into(),
+    });
+    assert!(unreadable.breaks(Rule::MalformedAnswer), "{unreadable:#?}");
     // The same call lost to a timeout is no violation.
-    let mut h = H::default();
-    h.attach(0, 10, 1, 1, 1).push(
-        11,
-        12,
-        Request::ReAttach { node: NodeId(1) },
-        Outcome::Indeterminate {
-            reason: "timed out".into(),
-        },
-    );
-    assert!(h.verdict().violations.is_empty(), "{:#?}", h.verdict());
+    let timed_out = re_attach_ending(Outcome::Indeterminate {
+        reason: "timed out".into(),
+    });
+    assert!(timed_out.violations.is_empty(), "{timed_out:#?}");
 }
 
 #[test]

@@ -575,13 +575,12 @@ impl Ending<'_> {
                 cluster.boot(id).await?;
             }
         }
-        match cluster.wait_settled(Duration::from_secs(30)).await {
-            Ok(_) => {
-                if let Err(e) = final_reads(cluster, history, shards).await {
-                    self.liveness.push(format!("after the faults: {e}"));
-                }
-            }
-            Err(e) => self.liveness.push(format!("after the faults: {e}")),
+        let read_back = match cluster.wait_settled(Duration::from_secs(30)).await {
+            Ok(_) => final_reads(cluster, history, shards).await,
+            Err(e) => Err(anyhow::anyhow!(e)),
+        };
+        if let Err(e) = read_back {
+            self.liveness.push(format!("after the faults: {e}"));
         }
         cluster.shutdown().await;
         let ops = history.ops();
@@ -633,21 +632,12 @@ async fn read_until_answered(
     via: u64,
     request: Request,
 ) -> anyhow::Result<()> {
-    const TRIES: usize = 20;
-    for _ in 0..TRIES {
-        let call = history.begin("final", via, request.clone());
-        let outcome = serve(&cluster.net, via, &request).await;
-        let answered = outcome.is_ok();
-        history.end(call, outcome);
-        if answered {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!(
-        "replica {via} did not answer a final {} in {TRIES} tries",
-        request.name()
-    )
+    history
+        .read_until_answered(via, request, 20, Duration::from_millis(100), |request| {
+            let net = &cluster.net;
+            async move { serve(net, via, &request).await }
+        })
+        .await
 }
 
 /// Runs `count` seeds from `first`, `concurrency` at a time, printing progress; returns
