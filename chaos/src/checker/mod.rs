@@ -8,7 +8,8 @@
 //!    ordered in real time, so that a violation is named: a generation handed out twice,
 //!    a generation not above one acknowledged earlier, a superseded generation called
 //!    valid, an acknowledged generation lost, a re-attach whose answer no single state
-//!    explains.
+//!    explains; and ([`existence`]) what nodes and shards must exist: a migrate
+//!    acknowledged onto a node nobody had registered yet, a refusal no state explains.
 //! 3. **Linearizability** ([`search`]): each shard's history against the generation
 //!    model ([`model`]), treating writes of unknown outcome as possibly applied at any
 //!    time after their call. Per shard is enough for single-shard operations
@@ -26,6 +27,7 @@
 //! run whose history cannot be checked proves nothing. The traffic keeps each shard's
 //! history short (see `crate::traffic`) so that this does not happen.
 
+pub mod existence;
 pub mod model;
 pub mod project;
 pub mod rules;
@@ -67,6 +69,8 @@ pub enum Rule {
     NotLinearizable,
     /// A migrate acknowledged onto a node that no request could have registered yet.
     UnregisteredNode,
+    /// A request refused (4xx) that no state at its time would have refused.
+    WrongRefusal,
 }
 
 impl fmt::Display for Rule {
@@ -146,7 +150,7 @@ pub fn check_with_budget(ops: &[Op], max_steps: u64) -> Verdict {
         rules::check_shard(*shard, ops, &mut verdict.violations);
     }
     rules::check_torn(&per_shard, &mut verdict.violations);
-    check_registration(ops, &mut verdict.violations);
+    existence::check(ops, &mut verdict.violations);
 
     // A shard that already broke a named rule is not linearizable; searching it would
     // only spend the budget proving so (an exhaustive search of a wrong history is the
@@ -191,49 +195,6 @@ pub fn check_with_budget(ops: &[Op], max_steps: u64) -> Verdict {
     });
     verdict.inconclusive.sort();
     verdict
-}
-
-/// A migrate is refused (404) unless its target node is registered, and nodes register
-/// only by re-attaching (the history's re-attaches carry their registration; nothing
-/// deletes a node). So a migrate acknowledged onto node N needs a re-attach of N that may
-/// have taken effect before the migrate returned: one acknowledged, or of unknown
-/// outcome, called before then. Complete for these histories, since registration only
-/// grows; wrong refusals are not checked (refused requests are left out).
-fn check_registration(ops: &[Op], violations: &mut Vec<Violation>) {
-    use crate::history::{Outcome, Request};
-    // The earliest call of a re-attach of each node that may have been applied.
-    let mut registered_from: BTreeMap<u64, u64> = BTreeMap::new();
-    for op in ops {
-        if let (
-            Request::ReAttach { node },
-            Outcome::Ok { .. } | Outcome::Indeterminate { .. } | Outcome::Unreadable { .. },
-        ) = (&op.request, &op.outcome)
-        {
-            let first = registered_from.entry(node.0).or_insert(op.call_us);
-            *first = (*first).min(op.call_us);
-        }
-    }
-    for op in ops {
-        let (Request::Migrate { shard, node }, Outcome::Ok { .. }) = (&op.request, &op.outcome)
-        else {
-            continue;
-        };
-        if registered_from
-            .get(&node.0)
-            .is_none_or(|&call| call >= op.return_us)
-        {
-            violations.push(Violation {
-                rule: Rule::UnregisteredNode,
-                shard: Some(*shard),
-                ops: vec![op.id],
-                message: format!(
-                    "migrate to node {} acknowledged, but no re-attach of that node (which \
-                     registers it) was called before the migrate returned",
-                    node.0
-                ),
-            });
-        }
-    }
 }
 
 /// Runs each shard's search, spread over the machine's cores.

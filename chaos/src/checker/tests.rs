@@ -123,6 +123,26 @@ impl H {
         )
     }
 
+    /// A request the server refused with `status` (a 4xx).
+    fn refused(
+        &mut self,
+        call: u64,
+        ret: u64,
+        request: Request,
+        status: u16,
+        msg: &str,
+    ) -> &mut Self {
+        self.push(
+            call,
+            ret,
+            request,
+            Outcome::Refused {
+                status,
+                msg: msg.into(),
+            },
+        )
+    }
+
     fn verdict(&self) -> Verdict {
         check(&self.0)
     }
@@ -548,6 +568,89 @@ fn a_migrate_onto_a_node_never_registered_is_caught() {
     );
 }
 
+/// A refusal is an answer too: the server says the state did not allow the request.
+/// A migrate refused as unknown after its node had registered and its shard had been
+/// attached, an attach refused as exhausted far from `u32::MAX`, or any refusal the
+/// registry never gives, is a wrong answer; a refusal some state at the time explains
+/// is not.
+#[test]
+fn a_refusal_no_state_explains_is_caught() {
+    let wrong = |h: &H| h.verdict().breaks(Rule::WrongRefusal);
+    // A migrate of shard 1 to node 2, refused as unknown, from 11 to 20.
+    let refused_migrate = |h: &mut H| {
+        let migrate = Request::Migrate {
+            shard: shard(1),
+            node: NodeId(2),
+        };
+        h.refused(11, 20, migrate, 404, "node 2 is not registered");
+    };
+
+    // Node 2 registered and the shard attached, both acknowledged before the call.
+    let mut h = H::default();
+    h.re_attach(0, 5, 2, &[]).attach(1, 10, 1, 1, 1);
+    refused_migrate(&mut h);
+    assert!(wrong(&h), "{:#?}", h.verdict());
+    // The shard was known only from a validate's answer: still known.
+    let mut h = H::default();
+    h.re_attach(0, 5, 2, &[])
+        .attach_unknown(1, 8, 1, 1)
+        .validate(9, 10, 1, 1, true);
+    refused_migrate(&mut h);
+    assert!(wrong(&h), "{:#?}", h.verdict());
+
+    // The registering re-attach overlapped the migrate, or its outcome is unknown: the
+    // migrate may have come first.
+    let mut h = H::default();
+    h.attach(1, 10, 1, 1, 1).re_attach(12, 30, 2, &[]);
+    refused_migrate(&mut h);
+    assert!(!wrong(&h), "{:#?}", h.verdict());
+    let mut h = H::default();
+    h.re_attach_unknown(0, 5, 2).attach(1, 10, 1, 1, 1);
+    refused_migrate(&mut h);
+    assert!(!wrong(&h), "{:#?}", h.verdict());
+    // The shard's only attach is of unknown outcome: it may not exist.
+    let mut h = H::default();
+    h.re_attach(0, 5, 2, &[]).attach_unknown(1, 10, 1, 1);
+    refused_migrate(&mut h);
+    assert!(!wrong(&h), "{:#?}", h.verdict());
+
+    // Exhausted, with no generation anywhere near u32::MAX.
+    let exhausted = "tenant shard has used every generation";
+    let mut h = H::default();
+    h.attach(0, 10, 1, 1, 1)
+        .refused(11, 20, attach_request(1, Some(2)), 409, exhausted);
+    assert!(wrong(&h), "{:#?}", h.verdict());
+    // After an override at the top, it may be.
+    let mut h = H::default();
+    h.ok(
+        0,
+        10,
+        Request::Attach {
+            shard: shard(1),
+            node: Some(NodeId(1)),
+            generation_override: Some(u32::MAX - 1),
+        },
+        Answer::Generation {
+            generation: Some(u32::MAX),
+        },
+    )
+    .refused(11, 20, attach_request(1, Some(2)), 409, exhausted);
+    assert!(!wrong(&h), "{:#?}", h.verdict());
+
+    // The registry never refuses a validate.
+    let mut h = H::default();
+    h.attach(0, 10, 1, 1, 1).refused(
+        11,
+        20,
+        Request::Validate {
+            tenants: vec![(shard(1), 1)],
+        },
+        400,
+        "bad request",
+    );
+    assert!(wrong(&h), "{:#?}", h.verdict());
+}
+
 #[test]
 fn an_exhausted_budget_is_inconclusive_not_a_pass() {
     let mut h = H::default();
@@ -641,35 +744,33 @@ fn histories_of_the_real_registry_always_pass() {
             };
             let lost = request.is_write() && rng.gen_bool(0.15);
             let applies = !lost || rng.gen_bool(0.5);
-            let answer = match &request {
-                Request::Validate { tenants } => Some(Answer::Validated {
-                    tenants: registry
-                        .validate(tenants.iter().map(|(s, g)| (*s, Generation(*g))))
-                        .into_iter()
-                        .map(|v| (v.shard, v.valid))
-                        .collect(),
-                }),
-                Request::Inspect { shard } => Some(Answer::Attachment {
-                    attachment: registry.attachment(shard).map(|(g, n)| (g.0, n)),
-                }),
-                write if applies => {
-                    let command = write.command().expect("a write");
-                    match Outcome::of_applied(registry.apply(&command)) {
-                        Outcome::Ok { answer } => Some(answer),
-                        _ => None,
+            let outcome = match &request {
+                _ if lost => {
+                    if applies {
+                        let command = request.command().expect("a write");
+                        registry.apply(&command);
+                    }
+                    Outcome::Indeterminate {
+                        reason: "answer lost".into(),
                     }
                 }
-                _ => None,
-            };
-            let outcome = match (answer, lost) {
-                (Some(answer), false) => Outcome::Ok { answer },
-                (None, false) => Outcome::Refused {
-                    status: 404,
-                    msg: "refused".into(),
+                Request::Validate { tenants } => Outcome::Ok {
+                    answer: Answer::Validated {
+                        tenants: registry
+                            .validate(tenants.iter().map(|(s, g)| (*s, Generation(*g))))
+                            .into_iter()
+                            .map(|v| (v.shard, v.valid))
+                            .collect(),
+                    },
                 },
-                (_, true) => Outcome::Indeterminate {
-                    reason: "answer lost".into(),
+                Request::Inspect { shard } => Outcome::Ok {
+                    answer: Answer::Attachment {
+                        attachment: registry.attachment(shard).map(|(g, n)| (g.0, n)),
+                    },
                 },
+                // An answer or the registry's own refusal, with the status the API
+                // gives it.
+                write => Outcome::of_applied(registry.apply(&write.command().expect("a write"))),
             };
             ops.push(Op {
                 id,
