@@ -9,7 +9,9 @@
 //! on SIGHUP. What fails to load (a key that is not a key, a certificate without its
 //! key) leaves the credential in use as it was, and says so once in the log and in
 //! `psc_credential_reload_failing` until the files are right again: a half-read
-//! credential is never used.
+//! credential is never used. When the certificate served and the trusted CAs expire is
+//! exported too (`psc_tls_not_after_timestamp_seconds`): a renewal that never arrives
+//! is silent until the day it breaks every connection, so an alert watches the date.
 //!
 //! A new CA replaces the pooled peer client: requests under way finish on the old one,
 //! and every peer is reached over a new connection once. What a reload cannot change is
@@ -42,6 +44,8 @@ pub struct TlsFiles {
     cert: PathBuf,
     key: PathBuf,
     loaded: (Vec<u8>, Vec<u8>),
+    /// When the certificate served now expires (Unix seconds), if it could be read.
+    not_after: Option<i64>,
 }
 
 impl TlsFiles {
@@ -52,6 +56,7 @@ impl TlsFiles {
             .with_context(|| describe(cert, key))?;
         Ok(TlsFiles {
             config,
+            not_after: expiry(cert, &loaded.0, Expiry::First),
             cert: cert.to_owned(),
             key: key.to_owned(),
             loaded,
@@ -74,6 +79,7 @@ impl TlsFiles {
             .reload_from_pem(read.0.clone(), read.1.clone())
             .await
             .with_context(|| describe(&self.cert, &self.key))?;
+        self.not_after = expiry(&self.cert, &read.0, Expiry::First);
         self.loaded = read;
         Ok(true)
     }
@@ -85,12 +91,19 @@ pub struct CaFile {
     path: PathBuf,
     loaded: Vec<u8>,
     http: PeerHttp,
+    /// When the first of the trusted CAs expires (Unix seconds), if they could be read.
+    not_after: Option<i64>,
 }
 
 impl CaFile {
     /// `loaded`: the bytes `http`'s client was built from.
     pub fn new(path: PathBuf, loaded: Vec<u8>, http: PeerHttp) -> CaFile {
-        CaFile { path, loaded, http }
+        CaFile {
+            not_after: expiry(&path, &loaded, Expiry::Earliest),
+            path,
+            loaded,
+            http,
+        }
     }
 
     /// Trusts what the file holds now, if it changed and holds certificates.
@@ -102,9 +115,54 @@ impl CaFile {
         }
         let client = peer_client_trusting(Some((&self.path, &read)))?;
         self.http.replace(client);
+        self.not_after = expiry(&self.path, &read, Expiry::Earliest);
         self.loaded = read;
         Ok(true)
     }
+}
+
+/// Which certificate of a PEM file says when it expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// The first: a served chain starts with its own certificate.
+    First,
+    /// The earliest of all: a CA bundle is only as good as its shortest-lived member.
+    Earliest,
+}
+
+/// When the certificates of `pem` stop being valid, in Unix seconds. Only for metrics:
+/// rustls decides what is served and trusted, so a file it accepts whose dates cannot be
+/// read here (logged) just has no expiry series.
+fn expiry(path: &Path, pem: &[u8], which: Expiry) -> Option<i64> {
+    match not_after(pem, which) {
+        Ok(Some(seconds)) => Some(seconds),
+        Ok(None) => {
+            tracing::warn!(file = %path.display(), "no certificate found to read the expiry of");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(file = %path.display(), %error, "cannot read a certificate's expiry");
+            None
+        }
+    }
+}
+
+fn not_after(pem: &[u8], which: Expiry) -> anyhow::Result<Option<i64>> {
+    let mut found: Option<i64> = None;
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem) {
+        let block = block.context("reading PEM")?;
+        if block.label != "CERTIFICATE" {
+            continue;
+        }
+        let (_, certificate) = x509_parser::parse_x509_certificate(&block.contents)
+            .map_err(|e| anyhow::anyhow!("parsing a certificate: {e}"))?;
+        let seconds = certificate.validity().not_after.timestamp();
+        if which == Expiry::First {
+            return Ok(Some(seconds));
+        }
+        found = Some(found.map_or(seconds, |earliest| earliest.min(seconds)));
+    }
+    Ok(found)
 }
 
 async fn read_pair(cert: &Path, key: &Path) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
@@ -244,6 +302,7 @@ impl Reloader {
             guard = self.hangups.clone().take_owned() => guard,
         };
         let hangup = &mut *guard;
+        self.publish_expiry();
         let every = every.filter(|_| self.has_work());
         let mut ticks = every.map(|every| {
             let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -273,6 +332,20 @@ impl Reloader {
                 },
             }
             self.reload().await;
+            self.publish_expiry();
+        }
+    }
+
+    /// Exports when the served certificate and the trusted CAs expire.
+    fn publish_expiry(&self) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        if let Some(tls) = &self.tls {
+            metrics.tls_not_after(Credential::TlsCertificate, tls.not_after);
+        }
+        if let Some(ca) = &self.ca {
+            metrics.tls_not_after(Credential::TlsCa, ca.not_after);
         }
     }
 
@@ -342,5 +415,42 @@ impl Reloader {
         if let Some(metrics) = &self.metrics {
             metrics.credential_failing(what, failing);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate (PEM) that expires at midnight UTC of the day given.
+    fn certificate(year: i32, month: u8, day: u8) -> String {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(year, month, day);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn a_served_chain_expires_with_its_first_certificate_and_a_bundle_with_its_earliest() {
+        // 2031-05-06 and 2029-01-02, 00:00 UTC.
+        let (later, sooner) = (1_935_792_000, 1_862_006_400);
+        let chain = format!("{}{}", certificate(2031, 5, 6), certificate(2029, 1, 2));
+        let bundle = chain.as_bytes();
+        assert_eq!(not_after(bundle, Expiry::First).unwrap(), Some(later));
+        assert_eq!(not_after(bundle, Expiry::Earliest).unwrap(), Some(sooner));
+        // A key before the certificate is skipped; a file without one has no expiry.
+        let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let with_key = format!("{key}{}", certificate(2029, 1, 2));
+        assert_eq!(
+            not_after(with_key.as_bytes(), Expiry::First).unwrap(),
+            Some(sooner)
+        );
+        assert_eq!(not_after(key.as_bytes(), Expiry::Earliest).unwrap(), None);
+        let garbled = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(not_after(garbled.as_bytes(), Expiry::First).is_err());
+        assert_eq!(
+            expiry(Path::new("x.pem"), garbled.as_bytes(), Expiry::First),
+            None
+        );
     }
 }

@@ -41,6 +41,7 @@ pub struct Metrics {
     flush_seconds: Histogram,
     credential_reloads: IntCounterVec,
     credential_failing: IntGaugeVec,
+    tls_not_after: IntGaugeVec,
     sampled: Sampled,
     /// Held from sampling to encoding: two scrapes at once (two Prometheus servers)
     /// would otherwise interleave, one clearing the lag series the other just set.
@@ -373,10 +374,25 @@ impl Metrics {
             credential_reloads.with_label_values(&[credential.name()]);
             credential_failing.with_label_values(&[credential.name()]);
         }
+        // Only where the replica serves or trusts TLS: a series that is absent cannot
+        // look like a certificate about to expire.
+        let tls_not_after = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "psc_tls_not_after_timestamp_seconds",
+                    "when the certificate served (tls_certificate) or the first of the CAs \
+                     trusted for peers (tls_ca) expires, in Unix seconds",
+                ),
+                &["credential"],
+            )
+            .expect("valid metric"),
+        );
         Arc::new(Metrics {
             registry,
             credential_reloads,
             credential_failing,
+            tls_not_after,
             requests,
             request_seconds,
             forwarded,
@@ -393,6 +409,20 @@ impl Metrics {
         self.credential_reloads
             .with_label_values(&[credential.name()])
             .inc();
+    }
+
+    /// When a TLS credential expires; `None` (unreadable) removes the series.
+    pub fn tls_not_after(&self, credential: Credential, seconds: Option<i64>) {
+        match seconds {
+            Some(seconds) => self
+                .tls_not_after
+                .with_label_values(&[credential.name()])
+                .set(seconds),
+            None => {
+                // Absent already is as good as removed.
+                let _ = self.tls_not_after.remove_label_values(&[credential.name()]);
+            }
+        }
     }
 
     /// Marks whether a credential's files fail to load.

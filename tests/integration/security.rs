@@ -699,6 +699,12 @@ async fn credential_metric(
 
 const RELOADS: &str = "psc_credential_reloads_total";
 const FAILING: &str = "psc_credential_reload_failing";
+const NOT_AFTER: &str = "psc_tls_not_after_timestamp_seconds";
+
+/// Midnight UTC at the start of a day, in Unix seconds: when the test certificates expire.
+fn midnight(year: i32, month: u8, day: u8) -> i64 {
+    rcgen::date_time_ymd(year, month, day).unix_timestamp()
+}
 
 /// Sends every running replica SIGHUP, then waits until each reports `value` for a
 /// credential series.
@@ -914,21 +920,27 @@ async fn sighup_without_credentials_leaves_the_replica_serving() {
         .expect("the replica still serves after SIGHUP");
 }
 
-/// A new CA, and its certificate in PEM.
-fn new_ca() -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
+/// A new CA that expires as `expires_in` begins, and its certificate in PEM.
+fn new_ca(expires_in: i32) -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.not_after = rcgen::date_time_ymd(expires_in, 1, 1);
     let key = rcgen::KeyPair::generate().unwrap();
     let pem = params.self_signed(&key).unwrap().pem();
     (rcgen::Issuer::new(params, key), pem)
 }
 
-/// A certificate signed by `ca` for loopback, as (certificate PEM, key PEM, DER).
-fn loopback_certificate(ca: &rcgen::Issuer<'_, rcgen::KeyPair>) -> (String, String, Vec<u8>) {
+/// A certificate signed by `ca` for loopback that expires on 2030-01-`expires_on`, as
+/// (certificate PEM, key PEM, DER).
+fn loopback_certificate(
+    ca: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    expires_on: u8,
+) -> (String, String, Vec<u8>) {
     let key = rcgen::KeyPair::generate().unwrap();
-    let params =
+    let mut params =
         rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
             .unwrap();
+    params.not_after = rcgen::date_time_ymd(2030, 1, expires_on);
     let cert = params.signed_by(&key, ca).unwrap();
     (cert.pem(), key.serialize_pem(), cert.der().to_vec())
 }
@@ -944,7 +956,7 @@ fn with_tls(
 ) -> (PathBuf, Vec<u8>, Vec<String>) {
     let ca_file = keys.path("ca.pem");
     std::fs::write(&ca_file, ca_pem).unwrap();
-    let (cert_pem, key_pem, issued) = loopback_certificate(ca);
+    let (cert_pem, key_pem, issued) = loopback_certificate(ca, 1);
     std::fs::write(keys.path("tls.crt"), cert_pem).unwrap();
     std::fs::write(keys.path("tls.key"), key_pem).unwrap();
     let mut args = keys.args();
@@ -975,15 +987,17 @@ async fn presented_certificate(url: &str, ca: &reqwest::Certificate) -> Option<V
         .map(<[u8]>::to_vec)
 }
 
-/// Gives every replica (they share the files here) a new certificate signed by `ca`,
-/// and waits until each presents it to new connections.
+/// Gives every replica (they share the files here) a new certificate signed by `ca`
+/// that expires on 2030-01-`expires_on`, and waits until each presents it to new
+/// connections and reports its expiry.
 async fn reissue(
     cluster: &TestCluster,
     keys: &Keys,
     ca: &rcgen::Issuer<'_, rcgen::KeyPair>,
     ca_pem: &str,
+    expires_on: u8,
 ) {
-    let (cert_pem, key_pem, issued) = loopback_certificate(ca);
+    let (cert_pem, key_pem, issued) = loopback_certificate(ca, expires_on);
     replace_file(&keys.path("tls.key"), key_pem.as_bytes());
     replace_file(&keys.path("tls.crt"), cert_pem.as_bytes());
     let trusted = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
@@ -1001,6 +1015,8 @@ async fn reissue(
         )
         .await;
     }
+    let expiry = midnight(2030, 1, expires_on);
+    wait_for_credential_metric(cluster, NOT_AFTER, "tls_certificate", expiry).await;
 }
 
 /// Certificates rotate in place, as cert-manager does it: a renewal from the same CA,
@@ -1011,8 +1027,8 @@ async fn reissue(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_and_the_ca_rotate_without_a_restart() {
     let keys = Keys::new();
-    let (old_ca, old_ca_pem) = new_ca();
-    let (new_ca, new_ca_pem) = new_ca();
+    let (old_ca, old_ca_pem) = new_ca(2035);
+    let (new_ca, new_ca_pem) = new_ca(2036);
     let (ca_file, first, args) = with_tls(&keys, &old_ca, &old_ca_pem, 200);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut cluster =
@@ -1024,23 +1040,31 @@ async fn certificates_and_the_ca_rotate_without_a_restart() {
             Some(first.clone())
         );
     }
+    // Each replica says when what it serves and trusts expires (the alerts read it).
+    let (old_ca_expiry, new_ca_expiry) = (midnight(2035, 1, 1), midnight(2036, 1, 1));
+    wait_for_credential_metric(&cluster, NOT_AFTER, "tls_certificate", midnight(2030, 1, 1)).await;
+    wait_for_credential_metric(&cluster, NOT_AFTER, "tls_ca", old_ca_expiry).await;
 
     // A renewal from the same CA.
-    reissue(&cluster, &keys, &old_ca, &old_ca_pem).await;
+    reissue(&cluster, &keys, &old_ca, &old_ca_pem, 2).await;
     wait_for_credential_metric(&cluster, FAILING, "tls_certificate", 0).await;
 
     // A CA file without a certificate is reported and changes nothing.
     replace_file(&ca_file, b"not a certificate");
     wait_for_credential_metric(&cluster, FAILING, "tls_ca", 1).await;
+    wait_for_credential_metric(&cluster, NOT_AFTER, "tls_ca", old_ca_expiry).await;
     replace_file(&ca_file, old_ca_pem.as_bytes());
     wait_for_credential_metric(&cluster, FAILING, "tls_ca", 0).await;
 
-    // A new CA: trusted beside the old one, then every certificate from it, then alone.
+    // A new CA: trusted beside the old one (the bundle expires with the old one), then
+    // every certificate from it, then alone.
     replace_file(&ca_file, format!("{old_ca_pem}{new_ca_pem}").as_bytes());
     wait_for_credential_metric(&cluster, RELOADS, "tls_ca", 1).await;
-    reissue(&cluster, &keys, &new_ca, &new_ca_pem).await;
+    wait_for_credential_metric(&cluster, NOT_AFTER, "tls_ca", old_ca_expiry).await;
+    reissue(&cluster, &keys, &new_ca, &new_ca_pem, 3).await;
     replace_file(&ca_file, new_ca_pem.as_bytes());
     wait_for_credential_metric(&cluster, RELOADS, "tls_ca", 2).await;
+    wait_for_credential_metric(&cluster, NOT_AFTER, "tls_ca", new_ca_expiry).await;
     cluster.trust(Some(&ca_file));
 
     // Connections made before stay up (they were checked when made), so restart a
@@ -1089,7 +1113,7 @@ async fn certificates_and_the_ca_rotate_without_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_waiting_for_its_peers_takes_sighup_as_a_reload() {
     let keys = Keys::new();
-    let (ca, ca_pem) = new_ca();
+    let (ca, ca_pem) = new_ca(2035);
     let (ca_file, first, args) = with_tls(&keys, &ca, &ca_pem, 0);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut cluster = TestCluster::pods(3, &args, Some(keys.token(Scope::Admin)), Some(&ca_file));
@@ -1107,7 +1131,7 @@ async fn a_pod_waiting_for_its_peers_takes_sighup_as_a_reload() {
         "the pod should be waiting for its peers"
     );
 
-    let (cert_pem, key_pem, renewed) = loopback_certificate(&ca);
+    let (cert_pem, key_pem, renewed) = loopback_certificate(&ca, 2);
     replace_file(&keys.path("tls.crt"), cert_pem.as_bytes());
     replace_file(&keys.path("tls.key"), key_pem.as_bytes());
     cluster.hang_up(1);
@@ -1138,4 +1162,6 @@ async fn a_pod_waiting_for_its_peers_takes_sighup_as_a_reload() {
         Some(renewed),
         "the replica serves with the certificate its files hold"
     );
+    // and reports the expiry of that one, loaded before its metrics existed.
+    wait_for_credential_metric(&cluster, NOT_AFTER, "tls_certificate", midnight(2030, 1, 2)).await;
 }
