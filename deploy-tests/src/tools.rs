@@ -218,3 +218,16 @@ fn download_dir() -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+/// The documents of a YAML stream (kustomize's output, a manifest), empty ones dropped.
+pub fn yaml_documents(yaml: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    use serde::Deserialize;
+    let mut documents = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(yaml) {
+        let value = serde_json::Value::deserialize(document).context("parsing YAML")?;
+        if !value.is_null() {
+            documents.push(value);
+        }
+    }
+    Ok(documents)
+}

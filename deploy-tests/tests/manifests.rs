@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clap::Parser;
-use deploy_tests::tools::{output, python_tool, repo_root, require, run};
+use deploy_tests::tools::{output, python_tool, repo_root, require, run, yaml_documents};
 use pageserver_controller::cli::{
     Cli, ClusterCommand, Command as CliCommand, OpsCommand, Placement, Pod, ServeArgs,
 };
@@ -51,11 +51,7 @@ fn render(dir: &str) -> String {
 }
 
 fn documents(yaml: &str) -> Vec<Value> {
-    use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|doc| Value::deserialize(doc).expect("kustomize renders valid YAML"))
-        .filter(|doc| !doc.is_null())
-        .collect()
+    yaml_documents(yaml).expect("kustomize renders valid YAML")
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

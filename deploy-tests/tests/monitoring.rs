@@ -1,0 +1,165 @@
+//! What ships for a Prometheus run by the Prometheus Operator: the kustomize component
+//! `deploy/kubernetes/components/monitoring` (a ServiceMonitor) and
+//! `deploy/prometheus/prometheusrule.sh` (alerts.yaml as a PrometheusRule). The
+//! operator's CRDs are not in kubernetes-validate's schemas, so these check what matters
+//! by hand: every replica scraped exactly once under a job the rules match, and the
+//! rules carried over unchanged.
+
+use std::path::Path;
+use std::process::Command;
+
+use deploy_tests::tools::{output, repo_root, require, run, yaml_documents};
+use serde_json::Value;
+
+fn documents(yaml: &str) -> Vec<Value> {
+    yaml_documents(yaml).expect("valid YAML")
+}
+
+fn render(dir: &Path) -> Vec<Value> {
+    let kubectl = require(
+        "kubectl",
+        "Install kubectl (it renders kustomize: `kubectl kustomize`).",
+    );
+    documents(
+        &run(Command::new(kubectl).arg("kustomize").arg(dir))
+            .unwrap_or_else(|e| panic!("rendering {}: {e:#}", dir.display())),
+    )
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+/// An overlay of the base with the component, as an operator would write it (kustomize
+/// takes only relative paths, so in a copy of `deploy/kubernetes`).
+#[test]
+fn the_monitoring_component_scrapes_every_replica_once_under_a_job_the_rules_match() {
+    let copy = tempfile::tempdir().unwrap();
+    let kubernetes = copy.path().join("kubernetes");
+    copy_tree(&repo_root().join("deploy/kubernetes"), &kubernetes);
+    let overlay = kubernetes.join("overlays/monitored");
+    std::fs::create_dir_all(&overlay).unwrap();
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+         resources:\n  - ../../base\ncomponents:\n  - ../../components/monitoring\n",
+    )
+    .unwrap();
+    let monitored = render(&overlay);
+    let base = render(&kubernetes.join("base"));
+
+    // The component adds its ServiceMonitor and changes nothing else.
+    let monitors = of_kind(&monitored, "ServiceMonitor");
+    assert_eq!(monitors.len(), 1, "{monitors:#?}");
+    let monitor = monitors[0];
+    let rest: Vec<&Value> = monitored
+        .iter()
+        .filter(|d| d["kind"] != "ServiceMonitor")
+        .collect();
+    assert_eq!(rest, base.iter().collect::<Vec<_>>());
+
+    // It selects one Service, the one that lists every pod, ready or not: a Service per
+    // match would scrape each pod again under a second job, and every alert would fire
+    // twice.
+    let selector = monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels");
+    assert!(
+        monitor["spec"]["selector"]["matchExpressions"].is_null(),
+        "only matchLabels are checked here"
+    );
+    let services = of_kind(&base, "Service");
+    assert!(services.len() >= 2, "{services:#?}");
+    let selected: Vec<&Value> = services
+        .iter()
+        .copied()
+        .filter(|s| {
+            selector
+                .iter()
+                .all(|(k, v)| &s["metadata"]["labels"][k.as_str()] == v)
+        })
+        .collect();
+    assert_eq!(selected.len(), 1, "selected: {selected:#?}");
+    let service = selected[0];
+    assert_eq!(service["spec"]["publishNotReadyAddresses"], true);
+    let statefulset = &of_kind(&base, "StatefulSet")[0];
+    assert_eq!(
+        statefulset["spec"]["serviceName"], service["metadata"]["name"],
+        "the Service that gives the pods their names lists all of them"
+    );
+
+    // One endpoint: /metrics on the Service's named port, with the Service's name as
+    // the job (no jobLabel), which the rules' job matchers must accept.
+    let endpoints = monitor["spec"]["endpoints"].as_array().expect("endpoints");
+    assert_eq!(endpoints.len(), 1, "{endpoints:#?}");
+    let endpoint = &endpoints[0];
+    assert_eq!(endpoint["path"], "/metrics");
+    let port = endpoint["port"].as_str().expect("a named port");
+    assert!(
+        service["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == port),
+        "the Service has no port named {port}"
+    );
+    assert!(monitor["spec"]["jobLabel"].is_null());
+    let job = service["metadata"]["name"].as_str().unwrap();
+    let rules = std::fs::read_to_string(repo_root().join("deploy/prometheus/alerts.yaml")).unwrap();
+    let matcher = r#"job=~".*pageserver-controller.*""#;
+    assert!(rules.contains(matcher), "the rules' job matcher changed");
+    assert!(
+        job.contains("pageserver-controller"),
+        "job {job} is not matched by {matcher}"
+    );
+}
+
+fn prometheusrule(args: &[&str]) -> std::process::Output {
+    output(Command::new(repo_root().join("deploy/prometheus/prometheusrule.sh")).args(args))
+        .expect("running prometheusrule.sh")
+}
+
+#[test]
+fn prometheusrule_sh_carries_the_alert_rules_over_unchanged() {
+    let out = prometheusrule(&["release=prometheus", "team.example/owner=storage"]);
+    assert!(out.status.success(), "{out:?}");
+    let docs = documents(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(docs.len(), 1, "{docs:#?}");
+    let rule = &docs[0];
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["kind"], "PrometheusRule");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(rule["metadata"]["labels"]["team.example/owner"], "storage");
+    let alerts: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo_root().join("deploy/prometheus/alerts.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert!(alerts["groups"].as_array().is_some_and(|g| !g.is_empty()));
+    assert_eq!(rule["spec"]["groups"], alerts["groups"]);
+    assert_eq!(
+        rule["spec"].as_object().unwrap().len(),
+        1,
+        "spec: groups only"
+    );
+
+    // A label Kubernetes would refuse prints nothing (half a manifest piped to kubectl).
+    for bad in ["release=a b", "release", "=x", "a\"b=c"] {
+        let out = prometheusrule(&[bad]);
+        assert!(!out.status.success(), "{bad}: {out:?}");
+        assert!(out.stdout.is_empty(), "{bad}: printed {:?}", out.stdout);
+        assert!(!out.stderr.is_empty(), "{bad}: no message");
+    }
+}
