@@ -9,9 +9,12 @@
 //! on SIGHUP. What fails to load (a key that is not a key, a certificate without its
 //! key) leaves the credential in use as it was, and says so once in the log and in
 //! `psc_credential_reload_failing` until the files are right again: a half-read
-//! credential is never used. When the certificate served and the trusted CAs expire is
-//! exported too (`psc_tls_not_after_timestamp_seconds`): a renewal that never arrives
-//! is silent until the day it breaks every connection, so an alert watches the date.
+//! credential is never used. When the certificate chain served expires is exported too
+//! (`psc_tls_not_after_timestamp_seconds`): a renewal that never arrives is silent until
+//! the day it breaks every connection, so an alert watches the date. (Not the CA file's
+//! dates: rustls takes trust anchors without their validity, so an expired CA there
+//! breaks nothing by itself; what breaks is the peers' own chains, which each of them
+//! reports.)
 //!
 //! A new CA replaces the pooled peer client: requests under way finish on the old one,
 //! and every peer is reached over a new connection once. What a reload cannot change is
@@ -44,7 +47,7 @@ pub struct TlsFiles {
     cert: PathBuf,
     key: PathBuf,
     loaded: (Vec<u8>, Vec<u8>),
-    /// When the certificate served now expires (Unix seconds), if it could be read.
+    /// When the chain served now expires (Unix seconds), if it could be read.
     not_after: Option<i64>,
 }
 
@@ -56,7 +59,7 @@ impl TlsFiles {
             .with_context(|| describe(cert, key))?;
         Ok(TlsFiles {
             config,
-            not_after: expiry(cert, &loaded.0, Expiry::First),
+            not_after: expiry(cert, &loaded.0),
             cert: cert.to_owned(),
             key: key.to_owned(),
             loaded,
@@ -79,7 +82,7 @@ impl TlsFiles {
             .reload_from_pem(read.0.clone(), read.1.clone())
             .await
             .with_context(|| describe(&self.cert, &self.key))?;
-        self.not_after = expiry(&self.cert, &read.0, Expiry::First);
+        self.not_after = expiry(&self.cert, &read.0);
         self.loaded = read;
         Ok(true)
     }
@@ -91,19 +94,12 @@ pub struct CaFile {
     path: PathBuf,
     loaded: Vec<u8>,
     http: PeerHttp,
-    /// When the first of the trusted CAs expires (Unix seconds), if they could be read.
-    not_after: Option<i64>,
 }
 
 impl CaFile {
     /// `loaded`: the bytes `http`'s client was built from.
     pub fn new(path: PathBuf, loaded: Vec<u8>, http: PeerHttp) -> CaFile {
-        CaFile {
-            not_after: expiry(&path, &loaded, Expiry::Earliest),
-            path,
-            loaded,
-            http,
-        }
+        CaFile { path, loaded, http }
     }
 
     /// Trusts what the file holds now, if it changed and holds certificates.
@@ -115,26 +111,17 @@ impl CaFile {
         }
         let client = peer_client_trusting(Some((&self.path, &read)))?;
         self.http.replace(client);
-        self.not_after = expiry(&self.path, &read, Expiry::Earliest);
         self.loaded = read;
         Ok(true)
     }
 }
 
-/// Which certificate of a PEM file says when it expires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expiry {
-    /// The first: a served chain starts with its own certificate.
-    First,
-    /// The earliest of all: a CA bundle is only as good as its shortest-lived member.
-    Earliest,
-}
-
-/// When the certificates of `pem` stop being valid, in Unix seconds. Only for metrics:
-/// rustls decides what is served and trusted, so a file it accepts whose dates cannot be
+/// When a served chain stops being valid, in Unix seconds: when the first of its
+/// certificates expires (a client checks every one but the root it trusts). Only for
+/// metrics: rustls decides what is served, so a file it accepts whose dates cannot be
 /// read here (logged) just has no expiry series.
-fn expiry(path: &Path, pem: &[u8], which: Expiry) -> Option<i64> {
-    match not_after(pem, which) {
+fn expiry(path: &Path, pem: &[u8]) -> Option<i64> {
+    match not_after(pem) {
         Ok(Some(seconds)) => Some(seconds),
         Ok(None) => {
             tracing::warn!(file = %path.display(), "no certificate found to read the expiry of");
@@ -147,8 +134,8 @@ fn expiry(path: &Path, pem: &[u8], which: Expiry) -> Option<i64> {
     }
 }
 
-fn not_after(pem: &[u8], which: Expiry) -> anyhow::Result<Option<i64>> {
-    let mut found: Option<i64> = None;
+fn not_after(pem: &[u8]) -> anyhow::Result<Option<i64>> {
+    let mut earliest: Option<i64> = None;
     for block in x509_parser::pem::Pem::iter_from_buffer(pem) {
         let block = block.context("reading PEM")?;
         if block.label != "CERTIFICATE" {
@@ -157,12 +144,9 @@ fn not_after(pem: &[u8], which: Expiry) -> anyhow::Result<Option<i64>> {
         let (_, certificate) = x509_parser::parse_x509_certificate(&block.contents)
             .map_err(|e| anyhow::anyhow!("parsing a certificate: {e}"))?;
         let seconds = certificate.validity().not_after.timestamp();
-        if which == Expiry::First {
-            return Ok(Some(seconds));
-        }
-        found = Some(found.map_or(seconds, |earliest| earliest.min(seconds)));
+        earliest = Some(earliest.map_or(seconds, |e| e.min(seconds)));
     }
-    Ok(found)
+    Ok(earliest)
 }
 
 async fn read_pair(cert: &Path, key: &Path) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
@@ -336,16 +320,10 @@ impl Reloader {
         }
     }
 
-    /// Exports when the served certificate and the trusted CAs expire.
+    /// Exports when the served chain expires.
     fn publish_expiry(&self) {
-        let Some(metrics) = &self.metrics else {
-            return;
-        };
-        if let Some(tls) = &self.tls {
+        if let (Some(metrics), Some(tls)) = (&self.metrics, &self.tls) {
             metrics.tls_not_after(Credential::TlsCertificate, tls.not_after);
-        }
-        if let Some(ca) = &self.ca {
-            metrics.tls_not_after(Credential::TlsCa, ca.not_after);
         }
     }
 
@@ -431,26 +409,24 @@ mod tests {
     }
 
     #[test]
-    fn a_served_chain_expires_with_its_first_certificate_and_a_bundle_with_its_earliest() {
+    fn a_served_chain_expires_with_its_first_certificate_to_expire() {
         // 2031-05-06 and 2029-01-02, 00:00 UTC.
         let (later, sooner) = (1_935_792_000, 1_862_006_400);
-        let chain = format!("{}{}", certificate(2031, 5, 6), certificate(2029, 1, 2));
-        let bundle = chain.as_bytes();
-        assert_eq!(not_after(bundle, Expiry::First).unwrap(), Some(later));
-        assert_eq!(not_after(bundle, Expiry::Earliest).unwrap(), Some(sooner));
-        // A key before the certificate is skipped; a file without one has no expiry.
+        let leaf_first = format!("{}{}", certificate(2031, 5, 6), certificate(2029, 1, 2));
+        assert_eq!(not_after(leaf_first.as_bytes()).unwrap(), Some(sooner));
+        let leaf_last = format!("{}{}", certificate(2029, 1, 2), certificate(2031, 5, 6));
+        assert_eq!(not_after(leaf_last.as_bytes()).unwrap(), Some(sooner));
+        assert_eq!(
+            not_after(certificate(2031, 5, 6).as_bytes()).unwrap(),
+            Some(later)
+        );
+        // A key beside the certificate is skipped; a file without one has no expiry.
         let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
         let with_key = format!("{key}{}", certificate(2029, 1, 2));
-        assert_eq!(
-            not_after(with_key.as_bytes(), Expiry::First).unwrap(),
-            Some(sooner)
-        );
-        assert_eq!(not_after(key.as_bytes(), Expiry::Earliest).unwrap(), None);
+        assert_eq!(not_after(with_key.as_bytes()).unwrap(), Some(sooner));
+        assert_eq!(not_after(key.as_bytes()).unwrap(), None);
         let garbled = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        assert!(not_after(garbled.as_bytes(), Expiry::First).is_err());
-        assert_eq!(
-            expiry(Path::new("x.pem"), garbled.as_bytes(), Expiry::First),
-            None
-        );
+        assert!(not_after(garbled.as_bytes()).is_err());
+        assert_eq!(expiry(Path::new("x.pem"), garbled.as_bytes()), None);
     }
 }

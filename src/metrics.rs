@@ -374,15 +374,15 @@ impl Metrics {
             credential_reloads.with_label_values(&[credential.name()]);
             credential_failing.with_label_values(&[credential.name()]);
         }
-        // Only where the replica serves or trusts TLS: a series that is absent cannot
-        // look like a certificate about to expire.
+        // Only where the replica serves TLS: a series that is absent cannot look like a
+        // certificate about to expire.
         let tls_not_after = register(
             &registry,
             IntGaugeVec::new(
                 Opts::new(
                     "psc_tls_not_after_timestamp_seconds",
-                    "when the certificate served (tls_certificate) or the first of the CAs \
-                     trusted for peers (tls_ca) expires, in Unix seconds",
+                    "when the first certificate of the chain this replica serves \
+                     (credential tls_certificate) expires, in Unix seconds",
                 ),
                 &["credential"],
             )

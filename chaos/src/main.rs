@@ -99,7 +99,9 @@ struct RunArgs {
     #[arg(long)]
     server_bin: Option<PathBuf>,
     /// An extra flag for every replica's `serve` (repeatable), e.g.
-    /// `--serve-arg=--election-timeout-min-ms=700`.
+    /// `--serve-arg=--election-timeout-min-ms=700`. One that makes replicas refuse what
+    /// pageservers send (`--max-validate-tenants` below 128, a small `--max-body-bytes`)
+    /// fails the run with `wrong_refusal`.
     #[arg(long = "serve-arg", allow_hyphen_values = true)]
     serve_args: Vec<String>,
     /// Keep the run folder (logs, data dirs, history) even when the run passes.

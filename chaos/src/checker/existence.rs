@@ -19,17 +19,20 @@ pub fn check(ops: &[Op], out: &mut Vec<Violation>) {
 }
 
 /// A migrate is refused (404) unless its target node is registered, and nodes register
-/// only by re-attaching (the history's re-attaches carry their registration). So a
-/// migrate acknowledged onto node N needs a re-attach of N that may have taken effect
-/// before the migrate returned: one acknowledged, or of unknown outcome, called before
-/// then.
+/// only by re-attaching (the history's re-attaches carry their registration, which a
+/// re-attach refused as exhausted keeps). So a migrate acknowledged onto node N needs a
+/// re-attach of N that may have taken effect before the migrate returned: one
+/// acknowledged, refused with 409, or of unknown outcome, called before then.
 fn check_registration(ops: &[Op], out: &mut Vec<Violation>) {
     // The earliest call of a re-attach of each node that may have been applied.
     let mut registered_from: BTreeMap<u64, u64> = BTreeMap::new();
     for op in ops {
         if let (
             Request::ReAttach { node },
-            Outcome::Ok { .. } | Outcome::Indeterminate { .. } | Outcome::Unreadable { .. },
+            Outcome::Ok { .. }
+            | Outcome::Refused { status: 409, .. }
+            | Outcome::Indeterminate { .. }
+            | Outcome::Unreadable { .. },
         ) = (&op.request, &op.outcome)
         {
             let first = registered_from.entry(node.0).or_insert(op.call_us);
@@ -87,7 +90,12 @@ fn note<K: Ord>(map: &mut BTreeMap<K, Proof>, key: K, op: &Op) {
 /// - 409, a generation exhausted, which needs a generation within reach of `u32::MAX`:
 ///   wrong when no override in the history comes within its number of writes of it (a
 ///   re-attach's node always registers with the same addresses, so no node conflict);
-/// - nothing else: any other refusal is a wrong answer.
+/// - nothing else: any other refusal is a wrong answer. (A replica configured to refuse
+///   what Neon's pageservers send, such as a validate bound below their 128 tenants,
+///   fails this on purpose.)
+///
+/// Sound, not complete: a refusal that only the search could prove wrong (the node's
+/// one registering re-attach is of unknown outcome, but a later answer needs it) passes.
 fn check_refusals(ops: &[Op], out: &mut Vec<Violation>) {
     let mut nodes: BTreeMap<u64, Proof> = BTreeMap::new();
     let mut shards: BTreeMap<TenantShardId, Proof> = BTreeMap::new();
@@ -96,6 +104,12 @@ fn check_refusals(ops: &[Op], out: &mut Vec<Violation>) {
     for op in ops {
         if op.request.is_write() {
             writes += 1;
+        }
+        // A re-attach refused as exhausted has registered its node all the same.
+        if let (Request::ReAttach { node }, Outcome::Refused { status: 409, .. }) =
+            (&op.request, &op.outcome)
+        {
+            note(&mut nodes, node.0, op);
         }
         if let Request::Attach {
             generation_override: Some(g),

@@ -560,12 +560,37 @@ fn a_migrate_onto_a_node_never_registered_is_caught() {
     let mut h = H::default();
     h.attach(0, 10, 1, 1, 1)
         .re_attach_unknown(12, 30, 7)
-        .ok(11, 20, migrate(7), moved);
+        .ok(11, 20, migrate(7), moved.clone());
     assert!(
         !h.verdict().breaks(Rule::UnregisteredNode),
         "{:#?}",
         h.verdict()
     );
+    // A re-attach refused as exhausted (shard 2, on node 7, is at u32::MAX) still
+    // registered node 7: the whole history is a correct one.
+    let mut h = H::default();
+    h.attach(0, 10, 1, 1, 1)
+        .ok(
+            0,
+            1,
+            Request::Attach {
+                shard: shard(2),
+                node: Some(NodeId(7)),
+                generation_override: Some(u32::MAX - 1),
+            },
+            Answer::Generation {
+                generation: Some(u32::MAX),
+            },
+        )
+        .refused(
+            2,
+            5,
+            Request::ReAttach { node: NodeId(7) },
+            409,
+            "tenant shard has used every generation",
+        )
+        .ok(11, 20, migrate(7), moved);
+    assert_passes(&h);
 }
 
 /// A refusal is an answer too: the server says the state did not allow the request.
