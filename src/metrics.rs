@@ -605,12 +605,12 @@ pub async fn serve_metrics(State(state): State<MetricsState>) -> Response {
     .await
     {
         Ok(body) => body,
+        // A JSON error like every other route's, logged like them.
         Err(e) => {
-            return (
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                format!("sampling the metrics failed: {e}"),
-            )
-                .into_response()
+            return crate::api::error::ApiError::Internal(format!(
+                "sampling the metrics failed: {e}"
+            ))
+            .into_response()
         }
     };
     (
