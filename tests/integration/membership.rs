@@ -1017,6 +1017,23 @@ async fn a_replica_started_as_a_learner_joins_as_one_and_stays_one() {
         "{}",
         cluster.log_of(4)
     );
+
+    // `--learner` on a voter's data dir changes nothing and says so: demoting a voter is
+    // a membership change (remove, then add as a learner), not a flag.
+    let voter = cluster.other_than(leader);
+    cluster.stop(voter);
+    cluster.add_args(voter, &["--learner"]);
+    cluster.launch_joining_through(voter, cluster.url(leader));
+    cluster.wait_answering(voter).await;
+    cluster
+        .wait_for_log(voter, "--learner is ignored: this replica is a voter", 1)
+        .await;
+    let status = cluster.status_of(leader).await.unwrap();
+    assert_eq!(
+        role_of(&status, voter).as_deref(),
+        Some("voter"),
+        "{status:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -455,6 +455,13 @@ impl TestCluster {
         self.spawn(id);
     }
 
+    /// Adds `serve` flags for a stopped replica's next start.
+    pub fn add_args(&mut self, id: u64, args: &[&str]) {
+        assert!(!self.is_running(id), "stop replica {id} first");
+        let replica = self.replicas.get_mut(&id).expect("known replica");
+        replica.args.extend(args.iter().map(|a| a.to_string()));
+    }
+
     /// Deletes a stopped replica's data dir (a lost disk).
     pub fn wipe(&mut self, id: u64) {
         assert!(!self.is_running(id), "stop replica {id} before wiping it");
