@@ -43,23 +43,37 @@ fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
     docs.iter().filter(|d| d["kind"] == kind).collect()
 }
 
-/// An overlay of the base with the component, as an operator would write it (kustomize
-/// takes only relative paths, so in a copy of `deploy/kubernetes`).
+/// Renders an overlay of the base that adds a label to everything, selectors included
+/// (as one of two clusters in a namespace needs), with `components`.
+fn overlay(kubernetes: &Path, name: &str, components: &str) -> Vec<Value> {
+    let overlay = kubernetes.join("overlays").join(name);
+    std::fs::create_dir_all(&overlay).unwrap();
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources:\n  - ../../base\n{components}\
+             labels:\n  - pairs:\n      app.kubernetes.io/instance: east\n    \
+             includeSelectors: true\n"
+        ),
+    )
+    .unwrap();
+    render(&overlay)
+}
+
+/// Overlays of the base with and without the component, as an operator would write them
+/// (kustomize takes only relative paths, so in a copy of `deploy/kubernetes`).
 #[test]
 fn the_monitoring_component_scrapes_every_replica_once_under_a_job_the_rules_match() {
     let copy = tempfile::tempdir().unwrap();
     let kubernetes = copy.path().join("kubernetes");
     copy_tree(&repo_root().join("deploy/kubernetes"), &kubernetes);
-    let overlay = kubernetes.join("overlays/monitored");
-    std::fs::create_dir_all(&overlay).unwrap();
-    std::fs::write(
-        overlay.join("kustomization.yaml"),
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-         resources:\n  - ../../base\ncomponents:\n  - ../../components/monitoring\n",
-    )
-    .unwrap();
-    let monitored = render(&overlay);
-    let base = render(&kubernetes.join("base"));
+    let monitored = overlay(
+        &kubernetes,
+        "monitored",
+        "components:\n  - ../../components/monitoring\n",
+    );
+    let base = overlay(&kubernetes, "plain", "");
 
     // The component adds its ServiceMonitor and changes nothing else.
     let monitors = of_kind(&monitored, "ServiceMonitor");
@@ -73,13 +87,18 @@ fn the_monitoring_component_scrapes_every_replica_once_under_a_job_the_rules_mat
 
     // It selects one Service, the one that lists every pod, ready or not: a Service per
     // match would scrape each pod again under a second job, and every alert would fire
-    // twice.
+    // twice. The overlay's label is in its selector too, so another cluster's peers
+    // Service in the namespace is not selected.
     let selector = monitor["spec"]["selector"]["matchLabels"]
         .as_object()
         .expect("matchLabels");
     assert!(
         monitor["spec"]["selector"]["matchExpressions"].is_null(),
         "only matchLabels are checked here"
+    );
+    assert_eq!(
+        selector["app.kubernetes.io/instance"], "east",
+        "{selector:?}"
     );
     let services = of_kind(&base, "Service");
     assert!(services.len() >= 2, "{services:#?}");
@@ -134,7 +153,7 @@ fn prometheusrule(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn prometheusrule_sh_carries_the_alert_rules_over_unchanged() {
-    let out = prometheusrule(&["release=prometheus", "team.example/owner=storage"]);
+    let out = prometheusrule(&["release=prometheus", "team.example/owner=storage", "on=yes"]);
     assert!(out.status.success(), "{out:?}");
     let docs = documents(&String::from_utf8(out.stdout).unwrap());
     assert_eq!(docs.len(), 1, "{docs:#?}");
@@ -143,6 +162,8 @@ fn prometheusrule_sh_carries_the_alert_rules_over_unchanged() {
     assert_eq!(rule["kind"], "PrometheusRule");
     assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
     assert_eq!(rule["metadata"]["labels"]["team.example/owner"], "storage");
+    // A YAML 1.1 reader would take a bare `on` for true.
+    assert_eq!(rule["metadata"]["labels"]["on"], "yes");
     let alerts: Value = serde_yaml::from_str(
         &std::fs::read_to_string(repo_root().join("deploy/prometheus/alerts.yaml")).unwrap(),
     )
@@ -156,7 +177,22 @@ fn prometheusrule_sh_carries_the_alert_rules_over_unchanged() {
     );
 
     // A label Kubernetes would refuse prints nothing (half a manifest piped to kubectl).
-    for bad in ["release=a b", "release", "=x", "a\"b=c"] {
+    let long = "a".repeat(64);
+    for bad in [
+        "release=a b",
+        "release",
+        "=x",
+        "a\"b=c",
+        "-x=1",
+        "a/b/c=1",
+        "/x=1",
+        "Team.example/x=1",
+        "x=a.",
+        "x=a\nb",
+        &format!("x={long}"),
+        &format!("{long}=x"),
+        "app.kubernetes.io/name=other",
+    ] {
         let out = prometheusrule(&[bad]);
         assert!(!out.status.success(), "{bad}: {out:?}");
         assert!(out.stdout.is_empty(), "{bad}: printed {:?}", out.stdout);

@@ -10,14 +10,37 @@
 set -eu
 rules="$(dirname "$0")/alerts.yaml"
 [ -r "$rules" ] || { echo "prometheusrule.sh: cannot read $rules" >&2; exit 1; }
-# Every label is checked before anything is printed: half a manifest piped to kubectl
-# would apply nothing useful.
+# Every label is checked before anything is printed (half a manifest piped to kubectl
+# would apply nothing useful), against Kubernetes' own rules: a name is an optional DNS
+# subdomain prefix and `/`, then 1 to 63 alphanumerics, `-`, `_` or `.`, starting and
+# ending alphanumeric; a value is empty or the same 1 to 63.
+segment='[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?'
+prefix='[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*'
+refuse() { echo "prometheusrule.sh: $1" >&2; exit 2; }
+newline='
+'
 for label in "$@"; do
   case "$label" in
-    *=*[!A-Za-z0-9_.-]* | *[!A-Za-z0-9_./-]*=* | =*)
-      echo "prometheusrule.sh: '$label' is not a Kubernetes label NAME=VALUE" >&2; exit 2 ;;
-    ?*=*) ;;
-    *) echo "prometheusrule.sh: a label is NAME=VALUE, not '$label'" >&2; exit 2 ;;
+    *"$newline"*) refuse "a label is one line" ;;
+    *=*) ;;
+    *) refuse "a label is NAME=VALUE, not '$label'" ;;
+  esac
+  name=${label%%=*}
+  value=${label#*=}
+  case "$name" in
+    */*) key=${name#*/}; domain=${name%/*} ;;
+    *) key=$name; domain= ;;
+  esac
+  printf '%s\n' "$key" | grep -Eqx "$segment" ||
+    refuse "'$name' is not a label name (1 to 63 of A-Z a-z 0-9 - _ ., alphanumeric at both ends)"
+  if [ -n "$domain" ] || [ "$name" != "$key" ]; then
+    [ ${#domain} -le 253 ] && printf '%s\n' "$domain" | grep -Eqx "$prefix" ||
+      refuse "'$domain' in '$name' is not a DNS subdomain prefix"
+  fi
+  [ -z "$value" ] || printf '%s\n' "$value" | grep -Eqx "$segment" ||
+    refuse "'$value' is not a label value (up to 63 of A-Z a-z 0-9 - _ ., alphanumeric at both ends)"
+  case "$name" in
+    app.kubernetes.io/name | app.kubernetes.io/part-of) refuse "'$name' is set already" ;;
   esac
 done
 cat <<'HEAD'
@@ -30,7 +53,8 @@ metadata:
     app.kubernetes.io/part-of: neon-storage
 HEAD
 for label in "$@"; do
-  printf '    %s: "%s"\n' "${label%%=*}" "${label#*=}"
+  # Quoted: a bare `on` or `no` would be read as a boolean.
+  printf '    "%s": "%s"\n' "${label%%=*}" "${label#*=}"
 done
 echo "spec:"
 # Everything from `groups:` on, indented under spec.
