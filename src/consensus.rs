@@ -82,6 +82,15 @@ mod tests {
         Entry(Vec<u8>, Value, Value),
         /// A restore's (or recovery's) bump between entries, and the registry afterwards.
         Bump(u32, Value),
+        /// The registry's encoding in snapshots and backups, and the registry it holds.
+        Snapshot(Vec<u8>, Value),
+    }
+
+    fn bytes(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect()
     }
 
     fn lines() -> Vec<(usize, Line)> {
@@ -97,14 +106,10 @@ mod tests {
                 let columns: Vec<&str> = line.split('\t').collect();
                 let parsed = match columns[..] {
                     ["bump", by, state] => Line::Bump(by.parse().expect("a bump"), json(at, state)),
-                    [hex, answer, state] => Line::Entry(
-                        (0..hex.len())
-                            .step_by(2)
-                            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
-                            .collect(),
-                        json(at, answer),
-                        json(at, state),
-                    ),
+                    ["snapshot", hex, state] => Line::Snapshot(bytes(hex), json(at, state)),
+                    [hex, answer, state] => {
+                        Line::Entry(bytes(hex), json(at, answer), json(at, state))
+                    }
                     _ => panic!("line {at}: expected three tab-separated columns"),
                 };
                 (at, parsed)
@@ -144,7 +149,8 @@ mod tests {
 
     /// Entries pinned on 2026-12-07 still decode to what they were (re-encoding gives
     /// the same bytes: no variant inserted or reordered, no field added) and applying
-    /// them in order still answers, and leaves, what it did then.
+    /// them in order still answers, and leaves, what it did then; the registry's snapshot
+    /// encoding, with and without a floor, still reads back and is still written.
     #[test]
     fn pinned_log_entries_decode_and_apply_as_they_always_did() {
         let mut registry = Registry::default();
@@ -155,6 +161,21 @@ mod tests {
                     registry
                         .bump_generations(by)
                         .unwrap_or_else(|e| panic!("line {at}: {e}"));
+                    recorded_state
+                }
+                Line::Snapshot(bytes, recorded_state) => {
+                    let decoded: Registry = controller_raft::codec::decode(&bytes)
+                        .unwrap_or_else(|e| panic!("line {at} no longer decodes: {e}"));
+                    assert_eq!(
+                        state(&decoded),
+                        recorded_state,
+                        "line {at} reads otherwise now"
+                    );
+                    assert_eq!(
+                        controller_raft::codec::encode(&registry.frozen()).unwrap(),
+                        bytes,
+                        "line {at}: the registry encodes differently now"
+                    );
                     recorded_state
                 }
                 Line::Entry(bytes, recorded_answer, recorded_state) => {
