@@ -139,14 +139,28 @@ pub fn run(command: &mut Command) -> anyhow::Result<String> {
 /// `PATH`, else `target/deploy-tools/promtool`, which is unpacked on first use from
 /// Debian's `prometheus` package (`apt-get download`, so nothing is installed or started).
 pub fn promtool() -> PathBuf {
-    let unpacked = repo_root().join("target/deploy-tools/promtool");
-    if let Some(found) = on_path("promtool") {
+    prometheus_package_tool("promtool")
+}
+
+/// The Prometheus server (it scrapes a live cluster and evaluates the alert rules on
+/// it), found or unpacked as [`promtool`] is.
+pub fn prometheus() -> PathBuf {
+    prometheus_package_tool("prometheus")
+}
+
+/// The programs taken from Debian's `prometheus` package.
+const PROMETHEUS_TOOLS: [&str; 2] = ["promtool", "prometheus"];
+
+fn prometheus_package_tool(name: &str) -> PathBuf {
+    debug_assert!(PROMETHEUS_TOOLS.contains(&name));
+    if let Some(found) = on_path(name) {
         return found;
     }
+    let unpacked = repo_root().join("target/deploy-tools").join(name);
     if !is_executable(&unpacked) {
-        if let Err(e) = unpack_promtool(&unpacked) {
+        if let Err(e) = unpack_prometheus_package() {
             panic!(
-                "`promtool` is not on PATH and unpacking it from Debian's prometheus package \
+                "`{name}` is not on PATH and unpacking it from Debian's prometheus package \
                  failed: {e:#}. Install it (Debian: prometheus) or put it on PATH."
             );
         }
@@ -155,19 +169,20 @@ pub fn promtool() -> PathBuf {
 }
 
 /// Downloads Debian's `prometheus` package into a temporary directory and copies its
-/// `promtool` to `to`; once per test process.
-fn unpack_promtool(to: &Path) -> anyhow::Result<()> {
+/// programs into `target/deploy-tools`; once per test process.
+fn unpack_prometheus_package() -> anyhow::Result<()> {
     static UNPACKED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     UNPACKED
         .get_or_init(|| {
             let attempt = || -> anyhow::Result<()> {
                 let work = download_dir()?;
                 eprintln!(
-                    "[deploy tests] unpacking promtool from Debian's prometheus package (once)"
+                    "[deploy tests] unpacking promtool and prometheus from Debian's prometheus \
+                     package (once)"
                 );
                 let download = || {
                     output(
-                        Command::new(require("apt-get", "promtool comes from Debian's apt."))
+                        Command::new(require("apt-get", "Prometheus comes from Debian's apt."))
                             .args(["download", "-qq", "prometheus"])
                             .current_dir(&work),
                     )
@@ -189,19 +204,24 @@ fn unpack_promtool(to: &Path) -> anyhow::Result<()> {
                     .find(|p| p.extension().is_some_and(|e| e == "deb"))
                     .context("apt-get download left no .deb")?;
                 let unpacked = work.join("unpacked");
-                run(
-                    Command::new(require("dpkg-deb", "promtool comes from a Debian package."))
-                        .arg("-x")
-                        .arg(&deb)
-                        .arg(&unpacked),
-                )?;
-                // Copied under another name, then renamed: a copy cut short must not
-                // pass for the tool next time.
-                std::fs::create_dir_all(to.parent().expect("a file in a directory"))?;
-                let partial = to.with_extension("partial");
-                std::fs::copy(unpacked.join("usr/bin/promtool"), &partial)
-                    .context("the package holds no usr/bin/promtool")?;
-                std::fs::rename(&partial, to)?;
+                run(Command::new(require(
+                    "dpkg-deb",
+                    "Prometheus comes from a Debian package.",
+                ))
+                .arg("-x")
+                .arg(&deb)
+                .arg(&unpacked))?;
+                let tools = repo_root().join("target/deploy-tools");
+                std::fs::create_dir_all(&tools)?;
+                for name in PROMETHEUS_TOOLS {
+                    // Copied under another name, then renamed: a copy cut short must not
+                    // pass for the tool next time.
+                    let to = tools.join(name);
+                    let partial = to.with_extension("partial");
+                    std::fs::copy(unpacked.join("usr/bin").join(name), &partial)
+                        .with_context(|| format!("the package holds no usr/bin/{name}"))?;
+                    std::fs::rename(&partial, &to)?;
+                }
                 std::fs::remove_dir_all(&work)?;
                 Ok(())
             };
@@ -213,7 +233,7 @@ fn unpack_promtool(to: &Path) -> anyhow::Result<()> {
 
 /// A fresh directory under `target/` (apt's downloader must be able to write there).
 fn download_dir() -> anyhow::Result<PathBuf> {
-    let dir = repo_root().join(format!("target/promtool-download-{}", std::process::id()));
+    let dir = repo_root().join(format!("target/prometheus-download-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

@@ -1,0 +1,490 @@
+//! `deploy/prometheus/alerts.yaml` on a live cluster: a real Prometheus scrapes three real
+//! replicas on loopback and evaluates the shipped rules while replicas are killed and
+//! come back, so the rules are shown to work on the series the replicas really export
+//! (names, labels, what a dead target leaves behind), not only on series written by hand
+//! (`alerts.test.yaml`).
+//!
+//! The rules are the shipped ones with every `for:` set to zero (the faults last seconds,
+//! not minutes) and evaluated every second. Each step waits, with a deadline, until
+//! Prometheus fires what the fault must fire, and checks that the alerts the fault must
+//! not fire are quiet in the same evaluation.
+//!
+//! No test harness (`harness = false`): this binary is also the replicas' program, as
+//! the chaos binary is, so the replicas are built from the same sources as the test
+//! without a separate build. `chaos::EMBEDDED_REPLICA_COMMAND` as the first argument runs
+//! the controller's own command line.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use chaos::cluster::{Cluster, ClusterConfig, ServerCommand};
+use deploy_tests::tools::{prometheus, repo_root};
+use serde_json::Value;
+
+const NAME: &str = "the_alert_rules_fire_on_a_live_cluster_as_replicas_die_and_return";
+
+/// The alerts these faults concern; the others (rates over hours, disks) are left alone.
+const FAULT_ALERTS: [&str; 5] = [
+    "PscReplicaDown",
+    "PscVoterMissing",
+    "PscMajorityOfVotersMissing",
+    "PscNoLeader",
+    "PscLeaderWithoutQuorum",
+];
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(chaos::EMBEDDED_REPLICA_COMMAND) {
+        use clap::Parser;
+        let cli = pageserver_controller::cli::Cli::parse_from(
+            std::iter::once("pageserver-controller".to_owned()).chain(args[2..].iter().cloned()),
+        );
+        return match pageserver_controller::cli::run(cli) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // What libtest would do with `--list` and a name filter.
+    if args.iter().any(|a| a == "--list") {
+        println!("{NAME}: test");
+        return ExitCode::SUCCESS;
+    }
+    if !selected(&args[1..]) {
+        println!("\nrunning 0 tests (filtered out: {NAME})\n");
+        return ExitCode::SUCCESS;
+    }
+    println!("\nrunning 1 test");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(scenario()) {
+        Ok(()) => {
+            println!("test {NAME} ... ok\n\ntest result: ok. 1 passed; 0 failed\n");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!(
+                "test {NAME} ... FAILED\n\n{e:#}\n\ntest result: FAILED. 0 passed; 1 failed\n"
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Whether libtest-style arguments select this test: no name filter, or one it contains.
+fn selected(args: &[String]) -> bool {
+    const WITH_VALUE: [&str; 6] = [
+        "--test-threads",
+        "--skip",
+        "--format",
+        "--color",
+        "--logfile",
+        "-Z",
+    ];
+    let mut filters = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if WITH_VALUE.contains(&arg.as_str()) {
+            args.next();
+        } else if !arg.starts_with('-') {
+            filters.push(arg);
+        }
+    }
+    filters.is_empty() || filters.iter().any(|f| NAME.contains(f.as_str()))
+}
+
+async fn scenario() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let started = Instant::now();
+    let progress = |what: &str| {
+        eprintln!(
+            "[alerts live {:>5.1}s] {what}",
+            started.elapsed().as_secs_f64()
+        )
+    };
+    let mut cluster = Cluster::start(ClusterConfig {
+        replicas: 3,
+        root: root.path().join("cluster"),
+        server: ServerCommand::embedded(std::env::current_exe()?),
+        serve_args: Vec::new(),
+        seed: 1,
+        disk_mib: None,
+        auth: false,
+    })
+    .await?;
+    // A replica keeps its address when it comes back.
+    let addresses: std::collections::BTreeMap<u64, String> = cluster
+        .ids()
+        .into_iter()
+        .map(|id| (id, cluster.replica(id).listen.to_string()))
+        .collect();
+    let instance = |id: u64| addresses[&id].clone();
+    let targets: Vec<String> = addresses.values().cloned().collect();
+    let prometheus = Prometheus::start(root.path(), &targets)?;
+    progress("three replicas and Prometheus up");
+
+    let result = async {
+        // Healthy: every replica scraped, rules evaluated since, no fault alert.
+        prometheus
+            .wait_until("every replica scraped", |p| async move {
+                Ok(p.query_scalar("count(up == 1)").await? == Some(3.0))
+            })
+            .await?;
+        let since = prometheus.now().await?;
+        prometheus.wait_evaluated_after(since).await?;
+        let firing = prometheus.firing().await?;
+        check_none(&firing, &FAULT_ALERTS, "a healthy cluster")?;
+
+        // One follower down.
+        let leader = cluster.wait_healthy(DEADLINE).await?.leader;
+        let followers: Vec<u64> = cluster
+            .ids()
+            .into_iter()
+            .filter(|id| *id != leader)
+            .collect();
+        cluster.kill(followers[0])?;
+        progress(&format!("killed follower {}", followers[0]));
+        let firing = prometheus
+            .wait_firing(&[
+                ("PscReplicaDown", Some(instance(followers[0]))),
+                ("PscVoterMissing", None),
+            ])
+            .await?;
+        check_none(
+            &firing,
+            &[
+                "PscMajorityOfVotersMissing",
+                "PscNoLeader",
+                "PscLeaderWithoutQuorum",
+            ],
+            "one follower down",
+        )?;
+
+        // Both followers down: the leader alone still calls itself leader.
+        cluster.kill(followers[1])?;
+        progress(&format!(
+            "killed follower {}: the leader is alone",
+            followers[1]
+        ));
+        let firing = prometheus
+            .wait_firing(&[
+                ("PscMajorityOfVotersMissing", None),
+                ("PscLeaderWithoutQuorum", None),
+                ("PscReplicaDown", Some(instance(followers[1]))),
+            ])
+            .await?;
+        check_none(&firing, &["PscNoLeader"], "the leader alone")?;
+
+        // Back: everything resolves.
+        for id in &followers {
+            cluster.launch(*id)?;
+        }
+        let leader = cluster.wait_healthy(DEADLINE).await?.leader;
+        progress("followers back");
+        prometheus.wait_quiet(&FAULT_ALERTS).await?;
+
+        // The leader and a follower down: the last follower knows no leader.
+        let follower = cluster
+            .ids()
+            .into_iter()
+            .find(|id| *id != leader)
+            .expect("a follower");
+        let remaining = cluster
+            .ids()
+            .into_iter()
+            .find(|id| *id != leader && *id != follower)
+            .expect("a third replica");
+        cluster.kill(leader)?;
+        cluster.kill(follower)?;
+        progress(&format!(
+            "killed leader {leader} and follower {follower}: {remaining} is alone"
+        ));
+        let firing = prometheus
+            .wait_firing(&[
+                ("PscNoLeader", None),
+                ("PscMajorityOfVotersMissing", None),
+                ("PscReplicaDown", Some(instance(leader))),
+                ("PscReplicaDown", Some(instance(follower))),
+            ])
+            .await?;
+        check_none(&firing, &["PscLeaderWithoutQuorum"], "one follower alone")?;
+
+        for id in [leader, follower] {
+            cluster.launch(id)?;
+        }
+        cluster.wait_healthy(DEADLINE).await?;
+        prometheus.wait_quiet(&FAULT_ALERTS).await?;
+        progress("all back, every fault alert resolved");
+        anyhow::Ok(())
+    }
+    .await;
+    if result.is_err() {
+        eprintln!("Prometheus' log:\n{}", prometheus.log());
+    }
+    result
+}
+
+/// A firing alert: its name and its `instance` label, if it has one.
+type Firing = BTreeSet<(String, Option<String>)>;
+
+fn check_none(firing: &Firing, quiet: &[&str], when: &str) -> anyhow::Result<()> {
+    let wrong: Vec<_> = firing
+        .iter()
+        .filter(|(name, _)| quiet.contains(&name.as_str()))
+        .collect();
+    if !wrong.is_empty() {
+        bail!("with {when}, these fired: {wrong:?} (all firing: {firing:?})");
+    }
+    Ok(())
+}
+
+/// A Prometheus server on loopback with the shipped rules, stopped on drop.
+struct Prometheus {
+    child: Child,
+    url: String,
+    http: reqwest::Client,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn start(dir: &Path, targets: &[String]) -> anyhow::Result<Prometheus> {
+        let rules = std::fs::read_to_string(repo_root().join("deploy/prometheus/alerts.yaml"))?;
+        let mut changed = 0;
+        let rules: String = rules
+            .lines()
+            .map(|line| {
+                if line.trim_start().starts_with("for: ") {
+                    changed += 1;
+                    let indent = &line[..line.len() - line.trim_start().len()];
+                    format!("{indent}for: 0s\n")
+                } else {
+                    format!("{line}\n")
+                }
+            })
+            .collect();
+        if changed < FAULT_ALERTS.len() {
+            bail!("alerts.yaml has {changed} `for:` lines; the rewrite no longer fits it");
+        }
+        std::fs::write(dir.join("rules.yaml"), rules)?;
+        let targets = targets
+            .iter()
+            .map(|t| format!("'{t}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        std::fs::write(
+            dir.join("prometheus.yaml"),
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  \
+                 evaluation_interval: 1s\nrule_files: [rules.yaml]\nscrape_configs:\n  \
+                 - job_name: pageserver-controller\n    static_configs:\n      \
+                 - targets: [{targets}]\n        labels: {{namespace: test}}\n"
+            ),
+        )?;
+        let port = pageserver_controller::loopback::free_port()?;
+        let log = dir.join("prometheus.log");
+        let child = Command::new(prometheus())
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yaml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting prometheus")?;
+        Ok(Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()?,
+            log,
+        })
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn api(&self, path: &str, query: &[(&str, &str)]) -> anyhow::Result<Value> {
+        let body: Value = self
+            .http
+            .get(format!("{}/api/v1/{path}", self.url))
+            .query(query)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        if body["status"] != "success" {
+            bail!("Prometheus answered {body}");
+        }
+        Ok(body["data"].clone())
+    }
+
+    /// The value of an instant query that yields one sample; `None` if none.
+    async fn query_scalar(&self, expr: &str) -> anyhow::Result<Option<f64>> {
+        let data = self.api("query", &[("query", expr)]).await?;
+        Ok(data["result"]
+            .as_array()
+            .and_then(|r| r.first())
+            .and_then(|sample| sample["value"][1].as_str())
+            .and_then(|v| v.parse().ok()))
+    }
+
+    /// Prometheus' clock, in seconds.
+    async fn now(&self) -> anyhow::Result<f64> {
+        self.query_scalar("vector(time())")
+            .await?
+            .context("time() answered nothing")
+    }
+
+    /// Waits until every rule group has been evaluated after `since`.
+    async fn wait_evaluated_after(&self, since: f64) -> anyhow::Result<()> {
+        self.wait_until("the rules to be evaluated", |p| async move {
+            let groups = p.api("rules", &[]).await?;
+            let groups = groups["groups"].as_array().cloned().unwrap_or_default();
+            let mut evaluated = !groups.is_empty();
+            for group in &groups {
+                let at = group["lastEvaluation"]
+                    .as_str()
+                    .and_then(rfc3339_seconds)
+                    .with_context(|| format!("no evaluation time in {group}"))?;
+                // A misread time would make this wait pass at once or never.
+                if (at - since).abs() > 3_600.0 && at > 0.0 {
+                    bail!(
+                        "read {at} from {}, far from {since}",
+                        group["lastEvaluation"]
+                    );
+                }
+                evaluated &= at > since;
+            }
+            Ok(evaluated)
+        })
+        .await
+    }
+
+    async fn firing(&self) -> anyhow::Result<Firing> {
+        let data = self.api("alerts", &[]).await?;
+        Ok(data["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["state"] == "firing")
+            .map(|a| {
+                (
+                    a["labels"]["alertname"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    a["labels"]["instance"].as_str().map(str::to_owned),
+                )
+            })
+            .collect())
+    }
+
+    /// Waits until each (alert, instance) fires (any instance where `None`), and returns
+    /// everything firing then.
+    async fn wait_firing(&self, expected: &[(&str, Option<String>)]) -> anyhow::Result<Firing> {
+        let mut last = Firing::new();
+        let end = Instant::now() + DEADLINE;
+        loop {
+            last = self.firing().await.unwrap_or(last);
+            let all = expected.iter().all(|(name, instance)| {
+                last.iter().any(|(n, i)| {
+                    n == name && (instance.is_none() || i.as_ref() == instance.as_ref())
+                })
+            });
+            if all {
+                return Ok(last);
+            }
+            if Instant::now() > end {
+                bail!("waited {DEADLINE:?} for {expected:?} to fire; firing: {last:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits until none of `alerts` fires, in an evaluation after the call.
+    async fn wait_quiet(&self, alerts: &[&str]) -> anyhow::Result<()> {
+        let since = self.now().await?;
+        self.wait_evaluated_after(since).await?;
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let firing = self.firing().await?;
+            if check_none(&firing, alerts, "everything back").is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > end {
+                return check_none(
+                    &firing,
+                    alerts,
+                    &format!("everything back for {DEADLINE:?}"),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn wait_until<'a, F, Fut>(&'a self, what: &str, check: F) -> anyhow::Result<()>
+    where
+        F: Fn(&'a Prometheus) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<bool>>,
+    {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let outcome = check(self).await;
+            if matches!(outcome, Ok(true)) {
+                return Ok(());
+            }
+            if Instant::now() > end {
+                bail!("waited {DEADLINE:?} for {what}: last {outcome:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// Seconds since the epoch of an RFC 3339 time as Prometheus writes it
+/// (`2026-12-07T12:00:00.123456789Z`), without a date crate.
+fn rfc3339_seconds(text: &str) -> Option<f64> {
+    let (date, time) = text.trim_end_matches('Z').split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (h, min) = (
+        t.next()?.parse::<f64>().ok()?,
+        t.next()?.parse::<f64>().ok()?,
+    );
+    let s: f64 = t.next()?.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86_400.0 + h * 3_600.0 + min * 60.0 + s)
+}
