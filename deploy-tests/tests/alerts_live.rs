@@ -7,7 +7,9 @@
 //! The rules are the shipped ones with every `for:` set to zero (the faults last seconds,
 //! not minutes) and evaluated every second. Each step waits, with a deadline, until
 //! Prometheus fires what the fault must fire, and checks that the alerts the fault must
-//! not fire are quiet in the same evaluation.
+//! not fire are quiet in the same evaluation. The faults: one follower killed, both,
+//! the leader and a follower, and the leader cut off from its peers (through the chaos
+//! harness's proxy on the replica-to-replica links).
 //!
 //! No test harness (`harness = false`): this binary is also the replicas' program, as
 //! the chaos binary is, so the replicas are built from the same sources as the test
@@ -24,15 +26,17 @@ use chaos::cluster::{Cluster, ClusterConfig, ServerCommand};
 use deploy_tests::tools::{prometheus, repo_root};
 use serde_json::Value;
 
-const NAME: &str = "the_alert_rules_fire_on_a_live_cluster_as_replicas_die_and_return";
+const NAME: &str =
+    "the_alert_rules_fire_on_a_live_cluster_as_replicas_die_come_back_and_are_cut_off";
 
 /// The alerts these faults concern; the others (rates over hours, disks) are left alone.
-const FAULT_ALERTS: [&str; 5] = [
+const FAULT_ALERTS: [&str; 6] = [
     "PscReplicaDown",
     "PscVoterMissing",
     "PscMajorityOfVotersMissing",
     "PscNoLeader",
     "PscLeaderWithoutQuorum",
+    "PscTwoLeaders",
 ];
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -222,9 +226,31 @@ async fn scenario() -> anyhow::Result<()> {
         for id in [leader, follower] {
             cluster.launch(id)?;
         }
-        cluster.wait_healthy(DEADLINE).await?;
+        let leader = cluster.wait_healthy(DEADLINE).await?.leader;
         prometheus.wait_quiet(&FAULT_ALERTS).await?;
         progress("all back, every fault alert resolved");
+
+        // The leader cut off from its peers (every replica still scraped): the others
+        // elect a new one while the old one still calls itself leader.
+        cluster.proxy().isolate(leader);
+        progress(&format!("isolated leader {leader}"));
+        let firing = prometheus
+            .wait_firing(&[("PscLeaderWithoutQuorum", None), ("PscTwoLeaders", None)])
+            .await?;
+        check_none(
+            &firing,
+            &[
+                "PscReplicaDown",
+                "PscVoterMissing",
+                "PscMajorityOfVotersMissing",
+                "PscNoLeader",
+            ],
+            "the leader cut off",
+        )?;
+        cluster.proxy().heal();
+        cluster.wait_healthy(DEADLINE).await?;
+        prometheus.wait_quiet(&FAULT_ALERTS).await?;
+        progress("healed, every fault alert resolved");
         anyhow::Ok(())
     }
     .await;
