@@ -217,7 +217,7 @@ fn unpack_prometheus_package() -> anyhow::Result<()> {
                     // Copied under another name, then renamed: a copy cut short must not
                     // pass for the tool next time.
                     let to = tools.join(name);
-                    let partial = to.with_extension("partial");
+                    let partial = to.with_extension(format!("partial-{}", std::process::id()));
                     std::fs::copy(unpacked.join("usr/bin").join(name), &partial)
                         .with_context(|| format!("the package holds no usr/bin/{name}"))?;
                     std::fs::rename(&partial, &to)?;

@@ -41,6 +41,9 @@ const FAULT_ALERTS: [&str; 6] = [
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
+/// The signal that stops Prometheus if this process dies first.
+const SIGKILL: i32 = 9;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(chaos::EMBEDDED_REPLICA_COMMAND) {
@@ -85,29 +88,61 @@ fn main() -> ExitCode {
     }
 }
 
-/// Whether libtest-style arguments select this test: no name filter, or one it contains.
+/// Whether libtest-style arguments select this test: not `--ignored` (it is not
+/// ignored), not skipped by a `--skip` it contains, and no name filter or one it
+/// contains (equals, with `--exact`).
 fn selected(args: &[String]) -> bool {
-    const WITH_VALUE: [&str; 6] = [
+    const WITH_VALUE: [&str; 7] = [
         "--test-threads",
         "--skip",
         "--format",
         "--color",
         "--logfile",
+        "--shuffle-seed",
         "-Z",
     ];
+    let exact = args.iter().any(|a| a == "--exact");
+    let matches = |filter: &str| {
+        if exact {
+            NAME == filter
+        } else {
+            NAME.contains(filter)
+        }
+    };
     let mut filters = Vec::new();
     let mut args = args.iter();
     while let Some(arg) = args.next() {
-        if WITH_VALUE.contains(&arg.as_str()) {
+        if arg == "--ignored" {
+            return false;
+        }
+        if let Some(skip) = arg.strip_prefix("--skip=") {
+            if matches(skip) {
+                return false;
+            }
+        } else if arg == "--skip" {
+            if args.next().is_some_and(|skip| matches(skip)) {
+                return false;
+            }
+        } else if WITH_VALUE.contains(&arg.as_str()) {
             args.next();
         } else if !arg.starts_with('-') {
             filters.push(arg);
         }
     }
-    filters.is_empty() || filters.iter().any(|f| NAME.contains(f.as_str()))
+    filters.is_empty() || filters.iter().any(|f| matches(f))
 }
 
 async fn scenario() -> anyhow::Result<()> {
+    // The time parser, checked on what Prometheus writes (no harness for unit tests).
+    for written in ["2026-12-07T12:00:00.5Z", "2026-12-07T14:00:00.5+02:00"] {
+        anyhow::ensure!(
+            rfc3339_seconds(written) == Some(1_796_644_800.5),
+            "{written} read as {:?}",
+            rfc3339_seconds(written)
+        );
+    }
+    // Found (or unpacked) before any replica starts.
+    let prometheus_bin = prometheus();
     let root = tempfile::tempdir()?;
     let started = Instant::now();
     let progress = |what: &str| {
@@ -134,7 +169,7 @@ async fn scenario() -> anyhow::Result<()> {
         .collect();
     let instance = |id: u64| addresses[&id].clone();
     let targets: Vec<String> = addresses.values().cloned().collect();
-    let prometheus = Prometheus::start(root.path(), &targets)?;
+    let prometheus = Prometheus::start(&prometheus_bin, root.path(), &targets)?;
     progress("three replicas and Prometheus up");
 
     let result = async {
@@ -144,10 +179,9 @@ async fn scenario() -> anyhow::Result<()> {
                 Ok(p.query_scalar("count(up == 1)").await? == Some(3.0))
             })
             .await?;
-        let since = prometheus.now().await?;
-        prometheus.wait_evaluated_after(since).await?;
-        let firing = prometheus.firing().await?;
-        check_none(&firing, &FAULT_ALERTS, "a healthy cluster")?;
+        prometheus
+            .check_quiet(&FAULT_ALERTS, "a healthy cluster")
+            .await?;
 
         // One follower down.
         let leader = cluster.wait_healthy(DEADLINE).await?.leader;
@@ -158,21 +192,22 @@ async fn scenario() -> anyhow::Result<()> {
             .collect();
         cluster.kill(followers[0])?;
         progress(&format!("killed follower {}", followers[0]));
-        let firing = prometheus
+        prometheus
             .wait_firing(&[
                 ("PscReplicaDown", Some(instance(followers[0]))),
                 ("PscVoterMissing", None),
             ])
             .await?;
-        check_none(
-            &firing,
-            &[
-                "PscMajorityOfVotersMissing",
-                "PscNoLeader",
-                "PscLeaderWithoutQuorum",
-            ],
-            "one follower down",
-        )?;
+        prometheus
+            .check_quiet(
+                &[
+                    "PscMajorityOfVotersMissing",
+                    "PscNoLeader",
+                    "PscLeaderWithoutQuorum",
+                ],
+                "one follower down",
+            )
+            .await?;
 
         // Both followers down: the leader alone still calls itself leader.
         cluster.kill(followers[1])?;
@@ -180,14 +215,16 @@ async fn scenario() -> anyhow::Result<()> {
             "killed follower {}: the leader is alone",
             followers[1]
         ));
-        let firing = prometheus
+        prometheus
             .wait_firing(&[
                 ("PscMajorityOfVotersMissing", None),
                 ("PscLeaderWithoutQuorum", None),
                 ("PscReplicaDown", Some(instance(followers[1]))),
             ])
             .await?;
-        check_none(&firing, &["PscNoLeader"], "the leader alone")?;
+        prometheus
+            .check_quiet(&["PscNoLeader"], "the leader alone")
+            .await?;
 
         // Back: everything resolves.
         for id in &followers {
@@ -213,7 +250,7 @@ async fn scenario() -> anyhow::Result<()> {
         progress(&format!(
             "killed leader {leader} and follower {follower}: {remaining} is alone"
         ));
-        let firing = prometheus
+        prometheus
             .wait_firing(&[
                 ("PscNoLeader", None),
                 ("PscMajorityOfVotersMissing", None),
@@ -221,7 +258,9 @@ async fn scenario() -> anyhow::Result<()> {
                 ("PscReplicaDown", Some(instance(follower))),
             ])
             .await?;
-        check_none(&firing, &["PscLeaderWithoutQuorum"], "one follower alone")?;
+        prometheus
+            .check_quiet(&["PscLeaderWithoutQuorum"], "one follower alone")
+            .await?;
 
         for id in [leader, follower] {
             cluster.launch(id)?;
@@ -234,19 +273,20 @@ async fn scenario() -> anyhow::Result<()> {
         // elect a new one while the old one still calls itself leader.
         cluster.proxy().isolate(leader);
         progress(&format!("isolated leader {leader}"));
-        let firing = prometheus
+        prometheus
             .wait_firing(&[("PscLeaderWithoutQuorum", None), ("PscTwoLeaders", None)])
             .await?;
-        check_none(
-            &firing,
-            &[
-                "PscReplicaDown",
-                "PscVoterMissing",
-                "PscMajorityOfVotersMissing",
-                "PscNoLeader",
-            ],
-            "the leader cut off",
-        )?;
+        prometheus
+            .check_quiet(
+                &[
+                    "PscReplicaDown",
+                    "PscVoterMissing",
+                    "PscMajorityOfVotersMissing",
+                    "PscNoLeader",
+                ],
+                "the leader cut off",
+            )
+            .await?;
         cluster.proxy().heal();
         cluster.wait_healthy(DEADLINE).await?;
         prometheus.wait_quiet(&FAULT_ALERTS).await?;
@@ -256,6 +296,12 @@ async fn scenario() -> anyhow::Result<()> {
     .await;
     if result.is_err() {
         eprintln!("Prometheus' log:\n{}", prometheus.log());
+        for id in cluster.ids() {
+            eprintln!(
+                "replica {id}'s log, last lines:\n{}",
+                cluster.log_tail(id, 40)
+            );
+        }
     }
     result
 }
@@ -290,7 +336,7 @@ impl Drop for Prometheus {
 }
 
 impl Prometheus {
-    fn start(dir: &Path, targets: &[String]) -> anyhow::Result<Prometheus> {
+    fn start(program: &Path, dir: &Path, targets: &[String]) -> anyhow::Result<Prometheus> {
         let rules = std::fs::read_to_string(repo_root().join("deploy/prometheus/alerts.yaml"))?;
         let mut changed = 0;
         let rules: String = rules
@@ -325,7 +371,11 @@ impl Prometheus {
         )?;
         let port = pageserver_controller::loopback::free_port()?;
         let log = dir.join("prometheus.log");
-        let child = Command::new(prometheus())
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        let mut command = Command::new(program);
+        command
             .arg(format!(
                 "--config.file={}",
                 dir.join("prometheus.yaml").display()
@@ -335,16 +385,17 @@ impl Prometheus {
                 dir.join("tsdb").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            // Its API writes times in the local zone: UTC keeps them simple to read.
+            .env("TZ", "UTC")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
+            .stderr(std::fs::File::create(&log)?);
+        // Killed with this process however it ends, as the replicas are.
+        let child = pageserver_controller::child_process::spawn_tied(command, SIGKILL)
             .context("starting prometheus")?;
         Ok(Prometheus {
             child,
             url: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()?,
+            http,
             log,
         })
     }
@@ -404,7 +455,9 @@ impl Prometheus {
                         group["lastEvaluation"]
                     );
                 }
-                evaluated &= at > since;
+                // An evaluation that started after `since` may still be scheduled for
+                // the tick before it: one interval more.
+                evaluated &= at > since + 1.0;
             }
             Ok(evaluated)
         })
@@ -473,6 +526,32 @@ impl Prometheus {
         }
     }
 
+    /// Fails if one of `quiet` fires in three evaluations in a row, each after the
+    /// call. (One slow scrape on a busy machine marks a live replica down for an
+    /// evaluation, and with every `for:` at zero that fires: not what a rule says.)
+    async fn check_quiet(&self, quiet: &[&str], when: &str) -> anyhow::Result<()> {
+        let mut every_time: Option<Firing> = None;
+        for _ in 0..3 {
+            let since = self.now().await?;
+            self.wait_evaluated_after(since).await?;
+            let firing: Firing = self
+                .firing()
+                .await?
+                .into_iter()
+                .filter(|(name, _)| quiet.contains(&name.as_str()))
+                .collect();
+            every_time = Some(match every_time {
+                None => firing,
+                Some(before) => before.intersection(&firing).cloned().collect(),
+            });
+        }
+        let persistent = every_time.unwrap_or_default();
+        if !persistent.is_empty() {
+            bail!("with {when}, these fired in three evaluations in a row: {persistent:?}");
+        }
+        Ok(())
+    }
+
     async fn wait_until<'a, F, Fut>(&'a self, what: &str, check: F) -> anyhow::Result<()>
     where
         F: Fn(&'a Prometheus) -> Fut,
@@ -493,12 +572,24 @@ impl Prometheus {
 }
 
 /// Seconds since the epoch of an RFC 3339 time as Prometheus writes it
-/// (`2026-12-07T12:00:00.123456789Z`), without a date crate.
+/// (`2026-12-07T12:00:00.123456789Z`, or with an offset such as `+02:00`), without a
+/// date crate.
 fn rfc3339_seconds(text: &str) -> Option<f64> {
-    let (date, time) = text.trim_end_matches('Z').split_once('T')?;
+    let (date, time) = text.split_once('T')?;
+    // The zone: `Z`, or a sign and hh:mm after the seconds.
+    let (clock, offset) = if let Some(clock) = time.strip_suffix('Z') {
+        (clock, 0.0)
+    } else {
+        let at = time.rfind(['+', '-'])?;
+        let (clock, zone) = time.split_at(at);
+        let sign = if zone.starts_with('-') { -1.0 } else { 1.0 };
+        let (h, m) = zone[1..].split_once(':')?;
+        let minutes = h.parse::<f64>().ok()? * 60.0 + m.parse::<f64>().ok()?;
+        (clock, sign * minutes * 60.0)
+    };
     let mut d = date.split('-').map(|p| p.parse::<i64>());
     let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let mut t = time.split(':');
+    let mut t = clock.split(':');
     let (h, min) = (
         t.next()?.parse::<f64>().ok()?,
         t.next()?.parse::<f64>().ok()?,
@@ -512,5 +603,5 @@ fn rfc3339_seconds(text: &str) -> Option<f64> {
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    Some(days as f64 * 86_400.0 + h * 3_600.0 + min * 60.0 + s)
+    Some(days as f64 * 86_400.0 + h * 3_600.0 + min * 60.0 + s - offset)
 }
