@@ -8,8 +8,8 @@
 //! answered before its fsync, or trusted sled's `sync_file_range`, passes every kill
 //! test and fails this one.
 //!
-//! The same file system also fails fsyncs on demand, for what a log store does when its
-//! disk starts failing.
+//! The same file system also fails fsyncs on demand, for what a log store, and a
+//! leader under traffic, do when their disk starts failing.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -132,37 +132,13 @@ async fn acknowledged_generations_survive_every_replica_losing_power_at_once() {
         cluster.kill(lagging);
         let stop = Arc::new(AtomicBool::new(false));
         let acks = Arc::new(AtomicU64::new(0));
-        let mut clients = Vec::new();
-        for c in 0..CLIENTS {
-            let replicas: Vec<_> = (1..=3).map(|id| cluster.client(id)).collect();
-            let (stop, acks, acknowledged) = (stop.clone(), acks.clone(), acknowledged.clone());
-            clients.push(tokio::spawn(async move {
-                let mut i = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    let tenant = c * TENANTS_PER_CLIENT + (i as u32 % TENANTS_PER_CLIENT);
-                    let node = NodeId(u64::from(i as u32 % 3 + 1));
-                    let via = &replicas[(i + c as usize) % replicas.len()];
-                    i += 1;
-                    // An error leaves the attach's fate unknown: only answers count.
-                    let Ok(Some(generation)) =
-                        via.attach_hook(shard(tenant), Some(node), None).await
-                    else {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    };
-                    let mut acknowledged = acknowledged.lock().unwrap();
-                    if let Some(&before) = acknowledged.get(&tenant) {
-                        assert!(
-                            generation > before,
-                            "round {round}: tenant {tenant} was given generation {generation} \
-                             after generation {before} was acknowledged"
-                        );
-                    }
-                    acknowledged.insert(tenant, generation);
-                    acks.fetch_add(1, Ordering::Relaxed);
-                }
-            }));
-        }
+        let clients = attach_clients(
+            &cluster,
+            &stop,
+            &acks,
+            &acknowledged,
+            &format!("round {round}"),
+        );
         until_acknowledged(&acks, ATTACHES_PER_ROUND / 2, round).await;
         cluster.launch(lagging);
         cluster.wait_answering(lagging).await;
@@ -208,36 +184,12 @@ async fn acknowledged_generations_survive_every_replica_losing_power_at_once() {
         }
         cluster.wait_for_leader().await;
         let acknowledged = acknowledged.lock().unwrap().clone();
-        for id in 1..=3 {
-            let client = cluster.client(id);
-            for (&tenant, &generation) in &acknowledged {
-                let (now, _) = client
-                    .inspect(shard(tenant))
-                    .await
-                    .unwrap_or_else(|e| {
-                        panic!("inspect of tenant {tenant} through replica {id}: {e}")
-                    })
-                    .unwrap_or_else(|| panic!("tenant {tenant} lost its attachment"));
-                assert!(
-                    now >= generation,
-                    "after power loss {round}, replica {id} says tenant {tenant} is at generation \
-                     {now}, but generation {generation} was acknowledged"
-                );
-                let valid = client
-                    .validate(&[(shard(tenant), generation)])
-                    .await
-                    .unwrap()
-                    .tenants
-                    .first()
-                    .map(|t| t.valid);
-                assert_eq!(
-                    valid,
-                    Some(now == generation),
-                    "after power loss {round}, replica {id}: validate of tenant {tenant} \
-                     generation {generation} (current {now})"
-                );
-            }
-        }
+        assert_acknowledged_everywhere(
+            &cluster,
+            &acknowledged,
+            &format!("after power loss {round}"),
+        )
+        .await;
     }
     let installs: usize = (1..=3)
         .map(|id| cluster.log_of(id).matches("installed snapshot").count())
@@ -253,6 +205,198 @@ async fn acknowledged_generations_survive_every_replica_losing_power_at_once() {
     );
     drop(cluster);
     drop(mounted);
+}
+
+/// The highest generation acknowledged for each tenant.
+type Acknowledged = Arc<Mutex<BTreeMap<u32, u32>>>;
+
+/// Starts [`CLIENTS`] sequential clients attaching their own tenants through every
+/// replica in turn until `stop`, counting answers in `acks` and recording the highest
+/// generation acknowledged per tenant; each tenant belongs to one client, so its
+/// acknowledged generations must strictly increase (checked as they come).
+fn attach_clients(
+    cluster: &TestCluster,
+    stop: &Arc<AtomicBool>,
+    acks: &Arc<AtomicU64>,
+    acknowledged: &Acknowledged,
+    when: &str,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..CLIENTS)
+        .map(|c| {
+            let replicas: Vec<_> = (1..=3).map(|id| cluster.client(id)).collect();
+            let (stop, acks, acknowledged) = (stop.clone(), acks.clone(), acknowledged.clone());
+            let when = when.to_owned();
+            tokio::spawn(async move {
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let tenant = c * TENANTS_PER_CLIENT + (i as u32 % TENANTS_PER_CLIENT);
+                    let node = NodeId(u64::from(i as u32 % 3 + 1));
+                    let via = &replicas[(i + c as usize) % replicas.len()];
+                    i += 1;
+                    // An error leaves the attach's fate unknown: only answers count.
+                    let Ok(Some(generation)) =
+                        via.attach_hook(shard(tenant), Some(node), None).await
+                    else {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    let mut acknowledged = acknowledged.lock().unwrap();
+                    if let Some(&before) = acknowledged.get(&tenant) {
+                        assert!(
+                            generation > before,
+                            "{when}: tenant {tenant} was given generation {generation} \
+                             after generation {before} was acknowledged"
+                        );
+                    }
+                    acknowledged.insert(tenant, generation);
+                    acks.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect()
+}
+
+/// Every replica holds, for every tenant, at least the generation acknowledged for it,
+/// and calls it valid exactly when it is still the current one.
+async fn assert_acknowledged_everywhere(
+    cluster: &TestCluster,
+    acknowledged: &BTreeMap<u32, u32>,
+    when: &str,
+) {
+    for id in 1..=3 {
+        let client = cluster.client(id);
+        for (&tenant, &generation) in acknowledged {
+            let (now, _) = client
+                .inspect(shard(tenant))
+                .await
+                .unwrap_or_else(|e| panic!("inspect of tenant {tenant} through replica {id}: {e}"))
+                .unwrap_or_else(|| panic!("tenant {tenant} lost its attachment"));
+            assert!(
+                now >= generation,
+                "{when}, replica {id} says tenant {tenant} is at generation {now}, but \
+                 generation {generation} was acknowledged"
+            );
+            let valid = client
+                .validate(&[(shard(tenant), generation)])
+                .await
+                .unwrap()
+                .tenants
+                .first()
+                .map(|t| t.valid);
+            assert_eq!(
+                valid,
+                Some(now == generation),
+                "{when}, replica {id}: validate of tenant {tenant} generation {generation} \
+                 (current {now})"
+            );
+        }
+    }
+}
+
+/// The leader's disk starts failing under attach traffic: every fsync on it fails with
+/// EIO from then on. It must acknowledge nothing it could not make durable, the two
+/// others must go on without it (a new leader, attaches still answered), and once the
+/// disk is replaced by a working one holding what it held (the fault cleared, the
+/// replica restarted), it must rejoin with every acknowledged generation. Each replica
+/// has a file system of its own, so only the leader's fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_disk_starts_failing_hands_over_and_nothing_acknowledged_is_lost() {
+    if skipped() {
+        return;
+    }
+    let backing = Disk(Some(
+        tempfile::Builder::new()
+            .prefix("psc-failing-disk-")
+            .tempdir()
+            .unwrap(),
+    ));
+    let backing = backing.0.as_ref().unwrap().path().to_owned();
+    let root = tempfile::Builder::new()
+        .prefix("psc-failing-mnt-")
+        .tempdir()
+        .unwrap();
+    // replica-N (the data dir TestCluster gives replica N) is a mount of its own.
+    let mounts: BTreeMap<u64, Mounted> = (1..=3)
+        .map(|id| {
+            let disk = backing.join(format!("disk-{id}"));
+            let data_dir = root.path().join(format!("replica-{id}"));
+            std::fs::create_dir_all(&disk).unwrap();
+            std::fs::create_dir_all(&data_dir).unwrap();
+            let mounted =
+                Mounted::mount(&disk, &data_dir, Survivors::None, Names::Journaled).expect("mount");
+            (id, mounted)
+        })
+        .collect();
+    let mut cluster = TestCluster::start_on(3, &[], root.path()).await;
+
+    let acknowledged: Acknowledged = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicU64::new(0));
+    let clients = attach_clients(&cluster, &stop, &acks, &acknowledged, "a failing disk");
+    until_acknowledged(&acks, 100, 0).await;
+
+    let failing = cluster.wait_for_leader().await;
+    mounts[&failing]
+        .faults
+        .fsync_fails
+        .store(true, Ordering::Relaxed);
+    let at_fault = acks.load(Ordering::Relaxed);
+    eprintln!("leader {failing}'s disk fails from attach {at_fault} on");
+    // The others elect a leader among themselves and keep answering.
+    let successor = wait_for("another replica to lead", DEADLINE * 2, || async {
+        cluster
+            .leader_now()
+            .await
+            .filter(|leader| *leader != failing)
+    })
+    .await;
+    until_acknowledged(&acks, at_fault + 100, 1).await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.expect("a client panicked");
+    }
+    // It stopped, saying why, rather than serve on a log it cannot trust.
+    let end = std::time::Instant::now() + DEADLINE;
+    while !cluster.has_exited(failing) {
+        assert!(
+            std::time::Instant::now() < end,
+            "replica {failing} still runs on a failing disk:\n{}",
+            cluster.log_of(failing)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        cluster
+            .log_of(failing)
+            .contains("raft stopped with a fatal error; shutting the replica down"),
+        "replica {failing} did not say why it stopped:\n{}",
+        cluster.log_of(failing)
+    );
+    assert!(
+        cluster.log_of(failing).contains("Input/output error"),
+        "replica {failing} never said its disk failed:\n{}",
+        cluster.log_of(failing)
+    );
+    eprintln!(
+        "replica {successor} took over; {} attaches acknowledged in all",
+        acks.load(Ordering::Relaxed)
+    );
+
+    // A working disk with what the failing one held (the fault cleared): the replica
+    // starts again and catches up.
+    mounts[&failing]
+        .faults
+        .fsync_fails
+        .store(false, Ordering::Relaxed);
+    cluster.launch(failing);
+    cluster.wait_answering(failing).await;
+    cluster.wait_for_leader().await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.wait_matched_by_followers(leader).await;
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert_acknowledged_everywhere(&cluster, &acknowledged, "after the failing disk").await;
+    drop(cluster);
+    drop(mounts);
 }
 
 /// sled writes any message over a quarter of a segment (128 KiB) to a file of its own
