@@ -1415,6 +1415,13 @@ async fn a_pod_joining_a_cluster_without_a_quorum_keeps_answering_its_probes() {
         cluster.launch(id);
     }
     cluster.wait_for_voters(&[1, 2, 3]).await;
+    // Every pod out of its waiting room: the leader lists the initial members as voters
+    // as soon as two of them have formed the cluster, while the third may still linger
+    // there (up to a minute) for the two to see it, and would linger on, waiting for a
+    // running cluster, once they are killed.
+    for id in 1..=3 {
+        cluster.wait_caught_up(id).await;
+    }
     cluster.kill(2);
     cluster.kill(3);
     cluster.launch(4);
