@@ -1,8 +1,9 @@
 //! Prometheus metrics: what an operator graphs and alerts on.
 //!
 //! Two kinds of series. Events are counted where they happen (requests, forwarded
-//! requests, leader changes, flush latencies). Everything else is sampled from the
-//! replica when `/metrics` is scraped (Raft indexes, term, log size, snapshot timings,
+//! requests, leader changes, flush latencies), and the credentials' series are set by
+//! their reloader (reloads, failures, the served certificate's expiry). Everything else
+//! is sampled from the replica when `/metrics` is scraped (Raft indexes, term, log size, snapshot timings,
 //! tenant and node counts, replication lag, batching counters), so there is no second
 //! copy of that state to keep in step.
 //!

@@ -1,5 +1,6 @@
 //! Finding and running the programs the deploy tests drive (kubectl, docker, the Python
-//! linters). A missing program is a test failure that says what to install.
+//! linters, promtool and Prometheus). A missing program is a test failure that says what
+//! to install.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -2,7 +2,8 @@
 //! states its unit tests describe and stays quiet in the others (`promtool test rules`),
 //! and every alert has such a test. (That every series the rules read is one a replica
 //! exports is checked against live replicas in the root package's integration tests,
-//! `operations::metrics_are_prometheus_text_with_the_operational_series`; that the fault
+//! `operations::metrics_are_prometheus_text_with_the_operational_series`, the TLS expiry
+//! by the certificate rotation tests; that the fault
 //! alerts fire on a live cluster, by `alerts_live.rs`.)
 
 use std::collections::BTreeSet;

@@ -603,8 +603,8 @@ async fn metrics_are_prometheus_text_with_the_operational_series() {
     .unwrap();
     let read_by_rules = metric_names_in(&rules);
     assert!(read_by_rules.len() >= 10, "{read_by_rules:?}");
-    // Exported only by a replica that serves or trusts TLS, which these do not; the TLS
-    // tests (security::certificates_and_the_ca_rotate_without_a_restart) read it.
+    // Exported only by a replica that serves TLS, which these do not; the TLS tests
+    // (security::certificates_and_the_ca_rotate_without_a_restart) read it.
     let only_with_tls = ["psc_tls_not_after_timestamp_seconds"];
     for name in read_by_rules
         .iter()

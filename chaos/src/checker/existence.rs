@@ -1,6 +1,7 @@
 //! Nodes and tenant shards come into existence and, in these histories, never leave: a
 //! re-attach registers its pageserver, an attach creates its shard, and the traffic
-//! deletes neither. That makes two checks cheap and exact without the search:
+//! deletes neither. That makes two checks cheap and sound (they never blame a correct
+//! history; they are not complete) without the search:
 //! an acknowledged migrate needs a node that could have been registered by then, and a
 //! refusal needs a state that could have refused. The per-shard search cannot see either,
 //! because it leaves refused requests out and knows nothing of nodes.
