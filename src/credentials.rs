@@ -116,10 +116,11 @@ impl CaFile {
     }
 }
 
-/// When a served chain stops being valid, in Unix seconds: when the first of its
-/// certificates expires (a client checks every one but the root it trusts). Only for
-/// metrics: rustls decides what is served, so a file it accepts whose dates cannot be
-/// read here (logged) just has no expiry series.
+/// When a served chain stops being valid, in Unix seconds: when the first certificate of
+/// the file expires (a client checks every one but the root it trusts; a root bundled
+/// in the file counts too, which can only make the alert early). Only for metrics:
+/// rustls decides what is served, so a file it accepts whose dates cannot be read here
+/// (logged) has no expiry series, and the expiry alerts cannot fire for it.
 fn expiry(path: &Path, pem: &[u8]) -> Option<i64> {
     match not_after(pem) {
         Ok(Some(seconds)) => Some(seconds),

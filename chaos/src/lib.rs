@@ -32,3 +32,25 @@ pub mod traffic;
 /// The hidden command of the `chaos` binary that runs the controller's own command line
 /// (`chaos replica serve ...` is `pageserver-controller serve ...`).
 pub const EMBEDDED_REPLICA_COMMAND: &str = "replica";
+
+/// If `args` (a process's own, program name first) start with
+/// [`EMBEDDED_REPLICA_COMMAND`], runs the controller's command line from the rest and
+/// returns its exit code: how a binary that embeds the controller (the `chaos` binary,
+/// a test binary) serves as the replicas' program, built from the same sources.
+pub fn run_if_embedded_replica(args: &[String]) -> Option<std::process::ExitCode> {
+    use clap::Parser;
+    if args.get(1).map(String::as_str) != Some(EMBEDDED_REPLICA_COMMAND) {
+        return None;
+    }
+    let cli = pageserver_controller::cli::Cli::parse_from(
+        std::iter::once("pageserver-controller".to_owned()).chain(args[2..].iter().cloned()),
+    );
+    Some(match pageserver_controller::cli::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    })
+}

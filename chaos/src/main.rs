@@ -242,19 +242,8 @@ const DEFAULT_LOG: &str =
 
 fn main() -> ExitCode {
     // `chaos replica ARGS` is `pageserver-controller ARGS`: the replicas the harness starts.
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(chaos::EMBEDDED_REPLICA_COMMAND) {
-        let cli = <pageserver_controller::cli::Cli as Parser>::parse_from(
-            std::iter::once("pageserver-controller".to_owned()).chain(args[2..].iter().cloned()),
-        );
-        return match pageserver_controller::cli::run(cli) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!("{e:#}");
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(exit) = chaos::run_if_embedded_replica(&std::env::args().collect::<Vec<_>>()) {
+        return exit;
     }
 
     let cli = Cli::parse();

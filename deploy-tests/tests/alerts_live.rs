@@ -46,18 +46,8 @@ const SIGKILL: i32 = 9;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(chaos::EMBEDDED_REPLICA_COMMAND) {
-        use clap::Parser;
-        let cli = pageserver_controller::cli::Cli::parse_from(
-            std::iter::once("pageserver-controller".to_owned()).chain(args[2..].iter().cloned()),
-        );
-        return match pageserver_controller::cli::run(cli) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(exit) = chaos::run_if_embedded_replica(&args) {
+        return exit;
     }
     // What libtest would do with `--list` and a name filter.
     if args.iter().any(|a| a == "--list") {
@@ -180,7 +170,7 @@ async fn scenario() -> anyhow::Result<()> {
             })
             .await?;
         prometheus
-            .check_quiet(&FAULT_ALERTS, "a healthy cluster")
+            .check_quiet(&FAULT_ALERTS, &targets, "a healthy cluster")
             .await?;
 
         // One follower down.
@@ -204,7 +194,9 @@ async fn scenario() -> anyhow::Result<()> {
                     "PscMajorityOfVotersMissing",
                     "PscNoLeader",
                     "PscLeaderWithoutQuorum",
+                    "PscTwoLeaders",
                 ],
+                &[instance(leader), instance(followers[1])],
                 "one follower down",
             )
             .await?;
@@ -223,7 +215,11 @@ async fn scenario() -> anyhow::Result<()> {
             ])
             .await?;
         prometheus
-            .check_quiet(&["PscNoLeader"], "the leader alone")
+            .check_quiet(
+                &["PscNoLeader", "PscTwoLeaders"],
+                &[instance(leader)],
+                "the leader alone",
+            )
             .await?;
 
         // Back: everything resolves.
@@ -259,7 +255,11 @@ async fn scenario() -> anyhow::Result<()> {
             ])
             .await?;
         prometheus
-            .check_quiet(&["PscLeaderWithoutQuorum"], "one follower alone")
+            .check_quiet(
+                &["PscLeaderWithoutQuorum", "PscTwoLeaders"],
+                &[instance(remaining)],
+                "one follower alone",
+            )
             .await?;
 
         for id in [leader, follower] {
@@ -284,6 +284,7 @@ async fn scenario() -> anyhow::Result<()> {
                     "PscMajorityOfVotersMissing",
                     "PscNoLeader",
                 ],
+                &targets,
                 "the leader cut off",
             )
             .await?;
@@ -526,10 +527,11 @@ impl Prometheus {
         }
     }
 
-    /// Fails if one of `quiet` fires in three evaluations in a row, each after the
-    /// call. (One slow scrape on a busy machine marks a live replica down for an
-    /// evaluation, and with every `for:` at zero that fires: not what a rule says.)
-    async fn check_quiet(&self, quiet: &[&str], when: &str) -> anyhow::Result<()> {
+    /// Fails if one of `quiet`, or `PscReplicaDown` for one of the replicas that run
+    /// (`up`), fires in three evaluations in a row, each after the call. (One slow
+    /// scrape on a busy machine marks a live replica down for an evaluation, and with
+    /// every `for:` at zero that fires: not what a rule says.)
+    async fn check_quiet(&self, quiet: &[&str], up: &[String], when: &str) -> anyhow::Result<()> {
         let mut every_time: Option<Firing> = None;
         for _ in 0..3 {
             let since = self.now().await?;
@@ -538,7 +540,11 @@ impl Prometheus {
                 .firing()
                 .await?
                 .into_iter()
-                .filter(|(name, _)| quiet.contains(&name.as_str()))
+                .filter(|(name, instance)| {
+                    quiet.contains(&name.as_str())
+                        || (name == "PscReplicaDown"
+                            && instance.as_ref().is_some_and(|i| up.contains(i)))
+                })
                 .collect();
             every_time = Some(match every_time {
                 None => firing,

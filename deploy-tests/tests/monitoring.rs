@@ -153,17 +153,26 @@ fn prometheusrule(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn prometheusrule_sh_carries_the_alert_rules_over_unchanged() {
-    let out = prometheusrule(&["release=prometheus", "team.example/owner=storage", "on=yes"]);
+    let out = prometheusrule(&[
+        "release=prometheus",
+        "team.example/owner=storage",
+        "on=yes",
+        "z=1",
+    ]);
     assert!(out.status.success(), "{out:?}");
-    let docs = documents(&String::from_utf8(out.stdout).unwrap());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    // Quoted, keys and values: kubectl's YAML 1.1 reader takes a bare `on` for true, and
+    // a bare 1 is a number to any reader, where a label value must be a string.
+    assert!(printed.contains("\"on\": \"yes\""), "{printed}");
+    let docs = documents(&printed);
     assert_eq!(docs.len(), 1, "{docs:#?}");
     let rule = &docs[0];
     assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
     assert_eq!(rule["kind"], "PrometheusRule");
     assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
     assert_eq!(rule["metadata"]["labels"]["team.example/owner"], "storage");
-    // A YAML 1.1 reader would take a bare `on` for true.
     assert_eq!(rule["metadata"]["labels"]["on"], "yes");
+    assert_eq!(rule["metadata"]["labels"]["z"], "1");
     let alerts: Value = serde_yaml::from_str(
         &std::fs::read_to_string(repo_root().join("deploy/prometheus/alerts.yaml")).unwrap(),
     )

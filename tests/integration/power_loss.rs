@@ -184,8 +184,9 @@ async fn acknowledged_generations_survive_every_replica_losing_power_at_once() {
         }
         cluster.wait_for_leader().await;
         let acknowledged = acknowledged.lock().unwrap().clone();
-        assert_acknowledged_everywhere(
+        assert_acknowledged_on(
             &cluster,
+            &[1, 2, 3],
             &acknowledged,
             &format!("after power loss {round}"),
         )
@@ -256,14 +257,15 @@ fn attach_clients(
         .collect()
 }
 
-/// Every replica holds, for every tenant, at least the generation acknowledged for it,
-/// and calls it valid exactly when it is still the current one.
-async fn assert_acknowledged_everywhere(
+/// Each of `replicas` holds, for every tenant, at least the generation acknowledged for
+/// it, and calls it valid exactly when it is still the current one.
+async fn assert_acknowledged_on(
     cluster: &TestCluster,
+    replicas: &[u64],
     acknowledged: &BTreeMap<u32, u32>,
     when: &str,
 ) {
-    for id in 1..=3 {
+    for &id in replicas {
         let client = cluster.client(id);
         for (&tenant, &generation) in acknowledged {
             let (now, _) = client
@@ -294,11 +296,13 @@ async fn assert_acknowledged_everywhere(
 }
 
 /// The leader's disk starts failing under attach traffic: every fsync on it fails with
-/// EIO from then on. It must acknowledge nothing it could not make durable, the two
-/// others must go on without it (a new leader, attaches still answered), and once the
-/// disk is replaced by a working one holding what it held (the fault cleared, the
-/// replica restarted), it must rejoin with every acknowledged generation. Each replica
-/// has a file system of its own, so only the leader's fails.
+/// EIO from then on. The two others must go on without it (a new leader, attaches still
+/// answered) and it must stop, saying why. Then its disk loses what no fsync made
+/// durable (a power loss) and comes back working, and the new leader is killed: the old
+/// leader and the remaining follower must hold every acknowledged generation between
+/// them. An old leader that had acknowledged writes its failed fsyncs never made
+/// durable, committed with the new leader's copy alone, would have lost them here. Each
+/// replica has a file system of its own, so only the leader's fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_disk_starts_failing_hands_over_and_nothing_acknowledged_is_lost() {
     if skipped() {
@@ -333,7 +337,7 @@ async fn a_leader_whose_disk_starts_failing_hands_over_and_nothing_acknowledged_
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(AtomicU64::new(0));
     let clients = attach_clients(&cluster, &stop, &acks, &acknowledged, "a failing disk");
-    until_acknowledged(&acks, 100, 0).await;
+    until_acknowledged(&acks, 100, 0).await; // round 0: before the fault
 
     let failing = cluster.wait_for_leader().await;
     mounts[&failing]
@@ -350,7 +354,7 @@ async fn a_leader_whose_disk_starts_failing_hands_over_and_nothing_acknowledged_
             .filter(|leader| *leader != failing)
     })
     .await;
-    until_acknowledged(&acks, at_fault + 100, 1).await;
+    until_acknowledged(&acks, at_fault + 100, 1).await; // round 1: after it
     stop.store(true, Ordering::Relaxed);
     for client in clients {
         client.await.expect("a client panicked");
@@ -382,19 +386,55 @@ async fn a_leader_whose_disk_starts_failing_hands_over_and_nothing_acknowledged_
         acks.load(Ordering::Relaxed)
     );
 
-    // A working disk with what the failing one held (the fault cleared): the replica
-    // starts again and catches up.
-    mounts[&failing]
-        .faults
-        .fsync_fails
-        .store(false, Ordering::Relaxed);
+    // Its disk loses what no fsync made durable and comes back working; the new leader
+    // is killed, so the old one and the remaining follower must have every acknowledged
+    // generation between them.
+    let mut mounts = mounts;
+    let lost = mounts.remove(&failing).expect("its mount").power_loss();
+    eprintln!(
+        "replica {failing}'s disk lost {} unsynced bytes",
+        lost.lost_bytes.load(Ordering::Relaxed)
+    );
+    mounts.insert(
+        failing,
+        Mounted::mount(
+            &backing.join(format!("disk-{failing}")),
+            &root.path().join(format!("replica-{failing}")),
+            Survivors::None,
+            Names::Journaled,
+        )
+        .expect("mount again"),
+    );
+    cluster.kill(successor);
     cluster.launch(failing);
     cluster.wait_answering(failing).await;
-    cluster.wait_for_leader().await;
+    let leader = cluster.wait_for_leader().await;
+    let running = cluster.running();
+    cluster
+        .wait_matched_by(
+            leader,
+            &running
+                .iter()
+                .copied()
+                .filter(|id| *id != leader)
+                .collect::<Vec<_>>(),
+        )
+        .await;
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert_acknowledged_on(&cluster, &running, &acknowledged, "without the new leader").await;
+
+    // And all three together again.
+    cluster.launch(successor);
+    cluster.wait_answering(successor).await;
     let leader = cluster.wait_for_leader().await;
     cluster.wait_matched_by_followers(leader).await;
-    let acknowledged = acknowledged.lock().unwrap().clone();
-    assert_acknowledged_everywhere(&cluster, &acknowledged, "after the failing disk").await;
+    assert_acknowledged_on(
+        &cluster,
+        &[1, 2, 3],
+        &acknowledged,
+        "after the failing disk",
+    )
+    .await;
     drop(cluster);
     drop(mounts);
 }

@@ -600,7 +600,18 @@ fn a_migrate_onto_a_node_never_registered_is_caught() {
 /// is not.
 #[test]
 fn a_refusal_no_state_explains_is_caught() {
-    let wrong = |h: &H| h.verdict().breaks(Rule::WrongRefusal);
+    // The last operation of the history, and only it, is a wrong refusal.
+    let wrong = |h: &H| {
+        let last = h.0.len() as u64 - 1;
+        let flagged: Vec<Vec<u64>> = h
+            .verdict()
+            .violations
+            .into_iter()
+            .filter(|v| v.rule == Rule::WrongRefusal)
+            .map(|v| v.ops)
+            .collect();
+        flagged == [vec![last]]
+    };
     // A migrate of shard 1 to node 2, refused as unknown, from 11 to 20.
     let refused_migrate = |h: &mut H| {
         let migrate = Request::Migrate {
@@ -638,6 +649,64 @@ fn a_refusal_no_state_explains_is_caught() {
     h.re_attach(0, 5, 2, &[]).attach_unknown(1, 10, 1, 1);
     refused_migrate(&mut h);
     assert!(!wrong(&h), "{:#?}", h.verdict());
+    // Other proofs that node 2 and the shard exist: a re-attach of node 2 refused as
+    // exhausted (it registers all the same), a detach with an override (it creates the
+    // shard), an inspect that shows it, a migrate acknowledged for it.
+    // Shard 5, on node 2, at u32::MAX: a re-attach of node 2 is refused, rightly.
+    let exhausted_re_attach = |h: &mut H| {
+        h.ok(
+            0,
+            1,
+            Request::Attach {
+                shard: shard(5),
+                node: Some(NodeId(2)),
+                generation_override: Some(u32::MAX - 1),
+            },
+            Answer::Generation {
+                generation: Some(u32::MAX),
+            },
+        )
+        .refused(
+            2,
+            5,
+            Request::ReAttach { node: NodeId(2) },
+            409,
+            "tenant shard has used every generation",
+        );
+    };
+    let detach_with_override = Request::Attach {
+        shard: shard(1),
+        node: None,
+        generation_override: Some(7),
+    };
+    let mut h = H::default();
+    exhausted_re_attach(&mut h);
+    h.ok(
+        1,
+        10,
+        detach_with_override,
+        Answer::Generation { generation: None },
+    );
+    refused_migrate(&mut h);
+    assert!(wrong(&h), "{:#?}", h.verdict());
+    let mut h = H::default();
+    h.re_attach(0, 5, 2, &[])
+        .attach_unknown(1, 8, 1, 1)
+        .inspect(9, 10, 1, Some((1, 1)));
+    refused_migrate(&mut h);
+    assert!(wrong(&h), "{:#?}", h.verdict());
+    let mut h = H::default();
+    h.re_attach(0, 5, 2, &[]).attach_unknown(1, 8, 1, 1).ok(
+        9,
+        10,
+        Request::Migrate {
+            shard: shard(1),
+            node: NodeId(2),
+        },
+        Answer::Migrated { generation: 2 },
+    );
+    refused_migrate(&mut h);
+    assert!(wrong(&h), "{:#?}", h.verdict());
 
     // Exhausted, with no generation anywhere near u32::MAX.
     let exhausted = "tenant shard has used every generation";
