@@ -484,9 +484,9 @@ impl Prometheus {
             .collect())
     }
 
-    /// Waits until each (alert, instance) fires (any instance where `None`), and returns
-    /// everything firing then.
-    async fn wait_firing(&self, expected: &[(&str, Option<String>)]) -> anyhow::Result<Firing> {
+    /// Waits until each (alert, instance) fires (any instance where `None`); what must
+    /// stay quiet meanwhile is [`Prometheus::check_quiet`]'s.
+    async fn wait_firing(&self, expected: &[(&str, Option<String>)]) -> anyhow::Result<()> {
         let mut last = Firing::new();
         let end = Instant::now() + DEADLINE;
         loop {
@@ -497,7 +497,7 @@ impl Prometheus {
                 })
             });
             if all {
-                return Ok(last);
+                return Ok(());
             }
             if Instant::now() > end {
                 bail!("waited {DEADLINE:?} for {expected:?} to fire; firing: {last:?}");
