@@ -1028,6 +1028,15 @@ async fn a_replica_started_as_a_learner_joins_as_one_and_stays_one() {
     cluster
         .wait_for_log(voter, "--learner is ignored: this replica is a voter", 1)
         .await;
+    // A write through it, and it holds the leader's log up to that write: any change of
+    // membership it had asked for at its start would be in that log by now.
+    cluster
+        .client(voter)
+        .attach_hook(shard(7), Some(NodeId(1)), None)
+        .await
+        .expect("an attach through the restarted voter");
+    let leader = cluster.wait_for_leader().await;
+    cluster.wait_matched_by(leader, &[voter]).await;
     let status = cluster.status_of(leader).await.unwrap();
     assert_eq!(
         role_of(&status, voter).as_deref(),

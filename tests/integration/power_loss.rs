@@ -295,16 +295,19 @@ async fn assert_acknowledged_on(
     }
 }
 
-/// The leader's disk starts failing under attach traffic: every fsync on it fails with
-/// EIO from then on. The two others must go on without it (a new leader, attaches still
-/// answered) and it must stop, saying why. Then its disk loses what no fsync made
-/// durable (a power loss) and comes back working, and the new leader is killed: the old
-/// leader and the remaining follower must hold every acknowledged generation between
-/// them. An old leader that had acknowledged writes its failed fsyncs never made
-/// durable, committed with the new leader's copy alone, would have lost them here. Each
-/// replica has a file system of its own, so only the leader's fails.
+/// The leader's disk starts failing while one follower is down: every fsync on it fails
+/// with EIO from then on, so the leader and the one follower still up are the only
+/// majority left, and the leader's own copy is needed for anything to be acknowledged.
+/// A replica that counted its own unsynced log (a swallowed fsync error, a flush
+/// reported before it happened) would go on acknowledging attaches that only that
+/// follower holds. The disk then loses what no fsync made durable (a power loss) and
+/// comes back working, that follower is killed, and the leader and the follower that
+/// was down must hold every acknowledged generation between them. Only then is the
+/// second rule checked: the leader stopped by itself, saying why, rather than serve on a
+/// log it cannot trust. Each replica has a file system of its own, so only the leader's
+/// fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_whose_disk_starts_failing_hands_over_and_nothing_acknowledged_is_lost() {
+async fn a_leader_whose_disk_starts_failing_stops_and_nothing_acknowledged_is_lost() {
     if skipped() {
         return;
     }
@@ -319,95 +322,74 @@ async fn a_leader_whose_disk_starts_failing_hands_over_and_nothing_acknowledged_
         .prefix("psc-failing-mnt-")
         .tempdir()
         .unwrap();
-    // replica-N (the data dir TestCluster gives replica N) is a mount of its own.
-    let mounts: BTreeMap<u64, Mounted> = (1..=3)
-        .map(|id| {
-            let disk = backing.join(format!("disk-{id}"));
-            let data_dir = root.path().join(format!("replica-{id}"));
-            std::fs::create_dir_all(&disk).unwrap();
-            std::fs::create_dir_all(&data_dir).unwrap();
-            let mounted =
-                Mounted::mount(&disk, &data_dir, Survivors::None, Names::Journaled).expect("mount");
-            (id, mounted)
-        })
-        .collect();
+    // replica-N (the data dir TestCluster gives replica N) is a mount of its own. The
+    // mounts are declared before the cluster so that, should an assertion fail, the
+    // replicas are killed before their file systems are unmounted.
+    let mount = |id: u64| {
+        let disk = backing.join(format!("disk-{id}"));
+        let data_dir = root.path().join(format!("replica-{id}"));
+        std::fs::create_dir_all(&disk).unwrap();
+        std::fs::create_dir_all(&data_dir).unwrap();
+        Mounted::mount(&disk, &data_dir, Survivors::None, Names::Journaled).expect("mount")
+    };
+    let mut mounts: BTreeMap<u64, Mounted> = (1..=3).map(|id| (id, mount(id))).collect();
     let mut cluster = TestCluster::start_on(3, &[], root.path()).await;
 
     let acknowledged: Acknowledged = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(AtomicU64::new(0));
     let clients = attach_clients(&cluster, &stop, &acks, &acknowledged, "a failing disk");
-    until_acknowledged(&acks, 100, 0).await; // round 0: before the fault
+    until_acknowledged(&acks, 100, 0).await; // round 0: all three up
 
     let failing = cluster.wait_for_leader().await;
+    let (down, holder) = {
+        let others: Vec<u64> = (1..=3).filter(|id| *id != failing).collect();
+        (others[0], others[1])
+    };
+    cluster.kill(down);
+    let before = acks.load(Ordering::Relaxed);
+    until_acknowledged(&acks, before + 50, 1).await; // round 1: leader and one follower
     mounts[&failing]
         .faults
         .fsync_fails
         .store(true, Ordering::Relaxed);
     let at_fault = acks.load(Ordering::Relaxed);
-    eprintln!("leader {failing}'s disk fails from attach {at_fault} on");
-    // The others elect a leader among themselves and keep answering.
-    let successor = wait_for("another replica to lead", DEADLINE * 2, || async {
-        cluster
-            .leader_now()
-            .await
-            .filter(|leader| *leader != failing)
-    })
-    .await;
-    until_acknowledged(&acks, at_fault + 100, 1).await; // round 1: after it
+    eprintln!("leader {failing}'s disk fails from attach {at_fault} on; {down} is down");
+    // A correct leader stops at its first failed flush; a wrong one goes on answering.
+    let end = std::time::Instant::now() + DEADLINE * 2;
+    let stopped_by_itself = loop {
+        if cluster.has_exited(failing) {
+            break true;
+        }
+        if acks.load(Ordering::Relaxed) >= at_fault + 100 || std::time::Instant::now() > end {
+            cluster.kill(failing);
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     stop.store(true, Ordering::Relaxed);
     for client in clients {
         client.await.expect("a client panicked");
     }
-    // It stopped, saying why, rather than serve on a log it cannot trust.
-    let end = std::time::Instant::now() + DEADLINE;
-    while !cluster.has_exited(failing) {
-        assert!(
-            std::time::Instant::now() < end,
-            "replica {failing} still runs on a failing disk:\n{}",
-            cluster.log_of(failing)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        cluster
-            .log_of(failing)
-            .contains("raft stopped with a fatal error; shutting the replica down"),
-        "replica {failing} did not say why it stopped:\n{}",
-        cluster.log_of(failing)
-    );
-    assert!(
-        cluster.log_of(failing).contains("Input/output error"),
-        "replica {failing} never said its disk failed:\n{}",
-        cluster.log_of(failing)
-    );
     eprintln!(
-        "replica {successor} took over; {} attaches acknowledged in all",
-        acks.load(Ordering::Relaxed)
+        "{} attaches acknowledged after the fault",
+        acks.load(Ordering::Relaxed) - at_fault
     );
 
-    // Its disk loses what no fsync made durable and comes back working; the new leader
-    // is killed, so the old one and the remaining follower must have every acknowledged
-    // generation between them.
-    let mut mounts = mounts;
+    // Its disk loses what no fsync made durable and comes back working; the follower
+    // that stayed up is killed, so the old leader and the follower that was down must
+    // have every acknowledged generation between them.
     let lost = mounts.remove(&failing).expect("its mount").power_loss();
     eprintln!(
         "replica {failing}'s disk lost {} unsynced bytes",
         lost.lost_bytes.load(Ordering::Relaxed)
     );
-    mounts.insert(
-        failing,
-        Mounted::mount(
-            &backing.join(format!("disk-{failing}")),
-            &root.path().join(format!("replica-{failing}")),
-            Survivors::None,
-            Names::Journaled,
-        )
-        .expect("mount again"),
-    );
-    cluster.kill(successor);
+    mounts.insert(failing, mount(failing));
+    cluster.kill(holder);
     cluster.launch(failing);
+    cluster.launch(down);
     cluster.wait_answering(failing).await;
+    cluster.wait_answering(down).await;
     let leader = cluster.wait_for_leader().await;
     let running = cluster.running();
     cluster
@@ -421,11 +403,31 @@ async fn a_leader_whose_disk_starts_failing_hands_over_and_nothing_acknowledged_
         )
         .await;
     let acknowledged = acknowledged.lock().unwrap().clone();
-    assert_acknowledged_on(&cluster, &running, &acknowledged, "without the new leader").await;
+    assert_acknowledged_on(
+        &cluster,
+        &running,
+        &acknowledged,
+        "without the follower that stayed up",
+    )
+    .await;
+
+    let log = cluster.log_of(failing);
+    assert!(
+        stopped_by_itself,
+        "replica {failing} still ran on a failing disk:\n{log}"
+    );
+    assert!(
+        log.contains("raft stopped with a fatal error; shutting the replica down"),
+        "replica {failing} did not say why it stopped:\n{log}"
+    );
+    assert!(
+        log.contains("Input/output error"),
+        "replica {failing} never said its disk failed:\n{log}"
+    );
 
     // And all three together again.
-    cluster.launch(successor);
-    cluster.wait_answering(successor).await;
+    cluster.launch(holder);
+    cluster.wait_answering(holder).await;
     let leader = cluster.wait_for_leader().await;
     cluster.wait_matched_by_followers(leader).await;
     assert_acknowledged_on(
