@@ -100,8 +100,11 @@ struct RunArgs {
     server_bin: Option<PathBuf>,
     /// An extra flag for every replica's `serve` (repeatable), e.g.
     /// `--serve-arg=--election-timeout-min-ms=700`. One that makes replicas refuse what
-    /// pageservers send (`--max-validate-tenants` below 128, a small `--max-body-bytes`)
-    /// fails the run with `wrong_refusal`.
+    /// this harness's traffic sends fails the run with `wrong_refusal`: a
+    /// `--max-validate-tenants` below the largest validate it sends (a simulated
+    /// pageserver validates what it holds in chunks of up to 128, and holds at most
+    /// `--active-shards`), or a `--max-body-bytes` too small for its requests. A bound
+    /// between that and Neon's 128 is not caught here.
     #[arg(long = "serve-arg", allow_hyphen_values = true)]
     serve_args: Vec<String>,
     /// Keep the run folder (logs, data dirs, history) even when the run passes.

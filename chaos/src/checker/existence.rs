@@ -92,7 +92,7 @@ fn note<K: Ord>(map: &mut BTreeMap<K, Proof>, key: K, op: &Op) {
 ///   wrong when no override in the history comes within its number of writes of it (a
 ///   re-attach's node always registers with the same addresses, so no node conflict);
 /// - nothing else: any other refusal is a wrong answer. (A replica configured to refuse
-///   what Neon's pageservers send, such as a validate bound below their 128 tenants,
+///   what the harness sends, such as a validate bound below its largest validate,
 ///   fails this on purpose.)
 ///
 /// Sound, not complete: a refusal that only the search could prove wrong (the node's
