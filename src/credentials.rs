@@ -116,8 +116,8 @@ impl CaFile {
     }
 }
 
-/// When a served chain stops being valid, in Unix seconds: when the first certificate of
-/// the file expires (a client checks every one but the root it trusts; a root bundled
+/// When a served chain stops being valid, in Unix seconds: when the earliest-expiring
+/// certificate of the file expires (a client checks every one but the root it trusts; a root bundled
 /// in the file counts too, which can only make the alert early). Only for metrics:
 /// rustls decides what is served, so a file it accepts whose dates cannot be read here
 /// (logged) has no expiry series, and the expiry alerts cannot fire for it.

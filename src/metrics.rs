@@ -382,7 +382,7 @@ impl Metrics {
             IntGaugeVec::new(
                 Opts::new(
                     "psc_tls_not_after_timestamp_seconds",
-                    "when the first certificate of the chain this replica serves \
+                    "when the earliest-expiring certificate of the chain this replica serves \
                      (credential tls_certificate) expires, in Unix seconds",
                 ),
                 &["credential"],

@@ -201,10 +201,15 @@ fn prometheusrule_sh_carries_the_alert_rules_over_unchanged() {
         &format!("x={long}"),
         &format!("{long}=x"),
         "app.kubernetes.io/name=other",
+        "x=café",
     ] {
         let out = prometheusrule(&[bad]);
         assert!(!out.status.success(), "{bad}: {out:?}");
         assert!(out.stdout.is_empty(), "{bad}: printed {:?}", out.stdout);
         assert!(!out.stderr.is_empty(), "{bad}: no message");
     }
+    // A label given twice would print a duplicate key.
+    let out = prometheusrule(&["release=a", "release=b"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty(), "printed {:?}", out.stdout);
 }

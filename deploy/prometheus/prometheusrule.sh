@@ -8,6 +8,8 @@
 # Each NAME=VALUE argument becomes a label of the PrometheusRule (for a Prometheus whose
 # ruleSelector asks for one).
 set -eu
+# The bracket ranges below mean ASCII only in the C locale.
+export LC_ALL=C
 rules="$(dirname "$0")/alerts.yaml"
 [ -r "$rules" ] || { echo "prometheusrule.sh: cannot read $rules" >&2; exit 1; }
 # Every label is checked before anything is printed (half a manifest piped to kubectl
@@ -19,6 +21,7 @@ prefix='[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*'
 refuse() { echo "prometheusrule.sh: $1" >&2; exit 2; }
 newline='
 '
+seen=' '
 for label in "$@"; do
   case "$label" in
     *"$newline"*) refuse "a label is one line" ;;
@@ -42,6 +45,10 @@ for label in "$@"; do
   case "$name" in
     app.kubernetes.io/name | app.kubernetes.io/part-of) refuse "'$name' is set already" ;;
   esac
+  case "$seen" in
+    *" $name "*) refuse "'$name' is given twice" ;;
+  esac
+  seen="$seen$name "
 done
 cat <<'HEAD'
 apiVersion: monitoring.coreos.com/v1
