@@ -38,7 +38,9 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path == "." || path.is_empty() {
+        // `?` is serde_path_to_error's name for a place it could not name (a body cut
+        // off before its first key): no path is better than that one.
+        if path == "." || path == "?" || path.is_empty() {
             ApiError::BadRequest(format!("invalid JSON body: {inner}"))
         } else {
             ApiError::BadRequest(format!("invalid JSON body at {path}: {inner}"))
@@ -71,7 +73,14 @@ mod tests {
         assert!(err.contains("missing field `gen`"), "{err}");
 
         let err = parse::<ValidateRequest>(b"{").unwrap_err().to_string();
-        assert!(err.contains("invalid JSON body"), "{err}");
+        assert!(err.starts_with("invalid JSON body: "), "{err}");
+        let err = parse::<ValidateRequest>(br#"{"tenants": [{"id": "#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("invalid JSON body at tenants[0].id: "),
+            "{err}"
+        );
         assert!(parse::<ValidateRequest>(b"").is_err());
         assert!(parse::<ValidateRequest>(br#"{"tenants": []} x"#).is_err());
     }
