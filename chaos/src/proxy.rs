@@ -1071,7 +1071,7 @@ mod tests {
             7,
             1,
             Link::Delay {
-                ms: 200,
+                ms: 600,
                 jitter_ms: 0,
             },
         );
@@ -1079,7 +1079,7 @@ mod tests {
             1,
             7,
             Link::Delay {
-                ms: 100,
+                ms: 400,
                 jitter_ms: 0,
             },
         );
@@ -1088,14 +1088,19 @@ mod tests {
         assert_eq!(roundtrip(&mut stream, b"slow").await, b"slow");
         let took = start.elapsed();
         assert!(
-            took >= Duration::from_millis(300),
+            took >= Duration::from_millis(1000),
             "round trip took {took:?}"
         );
 
+        // Under the delay by a margin a busy machine does not eat.
         proxy.heal();
         let start = Instant::now();
         assert_eq!(roundtrip(&mut stream, b"fast").await, b"fast");
-        assert!(start.elapsed() < Duration::from_millis(300));
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_millis(1000),
+            "round trip took {took:?}"
+        );
     }
 
     #[tokio::test]

@@ -601,7 +601,7 @@ mod tests {
         addr: std::net::SocketAddr,
     ) -> RPCError<ReplicaId, Member, RaftError<ReplicaId, InstallSnapshotError>> {
         peer(addr)
-            .call::<u8, u8, InstallSnapshotError>(APPEND, &1, Duration::from_millis(300), |_| {})
+            .call::<u8, u8, InstallSnapshotError>(APPEND, &1, Duration::from_secs(2), |_| {})
             .await
             .expect_err("no peer answers properly here")
     }

@@ -202,15 +202,22 @@ mod tests {
 
     #[tokio::test]
     async fn requests_beyond_the_bound_are_shed_and_slow_ones_time_out() {
-        let permits = Arc::new(tokio::sync::Semaphore::new(1));
-        let shedder = Arc::new(Shedder {
-            permits: permits.clone(),
-            limits: Limits {
-                max_in_flight: 1,
-                request_timeout: Duration::from_millis(300),
-                ..Limits::default()
-            },
-        });
+        // `/slow` is held while another request is shed, which on a busy machine can take
+        // a while: a long timeout there; `/never` has a short one of its own.
+        let shedder = |max_in_flight: usize, request_timeout: Duration| {
+            Arc::new(Shedder {
+                permits: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
+                limits: Limits {
+                    max_in_flight,
+                    request_timeout,
+                    ..Limits::default()
+                },
+            })
+        };
+        let bounded = shedder(1, Duration::from_secs(60));
+        let permits = bounded.permits.clone();
+        let hasty = shedder(1, Duration::from_millis(300));
+        let hasty_permits = hasty.permits.clone();
         let release = Arc::new(tokio::sync::Notify::new());
         let held = release.clone();
         let app: Router = Router::new()
@@ -224,8 +231,12 @@ mod tests {
                     }
                 }),
             )
-            .route("/never", get(std::future::pending::<&'static str>))
-            .route_layer(from_fn_with_state(shedder, shed_and_time_out));
+            .route_layer(from_fn_with_state(bounded, shed_and_time_out))
+            .merge(
+                Router::new()
+                    .route("/never", get(std::future::pending::<&'static str>))
+                    .route_layer(from_fn_with_state(hasty, shed_and_time_out)),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -254,5 +265,10 @@ mod tests {
         assert_eq!(slow.status(), 503);
         assert!(slow.text().await.unwrap().contains("no answer within"));
         assert_eq!(permits.available_permits(), 1, "the permits come back");
+        assert_eq!(
+            hasty_permits.available_permits(),
+            1,
+            "the permits come back"
+        );
     }
 }

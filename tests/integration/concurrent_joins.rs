@@ -58,6 +58,14 @@ async fn two_replicas_joining_at_once_both_become_voters() {
             .arg("--data-dir")
             .arg(cluster.root().join(format!("joiner-{id}")))
             .args(["--join", &cluster.url(1)])
+            // The test cluster's election timings (see TestCluster): once voters, the
+            // joiners must not campaign at a busy machine's first missed heartbeat.
+            .args([
+                "--election-timeout-min-ms",
+                "700",
+                "--election-timeout-max-ms",
+                "1000",
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -169,12 +169,18 @@ async fn acked_attaches_survive_leader_kills_and_no_generation_repeats() {
     }
 }
 
-/// A follower does not wait out its forward timeout (8 s) on a leader that froze: once
-/// it sees another leader, the write it forwarded gets a 503 saying its fate is unknown,
-/// and the next write goes to the new leader.
+/// A follower does not wait out its forward timeout on a leader that froze: once it sees
+/// another leader, the write it forwarded gets a 503 saying its fate is unknown, and the
+/// next write goes to the new leader. (The timeouts here are beyond the client's 20 s
+/// patience, so only giving up early answers; the wait for a leader is as long, so a
+/// slow election on a busy machine is waited for.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_forwarded_to_a_frozen_leader_is_given_up_once_another_leads() {
-    let cluster = TestCluster::start(3).await;
+    let cluster = TestCluster::start_with(
+        3,
+        &["--write-timeout-ms", "60000", "--leader-wait-ms", "60000"],
+    )
+    .await;
     let leader = cluster.wait_for_leader().await;
     let client = cluster.client(cluster.other_than(leader));
     let first = client.attach_hook(shard(1), Some(NodeId(1)), None).await;

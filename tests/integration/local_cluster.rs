@@ -39,6 +39,13 @@ impl Drop for Supervisor {
         // SIGTERM stops the replicas too.
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        // Not waited on forever: a shutdown that hangs must not turn a failure into a
+        // hung test run. Its replicas get SIGTERM when it dies (PR_SET_PDEATHSIG).
+        let end = std::time::Instant::now() + DEADLINE;
+        while matches!(self.0.try_wait(), Ok(None)) && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
         let _ = self.0.wait();
         let log = std::fs::read_to_string(&self.1).unwrap_or_default();
         eprintln!("local-cluster's output:\n{log}");
@@ -94,12 +101,20 @@ async fn local_cluster_restarts_a_killed_replica_and_stops_on_sigterm() {
     let client = |id: u16| Client::new(url(id));
 
     let shard = shard(1);
-    let first = client(2)
-        .attach_hook(shard, Some(NodeId(1)), None)
-        .await
-        .unwrap()
-        .unwrap();
-    let leader = client(1).cluster_status().await.unwrap().leader.unwrap();
+    let first_via = client(2);
+    let first = retry(
+        DEADLINE,
+        Duration::from_millis(50),
+        Duration::from_secs(1),
+        || first_via.attach_hook(shard, Some(NodeId(1)), None),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let leader = wait_for("replica 1 to know the leader", DEADLINE, || async {
+        client(1).cluster_status().await.ok().and_then(|s| s.leader)
+    })
+    .await;
     let leader_port = base + leader as u16 - 1;
     let killed = pid_listening_on(leader_port).expect("the leader's process");
     // SAFETY: kill(2) on a replica this test started (through local-cluster).
@@ -166,9 +181,12 @@ async fn local_cluster_restarts_a_killed_replica_and_stops_on_sigterm() {
     );
 
     // Every member answers for itself again, and they agree on the leader.
-    let (ok, report) = run_binary(&["cluster", "status", "--all", "--url", &url(survivor)]);
-    assert!(ok, "{report}");
-    assert!(report.contains("all 3 members see leader"), "{report}");
+    // (An election during the survey shows as disagreement: asked again until they agree.)
+    let report = wait_for("the three members to agree on a leader", DEADLINE, || {
+        let (ok, report) = run_binary(&["cluster", "status", "--all", "--url", &url(survivor)]);
+        async move { (ok && report.contains("all 3 members see leader")).then_some(report) }
+    })
+    .await;
     assert!(!report.contains("unreachable"), "{report}");
 
     // A command run by a person states its error once (only `serve` also logs it).

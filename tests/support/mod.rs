@@ -665,22 +665,33 @@ impl Drop for TestCluster {
     }
 }
 
-/// A tenant shard id made from a small number, for readable tests.
 /// Attaches shards `shards` (see [`shard`]) to `node` through `client`, one call at a
-/// time; panics on any failure.
+/// time. A call refused with nothing applied (no leader for a moment, a replica
+/// overloaded) is sent again, so each shard is attached exactly once; any other failure
+/// panics.
 pub async fn attach_range(client: &Client, shards: std::ops::Range<u32>, node: u64) {
     for i in shards {
-        client
-            .attach_hook(
-                shard(i),
-                Some(pageserver_controller::domain::NodeId(node)),
-                None,
-            )
-            .await
-            .unwrap_or_else(|e| panic!("attaching shard {i} to node {node}: {e}"));
+        let end = Instant::now() + DEADLINE;
+        loop {
+            match client
+                .attach_hook(
+                    shard(i),
+                    Some(pageserver_controller::domain::NodeId(node)),
+                    None,
+                )
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if e.not_applied() && !e.is_refusal() && Instant::now() < end => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("attaching shard {i} to node {node}: {e}"),
+            }
+        }
     }
 }
 
+/// A tenant shard id made from a small number, for readable tests.
 pub fn shard(n: u32) -> pageserver_controller::domain::TenantShardId {
     let mut bytes = [0u8; 16];
     bytes[12..].copy_from_slice(&n.to_be_bytes());

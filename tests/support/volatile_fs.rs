@@ -600,8 +600,11 @@ impl Coin {
 
 impl Drop for VolatileFs {
     fn drop(&mut self) {
-        self.write_durable_tree()
-            .expect("writing the durable tree to the backing directory");
+        // Said, not panicked: a panic while a failed test unwinds would abort the whole
+        // test binary; the test that reads the backing directory next fails on its own.
+        if let Err(e) = self.write_durable_tree() {
+            eprintln!("writing the durable tree to the backing directory failed: {e}");
+        }
     }
 }
 
