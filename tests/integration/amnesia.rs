@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use pageserver_controller::domain::NodeId;
 
-use crate::support::{attach_range, shard, wait_for, TestCluster};
+use crate::support::{attach_range, retried, shard, wait_for, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_lost_its_disk_cannot_elect_a_leader_without_acknowledged_writes() {
@@ -97,9 +97,10 @@ async fn a_replica_that_lost_its_disk_leaves_and_rejoins_by_itself() {
     cluster.wait_caught_up(lost).await;
     cluster.kill(leader);
     cluster.wait_for_leader().await;
+    let via_lost = cluster.client(lost);
     for i in 0..10 {
         assert_eq!(
-            cluster.client(lost).inspect(shard(i)).await.unwrap(),
+            retried(|| via_lost.inspect(shard(i))).await.unwrap(),
             Some((1, NodeId(1)))
         );
     }

@@ -9,7 +9,7 @@ use pageserver_controller::client::{retry, Client};
 use pageserver_controller::domain::NodeId;
 
 use crate::support::{
-    attach_range, free_port, hold_request_open, run_binary, shard, wait_for, wait_ready,
+    attach_range, free_port, hold_request_open, retried, run_binary, shard, wait_for, wait_ready,
     TestCluster, DEADLINE,
 };
 
@@ -49,21 +49,6 @@ where
                 })
             }
         },
-    )
-    .await
-}
-
-/// One call to the cluster, retried as a client retries (every 5xx or transport error, up
-/// to [`DEADLINE`]): for the calls a test makes while leadership may still be settling.
-async fn retried<T, Fut>(call: impl FnMut() -> Fut) -> pageserver_controller::client::Result<T>
-where
-    Fut: std::future::Future<Output = pageserver_controller::client::Result<T>>,
-{
-    retry(
-        DEADLINE,
-        Duration::from_millis(100),
-        Duration::from_secs(1),
-        call,
     )
     .await
 }
@@ -244,9 +229,10 @@ async fn a_member_whose_disk_was_lost_is_replaced_and_catches_up_from_a_snapshot
     // The replaced member carries the cluster with one of the others.
     cluster.kill(leader);
     cluster.wait_for_leader().await;
+    let via_lost = cluster.client(lost);
     for i in 0..30 {
         assert_eq!(
-            cluster.client(lost).inspect(shard(i)).await.unwrap(),
+            retried(|| via_lost.inspect(shard(i))).await.unwrap(),
             Some((2, NodeId(2)))
         );
     }

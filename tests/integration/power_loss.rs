@@ -19,7 +19,7 @@ use std::time::Duration;
 use pageserver_controller::domain::NodeId;
 
 use crate::support::volatile_fs::{self, Mounted, Names, Survivors};
-use crate::support::{shard, wait_for, TestCluster, DEADLINE};
+use crate::support::{retried, shard, wait_for, TestCluster, DEADLINE};
 
 async fn until_acknowledged(acks: &Arc<AtomicU64>, count: u64, round: usize) {
     wait_for(
@@ -268,8 +268,8 @@ async fn assert_acknowledged_on(
     for &id in replicas {
         let client = cluster.client(id);
         for (&tenant, &generation) in acknowledged {
-            let (now, _) = client
-                .inspect(shard(tenant))
+            // Reads, so retried: a replica just restarted may not know the leader yet.
+            let (now, _) = retried(|| client.inspect(shard(tenant)))
                 .await
                 .unwrap_or_else(|e| panic!("inspect of tenant {tenant} through replica {id}: {e}"))
                 .unwrap_or_else(|| panic!("tenant {tenant} lost its attachment"));
@@ -278,8 +278,8 @@ async fn assert_acknowledged_on(
                 "{when}, replica {id} says tenant {tenant} is at generation {now}, but \
                  generation {generation} was acknowledged"
             );
-            let valid = client
-                .validate(&[(shard(tenant), generation)])
+            let asked = [(shard(tenant), generation)];
+            let valid = retried(|| client.validate(&asked))
                 .await
                 .unwrap()
                 .tenants

@@ -2,7 +2,7 @@
 
 use pageserver_controller::domain::NodeId;
 
-use crate::support::{attach_range, run_binary, shard, wait_for, TestCluster, DEADLINE};
+use crate::support::{attach_range, retried, run_binary, shard, wait_for, TestCluster, DEADLINE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_replica_catches_up_through_a_snapshot() {
@@ -67,7 +67,9 @@ async fn a_restarted_replica_catches_up_through_a_snapshot() {
     let via_follower = cluster.client(follower);
     for (i, expected) in expected.iter().enumerate() {
         assert_eq!(
-            &via_follower.inspect(shard(i as u32)).await.unwrap(),
+            &retried(|| via_follower.inspect(shard(i as u32)))
+                .await
+                .unwrap(),
             expected
         );
     }

@@ -62,6 +62,21 @@ pub fn free_port() -> u16 {
     pageserver_controller::loopback::free_port().expect("a free loopback port")
 }
 
+/// One call to the cluster, retried as a client retries (every 5xx or transport error, up
+/// to [`DEADLINE`]): for the calls a test makes while leadership may still be settling.
+pub async fn retried<T, Fut>(call: impl FnMut() -> Fut) -> pageserver_controller::client::Result<T>
+where
+    Fut: std::future::Future<Output = pageserver_controller::client::Result<T>>,
+{
+    pageserver_controller::client::retry(
+        DEADLINE,
+        Duration::from_millis(100),
+        Duration::from_secs(1),
+        call,
+    )
+    .await
+}
+
 /// Polls `check` every 50 ms until it yields `Some`, or panics with `what` after
 /// `deadline`.
 pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, check: F) -> T
