@@ -74,6 +74,11 @@ pub struct ClusterConfig {
     /// the run, each replica given the public key and a `controller_peer` token, and
     /// every request of the harness and its traffic carrying an `admin` token.
     pub auth: bool,
+    /// TLS on every listener, as deployed with `--tls-cert`, `--tls-key` and `--tls-ca`:
+    /// a certificate made for the run (for 127.0.0.1), which replicas present to
+    /// clients and peers and check peers against, and which the harness and its
+    /// traffic trust. Peer traffic still goes through the proxy, encrypted.
+    pub tls: bool,
 }
 
 /// How a replica's data dir came to be, which decides its start flags.
@@ -131,6 +136,45 @@ pub struct Cluster {
     keep_disks: bool,
     /// With authentication on: what turns it on, and the token clients send.
     auth: Option<Credentials>,
+    /// With TLS on: what turns it on, and the certificate clients trust.
+    tls: Option<Tls>,
+}
+
+/// A run's TLS, made by [`Tls::make`]: one self-signed certificate for 127.0.0.1, the
+/// replicas' own and the CA everyone checks it against.
+pub struct Tls {
+    serve_args: Vec<String>,
+    certificate_pem: Vec<u8>,
+}
+
+impl Tls {
+    /// A certificate and key for one run, written below `dir`.
+    fn make(dir: &Path) -> anyhow::Result<Tls> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+            .context("making the run's certificate")?;
+        let certificate = dir.join("tls.crt");
+        let key = dir.join("tls.key");
+        let certificate_pem = made.cert.pem().into_bytes();
+        std::fs::write(&certificate, &certificate_pem)
+            .with_context(|| format!("writing {}", certificate.display()))?;
+        std::fs::write(&key, made.signing_key.serialize_pem())
+            .with_context(|| format!("writing {}", key.display()))?;
+        Ok(Tls {
+            serve_args: vec![
+                format!("--tls-cert={}", certificate.display()),
+                format!("--tls-key={}", key.display()),
+                format!("--tls-ca={}", certificate.display()),
+            ],
+            certificate_pem,
+        })
+    }
+
+    /// The certificate as clients trust it.
+    pub fn root_certificate(&self) -> anyhow::Result<reqwest::Certificate> {
+        reqwest::Certificate::from_pem(&self.certificate_pem)
+            .context("reading the run's certificate back")
+    }
 }
 
 /// A run's authentication, made by [`Credentials::make`].
@@ -177,10 +221,16 @@ impl Cluster {
         std::fs::create_dir_all(&config.root)
             .with_context(|| format!("creating {}", config.root.display()))?;
         let proxy = Proxy::new(config.seed);
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .build()
-            .context("building the HTTP client")?;
+        let tls = if config.tls {
+            Some(Tls::make(&config.root.join("tls"))?)
+        } else {
+            None
+        };
+        let mut http = reqwest::Client::builder().tcp_nodelay(true);
+        if let Some(tls) = &tls {
+            http = http.add_root_certificate(tls.root_certificate()?);
+        }
+        let http = http.build().context("building the HTTP client")?;
         let auth = if config.auth {
             Some(Credentials::make(&config.root.join("auth"))?)
         } else {
@@ -188,6 +238,7 @@ impl Cluster {
         };
         let mut cluster = Cluster {
             auth,
+            tls,
             replicas: BTreeMap::new(),
             members: (1..=config.replicas).collect(),
             initial_cluster: String::new(),
@@ -271,14 +322,27 @@ impl Cluster {
         self.replicas.values()
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// The URL clients use for replica `id`.
     pub fn client_url(&self, id: u64) -> String {
-        format!("http://{}", self.replicas[&id].listen)
+        format!("{}://{}", self.scheme(), self.replicas[&id].listen)
     }
 
     /// The URL peers use for replica `id` (through the proxy).
     pub fn peer_url(&self, id: u64) -> String {
-        format!("http://{}", self.replicas[&id].peer_addr)
+        format!("{}://{}", self.scheme(), self.replicas[&id].peer_addr)
+    }
+
+    /// With TLS on, the certificate clients must trust.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
     }
 
     /// A client of replica `id` that gives up after `timeout`.
@@ -336,6 +400,7 @@ impl Cluster {
         let initial_cluster = self.initial_cluster.clone();
         let peer_url = self.peer_url(id);
         let auth_args = self.auth.as_ref().map(|auth| auth.serve_args.clone());
+        let tls_args = self.tls.as_ref().map(|tls| tls.serve_args.clone());
         let replica = self.replicas.get_mut(&id).context("unknown replica")?;
         if replica.child.is_some() {
             bail!("replica {id} is already running");
@@ -360,6 +425,7 @@ impl Cluster {
             .arg(&replica.data_dir)
             .args(origin)
             .args(auth_args.into_iter().flatten())
+            .args(tls_args.into_iter().flatten())
             .args(&self.config.serve_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -114,6 +114,11 @@ struct RunArgs {
     /// on Raft traffic, and an admin token on every request of the harness.
     #[arg(long)]
     auth: bool,
+    /// Turn TLS on, as deployed: a certificate made for the run, served to clients and
+    /// peers (peer traffic still crosses the fault proxy, encrypted) and trusted by the
+    /// harness.
+    #[arg(long)]
+    tls: bool,
     /// Check the history so far after every this many faults and stop at the first
     /// violation (0: only at the end).
     #[arg(long, default_value_t = 25)]
@@ -175,6 +180,9 @@ impl RunArgs {
         if self.auth {
             line += " --auth";
         }
+        if self.tls {
+            line += " --tls";
+        }
         for arg in &self.serve_args {
             line += &format!(" --serve-arg={arg}");
         }
@@ -233,6 +241,7 @@ impl RunArgs {
             check_every: self.check_every,
             keep: self.keep,
             auth: self.auth,
+            tls: self.tls,
             progress_every: Duration::from_secs(self.progress_secs.max(1)),
         })
     }

@@ -137,6 +137,8 @@ pub struct Summary {
     pub replicas: u64,
     /// Replicas checked tokens on every request (and the harness sent them).
     pub auth: bool,
+    /// Every listener served TLS (clients' and peers').
+    pub tls: bool,
     pub elapsed: Duration,
     pub counts: OpCounts,
     pub latencies: Vec<Latency>,
@@ -174,10 +176,11 @@ pub fn render(summary: &Summary) -> String {
         "chaos run: seed {}, {} replicas{}, {}, {} faults",
         summary.seed,
         summary.replicas,
-        if summary.auth {
-            " with authentication"
-        } else {
-            ""
+        match (summary.auth, summary.tls) {
+            (true, true) => " with authentication and TLS",
+            (true, false) => " with authentication",
+            (false, true) => " with TLS",
+            (false, false) => "",
         },
         secs(summary.elapsed),
         summary.impacts.len()

@@ -55,6 +55,8 @@ pub struct RunConfig {
     pub keep: bool,
     /// Authentication on, as deployed (see [`ClusterConfig::auth`]).
     pub auth: bool,
+    /// TLS on every listener, as deployed (see [`ClusterConfig::tls`]).
+    pub tls: bool,
     pub progress_every: Duration,
     /// The command line that replays this run, for the report.
     pub replay: String,
@@ -116,6 +118,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
         seed: config.seed,
         disk_mib: config.needs_own_disks().then_some(DISK_MIB),
         auth: config.auth,
+        tls: config.tls,
     })
     .await
     .context("starting the cluster")?;
@@ -128,6 +131,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
         history.clone(),
         TrafficConfig {
             token: cluster.token(),
+            root_certificate: cluster
+                .tls()
+                .map(|tls| tls.root_certificate())
+                .transpose()?,
             ..config.traffic.clone()
         },
     );
@@ -257,6 +264,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
         seed: config.seed,
         replicas: config.replicas,
         auth: config.auth,
+        tls: config.tls,
         elapsed: started.elapsed(),
         counts: OpCounts::of(&ops),
         latencies: report::latencies(&ops),

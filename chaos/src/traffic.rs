@@ -66,6 +66,8 @@ pub struct TrafficConfig {
     pub pageserver_restart_every: Duration,
     /// Bearer token sent with every request (when the cluster checks tokens).
     pub token: Option<String>,
+    /// The certificate to trust, when the cluster serves TLS.
+    pub root_certificate: Option<reqwest::Certificate>,
 }
 
 impl Default for TrafficConfig {
@@ -79,6 +81,7 @@ impl Default for TrafficConfig {
             request_timeout: Duration::from_secs(15),
             pageserver_restart_every: Duration::from_secs(20),
             token: None,
+            root_certificate: None,
         }
     }
 }
@@ -324,10 +327,14 @@ impl Traffic {
                 config.active_shards,
                 config.ops_per_shard,
             ))),
-            http: reqwest::Client::builder()
-                .tcp_nodelay(true)
-                .build()
-                .expect("a default reqwest client builds"),
+            http: {
+                let mut http = reqwest::Client::builder().tcp_nodelay(true);
+                if let Some(certificate) = &config.root_certificate {
+                    http = http.add_root_certificate(certificate.clone());
+                }
+                http.build()
+                    .expect("a reqwest client with a root certificate builds")
+            },
             timeout: config.request_timeout,
             token: config.token.clone(),
         };

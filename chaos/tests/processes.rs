@@ -32,6 +32,7 @@ fn config(seed: u64, replicas: u64, faults: Vec<FaultKind>) -> RunConfig {
         check_every: 0,
         keep: false,
         auth: false,
+        tls: false,
         progress_every: Duration::from_secs(10),
         replay: format!("cargo test -p chaos --test processes (seed {seed})"),
     }
@@ -60,13 +61,16 @@ async fn every_fault_kind_under_traffic_gives_no_wrong_answer() {
     assert_passes(config(20261127, 3, FaultKind::ALL.to_vec())).await;
 }
 
-/// With authentication on, as the StatefulSet deploys it: every Raft request, join and
-/// forwarded call is checked with tokens through every fault.
+/// With authentication and TLS on, as a production deployment has them: every Raft
+/// request, join and forwarded call is checked with tokens and travels encrypted (peer
+/// links through the fault proxy, so every fault cuts, delays or drops TLS connections)
+/// through every fault.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_fault_kind_on_five_replicas_with_authentication_gives_no_wrong_answer() {
+async fn every_fault_kind_on_five_replicas_with_authentication_and_tls_gives_no_wrong_answer() {
     let mut config = config(5, 5, FaultKind::ALL.to_vec());
     config.auth = true;
-    config.replay += " with --auth";
+    config.tls = true;
+    config.replay += " with --auth --tls";
     assert_passes(config).await;
 }
 

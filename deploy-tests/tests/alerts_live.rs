@@ -152,6 +152,7 @@ async fn scenario() -> anyhow::Result<()> {
         seed: 1,
         disk_mib: None,
         auth: false,
+        tls: false,
     })
     .await?;
     // A replica keeps its address when it comes back.
