@@ -140,8 +140,8 @@ pub struct Cluster {
     tls: Option<Tls>,
 }
 
-/// A run's TLS, made by [`Tls::make`]: one self-signed certificate for 127.0.0.1, the
-/// replicas' own and the CA everyone checks it against.
+/// A run's TLS, made when the cluster starts: one self-signed certificate for
+/// 127.0.0.1, the replicas' own and the CA everyone checks it against.
 pub struct Tls {
     serve_args: Vec<String>,
     certificate_pem: Vec<u8>,

@@ -147,6 +147,13 @@ pub struct Summary {
     /// exited, replicas that disagree at the end.
     pub liveness: Vec<String>,
     pub verdict: Verdict,
+    /// Connections between replicas through the fault proxy.
+    pub peer_connections: u64,
+    /// Of those, the ones the proxy could not attribute to a sending replica: they obey
+    /// only cuts of their receiver (an isolated replica), not a link between two
+    /// replicas, so many of them would weaken the splits. With TLS the proxy attributes
+    /// through `/proc` only.
+    pub unattributed_connections: u64,
     pub replay: String,
 }
 
@@ -194,6 +201,11 @@ pub fn render(summary: &Summary) -> String {
         c.failed(),
         c.refused,
         c.not_sent
+    );
+    let _ = writeln!(
+        out,
+        "peer connections: {} through the fault proxy, {} of them not attributed to a sender",
+        summary.peer_connections, summary.unattributed_connections
     );
     let v = &summary.verdict;
     let _ = writeln!(

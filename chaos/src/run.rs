@@ -256,7 +256,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
         }
     }
     printer.abort();
-    tracing::info!(stats = ?cluster.proxy().stats(), "peer traffic through the proxy");
+    let proxy_stats = cluster.proxy().stats();
+    tracing::info!(stats = ?proxy_stats, "peer traffic through the proxy");
     let ops = history.ops();
     tracing::info!(ops = ops.len(), "checking the history");
     let verdict = checker::check(&ops);
@@ -271,6 +272,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
         impacts: report::impacts(&ops, &faults, traffic_stopped_us),
         liveness,
         verdict,
+        peer_connections: proxy_stats.accepted,
+        unattributed_connections: proxy_stats.unidentified,
         replay: config.replay.clone(),
     };
     let keep = config.keep || !summary.passed();

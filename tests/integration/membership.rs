@@ -1016,9 +1016,8 @@ async fn a_replica_started_as_a_learner_joins_as_one_and_stays_one() {
         .await;
     // A write through it, and it holds the leader's log up to that write: any change of
     // membership it had asked for at its start would be in that log by now.
-    cluster
-        .client(voter)
-        .attach_hook(shard(7), Some(NodeId(1)), None)
+    let via_voter = cluster.client(voter);
+    retried(|| via_voter.attach_hook(shard(7), Some(NodeId(1)), None))
         .await
         .expect("an attach through the restarted voter");
     let leader = cluster.wait_for_leader().await;
