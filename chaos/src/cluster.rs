@@ -210,6 +210,18 @@ impl Credentials {
     }
 }
 
+/// The pooled client the harness and its traffic send requests with, trusting
+/// `root_certificate` (the run's, with TLS) besides the system's roots.
+pub fn http_client(
+    root_certificate: Option<reqwest::Certificate>,
+) -> anyhow::Result<reqwest::Client> {
+    let mut http = reqwest::Client::builder().tcp_nodelay(true);
+    if let Some(certificate) = root_certificate {
+        http = http.add_root_certificate(certificate);
+    }
+    http.build().context("building the HTTP client")
+}
+
 fn free_port() -> anyhow::Result<SocketAddr> {
     let port = pageserver_controller::loopback::free_port()?;
     Ok(SocketAddr::from(([127, 0, 0, 1], port)))
@@ -226,11 +238,7 @@ impl Cluster {
         } else {
             None
         };
-        let mut http = reqwest::Client::builder().tcp_nodelay(true);
-        if let Some(tls) = &tls {
-            http = http.add_root_certificate(tls.root_certificate()?);
-        }
-        let http = http.build().context("building the HTTP client")?;
+        let http = http_client(tls.as_ref().map(Tls::root_certificate).transpose()?)?;
         let auth = if config.auth {
             Some(Credentials::make(&config.root.join("auth"))?)
         } else {
@@ -262,6 +270,9 @@ impl Cluster {
         cluster.wait_healthy(Duration::from_secs(60)).await?;
         if cluster.auth.is_some() {
             cluster.check_tokens_are_required().await?;
+        }
+        if cluster.tls.is_some() {
+            cluster.check_tls_is_required().await?;
         }
         Ok(cluster)
     }
@@ -370,6 +381,27 @@ impl Cluster {
                  a token with {}",
                 response.status()
             );
+        }
+        Ok(())
+    }
+
+    /// A run "with TLS" must really have it: a plain HTTP request gets no answer from any
+    /// replica.
+    async fn check_tls_is_required(&self) -> anyhow::Result<()> {
+        for id in self.ids() {
+            let url = format!("http://{}/status", self.replicas[&id].listen);
+            let answer = self
+                .http
+                .get(&url)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            if let Ok(response) = answer {
+                bail!(
+                    "TLS is on, yet replica {id} answered plain HTTP (GET {url}) with {}",
+                    response.status()
+                );
+            }
         }
         Ok(())
     }

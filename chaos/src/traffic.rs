@@ -327,14 +327,8 @@ impl Traffic {
                 config.active_shards,
                 config.ops_per_shard,
             ))),
-            http: {
-                let mut http = reqwest::Client::builder().tcp_nodelay(true);
-                if let Some(certificate) = &config.root_certificate {
-                    http = http.add_root_certificate(certificate.clone());
-                }
-                http.build()
-                    .expect("a reqwest client with a root certificate builds")
-            },
+            http: crate::cluster::http_client(config.root_certificate.clone())
+                .expect("a reqwest client builds"),
             timeout: config.request_timeout,
             token: config.token.clone(),
         };

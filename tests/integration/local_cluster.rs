@@ -5,10 +5,10 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use pageserver_controller::client::{retry, Client};
+use pageserver_controller::client::Client;
 use pageserver_controller::domain::NodeId;
 
-use crate::support::{run_binary, shard, wait_for, wait_ready, BIN, DEADLINE};
+use crate::support::{retried, run_binary, shard, wait_for, wait_ready, BIN, DEADLINE};
 
 /// The pid of the process serving `127.0.0.1:port` (a child of `local-cluster`).
 fn pid_listening_on(port: u16) -> Option<i32> {
@@ -102,15 +102,10 @@ async fn local_cluster_restarts_a_killed_replica_and_stops_on_sigterm() {
 
     let shard = shard(1);
     let first_via = client(2);
-    let first = retry(
-        DEADLINE,
-        Duration::from_millis(50),
-        Duration::from_secs(1),
-        || first_via.attach_hook(shard, Some(NodeId(1)), None),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let first = retried(|| first_via.attach_hook(shard, Some(NodeId(1)), None))
+        .await
+        .unwrap()
+        .unwrap();
     let leader = wait_for("replica 1 to know the leader", DEADLINE, || async {
         client(1).cluster_status().await.ok().and_then(|s| s.leader)
     })
@@ -123,15 +118,10 @@ async fn local_cluster_restarts_a_killed_replica_and_stops_on_sigterm() {
     // The others elect a leader and keep issuing generations.
     let survivor = if leader == 1 { 2 } else { 1 };
     let via = client(survivor);
-    let second = retry(
-        DEADLINE,
-        Duration::from_millis(50),
-        Duration::from_secs(1),
-        || via.attach_hook(shard, Some(NodeId(2)), None),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let second = retried(|| via.attach_hook(shard, Some(NodeId(2)), None))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(second > first, "{second} after {first}");
 
     // The killed replica comes back as a new process on its data dir and catches up.

@@ -123,6 +123,34 @@ impl H {
         )
     }
 
+    /// An attach of shard `s` to `node` with an override one below `u32::MAX`: the
+    /// shard is at the top, and no attach or re-attach can raise it again.
+    fn attach_at_the_top(&mut self, call: u64, ret: u64, s: u8, node: u64) -> &mut Self {
+        self.ok(
+            call,
+            ret,
+            Request::Attach {
+                shard: shard(s),
+                node: Some(NodeId(node)),
+                generation_override: Some(u32::MAX - 1),
+            },
+            Answer::Generation {
+                generation: Some(u32::MAX),
+            },
+        )
+    }
+
+    /// A re-attach of `node` refused because a shard on it has used every generation.
+    fn re_attach_exhausted(&mut self, call: u64, ret: u64, node: u64) -> &mut Self {
+        self.refused(
+            call,
+            ret,
+            Request::ReAttach { node: NodeId(node) },
+            409,
+            "tenant shard has used every generation",
+        )
+    }
+
     /// A request the server refused with `status` (a 4xx).
     fn refused(
         &mut self,
@@ -570,25 +598,8 @@ fn a_migrate_onto_a_node_never_registered_is_caught() {
     // registered node 7: the whole history is a correct one.
     let mut h = H::default();
     h.attach(0, 10, 1, 1, 1)
-        .ok(
-            0,
-            1,
-            Request::Attach {
-                shard: shard(2),
-                node: Some(NodeId(7)),
-                generation_override: Some(u32::MAX - 1),
-            },
-            Answer::Generation {
-                generation: Some(u32::MAX),
-            },
-        )
-        .refused(
-            2,
-            5,
-            Request::ReAttach { node: NodeId(7) },
-            409,
-            "tenant shard has used every generation",
-        )
+        .attach_at_the_top(0, 1, 2, 7)
+        .re_attach_exhausted(2, 5, 7)
         .ok(11, 20, migrate(7), moved);
     assert_passes(&h);
 }
@@ -655,34 +666,13 @@ fn a_refusal_no_state_explains_is_caught() {
     // exhausted (it registers all the same), a detach with an override (it creates the
     // shard), an inspect that shows it, a migrate acknowledged for it.
     // Shard 5, on node 2, at u32::MAX: a re-attach of node 2 is refused, rightly.
-    let exhausted_re_attach = |h: &mut H| {
-        h.ok(
-            0,
-            1,
-            Request::Attach {
-                shard: shard(5),
-                node: Some(NodeId(2)),
-                generation_override: Some(u32::MAX - 1),
-            },
-            Answer::Generation {
-                generation: Some(u32::MAX),
-            },
-        )
-        .refused(
-            2,
-            5,
-            Request::ReAttach { node: NodeId(2) },
-            409,
-            "tenant shard has used every generation",
-        );
-    };
     let detach_with_override = Request::Attach {
         shard: shard(1),
         node: None,
         generation_override: Some(7),
     };
     let mut h = H::default();
-    exhausted_re_attach(&mut h);
+    h.attach_at_the_top(0, 1, 5, 2).re_attach_exhausted(2, 5, 2);
     h.ok(
         1,
         10,
@@ -718,19 +708,8 @@ fn a_refusal_no_state_explains_is_caught() {
     assert!(wrong(&h), "{:#?}", h.verdict());
     // After an override at the top, it may be.
     let mut h = H::default();
-    h.ok(
-        0,
-        10,
-        Request::Attach {
-            shard: shard(1),
-            node: Some(NodeId(1)),
-            generation_override: Some(u32::MAX - 1),
-        },
-        Answer::Generation {
-            generation: Some(u32::MAX),
-        },
-    )
-    .refused(11, 20, attach_request(1, Some(2)), 409, exhausted);
+    h.attach_at_the_top(0, 10, 1, 1)
+        .refused(11, 20, attach_request(1, Some(2)), 409, exhausted);
     assert!(right(&h), "{:#?}", h.verdict());
 
     // The registry never refuses a validate.
