@@ -450,7 +450,14 @@ impl Prometheus {
 
     /// The value of an instant query that yields one sample; `None` if none.
     async fn query_scalar(&self, expr: &str) -> anyhow::Result<Option<f64>> {
-        let data = self.api("query", &[("query", expr)]).await?;
+        self.query_scalar_at(expr, None).await
+    }
+
+    /// The same, evaluated at `at` (seconds, Prometheus' clock) when given.
+    async fn query_scalar_at(&self, expr: &str, at: Option<&str>) -> anyhow::Result<Option<f64>> {
+        let mut query = vec![("query", expr)];
+        query.extend(at.map(|at| ("time", at)));
+        let data = self.api("query", &query).await?;
         Ok(data["result"]
             .as_array()
             .and_then(|r| r.first())
@@ -569,16 +576,8 @@ impl Prometheus {
         let window = format!("[{}s]", (end - since).floor());
         let at = end.to_string();
         let evaluations = self
-            .api(
-                "query",
-                &[
-                    ("query", &format!("count_over_time({EVALUATED}{window})")),
-                    ("time", &at),
-                ],
-            )
-            .await?["result"][0]["value"][1]
-            .as_str()
-            .and_then(|v| v.parse::<f64>().ok())
+            .query_scalar_at(&format!("count_over_time({EVALUATED}{window})"), Some(&at))
+            .await?
             .context("no evaluations counted in the window")?;
         if evaluations < 3.0 {
             bail!("only {evaluations} evaluations in {window}: Prometheus is not keeping up");
