@@ -16,12 +16,13 @@
 //!    (linearizability is compositional). Re-attach and validate span shards, and per
 //!    shard, nothing ties their shards to one state: the rules' torn checks cover an
 //!    *acknowledged* re-attach, and a validate's `valid: true` answers, that no single
-//!    point between the other operations' calls and returns explains. They miss what
-//!    only the order of the spanning operation itself against another one that spans
-//!    the same shards would show, a re-attach of unknown outcome applied to some of its
-//!    shards, and a re-attach that leaves out a shard attached at its commit point
-//!    (RELIABILITY.md, "What is not covered"). The server applies each re-attach as one
-//!    log entry and answers each validate from one locked state.
+//!    point between the other operations' calls and returns explains, and an
+//!    acknowledged re-attach that left out shards certainly on its node throughout the
+//!    window its listing allows. They miss what only the order of the spanning operation
+//!    itself against another one that spans the same shards would show, and a re-attach
+//!    of unknown outcome applied to some of its shards (RELIABILITY.md, "What is not
+//!    covered"). The server applies each re-attach as one log entry and answers each
+//!    validate from one locked state.
 //!
 //! A search that runs out of budget is *inconclusive*: reported, and a failure, because a
 //! run whose history cannot be checked proves nothing. The traffic keeps each shard's

@@ -184,6 +184,10 @@ pub fn check_shard(shard: TenantShardId, ops: &[TenantOp], out: &mut Vec<Violati
     }
 }
 
+/// Per multi-shard op: the rule it breaks if torn, the latest lower bound and the earliest
+/// upper bound its shards put on its point.
+type Pins = BTreeMap<u64, (Rule, Option<Bound>, Option<Bound>)>;
+
 /// What one shard says about when a re-attach that listed it can have taken effect.
 #[derive(Debug, Clone, Copy)]
 struct Bound {
@@ -205,7 +209,7 @@ struct Bound {
 /// either side of g).
 pub fn check_torn(per_shard: &BTreeMap<TenantShardId, Vec<TenantOp>>, out: &mut Vec<Violation>) {
     // op id -> (the rule it breaks if torn, latest lower bound, earliest upper bound)
-    let mut bounds: BTreeMap<u64, (Rule, Option<Bound>, Option<Bound>)> = BTreeMap::new();
+    let mut bounds: Pins = BTreeMap::new();
     for (shard, ops) in per_shard {
         for r in ops {
             // The generation the shard had at the op's point: seen below it means
@@ -270,6 +274,7 @@ pub fn check_torn(per_shard: &BTreeMap<TenantShardId, Vec<TenantOp>>, out: &mut 
             }
         }
     }
+    check_omitted(per_shard, &bounds, out);
     for (op, (rule, after, before)) in bounds {
         let (Some(after), Some(before)) = (after, before) else {
             continue;
@@ -292,6 +297,155 @@ pub fn check_torn(per_shard: &BTreeMap<TenantShardId, Vec<TenantOp>>, out: &mut 
                     after.shard, after.op, after.time_us, before.shard, before.op, before.time_us
                 ),
             });
+        }
+    }
+}
+
+/// A time when a shard was certainly attached to a node: after an acknowledged attach or
+/// migrate onto the node returned (`from_us`), and before the call of the first
+/// operation that may have moved it away since (`until_us`), both exclusive.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    op: u64,
+    from_us: u64,
+    until_us: u64,
+}
+
+/// The times when the shard whose operations these are was certainly on `node`.
+fn held_on(ops: &[TenantOp], node: u64) -> Vec<Held> {
+    // Refused requests were dropped by the projection: what is left may have moved it,
+    // acknowledged or not.
+    let movers: Vec<&TenantOp> = ops
+        .iter()
+        .filter(|o| match o.step {
+            Step::Attach { node: to, .. } => to != Some(node),
+            Step::Migrate { node: to, .. } => to != node,
+            _ => false,
+        })
+        .collect();
+    ops.iter()
+        .filter_map(|placed| {
+            let onto = match placed.step {
+                Step::Attach {
+                    node: Some(to),
+                    observed: Some(Some(_)),
+                    ..
+                } => to,
+                Step::Migrate {
+                    node: to,
+                    observed: Some(_),
+                } => to,
+                _ => return None,
+            };
+            let from_us = placed.return_us?;
+            // A mover that returned before the placement was called came before it.
+            let until_us = movers
+                .iter()
+                .filter(|m| m.return_us.is_none_or(|r| r >= placed.call_us))
+                .map(|m| m.call_us)
+                .min()
+                .unwrap_or(u64::MAX);
+            (onto == node && until_us > from_us).then_some(Held {
+                op: placed.op,
+                from_us,
+                until_us,
+            })
+        })
+        .collect()
+}
+
+/// An acknowledged re-attach answers from one state, so it lists every shard attached to
+/// its node at its point. Each shard it left out must have been off the node then: the
+/// point cannot fall where such a shard was certainly on the node. The per-shard search
+/// checks each left-out shard against the re-attach's whole window; this checks them
+/// together, against the window the listed shards pin it to (`pins`), so that shards
+/// each off the node at some moment, but never all at one moment, are caught, and an
+/// empty listing too.
+fn check_omitted(
+    per_shard: &BTreeMap<TenantShardId, Vec<TenantOp>>,
+    pins: &Pins,
+    out: &mut Vec<Violation>,
+) {
+    /// An acknowledged re-attach that left shards out, and when those were on its node.
+    struct Omitted {
+        node: u64,
+        call_us: u64,
+        return_us: u64,
+        held: Vec<(TenantShardId, Held)>,
+    }
+    let mut omitted: BTreeMap<u64, Omitted> = BTreeMap::new();
+    for (shard, ops) in per_shard {
+        for r in ops {
+            let (
+                Step::ReAttach {
+                    node,
+                    observed: Some(None),
+                },
+                Some(return_us),
+            ) = (r.step, r.return_us)
+            else {
+                continue;
+            };
+            let entry = omitted.entry(r.op).or_insert_with(|| Omitted {
+                node,
+                call_us: r.call_us,
+                return_us,
+                held: Vec::new(),
+            });
+            entry
+                .held
+                .extend(held_on(ops, node).into_iter().map(|h| (*shard, h)));
+        }
+    }
+    for (op, entry) in omitted {
+        let Omitted {
+            node,
+            call_us,
+            return_us,
+            mut held,
+        } = entry;
+        let (mut lo, mut hi) = (call_us, return_us);
+        if let Some((_, after, before)) = pins.get(&op) {
+            lo = lo.max(after.map_or(0, |b| b.time_us));
+            hi = hi.min(before.map_or(u64::MAX, |b| b.time_us));
+        }
+        if lo > hi {
+            continue; // torn by its listed shards alone, reported as such
+        }
+        // Does the union of the open intervals cover all of [lo, hi]?
+        held.sort_by_key(|(_, h)| h.from_us);
+        let (mut reach, mut used) = (None::<u64>, Vec::new());
+        loop {
+            // The next point not yet covered: lo, then the end of the covered stretch.
+            let uncovered = reach.unwrap_or(lo);
+            let best = held
+                .iter()
+                .filter(|(_, h)| h.from_us < uncovered && h.until_us > uncovered)
+                .max_by_key(|(_, h)| h.until_us);
+            let Some(&(shard, h)) = best else {
+                break;
+            };
+            used.push((shard, h));
+            reach = Some(h.until_us);
+            if h.until_us > hi {
+                let mut ops = vec![op];
+                ops.extend(used.iter().map(|(_, h)| h.op));
+                let shards: Vec<String> = used
+                    .iter()
+                    .map(|(s, h)| format!("{s} from {} to {} µs", h.from_us, h.until_us))
+                    .collect();
+                out.push(Violation {
+                    rule: Rule::TornReAttach,
+                    shard: None,
+                    ops,
+                    message: format!(
+                        "re-attach op {op} of node {node} happened between {lo} and {hi} µs \
+                         but left out shards that were on node {node} throughout: {}",
+                        shards.join(", ")
+                    ),
+                });
+                break;
+            }
         }
     }
 }

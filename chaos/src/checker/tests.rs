@@ -418,6 +418,51 @@ fn a_re_attach_that_misses_a_shard_or_lists_a_foreign_one_is_caught() {
 }
 
 #[test]
+fn a_re_attach_leaving_out_a_shard_at_the_point_its_listing_pins_is_caught() {
+    // Node 1 holds shards 1 and 2. Its re-attach lists shard 1 at 2, so it came before
+    // another attach of shard 1 returned (at 18); shard 2 was still on node 1 until a
+    // detach was called at 20, yet the re-attach left it out. Shard 2 alone is
+    // explained (the re-attach after the detach), so only the shards together show it.
+    let omitted = |detach_call: u64| {
+        let mut h = H::default();
+        h.attach(0, 5, 1, 1, 1)
+            .attach(0, 5, 2, 1, 1)
+            .re_attach(10, 100, 1, &[(1, 2)])
+            .attach(15, 18, 1, 1, 3)
+            .detach(detach_call, 30, 2)
+            .attach(50, 60, 2, 1, 2);
+        h
+    };
+    let h = omitted(20);
+    let verdict = h.verdict();
+    assert!(verdict.breaks(Rule::TornReAttach), "{verdict:#?}");
+    assert!(!search_rejects(&h));
+    // A detach called before 18 may have come first: then one state explains it.
+    assert_passes(&omitted(12));
+}
+
+#[test]
+fn a_re_attach_listing_nothing_while_some_shard_was_always_on_its_node_is_caught() {
+    // Over the re-attach's whole call, shard 1 was on node 1 until 50 and shard 2 from
+    // 45: each alone was off node 1 for a while, but never both at once.
+    let empty = |attach_return: u64| {
+        let mut h = H::default();
+        h.attach(0, 5, 1, 1, 1)
+            .attach(0, 5, 2, 2, 1)
+            .re_attach(10, 100, 1, &[])
+            .attach(40, attach_return, 2, 1, 2)
+            .detach(50, 60, 1);
+        h
+    };
+    let h = empty(45);
+    let verdict = h.verdict();
+    assert!(verdict.breaks(Rule::TornReAttach), "{verdict:#?}");
+    assert!(!search_rejects(&h));
+    // Shard 2's attach returning after the detach was called may have landed after it.
+    assert_passes(&empty(55));
+}
+
+#[test]
 fn a_wrong_node_is_caught_by_the_search_alone() {
     // No generation rule is broken; only the model knows that the shard is on node 2.
     let mut h = H::default();
