@@ -182,7 +182,11 @@ pub async fn recover(
     let term = vote.leader_id().term.max(last.leader_id.term);
     // The seeded snapshot takes the place of everything up to `last`.
     let last = LogId::new(CommittedLeaderId::new(term, id), last.index.max(1));
-    seed(&dir, &mut log, &registry, last, term, id, &member).await?;
+    // The new identity goes first: cut short after it, the replica is one of a cluster
+    // whose other members refuse it (below), so it stays without a quorum until
+    // `recover` runs again; cut short before it, the raised state would be served under
+    // the old cluster id, to which the lost replicas still belong.
+    //
     // A new cluster id, as for a restore: a replica of the old cluster that was declared
     // lost but starts again on its old data dir is refused on every request between
     // replicas (votes, entries, read indexes), instead of mixing its state, which lacks
@@ -197,6 +201,7 @@ pub async fn recover(
     );
     identity.bootstrap = Bootstrap::Seeded;
     dir.set_identity(identity.clone())?;
+    seed(&dir, &mut log, &registry, last, term, id, &member).await?;
     tracing::warn!(%member, last_index = last.index, raised, bump, from_cluster = %old_cluster_id,
         cluster = %identity.cluster_id, "recovered a one-member cluster from a surviving replica");
     Ok(Seeded {

@@ -2,17 +2,23 @@
 //! leader, so in a three-voter cluster the leader can answer it without a heartbeat round.
 //!
 //! A read index is safe to hand out when, at some moment after the read began, a quorum
-//! of voters had not moved past the leader's term: then no leader of a later term can
-//! have committed anything before the read began (it would have needed a vote from that
+//! of voters had not moved past the leader's leadership: then no later leader can have
+//! committed anything before the read began (it would have needed a vote from that
 //! quorum), and every write acknowledged before the read is at or below the leader's
 //! commit index. openraft establishes this with a round of heartbeats to every voter.
+//!
+//! A leadership is a leader id, a term *and* a node: openraft 0.9 (without its
+//! `single-term-leader` feature) orders leader ids by term, then node id, so a candidate
+//! with a higher id can win the term a lower one led. Every comparison below is of the
+//! whole leader id; one of terms alone would take such a successor's voter for the old
+//! leader's (`a_vote_for_another_leader_of_the_same_term_is_no_acknowledgement`).
 //!
 //! The follower that asks already gives the same evidence. It sends, with its request,
 //! the latest vote it handed to storage, read after the reads it serves arrived;
 //! openraft grants or follows a vote only once storage has it, so the follower had
 //! granted no vote of a later term by then. The leader, inside openraft's core (so that
 //! nothing changes while it looks), checks that it still leads in that same term with a
-//! committed vote, that the follower's vote names the same term and leader, and that the
+//! committed vote, that the follower's vote names the same leader id, and that the
 //! two of them are a quorum of every configuration in effect (openraft's own rule for
 //! its round). It also requires an entry of its own term to be committed, so that the
 //! commit index covers everything earlier leaders committed (openraft waits for its

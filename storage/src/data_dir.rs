@@ -101,9 +101,20 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DataDirError + '_ {
 }
 
 impl DataDir {
-    /// The identity stored in `root`, `None` if `root` is absent or empty (fresh).
+    /// The identity stored in `root`, `None` if `root` is absent or fresh: empty, or
+    /// holding only what a first start cut short before its identity was in place (the
+    /// lock file and the identity's temporary file), since nothing else is written first.
     pub fn peek(root: &Path) -> Result<Option<Identity>, DataDirError> {
-        if !root.exists() || fs::read_dir(root).map_err(io_err(root))?.next().is_none() {
+        if !root.exists() {
+            return Ok(None);
+        }
+        let identity_tmp = Path::new(IDENTITY_FILE).with_extension("tmp");
+        let mut entries = fs::read_dir(root).map_err(io_err(root))?;
+        let holds_more = entries.try_fold(false, |more, entry| {
+            let name = entry?.file_name();
+            Ok::<_, io::Error>(more || (name != LOCK_FILE && name != identity_tmp.as_os_str()))
+        });
+        if !holds_more.map_err(io_err(root))? {
             return Ok(None);
         }
         let path = root.join(IDENTITY_FILE);
@@ -319,6 +330,27 @@ mod tests {
         drop(DataDir::create(&root, identity(1)).unwrap());
         let dir = DataDir::open(&root, 1, Some("c1")).unwrap();
         assert_eq!(dir.identity(), &identity(1));
+    }
+
+    #[test]
+    fn a_first_start_cut_short_before_its_identity_was_written_starts_afresh() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("r1");
+        fs::create_dir_all(&root).unwrap();
+        fs::write(root.join(LOCK_FILE), b"").unwrap();
+        fs::write(root.join("identity.tmp"), b"{\"format_vers").unwrap();
+        assert!(DataDir::peek(&root).unwrap().is_none());
+        drop(DataDir::create(&root, identity(1)).unwrap());
+        assert_eq!(DataDir::peek(&root).unwrap(), Some(identity(1)));
+        // Anything else there is someone else's.
+        let other = tmp.path().join("r2");
+        fs::create_dir_all(&other).unwrap();
+        fs::write(other.join(LOCK_FILE), b"").unwrap();
+        fs::create_dir_all(other.join("log")).unwrap();
+        assert!(matches!(
+            DataDir::peek(&other),
+            Err(DataDirError::NotADataDir { .. })
+        ));
     }
 
     #[test]

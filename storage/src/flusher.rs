@@ -201,6 +201,12 @@ impl Worker {
 /// sled's blob files, and which of them are already durable. sled writes a blob file
 /// whole when it creates it and never changes it afterwards (it only deletes it), so each
 /// needs one fsync; listing the directory costs a system call or two per flush.
+///
+/// A file listed here is taken to be whole. That holds because nothing writes to sled
+/// while a flush runs: sled writes a blob from the thread that inserts the entry, every
+/// writer (the Raft core) waits for its flush before it writes again, and blobs sled
+/// writes during its own flush are listed after it. Were writes to overlap flushes, a
+/// file listed half-written would be recorded as durable and never fsynced again.
 struct Blobs {
     dir: PathBuf,
     synced: HashSet<OsString>,

@@ -82,8 +82,14 @@ pub enum LogOpenError {
     },
 }
 
-/// Makes what sled wrote on opening durable: its settings file, its data file and the
-/// directory's entries.
+/// Makes what sled holds on opening durable: its settings file, its data file, its blob
+/// files and the directories' entries.
+///
+/// A process killed between an append and its flush leaves what it wrote in the page
+/// cache only. The next process reads it back as part of the log, and openraft counts an
+/// entry already in the log as written when the leader sends it again: it acknowledges it
+/// without a write, so without a flush. Everything sled holds must therefore be durable
+/// before the log is used, blob files included.
 fn sync_sled_files(path: &Path) -> std::io::Result<()> {
     for name in ["conf", "db"] {
         match std::fs::File::open(path.join(name)) {
@@ -91,6 +97,17 @@ fn sync_sled_files(path: &Path) -> std::io::Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
+    }
+    let blobs = path.join("blobs");
+    match std::fs::read_dir(&blobs) {
+        Ok(entries) => {
+            for entry in entries {
+                std::fs::File::open(entry?.path())?.sync_all()?;
+            }
+            sync_dir(&blobs)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
     sync_dir(path)
 }
@@ -330,9 +347,10 @@ where
     /// The vote and the log's end as sled holds them.
     fn mark(&self) -> Result<Mark> {
         let last_purged: Option<LogId<u64>> = self.read_meta(LAST_PURGED, ErrorSubject::Logs)?;
+        // The later of the two, as openraft takes it: a purge may pass the last entry.
         Ok(Mark {
             vote: self.read_meta(VOTE, ErrorSubject::Vote)?,
-            last: self.last_entry_id()?.or(last_purged),
+            last: self.last_entry_id()?.max(last_purged),
         })
     }
 
@@ -528,9 +546,10 @@ where
 /// read index is the larger of that index and the first entry of its term, so reads
 /// served before a follower's answer raised the commit index miss acknowledged writes
 /// (a superseded generation called valid). Taken as an uncommitted vote for itself, the
-/// same term and candidate, the replica starts as a follower, still cannot vote for
-/// anyone else in that term, and the next leader (itself or another) is elected in a
-/// higher term and commits a blank entry of its own before any read is answered. What is
+/// same term and candidate, the replica starts as a follower, and the next leader (itself
+/// or another) is elected under a higher leader id (a later term, or the same term and a
+/// higher node id: openraft 0.9 orders leader ids by both) and commits a blank entry of
+/// its own before any read is answered. What is
 /// on disk is unchanged. etcd's Raft does the same: every node restarts as a follower.
 fn restarted_vote(stored: Vote<u64>, replica: u64) -> Vote<u64> {
     if stored.is_committed() && stored.leader_id().voted_for() == Some(replica) {
@@ -685,7 +704,6 @@ where
         // Record the purge point first: a crash in between leaves extra entries below it,
         // which are never read, rather than a hole above it.
         self.write_meta(LAST_PURGED, &log_id, ErrorSubject::Logs)?;
-        self.watermark.wrote_last(log_id);
         let mut batch = sled::Batch::default();
         for item in self.log.range(..=key(log_id.index)) {
             let (k, _) = item.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
@@ -694,6 +712,9 @@ where
         self.log
             .apply_batch(batch)
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        // Noted once both writes are in sled, so that no flush records a log end that the
+        // entries still in sled contradict.
+        self.watermark.wrote_last(log_id);
         self.flush(ErrorSubject::Logs).await
     }
 }
