@@ -405,54 +405,74 @@ async fn concurrent_attaches_share_log_entries_and_keep_their_own_answers() {
 /// A follower's request for a read index carries its latest vote; the leader of a
 /// three-voter cluster counts it as that follower's acknowledgement (no heartbeat round)
 /// only when it names the leader's own term and leadership and the two are a quorum.
+///
+/// The counters it reads are the leader's; an election on a busy machine moves them (and
+/// the leadership the claims are about), so an attempt during which the leader or term
+/// changed is run again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_followers_vote_stands_for_its_acknowledgement_only_when_it_matches() {
     let cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
-    let follower = cluster.other_than(leader);
     crate::support::attach_range(&cluster.client(leader), 0..4, 1).await;
-    let http = reqwest::Client::new();
-    let counters = |id: u64| {
-        let http = http.clone();
-        let url = format!("{}/metrics", cluster.url(id));
-        async move {
-            let text = http.get(url).send().await.unwrap().text().await.unwrap();
-            let value = |series: &str| -> u64 {
-                text.lines()
-                    .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-                    .unwrap_or(0)
-            };
-            (
-                value("psc_read_index_asker_acks_total"),
-                value("psc_read_index_rounds_total"),
-            )
+    for attempt in 1..=3 {
+        let leader = cluster.wait_for_leader().await;
+        let Some(before) = cluster.status_of(leader).await else {
+            continue;
+        };
+        let result = read_index_claims(&cluster, leader, before.term).await;
+        let after = cluster.status_of(leader).await;
+        if after.is_some_and(|a| (a.leader, a.term) == (Some(leader), before.term)) {
+            if let Err(failure) = result {
+                panic!("{failure}");
+            }
+            return;
         }
+        eprintln!("attempt {attempt}: leadership moved during the checks; trying again");
+    }
+    panic!("leadership moved during each of three attempts");
+}
+
+/// One attempt of the test above against `leader` in `term`.
+async fn read_index_claims(cluster: &TestCluster, leader: u64, term: u64) -> Result<(), String> {
+    let follower = cluster.other_than(leader);
+    let http = reqwest::Client::new();
+    let counters = || async {
+        let acks = cluster
+            .metric(leader, "psc_read_index_asker_acks_total")
+            .await;
+        let rounds = cluster.metric(leader, "psc_read_index_rounds_total").await;
+        (acks.unwrap_or(0.0) as u64, rounds.unwrap_or(0.0) as u64)
     };
+    let check = |ok: bool, what: String| if ok { Ok(()) } else { Err(what) };
 
     // Validates through the follower: the leader answers their read indexes on the
     // follower's word.
-    let (acks_before, _) = counters(leader).await;
+    let (acks_before, _) = counters().await;
     let answer = cluster
         .client(follower)
         .validate(&[(shard(0), 1), (shard(1), 0)])
         .await
-        .unwrap();
+        .map_err(|e| format!("validate through the follower: {e}"))?;
     let valid: Vec<bool> = answer.tenants.iter().map(|t| t.valid).collect();
     assert_eq!(valid, [true, false]);
-    let (acks, _) = counters(leader).await;
-    assert!(
+    let (acks, _) = counters().await;
+    check(
         acks > acks_before,
-        "no read index was acknowledged by the asker"
-    );
+        "no read index was acknowledged by the asker".into(),
+    )?;
 
     // Asked directly, with claims that must not count: each takes a round.
-    let term = cluster.status_of(leader).await.unwrap().term;
     let ask = |query: String| {
         let http = http.clone();
         let url = format!("{}/v1/cluster/read-index?{query}", cluster.url(leader));
         async move {
-            let response = http.get(url).send().await.unwrap();
-            assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+            let response = http.get(url).send().await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            check(
+                status == 200,
+                format!("read-index answered {status}: {text}"),
+            )
         }
     };
     for (claim, why) in [
@@ -473,21 +493,26 @@ async fn a_followers_vote_stands_for_its_acknowledgement_only_when_it_matches() 
             "not a voter",
         ),
     ] {
-        let (acks, rounds) = counters(leader).await;
-        ask(claim).await;
-        let (acks_after, rounds_after) = counters(leader).await;
-        assert_eq!(acks_after, acks, "{why} was taken for an acknowledgement");
-        assert!(rounds_after > rounds, "{why}: no heartbeat round");
+        let (acks, rounds) = counters().await;
+        ask(claim).await?;
+        let (acks_after, rounds_after) = counters().await;
+        check(
+            acks_after == acks,
+            format!("{why} was taken for an acknowledgement"),
+        )?;
+        check(rounds_after > rounds, format!("{why}: no heartbeat round"))?;
     }
-    let (acks, rounds) = counters(leader).await;
-    ask(format!("asker={follower}&term={term}&voted_for={leader}")).await;
-    let (acks_after, rounds_after) = counters(leader).await;
-    assert_eq!(
-        acks_after,
-        acks + 1,
-        "a matching vote is an acknowledgement"
-    );
-    assert_eq!(rounds_after, rounds, "and no round is needed");
+    let (acks, rounds) = counters().await;
+    ask(format!("asker={follower}&term={term}&voted_for={leader}")).await?;
+    let (acks_after, rounds_after) = counters().await;
+    check(
+        acks_after == acks + 1,
+        format!("a matching vote is an acknowledgement ({acks} -> {acks_after})"),
+    )?;
+    check(
+        rounds_after == rounds,
+        format!("and no round is needed ({rounds} -> {rounds_after})"),
+    )?;
     let bad = http
         .get(format!(
             "{}/v1/cluster/read-index?asker=x",
@@ -497,6 +522,7 @@ async fn a_followers_vote_stands_for_its_acknowledgement_only_when_it_matches() 
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    Ok(())
 }
 
 /// A request that a replica forwarded is never forwarded again: a replica that is not the
