@@ -57,6 +57,10 @@ pub struct Membership {
     peer_token: Option<PeerToken>,
     /// Probes name it, and an answer of another cluster counts as no answer.
     cluster_id: String,
+    /// Held by each change from its checks to its commit, so that two changes through
+    /// this leader never pass their checks against the same configuration (two removals
+    /// that each leave a quorum, together none).
+    changing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// How long a single probe of a member may take.
@@ -115,6 +119,7 @@ impl Membership {
             http,
             peer_token,
             cluster_id,
+            changing: Arc::default(),
         }
     }
 
@@ -127,14 +132,45 @@ impl Membership {
         }
     }
 
+    /// The voters the configuration holds or, during a joint change, is heading to.
     fn voters(&self) -> BTreeSet<u64> {
         self.replica
             .metrics()
             .borrow()
             .membership_config
             .membership()
-            .voter_ids()
-            .collect()
+            .get_joint_config()
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Completes a joint configuration left behind by a change whose caller stopped
+    /// between openraft's two steps (its request timed out, or leadership moved): openraft
+    /// drives the second step from the caller's future only, and a cluster left joint
+    /// needs a quorum of both sets for every write. A change whose caller is still there
+    /// is answered "in progress", and the request is retried.
+    async fn finish_joint(&self) -> Result<(), MembershipError> {
+        let joint = self
+            .replica
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .len()
+            > 1;
+        if joint {
+            bounded(
+                "finishing the previous membership change",
+                self.replica
+                    .raft()
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::new()), false),
+            )
+            .await?;
+            tracing::warn!(voters = ?self.voters(), "finished a membership change left half done");
+        }
+        Ok(())
     }
 
     fn member(&self, id: u64) -> Option<Member> {
@@ -167,6 +203,31 @@ impl Membership {
             .unwrap_or(0)
     }
 
+    /// While this replica runs: as leader, finishes a joint configuration no change is
+    /// driving any more (see [`Membership::finish_joint`]), so that a change whose caller
+    /// gave up completes once its quorums are there, without waiting for the next request.
+    /// Every change through this leader holds [`Membership::changing`] while openraft
+    /// drives it: a joint configuration seen while it is free has no driver here.
+    pub async fn finish_abandoned_changes(self, stop: tokio_util::sync::CancellationToken) {
+        let mut every = tokio::time::interval(Duration::from_secs(2));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let Ok(_changing) = self.changing.try_lock() else {
+                continue;
+            };
+            if self.ensure_leader().is_err() {
+                continue;
+            }
+            if let Err(e) = self.finish_joint().await {
+                tracing::debug!(error = %e, "the membership change left half done is not finished yet");
+            }
+        }
+    }
+
     /// Adds `id` at `url` as a learner, waits until it caught up, then (unless
     /// `learner_only`) promotes it to voter.
     pub async fn add(
@@ -176,7 +237,9 @@ impl Membership {
         learner_only: bool,
         catch_up: Duration,
     ) -> Result<(), MembershipError> {
+        let changing = self.changing.lock().await;
         self.ensure_leader()?;
+        self.finish_joint().await?;
         let member = Member::new(url);
         let is_voter = self.voters().contains(&id);
         match self.member(id) {
@@ -195,9 +258,22 @@ impl Membership {
                 bounded("adding the learner", self.replica.raft().add_learner(id, member.clone(), false)).await?;
             }
         }
+        // Other changes may go ahead while the learner catches up.
+        drop(changing);
         self.wait_caught_up(id, &member, catch_up).await?;
         if learner_only {
             return Ok(());
+        }
+        let _changing = self.changing.lock().await;
+        self.ensure_leader()?;
+        self.finish_joint().await?;
+        match self.member(id) {
+            Some(now) if now.url == member.url => {}
+            _ => {
+                return Err(MembershipError::Conflict(format!(
+                "replica {id} at {member} was removed or replaced while it caught up; add it again"
+            )))
+            }
         }
         tracing::info!(id, %member, "promoting the learner to voter");
         bounded(
@@ -249,7 +325,9 @@ impl Membership {
     /// job: [`MembershipError::NotLeader`] is returned after the handoff so the request is
     /// routed to the new leader.
     pub async fn remove(&self, id: u64, force: bool) -> Result<(), MembershipError> {
+        let _changing = self.changing.lock().await;
         self.ensure_leader()?;
+        self.finish_joint().await?;
         if self.member(id).is_none() {
             return Err(MembershipError::NotFound(format!(
                 "replica {id} is not a member"
@@ -276,15 +354,7 @@ impl Membership {
             let quorum = remaining.len() / 2 + 1;
             let mut answering = 0;
             for voter in &remaining {
-                let alive = *voter == self.replica.id()
-                    || match self.member(*voter) {
-                        // A replica waiting to start, or one already removed, holds no vote.
-                        Some(member) => self.status_of(*voter, &member).await.is_some_and(|s| {
-                            !crate::bootstrap::is_fresh(&s) && s.removed.is_none()
-                        }),
-                        None => false,
-                    };
-                answering += usize::from(alive);
+                answering += usize::from(self.holds_a_vote(*voter).await);
             }
             if answering < quorum && !force {
                 return Err(MembershipError::Conflict(format!(
@@ -292,6 +362,18 @@ impl Membership {
                      quorum of them needs {quorum}; the cluster would stop. Bring replicas back first, or force \
                      it (`?force=true`; `cluster remove --force`)",
                     remaining.len()
+                )));
+            }
+            // The change itself is committed by a quorum of the voters before it too (the
+            // joint configuration): with an even count and the one removed down, the
+            // remaining ones can be a quorum of theirs and not of the current set.
+            let current_quorum = voters.len() / 2 + 1;
+            if answering < current_quorum && !force && !self.holds_a_vote(id).await {
+                return Err(MembershipError::Conflict(format!(
+                    "refusing to remove replica {id}: it does not answer, and of the {} voters only {answering} \
+                     do, short of the {current_quorum} that must commit the change; it would never complete. \
+                     Bring replicas back first, or force it (`?force=true`; `cluster remove --force`)",
+                    voters.len()
                 )));
             }
             tracing::info!(id, remaining = ?remaining, force, "removing a voter");
@@ -313,6 +395,19 @@ impl Membership {
             .await?;
         }
         Ok(())
+    }
+
+    /// Whether voter `id` answers as a running member that can vote (this leader does).
+    async fn holds_a_vote(&self, id: u64) -> bool {
+        id == self.replica.id()
+            || match self.member(id) {
+                // A replica waiting to start, or one already removed, holds no vote.
+                Some(member) => self
+                    .status_of(id, &member)
+                    .await
+                    .is_some_and(|s| !crate::bootstrap::is_fresh(&s) && s.removed.is_none()),
+                None => false,
+            }
     }
 
     /// The other voters, the one with the most of the log first (of equals, the highest

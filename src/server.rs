@@ -505,6 +505,7 @@ pub async fn serve(
 
     let failure = Arc::new(std::sync::Mutex::new(None::<String>));
     tokio::spawn(watch_raft(replica.metrics(), stop.clone(), failure.clone()));
+    tokio::spawn(membership.clone().finish_abandoned_changes(stop.clone()));
     let initialized = replica.raft().is_initialized().await?;
     // A replica that joined, restarted before it was promoted (its catch-up cut short),
     // finds itself a learner: it asks again, or it would stay one for good.
@@ -714,7 +715,10 @@ async fn ask_to_join(
             if as_learner {
                 membership.get_node(&id).is_some()
             } else {
-                membership.voter_ids().any(|v| v == id)
+                // A voter of a configuration that is not joint: a change left joint is
+                // finished by the next request to add us (`Membership::add`).
+                let configs = membership.get_joint_config();
+                configs.len() == 1 && configs[0].contains(&id)
             }
         };
         if joined {

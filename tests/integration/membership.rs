@@ -813,6 +813,36 @@ async fn a_removal_that_would_stop_the_cluster_is_refused() {
     cluster.wait_for_voters(&voters).await;
 }
 
+/// With four voters, two of them down, removing one of the two: the two left that answer
+/// are a quorum of the three that would remain, but the change is committed by a quorum
+/// of the four first, which is not there. Refused, rather than left half done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_the_current_voters_cannot_commit_is_refused() {
+    let mut cluster = TestCluster::start(4).await;
+    let leader = cluster.wait_for_leader().await;
+    let followers: Vec<u64> = cluster.others_than(leader);
+    cluster.kill(followers[0]);
+    cluster.kill(followers[1]);
+    let refused = cluster
+        .client(leader)
+        .remove_member(followers[1], false)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(409), "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("short of the 3 that must commit"),
+        "{refused}"
+    );
+    let status = cluster.status_of(leader).await.unwrap();
+    assert!(!status.joint, "{status:?}");
+    assert_eq!(
+        status.members.iter().filter(|m| m.role == "voter").count(),
+        4
+    );
+}
+
 /// A member added at a URL where another replica answers (a typo naming an existing
 /// member) never catches up as far as the leader can tell, so it is never promoted: a
 /// voter that cannot vote would cost the cluster its tolerance of one failure.
@@ -1027,6 +1057,41 @@ async fn a_replica_started_as_a_learner_joins_as_one_and_stays_one() {
         role_of(&status, voter).as_deref(),
         Some("voter"),
         "{status:?}"
+    );
+}
+
+/// openraft drives the second step of a voter change (joint to final) from the caller's
+/// request. A forced removal that waits out its deadline with the new configuration's
+/// quorum missing gives up after the first: the leader finishes it by itself once the
+/// quorum is back, rather than staying joint (where every write needs both quorums).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_caller_gave_up_is_finished_by_the_leader() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let followers: Vec<u64> = cluster.others_than(leader);
+    let (down, removed) = (followers[0], followers[1]);
+    cluster.kill(down);
+    let gave_up = cluster
+        .client(leader)
+        .with_timeout(Duration::from_secs(60))
+        .remove_member(removed, true)
+        .await
+        .unwrap_err();
+    assert!(
+        gave_up.status() == Some(503) && gave_up.to_string().contains("may still complete"),
+        "{gave_up}"
+    );
+    let status = cluster.status_of(leader).await.unwrap();
+    assert!(status.joint, "{status:?}");
+    cluster.restart(down).await;
+    let mut voters = vec![leader, down];
+    voters.sort_unstable();
+    cluster.wait_for_voters(&voters).await;
+    assert!(
+        cluster
+            .log_of(leader)
+            .contains("finished a membership change left half done"),
+        "the leader did not finish it"
     );
 }
 
