@@ -75,6 +75,16 @@ async fn seed(
     Ok(())
 }
 
+/// Raises every generation by `bump` and sets the floor for shards the registry does
+/// not know (see [`Registry::bump_generations`]). A bump of 0 would hand out again the
+/// generations the lost replicas (or the cluster since the backup) may have issued.
+fn raise(registry: &mut Registry, bump: u32) -> anyhow::Result<usize> {
+    anyhow::ensure!(bump > 0, "the generation bump must be at least 1");
+    registry
+        .bump_generations(bump)
+        .map_err(|e| anyhow::anyhow!("cannot raise generations by {bump}: {e}"))
+}
+
 fn now_ms() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -97,9 +107,7 @@ pub async fn restore(
             data_dir.display()
         );
     }
-    let raised = registry
-        .bump_generations(bump)
-        .map_err(|e| anyhow::anyhow!("cannot raise generations by {bump}: {e}"))?;
+    let raised = raise(&mut registry, bump)?;
     // A restored cluster is a new cluster: its id differs from the backed-up one, so
     // replicas of the old cluster can never talk to it.
     let members = BTreeMap::from([(id, member.clone())]);
@@ -149,6 +157,24 @@ pub async fn recover(
     let state = log.get_log_state().await?;
     let start = snapshot_applied.map_or(0, |l| l.index + 1);
     let entries = log.try_get_log_entries(start..).await?;
+    // Nothing to recover from: every generation would start from the bump alone, below
+    // what an earlier restore or recovery raised them to.
+    anyhow::ensure!(
+        snapshot_applied.is_some() || !entries.is_empty(),
+        "data dir {}: this replica holds no state (it never received a snapshot or an entry, or a restore \
+         into it was cut short); recover from another survivor, or restore from a backup",
+        data_dir.display()
+    );
+    if let Some(first) = entries.first() {
+        anyhow::ensure!(
+            first.log_id.index == start,
+            "data dir {}: its log begins at {} but its snapshot ends at {}: the entries between are missing; \
+             recover from another survivor, or restore from a backup",
+            data_dir.display(),
+            first.log_id.index,
+            start.saturating_sub(1)
+        );
+    }
     // Every entry the survivor holds is applied, committed or not: at worst that raises a
     // generation that was never handed out, which is harmless.
     let mut membership = snapshot_membership.membership().clone();
@@ -176,9 +202,7 @@ pub async fn recover(
             .cloned()
             .context("this replica is not in the last membership it saw; pass --advertise-url")?,
     };
-    let raised = registry
-        .bump_generations(bump)
-        .map_err(|e| anyhow::anyhow!("cannot raise generations by {bump}: {e}"))?;
+    let raised = raise(&mut registry, bump)?;
     let term = vote.leader_id().term.max(last.leader_id.term);
     // The seeded snapshot takes the place of everything up to `last`.
     let last = LogId::new(CommittedLeaderId::new(term, id), last.index.max(1));

@@ -365,6 +365,36 @@ async fn recovery_refuses_a_data_dir_in_use() {
     );
 }
 
+/// A data dir that holds no state (here, a restore cut short once its identity was
+/// written) is no survivor to recover from: its generations would start from the bump
+/// alone, below what the cluster may have handed out.
+#[test]
+fn recovery_refuses_a_data_dir_that_holds_no_state() {
+    use controller_storage::data_dir::{Bootstrap, DataDir, Identity};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("r1");
+    let identity = Identity {
+        format_version: controller_storage::FORMAT_VERSION,
+        cluster_name: "psc".into(),
+        cluster_id: "restored".into(),
+        replica_id: 1,
+        bootstrap: Bootstrap::Seeded,
+    };
+    drop(DataDir::create(&dir, identity).unwrap());
+    let output = Command::new(BIN)
+        .args(["recover", "--id", "1", "--confirm-other-replicas-are-lost"])
+        .args(["--advertise-url", "http://127.0.0.1:1"])
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("holds no state"),
+        "{stderr}"
+    );
+}
+
 /// Checks the Prometheus text format line by line; returns the sample names.
 fn parse_prometheus(text: &str) -> Vec<String> {
     let mut names = Vec::new();
