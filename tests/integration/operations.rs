@@ -351,16 +351,20 @@ async fn a_lost_majority_is_recovered_from_a_survivor_and_grows_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_refuses_a_data_dir_in_use() {
     let cluster = TestCluster::start(3).await;
-    let dir = cluster.replicas[&1].data_dir.clone();
+    recovery_fails_saying(&cluster.replicas[&1].data_dir, "in use by another process");
+}
+
+/// Runs `recover` on replica 1's `dir`, which must fail with `reason` in its message.
+fn recovery_fails_saying(dir: &std::path::Path, reason: &str) {
     let output = Command::new(BIN)
         .args(["recover", "--id", "1", "--confirm-other-replicas-are-lost"])
-        .arg("--data-dir")
-        .arg(&dir)
+        .args(["--advertise-url", "http://127.0.0.1:1", "--data-dir"])
+        .arg(dir)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        !output.status.success() && stderr.contains("in use by another process"),
+        !output.status.success() && stderr.contains(reason),
         "{stderr}"
     );
 }
@@ -381,18 +385,7 @@ fn recovery_refuses_a_data_dir_that_holds_no_state() {
         bootstrap: Bootstrap::Seeded,
     };
     drop(DataDir::create(&dir, identity).unwrap());
-    let output = Command::new(BIN)
-        .args(["recover", "--id", "1", "--confirm-other-replicas-are-lost"])
-        .args(["--advertise-url", "http://127.0.0.1:1"])
-        .arg("--data-dir")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success() && stderr.contains("holds no state"),
-        "{stderr}"
-    );
+    recovery_fails_saying(&dir, "holds no state");
 }
 
 /// Checks the Prometheus text format line by line; returns the sample names.
