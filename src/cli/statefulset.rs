@@ -245,6 +245,20 @@ impl Placement {
         Ok(members)
     }
 
+    /// The pods after the initial members that an initial member with an empty data dir
+    /// also asks (ordinals `N..N + LATER_PODS_ASKED`): pods that do not exist cost a
+    /// failed name lookup each. Ordinals the template gives no URL for (a port past
+    /// 65535) are left out.
+    pub fn later_pods(&self) -> Vec<String> {
+        let (Some(_), Some(size)) = (&self.template, self.initial_size) else {
+            return Vec::new();
+        };
+        (size..size.saturating_add(LATER_PODS_ASKED))
+            .filter(|ordinal| *ordinal != self.pod.ordinal)
+            .filter_map(|ordinal| self.url_of(ordinal).ok().flatten())
+            .collect()
+    }
+
     /// The initial members other than this pod: where a pod looks for a running cluster.
     pub fn peers(&self) -> anyhow::Result<Vec<String>> {
         Ok(self
@@ -296,6 +310,13 @@ fn hostname() -> anyhow::Result<String> {
     Ok(name)
 }
 
+/// How many pods past the initial members an initial member with an empty data dir asks
+/// before it bootstraps. A cluster scaled up since it was created runs on them when its
+/// initial members have all lost their disks (for an initial size of 1, the only one):
+/// bootstrapping then would start a second cluster under the same id, handing out
+/// generations the first already gave.
+pub const LATER_PODS_ASKED: u32 = 16;
+
 /// How a pod with an empty data dir comes to life.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FreshStart {
@@ -320,14 +341,29 @@ pub fn decide_fresh_start(
     answers: &[(String, ClusterStatus)],
 ) -> Option<FreshStart> {
     for (url, status) in answers {
-        if is_fresh(status) && status.cluster_id == cluster_id {
+        if is_fresh(status) && status.cluster_id == cluster_id && peers.contains(url) {
             seen_fresh.insert(url.clone());
         }
     }
-    if may_bootstrap && peers.iter().all(|peer| seen_fresh.contains(peer)) {
-        return Some(FreshStart::Bootstrap);
-    }
-    let (via, status) = answers.iter().find(|(_, status)| is_running(status))?;
+    // A pod past the initial members runs only in a cluster that exists already: with
+    // no initial member running it, the initial members lost their data and must join
+    // it, never bootstrap another. (While a new cluster forms, an initial member runs
+    // before any later pod can join it.)
+    let initial_running = answers
+        .iter()
+        .any(|(url, status)| peers.contains(url) && is_running(status));
+    let later_running = answers
+        .iter()
+        .find(|(url, status)| !peers.contains(url) && is_running(status));
+    let (via, status) = match later_running {
+        Some(later) if !initial_running => later,
+        _ => {
+            if may_bootstrap && peers.iter().all(|peer| seen_fresh.contains(peer)) {
+                return Some(FreshStart::Bootstrap);
+            }
+            answers.iter().find(|(_, status)| is_running(status))?
+        }
+    };
     let via = via.clone();
     if status.members.iter().any(|m| m.id == placement.id()) {
         Some(FreshStart::Rejoin { via })
@@ -412,14 +448,15 @@ pub async fn settle(
         return Ok(None);
     }
     let may_bootstrap = explicit_join.is_none() && placement.is_initial_member();
-    if peers.is_empty() {
-        if !may_bootstrap {
-            bail!("no peer to join: --initial-cluster-size lists no other replica");
-        }
-        tracing::info!("a cluster of one: bootstrapping it");
-        config.join = None;
-        return Ok(None);
+    if peers.is_empty() && !may_bootstrap {
+        bail!("no peer to join: --initial-cluster-size lists no other replica");
     }
+    let later = if may_bootstrap {
+        placement.later_pods()
+    } else {
+        Vec::new()
+    };
+    let asked: Vec<String> = peers.iter().chain(&later).cloned().collect();
 
     let (http, ca) = config.security.peer_http()?;
     let cluster_id = derive_cluster_id(&config.cluster_name, &placement.initial_cluster()?);
@@ -429,7 +466,7 @@ pub async fn settle(
     let mut last_report = None::<Instant>;
     let ask = || async {
         probe(
-            &peers,
+            &asked,
             &config.cluster_name,
             &http.get(),
             config.security.peer_token_now(),
@@ -879,6 +916,58 @@ mod tests {
         assert_eq!(
             decide_fresh_start(&p, &peers, true, "c", &mut seen, &got),
             Some(FreshStart::Join { via: P1.into() })
+        );
+    }
+
+    /// A cluster scaled up since it formed runs on its later pods once its initial
+    /// members have all lost their disks: they rejoin it rather than bootstrap a second
+    /// cluster under the same id (which would hand out its generations again).
+    #[test]
+    fn initial_members_that_all_lost_their_data_rejoin_the_later_pods_cluster() {
+        const P3: &str = "http://psc-3:7001";
+        let p = placement("psc-2", 3);
+        let later = p.later_pods();
+        assert_eq!(later.len(), LATER_PODS_ASKED as usize);
+        assert!(later[0].starts_with("http://psc-3.") && later[1].starts_with("http://psc-4."));
+        let peers = [P0.to_owned(), P1.to_owned()];
+        let room = status(None, 0, None, &[]);
+        let scaled = status(Some(4), 7, Some(90), &[1, 2, 3, 4, 5]);
+        let mut seen = BTreeSet::new();
+        let got = answers(&[(P0, room.clone()), (P1, room.clone()), (P3, scaled.clone())]);
+        assert_eq!(
+            decide_fresh_start(&p, &peers, true, "c", &mut seen, &got),
+            Some(FreshStart::Rejoin { via: P3.into() })
+        );
+        // Even after seeing every initial member fresh earlier.
+        let fresh = answers(&[(P0, room.clone()), (P1, room.clone())]);
+        let mut seen_all = BTreeSet::new();
+        assert_eq!(
+            decide_fresh_start(&p, &peers, true, "c", &mut seen_all, &fresh),
+            Some(FreshStart::Bootstrap)
+        );
+        assert_eq!(
+            decide_fresh_start(&p, &peers, true, "c", &mut seen_all, &got),
+            Some(FreshStart::Rejoin { via: P3.into() })
+        );
+        // An initial size of 1: no peer at all, and the later pods still run.
+        let alone = placement("psc-0", 1);
+        assert!(alone.peers().unwrap().is_empty());
+        let got = answers(&[(P3, scaled)]);
+        assert_eq!(
+            decide_fresh_start(&alone, &[], true, "c", &mut BTreeSet::new(), &got),
+            Some(FreshStart::Rejoin { via: P3.into() })
+        );
+        assert_eq!(
+            decide_fresh_start(&alone, &[], true, "c", &mut BTreeSet::new(), &[]),
+            Some(FreshStart::Bootstrap)
+        );
+        // While a new cluster forms, an initial member runs first and a later pod joins
+        // it: a pod that saw every initial member fresh still bootstraps with them.
+        let formed = status(Some(1), 1, Some(3), &[1, 2, 3, 4]);
+        let got = answers(&[(P0, formed.clone()), (P3, formed)]);
+        assert_eq!(
+            decide_fresh_start(&p, &peers, true, "c", &mut seen_all, &got),
+            Some(FreshStart::Bootstrap)
         );
     }
 

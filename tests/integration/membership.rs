@@ -1463,6 +1463,47 @@ async fn no_replica_initializes_beside_a_listed_peer_of_another_cluster() {
     cluster.wait_for_voters(&[1, 2, 3]).await;
 }
 
+/// A StatefulSet created with one initial member and scaled to three: the initial pod
+/// loses its volume. Nothing in its initial cluster answers (it is the whole of it), but
+/// the pods after it run the cluster: it rejoins them rather than bootstrap a second
+/// cluster of one under the same id, which would hand out generations again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_only_initial_pod_rejoins_the_cluster_it_grew_into_after_losing_its_volume() {
+    let mut cluster = TestCluster::pods(3, &[], None, None).with_initial_pods(1);
+    cluster.launch(1);
+    cluster.wait_for_leader().await;
+    cluster.launch(2);
+    cluster.launch(3);
+    cluster.wait_for_voters(&[1, 2, 3]).await;
+    let before = retried(|| {
+        let client = cluster.client(1);
+        async move { client.attach_hook(shard(0), Some(NodeId(1)), None).await }
+    })
+    .await
+    .expect("an attach before the volume is lost");
+    cluster.kill(1);
+    cluster.wipe(1);
+    cluster.launch(1);
+    cluster
+        .wait_for_log(1, "removed from the running cluster: joining it again", 1)
+        .await;
+    cluster.wait_for_voters(&[1, 2, 3]).await;
+    cluster.wait_caught_up(1).await;
+    let after = retried(|| {
+        let client = cluster.client(1);
+        async move { client.attach_hook(shard(0), Some(NodeId(1)), None).await }
+    })
+    .await
+    .expect("an attach after it rejoined");
+    assert!(after > before, "generation {after:?} after {before:?}");
+    // Its log holds both lives: one bootstrap only, the first.
+    let bootstraps = cluster
+        .log_of(1)
+        .matches("bootstrapping a new cluster once each has seen this one")
+        .count();
+    assert_eq!(bootstraps, 1);
+}
+
 /// A pod that joins keeps its port answering `/status` from its waiting room until the
 /// replica binds it, however long joining takes (here: the cluster has no quorum). A
 /// port that went dead meanwhile would fail the liveness probe of a StatefulSet and
