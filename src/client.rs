@@ -406,14 +406,6 @@ impl Client {
         self.get("/v1/cluster").await
     }
 
-    /// The index a linearizable read must wait for, as the replica asked gets it: a
-    /// leader confirms itself with a quorum first (`GET /v1/cluster/read-index`).
-    pub async fn read_index(&self) -> Result<u64> {
-        let answer: crate::api::cluster::ReadIndex =
-            self.get(crate::api::cluster::READ_INDEX_PATH).await?;
-        Ok(answer.index)
-    }
-
     /// [`Self::cluster_status`], if what answers is replica `id` of cluster `cluster_id`:
     /// a URL that reaches another replica, or a replica of another cluster, counts as no
     /// answer (as does an error).

@@ -204,9 +204,9 @@ impl Membership {
     }
 
     /// While this replica runs: as leader, finishes a joint configuration no change is
-    /// driving any more (see [`Membership::finish_joint`]), so that a change whose caller
+    /// driving any more (see `finish_joint`), so that a change whose caller
     /// gave up completes once its quorums are there, without waiting for the next request.
-    /// Every change through this leader holds [`Membership::changing`] while openraft
+    /// Every change through this leader holds `changing` while openraft
     /// drives it: a joint configuration seen while it is free has no driver here.
     pub async fn finish_abandoned_changes(self, stop: tokio_util::sync::CancellationToken) {
         let mut every = tokio::time::interval(Duration::from_secs(2));
@@ -340,42 +340,14 @@ impl Membership {
                     "this is the only voter; it cannot be removed".into(),
                 ));
             }
+            // Checked here too, so that a removal to be refused costs no handover.
+            self.check_removal(id, &voters, force).await?;
             let (to, _) = self.reachable_successor(&mut BTreeMap::new()).await?;
             self.transfer(to, Duration::from_secs(5)).await?;
             return Err(MembershipError::NotLeader(Some(to)));
         }
         if voters.contains(&id) {
-            let remaining: Vec<u64> = voters.iter().copied().filter(|v| *v != id).collect();
-            if remaining.is_empty() {
-                return Err(MembershipError::Conflict(
-                    "cannot remove the last voter".into(),
-                ));
-            }
-            let quorum = remaining.len() / 2 + 1;
-            let mut answering = 0;
-            for voter in &remaining {
-                answering += usize::from(self.holds_a_vote(*voter).await);
-            }
-            if answering < quorum && !force {
-                return Err(MembershipError::Conflict(format!(
-                    "refusing to remove replica {id}: of the {} remaining voters only {answering} answer, and a \
-                     quorum of them needs {quorum}; the cluster would stop. Bring replicas back first, or force \
-                     it (`?force=true`; `cluster remove --force`)",
-                    remaining.len()
-                )));
-            }
-            // The change itself is committed by a quorum of the voters before it too (the
-            // joint configuration): with an even count and the one removed down, the
-            // remaining ones can be a quorum of theirs and not of the current set.
-            let current_quorum = voters.len() / 2 + 1;
-            if answering < current_quorum && !force && !self.holds_a_vote(id).await {
-                return Err(MembershipError::Conflict(format!(
-                    "refusing to remove replica {id}: it does not answer, and of the {} voters only {answering} \
-                     do, short of the {current_quorum} that must commit the change; it would never complete. \
-                     Bring replicas back first, or force it (`?force=true`; `cluster remove --force`)",
-                    voters.len()
-                )));
-            }
+            let remaining = self.check_removal(id, &voters, force).await?;
             tracing::info!(id, remaining = ?remaining, force, "removing a voter");
             bounded(
                 "removing the voter",
@@ -395,6 +367,51 @@ impl Membership {
             .await?;
         }
         Ok(())
+    }
+
+    /// Whether voter `id` may be removed from `voters` (see the module docs); the voters
+    /// that would remain.
+    async fn check_removal(
+        &self,
+        id: u64,
+        voters: &BTreeSet<u64>,
+        force: bool,
+    ) -> Result<Vec<u64>, MembershipError> {
+        let remaining: Vec<u64> = voters.iter().copied().filter(|v| *v != id).collect();
+        if remaining.is_empty() {
+            return Err(MembershipError::Conflict(
+                "cannot remove the last voter".into(),
+            ));
+        }
+        if force {
+            return Ok(remaining);
+        }
+        let quorum = remaining.len() / 2 + 1;
+        let mut answering = 0;
+        for voter in &remaining {
+            answering += usize::from(self.holds_a_vote(*voter).await);
+        }
+        if answering < quorum {
+            return Err(MembershipError::Conflict(format!(
+                "refusing to remove replica {id}: of the {} remaining voters only {answering} answer, and a \
+                 quorum of them needs {quorum}; the cluster would stop. Bring replicas back first, or force \
+                 it (`?force=true`; `cluster remove --force`)",
+                remaining.len()
+            )));
+        }
+        // The change itself is committed by a quorum of the voters before it too (the
+        // joint configuration): with an even count and the one removed down, the
+        // remaining ones can be a quorum of theirs and not of the current set.
+        let current_quorum = voters.len() / 2 + 1;
+        if answering < current_quorum && !self.holds_a_vote(id).await {
+            return Err(MembershipError::Conflict(format!(
+                "refusing to remove replica {id}: it does not answer, and of the {} voters only {answering} \
+                 do, short of the {current_quorum} that must commit the change; it would never complete. \
+                 Bring replicas back first, or force it (`?force=true`; `cluster remove --force`)",
+                voters.len()
+            )));
+        }
+        Ok(remaining)
     }
 
     /// Whether voter `id` answers as a running member that can vote (this leader does).

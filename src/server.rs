@@ -311,8 +311,7 @@ async fn leaders_view(
             .iter()
             .find(|m| m.id == status.replica_id)?
             .url;
-        let view = confirmed_leader(status, url, http, peer_token).await?;
-        return Some((view, url.clone()));
+        return Some((status.clone(), url.clone()));
     }
     let named = status
         .members
@@ -330,39 +329,10 @@ async fn leaders_view(
             .member_status(member.id, &status.cluster_id)
             .await;
         if let Some(view) = answer.filter(|view| view.state == "leader") {
-            let view = confirmed_leader(&view, &member.url, http, peer_token.clone()).await;
-            if let Some(view) = view {
-                return Some((view, member.url.clone()));
-            }
+            return Some((view, member.url.clone()));
         }
     }
     None
-}
-
-/// `view`, a replica's answer that it leads, once that replica has confirmed its
-/// leadership with a quorum (a read index) and still leads in the same term: its
-/// membership then holds every change committed before. A leader cut off from the others
-/// still says it leads (openraft 0.9 keeps it in that state) with the membership of
-/// before it was cut off; a replica that lost its data and took that membership for the
-/// cluster's would start Raft as a stranger to a cluster that lists it as a voter.
-async fn confirmed_leader(
-    view: &ClusterStatus,
-    url: &str,
-    http: &reqwest::Client,
-    peer_token: Option<String>,
-) -> Option<ClusterStatus> {
-    let client = Client::with_http(url, http.clone())
-        .with_token(peer_token)
-        .with_cluster(Some(view.cluster_id.clone()))
-        .with_timeout(Duration::from_secs(5));
-    if let Err(e) = client.read_index().await {
-        tracing::info!(%url, error = %e, "the replica that says it leads did not confirm it with a quorum");
-        return None;
-    }
-    let after = client
-        .member_status(view.replica_id, &view.cluster_id)
-        .await?;
-    (after.state == "leader" && after.term == view.term && after.removed.is_none()).then_some(after)
 }
 
 /// One pooled HTTP client for all replica-to-replica traffic; trusts the certificates

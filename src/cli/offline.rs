@@ -66,8 +66,10 @@ pub struct RecoverArgs {
 
 pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     let bytes = args.client.client()?.backup().await?;
-    let (header, _) =
-        crate::backup::decode_header(&bytes).context("the server sent an unreadable backup")?;
+    // Checked whole (length, checksum, payload) before it is saved and called a backup,
+    // so that a transfer cut short or damaged is found now rather than at restore.
+    let (header, _) = crate::backup::decode(&bytes)
+        .context("the server sent an unreadable backup; nothing was saved")?;
     controller_storage::data_dir::write_atomically(&args.out, &bytes)
         .with_context(|| format!("writing {}", args.out.display()))?;
     println!(

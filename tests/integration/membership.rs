@@ -796,6 +796,16 @@ async fn a_removal_that_would_stop_the_cluster_is_refused() {
         .unwrap_err();
     assert_eq!(refused.status(), Some(409), "{refused}");
     assert!(refused.to_string().contains("quorum"), "{refused}");
+    // Removing the leader is refused the same way, before it hands leadership over.
+    let refused = cluster
+        .client(leader)
+        .remove_member(leader, false)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(409), "{refused}");
+    assert!(!cluster
+        .log_of(leader)
+        .contains("handing leadership over to="));
     let missing = cluster
         .client(leader)
         .remove_member(42, false)
