@@ -5,8 +5,13 @@
 //!   then makes it a voter, so a slow newcomer never becomes a voter that holds back
 //!   commits. Adding the same id and URL again is a no-op, so a joining replica may retry.
 //! - Removing a voter is refused when the remaining voters that answer could not form a
-//!   quorum of the new configuration (the cluster would stop), unless forced. Removing the
-//!   leader first hands leadership to another voter.
+//!   quorum of the new configuration (the cluster would stop), or, the voter removed being
+//!   down, of the current one (which commits the change first), unless forced. Removing
+//!   the leader first hands leadership to another voter, once the removal passed those
+//!   checks.
+//! - Changes through one leader run one at a time, each checked against what the one
+//!   before it left; a voter change left joint by a caller that gave up is finished by
+//!   the leader.
 //! - Handing leadership over: openraft 0.9 has no transfer call, so the leader stops
 //!   proposing writes and confirming reads (both are answered "not the leader" and
 //!   re-routed), waits until the target holds its whole log, and asks the target to
