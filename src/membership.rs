@@ -301,9 +301,11 @@ impl Membership {
     ) -> Result<(), MembershipError> {
         let deadline = Instant::now() + within;
         let mut last_report = Instant::now();
+        // Fixed when the wait begins: under a steady stream of writes a target re-read on
+        // every look moves ahead of a learner that keeps up, which would never be promoted.
+        let committed = self.committed().await;
         loop {
             self.ensure_leader()?;
-            let committed = self.committed().await;
             let applied = self
                 .status_of(id, member)
                 .await

@@ -85,10 +85,15 @@ fn raise(registry: &mut Registry, bump: u32) -> anyhow::Result<usize> {
         .map_err(|e| anyhow::anyhow!("cannot raise generations by {bump}: {e}"))
 }
 
-fn now_ms() -> u128 {
-    SystemTime::now()
+/// What makes a restored or recovered cluster's id its own: the time, and random bytes,
+/// since two restores of one backup in the same millisecond (or on a clock before 1970)
+/// must not give two clusters one id.
+fn nonce() -> String {
+    use rand_core::RngCore;
+    let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
+        .map_or(0, |d| d.as_millis());
+    format!("{ms} {:016x}", rand_core::OsRng.next_u64())
 }
 
 /// Seeds a new one-member cluster in the empty `data_dir` from a backup file.
@@ -111,7 +116,7 @@ pub async fn restore(
     // A restored cluster is a new cluster: its id differs from the backed-up one, so
     // replicas of the old cluster can never talk to it.
     let members = BTreeMap::from([(id, member.clone())]);
-    let cluster_id = derive_cluster_id(&format!("{cluster_name}\nrestored {}", now_ms()), &members);
+    let cluster_id = derive_cluster_id(&format!("{cluster_name}\nrestored {}", nonce()), &members);
     let dir = DataDir::create(
         data_dir,
         Identity {
@@ -219,7 +224,7 @@ pub async fn recover(
     let old_cluster_id = std::mem::replace(
         &mut identity.cluster_id,
         derive_cluster_id(
-            &format!("{}\nrecovered {}", identity.cluster_name, now_ms()),
+            &format!("{}\nrecovered {}", identity.cluster_name, nonce()),
             &BTreeMap::from([(id, member.clone())]),
         ),
     );
