@@ -92,6 +92,9 @@ pub fn read_index_uri(query: Option<&ReadIndexQuery>) -> axum::http::Uri {
     }
 }
 
+/// The longest catch-up wait `POST /v1/cluster/members?timeout_s=` takes.
+const MAX_CATCH_UP_S: u64 = 86_400;
+
 /// `GET /v1/cluster/read-index?asker=N&term=T&voted_for=L` (leader): the index a
 /// linearizable read must wait for. The asker's vote can stand for its acknowledgement
 /// (`replica::asker_ack`); otherwise, or without one, the leader confirms itself with a
@@ -267,9 +270,15 @@ pub async fn add_member(
     }
     let member = controller_raft::Member::parse(&request.url)
         .map_err(|e| ApiError::BadRequest(format!("url: {e}")))?;
-    let catch_up = options
-        .timeout_s
-        .map_or(CATCH_UP_DEFAULT, Duration::from_secs);
+    let catch_up = match options.timeout_s {
+        None => CATCH_UP_DEFAULT,
+        Some(s) if s <= MAX_CATCH_UP_S => Duration::from_secs(s),
+        Some(s) => {
+            return Err(ApiError::BadRequest(format!(
+                "timeout_s: {s} is more than the {MAX_CATCH_UP_S} (one day) allowed"
+            )))
+        }
+    };
     api.membership
         .add(request.id, &member.url, options.learner, catch_up)
         .await?;

@@ -23,13 +23,37 @@ fn unexpected(outcome: Outcome) -> ApiError {
     ))
 }
 
-fn address(request: &NodeRegisterRequest) -> NodeAddress {
-    NodeAddress {
+/// The longest host name or zone id a registration may carry: a DNS name is at most
+/// 253 bytes. Without a bound, a few registrations of megabytes each, batched into one
+/// log entry, would make an entry larger than a peer accepts, and stall every write
+/// behind it.
+pub const MAX_NODE_FIELD_BYTES: usize = 255;
+
+/// The node's address, once its fields are checked; `prefix` names where the request
+/// carried them (`register.` in a re-attach).
+fn address(request: &NodeRegisterRequest, prefix: &str) -> Result<NodeAddress, ApiError> {
+    let fields = [
+        ("listen_pg_addr", Some(&request.listen_pg_addr)),
+        ("listen_http_addr", Some(&request.listen_http_addr)),
+        (
+            "availability_zone_id",
+            request.availability_zone_id.as_ref(),
+        ),
+    ];
+    for (name, value) in fields {
+        if let Some(value) = value.filter(|v| v.len() > MAX_NODE_FIELD_BYTES) {
+            return Err(ApiError::BadRequest(format!(
+                "{prefix}{name}: {} bytes, more than the {MAX_NODE_FIELD_BYTES} allowed",
+                value.len()
+            )));
+        }
+    }
+    Ok(NodeAddress {
         listen_pg_addr: request.listen_pg_addr.clone(),
         listen_pg_port: request.listen_pg_port,
         listen_http_addr: request.listen_http_addr.clone(),
         listen_http_port: request.listen_http_port,
-    }
+    })
 }
 
 async fn re_attached(
@@ -44,12 +68,13 @@ async fn re_attached(
             )));
         }
     }
+    let register = match &request.register {
+        Some(r) => Some((address(r, "register.")?, r.availability_zone_id.clone())),
+        None => None,
+    };
     let command = Command::ReAttach {
         node: request.node_id,
-        register: request
-            .register
-            .as_ref()
-            .map(|r| (address(r), r.availability_zone_id.clone())),
+        register,
     };
     match api.replica.propose_one(command).await? {
         Outcome::ReAttached { shards } => {
@@ -179,7 +204,7 @@ pub async fn register_node(
 ) -> Result<JsonResponse<()>, ApiError> {
     let command = Command::RegisterNode {
         node: request.node_id,
-        address: address(&request),
+        address: address(&request, "")?,
         availability_zone_id: request.availability_zone_id.clone(),
     };
     match api.replica.propose_one(command).await? {
@@ -222,7 +247,9 @@ pub async fn list_nodes(
 }
 
 fn node_in_path(raw: &str) -> Result<NodeId, ApiError> {
-    raw.parse().map_err(|_| {
+    // Digits only: Rust's integer parsing also takes a leading `+`.
+    let digits = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
+    digits.then(|| raw.parse().ok()).flatten().ok_or_else(|| {
         ApiError::BadRequest(format!(
             "node id {raw:?} in the path is not an unsigned integer"
         ))

@@ -230,9 +230,45 @@ async fn bad_input_gets_a_json_error_naming_the_problem() {
     let leader = cluster.wait_for_leader().await;
     let follower = cluster.other_than(leader);
     let http = reqwest::Client::new();
+    // Node fields past a DNS name's length: refused, before they reach the log.
+    let long = "h".repeat(256);
+    let register = format!(
+        r#"{{"node_id":7,"listen_pg_addr":"{long}","listen_pg_port":1,"listen_http_addr":"h","listen_http_port":2}}"#
+    );
+    let re_attach = format!(
+        r#"{{"node_id":7,"register":{{"node_id":7,"listen_pg_addr":"h","listen_pg_port":1,"listen_http_addr":"h","listen_http_port":2,"availability_zone_id":"{long}"}}}}"#
+    );
     for id in [leader, follower] {
         let url = cluster.url(id);
         let cases: Vec<(reqwest::Method, &str, &str, u16, &str)> = vec![
+            (
+                reqwest::Method::POST,
+                "/control/v1/node",
+                &register,
+                400,
+                "listen_pg_addr: 256 bytes",
+            ),
+            (
+                reqwest::Method::POST,
+                "/upcall/v1/re-attach",
+                &re_attach,
+                400,
+                "register.availability_zone_id: 256 bytes",
+            ),
+            (
+                reqwest::Method::GET,
+                "/control/v1/node/+1",
+                "",
+                400,
+                "not an unsigned integer",
+            ),
+            (
+                reqwest::Method::POST,
+                "/v1/cluster/members?timeout_s=18446744073709551615",
+                r#"{"id":9,"url":"http://127.0.0.1:1"}"#,
+                400,
+                "timeout_s",
+            ),
             (
                 reqwest::Method::POST,
                 "/upcall/v1/validate",
