@@ -783,26 +783,26 @@ async fn rolling_restart_under_traffic_fails_no_request() {
     traffic.finish().await;
 }
 
+/// Asks `via` to remove `id`, which must be refused (409) saying `why`.
+async fn removal_refused(cluster: &TestCluster, via: u64, id: u64, why: &str) {
+    let refused = cluster
+        .client(via)
+        .remove_member(id, false)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(409), "{refused}");
+    assert!(refused.to_string().contains(why), "{refused}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removal_that_would_stop_the_cluster_is_refused() {
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
     let followers: Vec<u64> = cluster.others_than(leader);
     cluster.kill(followers[0]);
-    let refused = cluster
-        .client(leader)
-        .remove_member(followers[1], false)
-        .await
-        .unwrap_err();
-    assert_eq!(refused.status(), Some(409), "{refused}");
-    assert!(refused.to_string().contains("quorum"), "{refused}");
+    removal_refused(&cluster, leader, followers[1], "quorum").await;
     // Removing the leader is refused the same way, before it hands leadership over.
-    let refused = cluster
-        .client(leader)
-        .remove_member(leader, false)
-        .await
-        .unwrap_err();
-    assert_eq!(refused.status(), Some(409), "{refused}");
+    removal_refused(&cluster, leader, leader, "quorum").await;
     assert!(!cluster
         .log_of(leader)
         .contains("handing leadership over to="));
@@ -833,18 +833,13 @@ async fn a_removal_the_current_voters_cannot_commit_is_refused() {
     let followers: Vec<u64> = cluster.others_than(leader);
     cluster.kill(followers[0]);
     cluster.kill(followers[1]);
-    let refused = cluster
-        .client(leader)
-        .remove_member(followers[1], false)
-        .await
-        .unwrap_err();
-    assert_eq!(refused.status(), Some(409), "{refused}");
-    assert!(
-        refused
-            .to_string()
-            .contains("short of the 3 that must commit"),
-        "{refused}"
-    );
+    removal_refused(
+        &cluster,
+        leader,
+        followers[1],
+        "short of the 3 that must commit",
+    )
+    .await;
     let status = cluster.status_of(leader).await.unwrap();
     assert!(!status.joint, "{status:?}");
     assert_eq!(
