@@ -15,10 +15,11 @@ use axum::Json as JsonResponse;
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 
-use axum::extract::{Path, RawQuery};
+use axum::extract::RawQuery;
 
 use super::error::ApiError;
 use super::json::Json;
+use super::path::Segment;
 use super::types::{
     AddMemberQuery, AddMemberRequest, ClusterMember, ClusterStatus, ReadyResponse,
     RemoveMemberQuery, RemovedStatus, StatusResponse, StepDownResponse, TransferLeaderRequest,
@@ -288,7 +289,7 @@ pub async fn add_member(
 /// `DELETE /v1/cluster/members/{id}?force=BOOL` (leader)
 pub async fn remove_member(
     State(api): Api,
-    Path(raw_id): Path<String>,
+    Segment(raw_id): Segment,
     RawQuery(raw): RawQuery,
 ) -> Result<JsonResponse<ClusterStatus>, ApiError> {
     let options: RemoveMemberQuery = query(raw)?;

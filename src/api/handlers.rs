@@ -4,11 +4,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::Json as JsonResponse;
 
 use super::error::ApiError;
 use super::json::Json;
+use super::path::Segment;
 use super::types::*;
 use super::ApiState;
 use crate::domain::{
@@ -264,7 +265,7 @@ fn shard_in_path(raw: &str) -> Result<TenantShardId, ApiError> {
 /// `GET /control/v1/node/{node_id}`
 pub async fn get_node(
     State(api): Api,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
 ) -> Result<JsonResponse<NodeDescribeResponse>, ApiError> {
     let id = node_in_path(&raw)?;
     api.replica
@@ -277,7 +278,7 @@ pub async fn get_node(
 /// `PUT /control/v1/node/{node_id}/config`
 pub async fn configure_node(
     State(api): Api,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
     Json(request): Json<NodeConfigureRequest>,
 ) -> Result<JsonResponse<()>, ApiError> {
     let id = node_in_path(&raw)?;
@@ -316,7 +317,7 @@ pub async fn configure_node(
 /// `DELETE /control/v1/node/{node_id}`
 pub async fn delete_node(
     State(api): Api,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
 ) -> Result<JsonResponse<()>, ApiError> {
     let id = node_in_path(&raw)?;
     match api
@@ -336,7 +337,7 @@ pub async fn delete_node(
 /// `PUT /control/v1/tenant/{tenant_shard_id}/migrate`
 pub async fn migrate(
     State(api): Api,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
     Json(request): Json<TenantShardMigrateRequest>,
 ) -> Result<JsonResponse<TenantShardMigrateResponse>, ApiError> {
     let shard = shard_in_path(&raw)?;

@@ -4,13 +4,15 @@
 //! The layer is thin by design: [`handlers`] translate JSON to domain commands,
 //! [`routing`] gets each request to the leader (once, as a middleware, not in every
 //! handler), [`error::ApiError`] is the only error shape, and [`json::Json`] makes a
-//! malformed body a 400 that names the bad field.
+//! malformed body a 400 that names the bad field ([`path::Segment`] does the same for
+//! the path).
 
 pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod handlers;
 pub mod json;
+pub mod path;
 pub mod routing;
 pub mod types;
 

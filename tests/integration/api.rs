@@ -320,6 +320,20 @@ async fn bad_input_gets_a_json_error_naming_the_problem() {
             ),
             (
                 reqwest::Method::GET,
+                "/control/v1/node/%FF",
+                "",
+                400,
+                "invalid path parameter",
+            ),
+            (
+                reqwest::Method::DELETE,
+                "/v1/cluster/members/%C3%28",
+                "",
+                400,
+                "invalid path parameter",
+            ),
+            (
+                reqwest::Method::GET,
                 "/control/v1/node/abc",
                 "",
                 400,
