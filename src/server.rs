@@ -406,7 +406,7 @@ pub async fn serve(
     let mut log = LogStore::open(&data_dir.log_path(), config.id, config.cache_bytes)?;
     let state_machine = StateMachine::open(&data_dir.snapshot_path())
         .with_context(|| format!("loading the snapshot in {}", data_dir.root().display()))?;
-    log.purge_behind(state_machine.durable_snapshot());
+    log.purge_behind(state_machine.durable_snapshot())?;
 
     let held = holder.is_some();
     if let Some(holder) = holder {

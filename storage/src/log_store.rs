@@ -72,6 +72,13 @@ pub enum LogOpenError {
     #[error("the Raft log at {path} is damaged: {reason}; refusing to start")]
     Corrupt { path: String, reason: String },
     #[error(
+        "the Raft log is purged up to index {purged}, but the snapshot on disk ends {}: the \
+         entries between are lost; refusing to start. Replace this replica's data dir as after \
+         a lost disk (remove, wipe, join)",
+        snapshot.map_or("nowhere (there is none)".to_owned(), |last| format!("at index {last}"))
+    )]
+    PurgedPastSnapshot { purged: u64, snapshot: Option<u64> },
+    #[error(
         "the disk holding the Raft log at {path} is full: free space or grow the volume, \
          then start the replica again"
     )]
@@ -208,6 +215,8 @@ pub struct LogStore<C> {
     snapshot: Option<DurableSnapshot>,
     /// This replica's id, to recognise its own leadership in a stored vote.
     replica: u64,
+    /// Where the log lives, for error messages.
+    path: std::sync::Arc<str>,
     _config: PhantomData<C>,
 }
 
@@ -220,6 +229,7 @@ impl<C> Clone for LogStore<C> {
             watermark: self.watermark.clone(),
             snapshot: self.snapshot.clone(),
             replica: self.replica,
+            path: self.path.clone(),
             _config: PhantomData,
         }
     }
@@ -314,6 +324,7 @@ where
             watermark,
             snapshot: None,
             replica,
+            path: display.as_str().into(),
             _config: PhantomData,
         };
         let corrupt = |reason| LogOpenError::Corrupt {
@@ -400,8 +411,28 @@ where
     /// for the state machine to have written it: a crash in between (kill -9 or a power
     /// loss) left a log purged past the only snapshot on disk, and the replica could never
     /// start again ("Failed to get log entries"). Found by the power-loss test.
-    pub fn purge_behind(&mut self, snapshot: DurableSnapshot) {
+    ///
+    /// Refuses a log already purged past that snapshot: the entries between are gone, so
+    /// the replica could neither rebuild its state nor serve them (a data dir damaged by
+    /// hand, or written before this guard existed).
+    pub fn purge_behind(
+        &mut self,
+        snapshot: DurableSnapshot,
+    ) -> std::result::Result<(), LogOpenError> {
+        let purged: Option<LogId<u64>> =
+            self.meta_value(LAST_PURGED)
+                .map_err(|reason| LogOpenError::Corrupt {
+                    path: self.path.to_string(),
+                    reason: format!("last purged id: {reason}"),
+                })?;
+        if let Some(purged) = purged.filter(|purged| !snapshot.covers(purged.index)) {
+            return Err(LogOpenError::PurgedPastSnapshot {
+                purged: purged.index,
+                snapshot: snapshot.last_index(),
+            });
+        }
         self.snapshot = Some(snapshot);
+        Ok(())
     }
 
     async fn wait_for_snapshot_on_disk(&self, upto: LogId<u64>) -> Result<()> {

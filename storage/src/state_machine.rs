@@ -167,6 +167,16 @@ impl DurableSnapshot {
             .and_then(|meta| meta.last_log_id)
             .is_some_and(|last| last.index >= index)
     }
+
+    /// The last log index the snapshot on disk covers, if there is one (blocking while a
+    /// new snapshot is being written).
+    pub fn last_index(&self) -> Option<u64> {
+        let current = self.0.lock().expect("snapshot lock poisoned");
+        current
+            .as_ref()
+            .and_then(|meta| meta.last_log_id)
+            .map(|last| last.index)
+    }
 }
 
 /// Durably makes `bytes` (a snapshot taken at `meta`) the current snapshot, unless the

@@ -27,6 +27,19 @@ fn open_log(dir: &std::path::Path) -> LogStore<Config> {
     LogStore::open(&dir.join("log"), 1, 1 << 20).expect("open log")
 }
 
+/// Applies `entries` to `sm` and writes a snapshot of the result.
+async fn apply_and_snapshot(
+    sm: &mut Sm,
+    entries: impl IntoIterator<Item = Entry<Config>, IntoIter: Send> + Send,
+) -> openraft::Snapshot<Config> {
+    sm.apply(entries).await.unwrap();
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
+}
+
 /// A reopen within one process waits for sled's I/O threads to let go of the file lock
 /// (a CI run once reopened too early: "could not acquire lock").
 fn wait_until_unlocked(sled_dir: &std::path::Path) {
@@ -71,7 +84,7 @@ async fn the_log_is_not_purged_past_the_snapshot_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = open_log(dir.path());
     let mut sm = Sm::open(&dir.path().join("snapshot")).unwrap();
-    log.purge_behind(sm.durable_snapshot());
+    log.purge_behind(sm.durable_snapshot()).unwrap();
     log.blocking_append((1..=6).map(|i| entry(1, i, i)))
         .await
         .unwrap();
@@ -90,12 +103,7 @@ async fn the_log_is_not_purged_past_the_snapshot_on_disk() {
     assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, None);
 
     // The state machine writes a snapshot at 4; then the purge goes through.
-    sm.apply((1..=4).map(|i| entry(1, i, i))).await.unwrap();
-    sm.get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    apply_and_snapshot(&mut sm, (1..=4).map(|i| entry(1, i, i))).await;
     tokio::time::timeout(Duration::from_secs(30), purge)
         .await
         .expect("the purge finishes once the snapshot is on disk")
@@ -103,6 +111,42 @@ async fn the_log_is_not_purged_past_the_snapshot_on_disk() {
         .unwrap();
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 4)));
+}
+
+/// A log purged past the snapshot on disk (damaged by hand, or written before the log
+/// waited for the snapshot) has lost the entries between: the replica refuses to start,
+/// saying so, rather than fail later in openraft with an unexplained read error.
+#[tokio::test]
+async fn a_log_purged_past_the_snapshot_on_disk_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = open_log(dir.path());
+        log.blocking_append((1..=6).map(|i| entry(1, i, i)))
+            .await
+            .unwrap();
+        // No snapshot given: nothing holds this purge back.
+        log.purge(log_id(1, 4)).await.unwrap();
+    }
+    let mut sm = Sm::open(&dir.path().join("snapshot")).unwrap();
+    apply_and_snapshot(&mut sm, (1..=3).map(|i| entry(1, i, i))).await;
+    let mut log = open_log(dir.path());
+    match log.purge_behind(sm.durable_snapshot()) {
+        Err(LogOpenError::PurgedPastSnapshot {
+            purged: 4,
+            snapshot: Some(3),
+        }) => {}
+        other => panic!("expected a purged-past-snapshot refusal, got {other:?}"),
+    }
+    drop(log);
+
+    // A snapshot at the purge point is enough; so is none at all for a log never purged.
+    apply_and_snapshot(&mut sm, [entry(1, 4, 4)]).await;
+    let mut log = open_log(dir.path());
+    log.purge_behind(sm.durable_snapshot()).unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let mut log = open_log(fresh.path());
+    let sm = Sm::open(&fresh.path().join("snapshot")).unwrap();
+    log.purge_behind(sm.durable_snapshot()).unwrap();
 }
 
 #[tokio::test]
@@ -362,12 +406,7 @@ async fn a_damaged_snapshot_stops_the_replica() {
     let path = dir.path().join("snapshot");
     {
         let mut sm = Sm::open(&path).unwrap();
-        sm.apply([entry(1, 1, 5)]).await.unwrap();
-        sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        apply_and_snapshot(&mut sm, [entry(1, 1, 5)]).await;
     }
     let file = path.join("current.snap");
     let mut bytes = std::fs::read(&file).unwrap();
