@@ -132,6 +132,8 @@ impl Forwarder {
         let status = response.status();
         let kept: Vec<_> = [
             axum::http::header::CONTENT_TYPE,
+            // A backup's file name, for a client that saves what it downloads.
+            axum::http::header::CONTENT_DISPOSITION,
             axum::http::HeaderName::from_static(NOT_APPLIED_HEADER),
         ]
         .into_iter()

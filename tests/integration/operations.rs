@@ -89,6 +89,15 @@ async fn a_backup_restores_into_a_new_cluster_with_generations_above_the_origina
         file.to_str().unwrap(),
     ]);
     assert!(printed.contains("20 tenant shards"), "{printed}");
+    // Downloaded by hand through a follower, it keeps the name it is saved under.
+    let response = reqwest::get(format!("{}/v1/backup", cluster.url(follower)))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-disposition"],
+        "attachment; filename=\"pageserver-controller.backup\""
+    );
     // A shard created after the backup: a pageserver holds its generation 1, which the
     // backup cannot know.
     assert_eq!(
