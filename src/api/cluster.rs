@@ -286,11 +286,14 @@ pub async fn add_member(
     Ok(JsonResponse(cluster_status_of(&api).await))
 }
 
-/// `DELETE /v1/cluster/members/{id}?force=BOOL` (leader)
+/// `DELETE /v1/cluster/members/{id}?force=BOOL` (leader). Removing a replica that is
+/// not a member is a 404, except for a request re-sent after an attempt that got no
+/// answer ([`super::routing::RESENT_HEADER`]): that attempt may be what removed it.
 pub async fn remove_member(
     State(api): Api,
     Segment(raw_id): Segment,
     RawQuery(raw): RawQuery,
+    headers: axum::http::HeaderMap,
 ) -> Result<JsonResponse<ClusterStatus>, ApiError> {
     let options: RemoveMemberQuery = query(raw)?;
     let id: u64 = raw_id.parse().map_err(|_| {
@@ -298,7 +301,14 @@ pub async fn remove_member(
             "replica id {raw_id:?} in the path is not an unsigned integer"
         ))
     })?;
-    api.membership.remove(id, options.force).await?;
+    match api.membership.remove(id, options.force).await {
+        Err(MembershipError::NotFound(why))
+            if headers.contains_key(super::routing::RESENT_HEADER) =>
+        {
+            tracing::info!(id, %why, "a re-sent removal finds the replica gone: answering as done");
+        }
+        removed => removed?,
+    }
     Ok(JsonResponse(cluster_status_of(&api).await))
 }
 

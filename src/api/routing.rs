@@ -43,6 +43,11 @@ use crate::auth::PeerToken;
 /// Marks a request forwarded by another replica; carries that replica's id.
 pub const FORWARDED_BY_HEADER: &str = "x-controller-forwarded-by";
 
+/// Marks a cluster operation forwarded again after an earlier attempt got no answer: that
+/// attempt may have been applied, so a handler whose goal already holds (the member to
+/// remove is gone) answers success rather than "not found".
+pub const RESENT_HEADER: &str = "x-controller-resent";
+
 /// Request headers a forwarded request keeps.
 const FORWARDED_HEADERS: [axum::http::HeaderName; 3] = [
     axum::http::header::CONTENT_TYPE,
@@ -121,6 +126,9 @@ impl Forwarder {
                 request = request.header(name, value);
             }
         }
+        if headers.contains_key(RESENT_HEADER) {
+            request = request.header(RESENT_HEADER, "1");
+        }
         let response = match request.send().await {
             Ok(response) => response,
             Err(e) if e.is_connect() => return Forwarded::NotSent(error_text(&e)),
@@ -178,6 +186,9 @@ pub async fn route_to_leader(
     let deadline = started + api.leader_wait;
     let mut metrics = replica.metrics();
     let mut last_problem = String::from("no leader is known");
+    // A cluster operation forwarded without an answer may have been applied: re-sent,
+    // it says so, and a final 503 must not claim that nothing was applied.
+    let mut maybe_applied = false;
     loop {
         let silence = replica.quorum_silence();
         match replica.leader() {
@@ -228,11 +239,15 @@ pub async fn route_to_leader(
                     .get::<axum::extract::MatchedPath>()
                     .map_or("unmatched", |p| p.as_str());
                 api.metrics.forwarded(route);
+                let mut headers = parts.headers.clone();
+                if maybe_applied {
+                    headers.insert(RESENT_HEADER, axum::http::HeaderValue::from_static("1"));
+                }
                 let forward = api.forwarder.forward(
                     &member,
                     &parts.method,
                     &parts.uri,
-                    &parts.headers,
+                    &headers,
                     body.clone(),
                     routing.forward_timeout,
                 );
@@ -267,6 +282,7 @@ pub async fn route_to_leader(
                         last_problem = format!("could not reach leader {leader} at {member}: {e}");
                     }
                     Some(Forwarded::Unknown(e)) if routing.policy != Policy::Write => {
+                        maybe_applied |= routing.policy == Policy::Retryable;
                         last_problem = format!("no answer from leader {leader} at {member}: {e}");
                     }
                     Some(Forwarded::Unknown(e)) => {
@@ -287,6 +303,15 @@ pub async fn route_to_leader(
             }
         }
         let now = Instant::now();
+        if now >= deadline && maybe_applied {
+            return ApiError::Indeterminate(format!(
+                "no leader answered within {:?} ({last_problem}); an earlier attempt got no \
+                 answer and may have been applied; check `cluster status`, then retry (cluster \
+                 operations are safe to repeat)",
+                api.leader_wait
+            ))
+            .into_response();
+        }
         if now >= deadline {
             return ApiError::Unavailable(format!(
                 "no leader could serve the request within {:?} ({last_problem}); the cluster \

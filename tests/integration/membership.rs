@@ -812,6 +812,15 @@ async fn a_removal_that_would_stop_the_cluster_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(missing.status(), Some(404), "{missing}");
+    // Re-sent by a replica whose first forward got no answer, the same removal is done:
+    // that first attempt may be what removed the replica.
+    let resent = reqwest::Client::new()
+        .delete(format!("{}/v1/cluster/members/42", cluster.url(leader)))
+        .header(pageserver_controller::api::routing::RESENT_HEADER, "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resent.status(), 200);
     // Removing the dead one is fine: the two that answer are a quorum of two.
     cluster
         .client(leader)
