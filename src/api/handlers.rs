@@ -158,13 +158,15 @@ pub async fn attach_hook(
     State(api): Api,
     Json(request): Json<AttachHookRequest>,
 ) -> Result<JsonResponse<AttachHookResponse>, ApiError> {
-    // A shard seeded at the last generation could never be attached: refused here, before
-    // Raft, so the refusal stores nothing (applying it would create the shard).
-    if request.generation_override == Some(u32::MAX) {
+    // Refused here, before Raft: a shard seeded at the last generation could never be
+    // attached, and applying the refusal would still create it (a rule kept as it was,
+    // so that replicas replaying old entries agree); one seeded near the top would block
+    // every later restore or recovery.
+    let most = Generation::MAX_OVERRIDE.0;
+    if let Some(asked) = request.generation_override.filter(|g| *g > most) {
         return Err(ApiError::BadRequest(format!(
-            "generation_override: {} leaves no generation to issue; at most {}",
-            u32::MAX,
-            u32::MAX - 1
+            "generation_override: {asked} is above {most}, the most allowed, which leaves room \
+             for later attaches and for the bump of a restore or recovery"
         )));
     }
     let command = Command::AttachHook {

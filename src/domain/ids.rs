@@ -256,6 +256,12 @@ impl FromStr for NodeId {
 pub struct Generation(pub u32);
 
 impl Generation {
+    /// The highest generation an attach-hook may seed a new shard with: half the space,
+    /// so that the shard can still be attached some two billion times, and a restore or
+    /// recovery (which raises every generation by its bump) still has room above it. A
+    /// seed near the top would make every later restore or recovery refuse to run.
+    pub const MAX_OVERRIDE: Generation = Generation(u32::MAX / 2);
+
     /// The generation after this one, or `None` when the u32 space is used up.
     pub fn next(self) -> Option<Generation> {
         self.0.checked_add(1).map(Generation)

@@ -217,6 +217,7 @@ impl Registry {
             return Outcome::Attached { generation: None };
         };
         let seed = self.seed(generation_override);
+        let floor = self.floor;
         let record = self.shards.get_or_insert(
             shard,
             ShardRecord {
@@ -225,7 +226,10 @@ impl Registry {
                 node: None,
             },
         );
-        let next = match record.generation {
+        // No generation yet: a shard just created without a seed, or a stored record
+        // without one (no command stores it; a crafted backup could), which starts above
+        // the floor like a new shard.
+        let next = match record.generation.or(floor) {
             None => Generation(1),
             Some(current) => match current.next() {
                 Some(next) => next,
@@ -257,13 +261,16 @@ impl Registry {
             return Outcome::Refused(Refusal::GenerationExhausted(*exhausted));
         }
         let mut shards = Vec::with_capacity(attached.len());
+        let floor = self.floor;
         for shard in attached {
             let record = self
                 .shards
                 .get_mut(&shard)
                 .expect("the attached index only names known shards");
+            // As in an attach: a record without a generation starts above the floor.
             let next = record
                 .generation
+                .or(floor)
                 .map_or(Some(Generation(1)), Generation::next)
                 .expect("checked above that no generation is exhausted");
             record.generation = Some(next);

@@ -631,6 +631,42 @@ fn the_floor_is_encoded_only_when_there_is_one() {
     assert!(controller_raft::codec::decode::<Earlier>(&with).is_err());
 }
 
+/// No command stores a shard without a generation, but a crafted or foreign backup may
+/// hold one: after a restore set the floor, it starts above the floor like a shard not
+/// seen before, whether an attach or a re-attach gives it its first generation.
+#[test]
+fn a_stored_shard_without_a_generation_starts_above_the_floor() {
+    let mut shards = super::shard_map::ShardMap::default();
+    for (s, node) in [(1, 1), (2, 2)] {
+        shards.insert(
+            shard(s),
+            ShardRecord {
+                generation: None,
+                node: Some(NodeId(node)),
+            },
+        );
+    }
+    let nodes = std::collections::BTreeMap::<NodeId, NodeRecord>::new();
+    let bytes = controller_raft::codec::encode(&(shards, nodes, Generation(500))).unwrap();
+    let mut reg: Registry = controller_raft::codec::decode(&bytes).unwrap();
+    assert_eq!(reg.floor(), Some(Generation(500)));
+    assert_eq!(
+        attach(&mut reg, shard(1), 3),
+        Outcome::Attached {
+            generation: Some(Generation(501))
+        }
+    );
+    assert_eq!(
+        reg.apply(&Command::ReAttach {
+            node: NodeId(2),
+            register: None
+        }),
+        Outcome::ReAttached {
+            shards: vec![(shard(2), Generation(501))]
+        }
+    );
+}
+
 #[test]
 fn bumping_past_u32_is_refused_whole() {
     let mut reg = Registry::default();

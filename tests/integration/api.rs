@@ -319,6 +319,13 @@ async fn bad_input_gets_a_json_error_naming_the_problem() {
                 "generation_override",
             ),
             (
+                reqwest::Method::POST,
+                "/debug/v1/attach-hook",
+                r#"{"tenant_shard_id":"1f359dd625e519a1a4e8d7509690f6fc","node_id":null,"generation_override":2147483648}"#,
+                400,
+                "generation_override: 2147483648 is above 2147483647",
+            ),
+            (
                 reqwest::Method::GET,
                 "/control/v1/node/%FF",
                 "",
