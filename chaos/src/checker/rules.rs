@@ -205,13 +205,41 @@ struct Bound {
 ///
 /// A validate call is answered from one state too: each shard it called valid at g pins
 /// its point after the calls of operations that saw below g and before the returns of
-/// those that saw above g (a shard called invalid pins nothing: the generation may be
-/// either side of g).
+/// those that saw above g. A shard called invalid at g pins it only once the shard had
+/// certainly reached g before the call (so it was above g at the point): the point then
+/// comes after the call of the first operation that may have raised it past g, and such
+/// an answer is itself a sighting of a generation above g for the other operations.
 pub fn check_torn(per_shard: &BTreeMap<TenantShardId, Vec<TenantOp>>, out: &mut Vec<Violation>) {
     // op id -> (the rule it breaks if torn, latest lower bound, earliest upper bound)
     let mut bounds: Pins = BTreeMap::new();
     for (shard, ops) in per_shard {
+        let newest = NewestBefore::new(issued(ops));
+        // Whether `o` was called after the shard had certainly reached `g`.
+        let reached =
+            |o: &TenantOp, g: u32| newest.at(o.call_us).is_some_and(|i| i.generation >= g);
         for r in ops {
+            if let Step::Validate {
+                generation,
+                valid: Some(false),
+            } = r.step
+            {
+                if let Some(raiser) =
+                    first_raiser_past(ops, generation, r.op).filter(|_| reached(r, generation))
+                {
+                    let entry = bounds
+                        .entry(r.op)
+                        .or_insert((Rule::TornValidate, None, None));
+                    let bound = Bound {
+                        shard: *shard,
+                        op: raiser.op,
+                        time_us: raiser.call_us,
+                    };
+                    if entry.1.is_none_or(|b| b.time_us < bound.time_us) {
+                        entry.1 = Some(bound);
+                    }
+                }
+                continue;
+            }
             // The generation the shard had at the op's point: seen below it means
             // before, seen at `later_from` or above means after.
             let (rule, at, later_from) = match r.step {
@@ -230,7 +258,8 @@ pub fn check_torn(per_shard: &BTreeMap<TenantShardId, Vec<TenantOp>>, out: &mut 
                 let Some(return_us) = o.return_us else {
                     continue;
                 };
-                let seen = match o.step {
+                // `exact`: the op saw `seen`; otherwise it saw `seen` or above.
+                let (seen, exact) = match o.step {
                     Step::Attach {
                         node: Some(_),
                         observed: Some(Some(g)),
@@ -249,10 +278,17 @@ pub fn check_torn(per_shard: &BTreeMap<TenantShardId, Vec<TenantOp>>, out: &mut 
                     }
                     | Step::Inspect {
                         attachment: Some((g, _)),
-                    } => g,
+                    } => (g, true),
+                    Step::Validate {
+                        generation: g,
+                        valid: Some(false),
+                    } if reached(o, g) => (g.saturating_add(1), false),
                     _ => continue,
                 };
                 if seen < at {
+                    if !exact {
+                        continue;
+                    }
                     let bound = Bound {
                         shard: *shard,
                         op: o.op,
@@ -279,8 +315,9 @@ pub fn check_torn(per_shard: &BTreeMap<TenantShardId, Vec<TenantOp>>, out: &mut 
         let (Some(after), Some(before)) = (after, before) else {
             continue;
         };
-        // Within one shard the search reports it; across shards only this rule can.
-        if after.time_us >= before.time_us && after.shard != before.shard {
+        // Within one shard the search reports it; across shards only this rule can. (Two
+        // stamps of one microsecond may be in either order: not proof.)
+        if after.time_us > before.time_us && after.shard != before.shard {
             let what = if rule == Rule::TornReAttach {
                 "re-attach"
             } else {
@@ -299,6 +336,27 @@ pub fn check_torn(per_shard: &BTreeMap<TenantShardId, Vec<TenantOp>>, out: &mut 
             });
         }
     }
+}
+
+/// Of the operations on a shard other than `except`, the one called first that may have
+/// raised it past generation `g`: a write not acknowledged with `g` or below (a detach
+/// and a re-attach that did not list the shard raise nothing).
+fn first_raiser_past(ops: &[TenantOp], g: u32, except: u64) -> Option<&TenantOp> {
+    ops.iter()
+        .filter(|o| o.op != except)
+        .filter(|o| match o.step {
+            Step::Attach {
+                node: Some(_),
+                observed,
+                ..
+            }
+            | Step::ReAttach { observed, .. } => {
+                observed.is_none_or(|answer| answer.is_some_and(|seen| seen > g))
+            }
+            Step::Migrate { observed, .. } => observed.is_none_or(|seen| seen > g),
+            _ => false,
+        })
+        .min_by_key(|o| o.call_us)
 }
 
 /// A time when a shard was certainly attached to a node: after an acknowledged attach or

@@ -372,6 +372,58 @@ fn a_re_attach_torn_across_two_states_is_caught() {
 }
 
 #[test]
+fn a_validate_whose_invalid_answer_comes_from_a_later_state_is_caught() {
+    // Shard 1 is certainly at 1 when the validate is called; "1 is invalid" means it was
+    // past 1 at the validate's point, after the move to 2 was called at 20. "1 is valid
+    // for shard 2" puts the point before shard 2 moved to 2 (returned at 11).
+    let mut torn = H::default();
+    torn.attach(0, 1, 1, 1, 1)
+        .attach(0, 1, 2, 1, 1)
+        .attach(10, 11, 2, 1, 2)
+        .attach(20, 21, 1, 1, 2)
+        .validate_many(5, 30, &[(1, 1, false), (2, 1, true)]);
+    let verdict = torn.verdict();
+    assert!(verdict.breaks(Rule::TornValidate), "{verdict:#?}");
+    assert!(!search_rejects(&torn));
+    // Shard 1 moved before shard 2 did: any state between the first move's call and the
+    // second's return explains both answers.
+    let mut whole = H::default();
+    whole
+        .attach(0, 1, 1, 1, 1)
+        .attach(0, 1, 2, 1, 1)
+        .attach(10, 11, 1, 1, 2)
+        .attach(20, 21, 2, 1, 2)
+        .validate_many(5, 30, &[(1, 1, false), (2, 1, true)]);
+    assert_passes(&whole);
+    // Shard 1 not certainly at 1 when the validate was called (its attach returned
+    // later): "invalid" may mean not there yet, which pins nothing.
+    let mut early = H::default();
+    early
+        .attach(0, 1, 2, 1, 1)
+        .attach(0, 8, 1, 1, 1)
+        .attach(10, 11, 2, 1, 2)
+        .attach(20, 21, 1, 1, 2)
+        .validate_many(5, 30, &[(1, 1, false), (2, 1, true)]);
+    assert_passes(&early);
+}
+
+#[test]
+fn a_re_attach_after_an_invalid_answer_it_preceded_is_caught() {
+    // The re-attach lists shard 1 at 2 and shard 2 at 3. "1 is invalid" for shard 1 at
+    // [8, 9], once it was certainly at 1, shows it past 1 by 9: the re-attach came
+    // before 9. Shard 2 reached 2 only at 10 (call), so a listing of 3 puts it after.
+    let mut torn = H::default();
+    torn.attach(0, 1, 1, 1, 1)
+        .attach(0, 1, 2, 1, 1)
+        .re_attach(5, 100, 1, &[(1, 2), (2, 3)])
+        .validate(8, 9, 1, 1, false)
+        .attach(10, 11, 2, 1, 2);
+    let verdict = torn.verdict();
+    assert!(verdict.breaks(Rule::TornReAttach), "{verdict:#?}");
+    assert!(!search_rejects(&torn));
+}
+
+#[test]
 fn a_validate_answered_from_two_states_is_caught() {
     // One long validate asks about shards 1 and 2. Shard 1 moved to generation 2 early,
     // shard 2 late, with a read of shard 2 at 1 in between: "1 is valid for shard 1"
