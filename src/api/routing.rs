@@ -282,7 +282,9 @@ pub async fn route_to_leader(
                         last_problem = format!("could not reach leader {leader} at {member}: {e}");
                     }
                     Some(Forwarded::Unknown(e)) if routing.policy != Policy::Write => {
-                        maybe_applied |= routing.policy == Policy::Retryable;
+                        // (A read index or a backup changes nothing.)
+                        maybe_applied |=
+                            routing.policy == Policy::Retryable && parts.method != Method::GET;
                         last_problem = format!("no answer from leader {leader} at {member}: {e}");
                     }
                     Some(Forwarded::Unknown(e)) => {
