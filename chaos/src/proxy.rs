@@ -316,24 +316,38 @@ impl State {
     }
 
     /// Whether every other known replica's link into `id` is down (and there is at least one).
+    #[cfg(test)]
     fn isolated(&self, id: u64) -> bool {
         let mut others = self.known.iter().copied().filter(|&o| o != id).peekable();
         others.peek().is_some() && others.all(|o| self.get(o, id) == Link::Down)
     }
 
     /// The link for one direction of a connection; `None` is a sender the proxy could not
-    /// identify, and the other end is then the receiving replica.
+    /// identify, and the other end is then the receiving replica. Such a connection may
+    /// be any peer's, so it is cut when any link it could be is down: a partition then
+    /// never leaks through it (it may cut a link that should have stayed up, which only
+    /// makes the fault harsher).
     fn effective(&self, from: Option<u64>, to: Option<u64>) -> Link {
-        match (from, to) {
-            (Some(from), Some(to)) => self.get(from, to),
-            (None, Some(replica)) | (Some(replica), None) => {
-                if self.isolated(replica) {
-                    Link::Down
-                } else {
-                    Link::Up
-                }
-            }
-            (None, None) => Link::Up,
+        let down_from = |replica: u64| {
+            self.links
+                .iter()
+                .any(|(&(f, _), l)| f == replica && *l == Link::Down)
+        };
+        let down_into = |replica: u64| {
+            self.links
+                .iter()
+                .any(|(&(_, t), l)| t == replica && *l == Link::Down)
+        };
+        let cut = match (from, to) {
+            (Some(from), Some(to)) => return self.get(from, to),
+            (None, Some(receiver)) => down_into(receiver),
+            (Some(receiver), None) => down_from(receiver),
+            (None, None) => false,
+        };
+        if cut {
+            Link::Down
+        } else {
+            Link::Up
         }
     }
 }
@@ -1235,20 +1249,37 @@ mod tests {
         assert_eq!(proxy.link(2, 3), Link::Up);
     }
 
+    /// A connection whose sender is unknown may be any peer's: it is cut as soon as one
+    /// link it could be is down, in the direction that link goes.
     #[test]
-    fn unknown_sender_follows_receiver_isolation() {
+    fn unknown_sender_is_cut_by_any_link_it_could_be() {
         let proxy = Proxy::new(0);
         for id in 1..=3 {
             proxy.set_pid(id, None);
         }
         let state = || proxy.inner().lock_state();
         assert_eq!(state().effective(None, Some(1)), Link::Up);
+        assert_eq!(state().effective(Some(1), None), Link::Up);
+        // 2 -> 1 down (as in a split, or the leader deaf to one follower): a connection
+        // into 1 from an unknown peer may be 2's.
         proxy.set_link(2, 1, Link::Down);
-        assert_eq!(state().effective(None, Some(1)), Link::Up);
-        proxy.set_link(3, 1, Link::Down);
         assert_eq!(state().effective(None, Some(1)), Link::Down);
-        assert_eq!(state().effective(Some(1), None), Link::Down);
+        // 1's answers flow 1 -> sender: still up, no link out of 1 is down.
+        assert_eq!(state().effective(Some(1), None), Link::Up);
+        // Into 2 nothing is down; out of 2 (its answers) the link to 1 is.
         assert_eq!(state().effective(None, Some(2)), Link::Up);
+        assert_eq!(state().effective(Some(2), None), Link::Down);
+        // Delays do not cut.
+        proxy.heal();
+        proxy.set_link(
+            3,
+            1,
+            Link::Delay {
+                ms: 10,
+                jitter_ms: 1,
+            },
+        );
+        assert_eq!(state().effective(None, Some(1)), Link::Up);
     }
 
     #[test]
