@@ -239,15 +239,20 @@ pub async fn route_to_leader(
                     .get::<axum::extract::MatchedPath>()
                     .map_or("unmatched", |p| p.as_str());
                 api.metrics.forwarded(route);
-                let mut headers = parts.headers.clone();
-                if maybe_applied {
-                    headers.insert(RESENT_HEADER, axum::http::HeaderValue::from_static("1"));
-                }
+                let resent;
+                let headers = if maybe_applied {
+                    let mut marked = parts.headers.clone();
+                    marked.insert(RESENT_HEADER, axum::http::HeaderValue::from_static("1"));
+                    resent = marked;
+                    &resent
+                } else {
+                    &parts.headers
+                };
                 let forward = api.forwarder.forward(
                     &member,
                     &parts.method,
                     &parts.uri,
-                    &headers,
+                    headers,
                     body.clone(),
                     routing.forward_timeout,
                 );
