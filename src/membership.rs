@@ -543,7 +543,11 @@ impl Membership {
         // A write already handed to Raft still lengthens this leader's log; were `to`
         // asked to campaign before it reached `to`, this leader would refuse it its vote
         // (less log) and, its own term gone, win the next election itself.
-        if !self.replica.writes_settled(within).await {
+        if !self
+            .replica
+            .writes_settled(within.saturating_sub(started.elapsed()))
+            .await
+        {
             tracing::debug!(to, "a write was still in flight when handing over began");
         }
         let goal = Goal {
@@ -677,9 +681,11 @@ impl Membership {
                 // A target that stalls holds the request up to its timeout; another
                 // replica may take over meanwhile.
                 let taken_over = self.until_reached(heir.goal);
+                // (The deadline ends the wait too: the loop then gives up.)
                 let asked = tokio::select! {
                     asked = self.network.request_campaign(to, &heir.member) => asked,
                     () = taken_over => Ok(()),
+                    () = tokio::time::sleep_until(deadline.into()) => Ok(()),
                 };
                 match asked {
                     Ok(()) => {}

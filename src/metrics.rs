@@ -26,9 +26,12 @@ use prometheus::{
 use crate::credentials::Credential;
 use crate::replica::Replica;
 
-/// Latency buckets in seconds, from a fast local read to a slow snapshot-sized write.
-const LATENCY_BUCKETS: [f64; 14] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+/// Latency buckets in seconds, from a fast local read to a slow snapshot-sized write,
+/// and past the deadlines (a write's 5 s, a forward's 8 s, a request's 30 s), so that
+/// an election's or a timeout's tail is not all in `+Inf`.
+const LATENCY_BUCKETS: [f64; 17] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
 ];
 
 pub struct Metrics {
@@ -436,6 +439,14 @@ impl Metrics {
     /// Counts a request forwarded to the leader.
     pub fn forwarded(&self, route: &str) {
         self.forwarded.with_label_values(&[route]).inc();
+    }
+
+    /// Counts a request for a path no route serves (the route middleware never sees it),
+    /// under the one route label `unmatched`: a pageserver pointed at a wrong path shows.
+    pub fn unmatched(&self, method: &axum::http::Method) {
+        self.requests
+            .with_label_values(&["unmatched", method_label(method), "404"])
+            .inc();
     }
 
     /// Wires the replica's event sources: flush durations and leader changes.

@@ -236,6 +236,9 @@ async fn open_data_dir(
     Ok((DataDir::create(root, identity)?, join_through))
 }
 
+/// How long a stopping replica waits for its Raft core to stop, after the drain.
+const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(5);
+
 /// How long a joining replica keeps trying to reach the cluster it joins.
 const JOIN_PATIENCE: Duration = Duration::from_secs(120);
 
@@ -621,7 +624,14 @@ pub async fn serve(
             tracing::warn!(drain = ?config.drain, "in-flight requests did not finish in time")
         }
     }
-    replica.shutdown().await;
+    // Raft's core stops once its storage answers; a disk that hangs must not hold the
+    // process past its grace period (anything acknowledged is on disk already).
+    if tokio::time::timeout(SHUTDOWN_PATIENCE, replica.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(patience = ?SHUTDOWN_PATIENCE, "Raft did not stop in time; exiting without it");
+    }
     drop(replica);
     drop(data_dir);
     tracing::info!("replica {} stopped", config.id);

@@ -151,7 +151,11 @@ pub fn router(api: Arc<ApiState>) -> Router {
         .with_state(api)
 }
 
-async fn not_found(request: Request) -> ApiError {
+async fn not_found(
+    axum::extract::State(api): axum::extract::State<Arc<ApiState>>,
+    request: Request,
+) -> ApiError {
+    api.metrics.unmatched(request.method());
     ApiError::NotFound(format!(
         "no route for {} {}",
         request.method(),

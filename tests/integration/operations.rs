@@ -456,6 +456,15 @@ async fn metrics_are_prometheus_text_with_the_operational_series() {
             .await
             .unwrap();
     }
+    // Paths no route serves are counted under one route label, whatever the path.
+    for wrong in ["/upcall/v2/validate", "/upcall/v1/validate/x"] {
+        let answer = http
+            .post(format!("{}{wrong}", cluster.url(leader)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 404);
+    }
     // A snapshot was built on the leader, and its duration is there.
     let metrics_of = |id: u64| {
         let http = http.clone();
@@ -529,6 +538,12 @@ async fn metrics_are_prometheus_text_with_the_operational_series() {
                 "{text}"
             );
             assert!(text.contains("route=\"/debug/v1/attach-hook\""), "{text}");
+            assert!(
+                text.lines().any(|l| l
+                    == "psc_http_requests_total{method=\"POST\",route=\"unmatched\",status=\"404\"} 2"),
+                "{text}"
+            );
+            assert!(!text.contains("/upcall/v2/validate"), "{text}");
             // Requests by route, method and status: the five attaches forwarded to the
             // leader were answered 200 there.
             let attaches: f64 = text
