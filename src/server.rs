@@ -614,6 +614,15 @@ pub async fn serve(
     // could still campaign would, every election timeout until it exits (up to the
     // drain), and start again with a term high enough to depose the leader.
     replica.raft().runtime_config().elect(false);
+    // A campaign under way when the stop came may have been won since: hand over again.
+    hand_leadership_away(&replica, &membership, config.handoff).await;
+    if replica.is_leader() {
+        // Its listener refuses new connections from here on, so the followers cannot
+        // reach it; silent, it lets their leases run out and they elect another leader
+        // during the drain instead of after the exit.
+        tracing::warn!("still leading after the handover attempts: stopping heartbeats so the others elect a leader");
+        replica.raft().runtime_config().heartbeat(false);
+    }
     tracing::info!("shutting down: draining in-flight requests");
     handle.graceful_shutdown(Some(config.drain));
     match tokio::time::timeout(config.drain + Duration::from_secs(1), server).await {
