@@ -609,13 +609,16 @@ pub async fn serve(
     .await?;
     tokio::spawn(reloader.run(security.reload_every, stop.clone()));
     stop.cancelled().await;
-    hand_leadership_away(&replica, &membership, config.handoff).await;
+    let handed = hand_leadership_away(&replica, &membership, config.handoff).await;
     // Draining stops new connections, the leader's heartbeats included: a replica that
     // could still campaign would, every election timeout until it exits (up to the
     // drain), and start again with a term high enough to depose the leader.
     replica.raft().runtime_config().elect(false);
-    // A campaign under way when the stop came may have been won since: hand over again.
-    hand_leadership_away(&replica, &membership, config.handoff).await;
+    // A campaign under way when the stop came may have been won since: hand over now
+    // (once: a leader whose handover failed above would fail the same way again).
+    if !handed {
+        hand_leadership_away(&replica, &membership, config.handoff).await;
+    }
     if replica.is_leader() {
         // Its listener refuses new connections from here on, so the followers cannot
         // reach it; silent, it lets their leases run out and they elect another leader
@@ -686,13 +689,19 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// On the way out, a leader hands leadership to the most up-to-date voter so the cluster
 /// does not wait an election timeout (a rolling restart then costs no election).
-async fn hand_leadership_away(replica: &Replica, membership: &Membership, within: Duration) {
+/// Hands leadership to another voter if this replica leads; whether it tried.
+async fn hand_leadership_away(
+    replica: &Replica,
+    membership: &Membership,
+    within: Duration,
+) -> bool {
     if !replica.is_leader() {
-        return;
+        return false;
     }
     if let Err(e) = membership.step_down(within).await {
         tracing::warn!(error = %e, "could not hand leadership over before stopping; the other voters elect a leader once a quorum of them runs");
     }
+    true
 }
 
 /// The replica a joining one asks to be added through.

@@ -425,10 +425,11 @@ where
                     path: self.path.to_string(),
                     reason: format!("last purged id: {reason}"),
                 })?;
-        if let Some(purged) = purged.filter(|purged| !snapshot.covers(purged.index)) {
+        let last = snapshot.last_index();
+        if let Some(purged) = purged.filter(|p| last.is_none_or(|last| last < p.index)) {
             return Err(LogOpenError::PurgedPastSnapshot {
                 purged: purged.index,
-                snapshot: snapshot.last_index(),
+                snapshot: last,
             });
         }
         self.snapshot = Some(snapshot);

@@ -229,14 +229,7 @@ pub fn check_torn(per_shard: &BTreeMap<TenantShardId, Vec<TenantOp>>, out: &mut 
                     let entry = bounds
                         .entry(r.op)
                         .or_insert((Rule::TornValidate, None, None));
-                    let bound = Bound {
-                        shard: *shard,
-                        op: raiser.op,
-                        time_us: raiser.call_us,
-                    };
-                    if entry.1.is_none_or(|b| b.time_us < bound.time_us) {
-                        entry.1 = Some(bound);
-                    }
+                    keep_latest(&mut entry.1, Bound::call_of(*shard, raiser));
                 }
                 continue;
             }
@@ -289,14 +282,7 @@ pub fn check_torn(per_shard: &BTreeMap<TenantShardId, Vec<TenantOp>>, out: &mut 
                     if !exact {
                         continue;
                     }
-                    let bound = Bound {
-                        shard: *shard,
-                        op: o.op,
-                        time_us: o.call_us,
-                    };
-                    if entry.1.is_none_or(|b| b.time_us < bound.time_us) {
-                        entry.1 = Some(bound);
-                    }
+                    keep_latest(&mut entry.1, Bound::call_of(*shard, o));
                 } else if seen >= later_from {
                     let bound = Bound {
                         shard: *shard,
@@ -335,6 +321,24 @@ pub fn check_torn(per_shard: &BTreeMap<TenantShardId, Vec<TenantOp>>, out: &mut 
                 ),
             });
         }
+    }
+}
+
+impl Bound {
+    /// The call of `op`, on `shard`.
+    fn call_of(shard: TenantShardId, op: &TenantOp) -> Bound {
+        Bound {
+            shard,
+            op: op.op,
+            time_us: op.call_us,
+        }
+    }
+}
+
+/// Keeps in `slot` the later of it and `bound` (lower bounds: the latest one binds).
+fn keep_latest(slot: &mut Option<Bound>, bound: Bound) {
+    if slot.is_none_or(|b| b.time_us < bound.time_us) {
+        *slot = Some(bound);
     }
 }
 
