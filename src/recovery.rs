@@ -208,7 +208,12 @@ pub async fn recover(
             .context("this replica is not in the last membership it saw; pass --advertise-url")?,
     };
     let raised = raise(&mut registry, bump)?;
-    let term = vote.leader_id().term.max(last.leader_id.term);
+    // A term above any the survivor saw, so the seeded snapshot's log id is above every
+    // entry of the old log: were `recover` cut short after writing the snapshot and before
+    // the log's reset was durable, the replica's start purges the old entries the
+    // snapshot replaces (it purges a log that ends below the applied state) rather than
+    // keeping them beside it, to be sent to members that join.
+    let term = vote.leader_id().term.max(last.leader_id.term) + 1;
     // The seeded snapshot takes the place of everything up to `last`.
     let last = LogId::new(CommittedLeaderId::new(term, id), last.index.max(1));
     // The new identity goes first: cut short after it, the replica is one of a cluster

@@ -474,12 +474,19 @@ where
         self.watermark
             .lower(self.mark()?.floor(&new))
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        self.log
-            .clear()
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        // The purge point first, and the entries in one batch after it (sled's `clear`
+        // removes them one by one, and a crash part way would leave a hole): a crash in
+        // between leaves entries below the purge point, which are never read.
         self.write_meta(LAST_PURGED, &last, ErrorSubject::Logs)?;
         self.write_meta(COMMITTED, &last, ErrorSubject::Store)?;
         self.write_meta(VOTE, &vote, ErrorSubject::Vote)?;
+        let mut batch = sled::Batch::default();
+        for item in self.log.iter().keys() {
+            batch.remove(item.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
         self.watermark.wrote_vote(vote);
         self.watermark.wrote_last(last);
         self.flush(ErrorSubject::Logs).await
@@ -733,6 +740,9 @@ where
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<()> {
         self.wait_for_snapshot_on_disk(log_id).await?;
         tracing::debug!(upto = %log_id, "purging the log");
+        self.watermark
+            .before_purge(log_id)
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         // Record the purge point first: a crash in between leaves extra entries below it,
         // which are never read, rather than a hole above it.
         self.write_meta(LAST_PURGED, &log_id, ErrorSubject::Logs)?;

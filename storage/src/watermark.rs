@@ -68,7 +68,7 @@ impl Mark {
     }
 
     /// A mark no higher than either: the earlier vote and the shorter log (none where
-    /// either has none, or where the votes are of different candidates in one term).
+    /// either has none).
     pub fn floor(&self, other: &Mark) -> Mark {
         let vote = match (self.vote, other.vote) {
             (Some(a), Some(b)) if succeeds(&a, &b) => Some(b),
@@ -105,17 +105,16 @@ pub(crate) enum Recorded {
     Valid(Mark),
 }
 
-/// Whether a replica that durably stored `earlier` may later store `later`: a later term,
-/// or the same vote (perhaps committed since). Another candidate in the same term is not:
-/// that would be a second vote in one term. (Written out rather than with `Vote`'s
-/// `PartialOrd`, which panics on two committed votes of one term for different leaders:
-/// exactly what a damaged file could hold.)
+/// Whether a replica that durably stored `earlier` may later store `later`, in the order
+/// openraft grants votes in: by leader id, term then candidate (this build has no
+/// `single-term-leader`, so a voter that voted for candidate 2 in a term may vote for
+/// candidate 3 in the same term, never back for 2 after 3), then committed after not.
+/// (Written out rather than with `Vote`'s `PartialOrd`, whose rules for two committed
+/// votes of one term depend on that feature.)
 fn succeeds(later: &Vote<u64>, earlier: &Vote<u64>) -> bool {
     let (l, e) = (later.leader_id(), earlier.leader_id());
-    l.term > e.term
-        || (l.term == e.term
-            && l.node_id == e.node_id
-            && later.is_committed() >= earlier.is_committed())
+    let (l, e) = ((l.term, l.node_id), (e.term, e.node_id));
+    l > e || (l == e && later.is_committed() >= earlier.is_committed())
 }
 
 /// The record's file and the mark of what has been written to sled so far.
@@ -202,6 +201,23 @@ impl Watermark {
         if position(&state.written.last) < position(&Some(last)) {
             state.written.last = Some(last);
         }
+    }
+
+    /// Before a purge up to `purged` deletes entries: where every entry left goes (the
+    /// log then ends at `purged`) and the last one is of a later term (an entry a deposed
+    /// leader wrote that the committed log, now in a snapshot, replaced), the log ends
+    /// lower than recorded once the purge is done. Lowered durably first, as before a
+    /// truncation; otherwise nothing.
+    pub(crate) fn before_purge(&self, purged: LogId<u64>) -> io::Result<()> {
+        let written = self.written();
+        let emptied = written.last.is_none_or(|last| last.index <= purged.index);
+        if emptied && position(&Some(purged)) < position(&written.last) {
+            return self.lower(Mark {
+                vote: written.vote,
+                last: Some(purged),
+            });
+        }
+        Ok(())
     }
 
     /// What sled holds so far.
@@ -309,22 +325,28 @@ mod tests {
         assert!(Mark::default().shortfall(&recorded).is_some());
         let older_vote = mark(2, Some(10)).shortfall(&recorded).unwrap();
         assert!(older_vote.contains("durably voted"), "{older_vote}");
-        // Another candidate's vote in the same term: a second vote in one term.
+        // In one term, openraft grants a candidate of a higher id after a lower one (two
+        // candidates timed out together), never the other way.
         for committed in [false, true] {
             let vote = |node| {
                 let mut vote = Vote::new(3, node);
                 vote.committed = committed;
                 Some(vote)
             };
-            let other = Mark {
-                vote: vote(2),
-                last: Some(id(3, 10)),
-            };
-            let recorded = Mark {
-                vote: vote(1),
-                last: Some(id(3, 10)),
-            };
-            assert!(other.shortfall(&recorded).is_some());
+            let (lower, higher) = (
+                Mark {
+                    vote: vote(1),
+                    last: Some(id(3, 10)),
+                },
+                Mark {
+                    vote: vote(2),
+                    last: Some(id(3, 10)),
+                },
+            );
+            assert_eq!(higher.shortfall(&lower), None);
+            let back = lower.shortfall(&higher).unwrap();
+            assert!(back.contains("durably voted"), "{back}");
+            assert_eq!(lower.floor(&higher), lower);
         }
         // The same vote, committed since: fine; uncommitted again: not.
         let uncommitted = Mark {
@@ -384,5 +406,34 @@ mod tests {
             panic!("no valid record");
         };
         assert_eq!(recorded.last, Some(id(2, 90)));
+    }
+
+    #[test]
+    fn a_purge_past_a_later_terms_entries_lowers_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.watermark");
+        let watermark = Watermark::open(&path).unwrap();
+        // The log ends with an entry of term 5 that the committed log replaced; a snapshot
+        // of term 4 reaching past it is installed and the log purged up to it.
+        let vote = Some(Vote::new_committed(6, 2));
+        watermark
+            .start(Mark {
+                vote,
+                last: Some(id(5, 10)),
+            })
+            .unwrap();
+        // A purge that leaves the last entry changes nothing.
+        watermark.before_purge(id(4, 9)).unwrap();
+        assert_eq!(watermark.written().last, Some(id(5, 10)));
+        watermark.before_purge(id(4, 12)).unwrap();
+        let after = Mark {
+            vote,
+            last: Some(id(4, 12)),
+        };
+        assert_eq!(Watermark::read(&path).unwrap(), Recorded::Valid(after));
+        assert_eq!(after.shortfall(&after), None);
+        // A purge in the same or a later term needs nothing lowered.
+        watermark.before_purge(id(6, 20)).unwrap();
+        assert_eq!(Watermark::read(&path).unwrap(), Recorded::Valid(after));
     }
 }
