@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{to_bytes, Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use controller_raft::transport::{error_text, PeerHttp};
@@ -172,12 +172,17 @@ pub async fn route_to_leader(
     let (parts, body) = request.into_parts();
     let body = match to_bytes(body, api.limits.body_bytes).await {
         Ok(body) => body,
-        Err(_) => {
+        Err(e) if over_limit(&e) => {
             return ApiError::PayloadTooLarge(format!(
                 "request body is larger than {} bytes",
                 api.limits.body_bytes
             ))
             .into_response()
+        }
+        // Cut short, or badly chunked: the client's fault, but not for its size.
+        Err(e) => {
+            return ApiError::BadRequest(format!("could not read the request body: {e}"))
+                .into_response()
         }
     };
     let forwarded_by = parts.headers.get(FORWARDED_BY_HEADER).cloned();
@@ -189,6 +194,19 @@ pub async fn route_to_leader(
     // A cluster operation forwarded without an answer may have been applied: re-sent,
     // it says so, and a final 503 must not claim that nothing was applied.
     let mut maybe_applied = false;
+    // A final answer that would say "nothing was applied", unless an earlier attempt of
+    // this request may have been.
+    let unavailable = |maybe_applied: bool, problem: String| {
+        if maybe_applied {
+            ApiError::Indeterminate(format!(
+                "{problem}; an earlier attempt got no answer and may have been applied; check \
+                 `cluster status`, then retry (cluster operations are safe to repeat)"
+            ))
+        } else {
+            ApiError::Unavailable(problem)
+        }
+        .into_response()
+    };
     loop {
         let silence = replica.quorum_silence();
         match replica.leader() {
@@ -204,16 +222,23 @@ pub async fn route_to_leader(
                 }
                 // Short of the full wait: if it is cut off, no answer comes from here.
                 if started.elapsed() >= replica.lease() {
-                    return ApiError::Unavailable(format!(
-                        "{problem}; retry, another replica may answer"
-                    ))
-                    .into_response();
+                    return unavailable(
+                        maybe_applied,
+                        format!("{problem}; retry, another replica may answer"),
+                    );
                 }
                 last_problem = problem;
             }
             Some((leader, _)) if leader == replica.id() || routing.policy == Policy::Read => {
                 let mut local = Request::from_parts(clone_parts(&parts), Body::from(body.clone()));
                 local.extensions_mut().clone_from(&parts.extensions);
+                // Leadership came here after a forwarded attempt got no answer: the handler
+                // must know, as the leader it was forwarded to would have.
+                if maybe_applied {
+                    local
+                        .headers_mut()
+                        .insert(RESENT_HEADER, HeaderValue::from_static("1"));
+                }
                 let response = next.clone().run(local).await;
                 if !response.headers().contains_key(NOT_LEADER_HEADER) || forwarded_by.is_some() {
                     return response;
@@ -242,7 +267,7 @@ pub async fn route_to_leader(
                 let resent;
                 let headers = if maybe_applied {
                     let mut marked = parts.headers.clone();
-                    marked.insert(RESENT_HEADER, axum::http::HeaderValue::from_static("1"));
+                    marked.insert(RESENT_HEADER, HeaderValue::from_static("1"));
                     resent = marked;
                     &resent
                 } else {
@@ -258,10 +283,11 @@ pub async fn route_to_leader(
                 );
                 // A leader cut off from this replica may hold a client's request until the
                 // timeout; once another leader is known, stop waiting for it. (Cluster
-                // operations may move the leadership themselves: they wait.)
+                // operations may move the leadership themselves: they wait; a backup, a
+                // read, does not.)
                 let moved =
                     crate::replica::leader_moved(replica.metrics(), leader, replica.lease());
-                let abandon = routing.policy != Policy::Retryable;
+                let abandon = routing.policy != Policy::Retryable || parts.method == Method::GET;
                 // `None`: it lost its leadership before answering, and was not waited for.
                 let answer = tokio::select! {
                     answer = forward => Some(answer),
@@ -305,27 +331,20 @@ pub async fn route_to_leader(
             // after the whole wait.
             None => {
                 if let Some(removed) = super::cluster::removed_status(replica) {
-                    return ApiError::Unavailable(removed.explain(replica.id())).into_response();
+                    return unavailable(maybe_applied, removed.explain(replica.id()));
                 }
             }
         }
         let now = Instant::now();
-        if now >= deadline && maybe_applied {
-            return ApiError::Indeterminate(format!(
-                "no leader answered within {:?} ({last_problem}); an earlier attempt got no \
-                 answer and may have been applied; check `cluster status`, then retry (cluster \
-                 operations are safe to repeat)",
-                api.leader_wait
-            ))
-            .into_response();
-        }
         if now >= deadline {
-            return ApiError::Unavailable(format!(
-                "no leader could serve the request within {:?} ({last_problem}); the cluster \
-                 may be electing a leader or may have lost its quorum; retry",
-                api.leader_wait
-            ))
-            .into_response();
+            return unavailable(
+                maybe_applied,
+                format!(
+                    "no leader could serve the request within {:?} ({last_problem}); the cluster \
+                     may be electing a leader or may have lost its quorum; retry",
+                    api.leader_wait
+                ),
+            );
         }
         // Wake on a leadership change, or poll: a forwarded "not the leader" may be news
         // the local metrics have not caught up with yet.
@@ -393,4 +412,17 @@ impl crate::replica::LeaderReadIndex for Forwarder {
                 .map_err(|e| format!("decoding leader {leader}'s read index: {e}"))
         })
     }
+}
+
+/// Whether reading a body failed on the size limit (rather than a body cut short or
+/// badly framed, which is no reason to tell the client to send less).
+fn over_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use pageserver_controller::auth::{generate_key_pair, mint, Scope, TOKEN_ENV};
@@ -593,6 +594,31 @@ async fn oversized_and_malformed_bodies_get_clear_errors() {
             body["msg"].as_str().unwrap().contains("too large")
                 || body["msg"].as_str().unwrap().contains("larger than"),
             "{body}"
+        );
+
+        // Badly framed (a chunk size that is not hex): the body cannot be read, which
+        // is not a matter of its size.
+        let mut stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        let request = format!(
+            "POST /upcall/v1/validate HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {admin}\r\n\
+             content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{{}}\r\n0\r\n\r\n"
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer),
+        )
+        .await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 400")
+                && answer.contains("could not read the request body"),
+            "{answer}"
         );
 
         let many = serde_json::json!({"tenants": (0..101).map(|i| serde_json::json!({"id": shard(i).to_string(), "gen": 1})).collect::<Vec<_>>()});
