@@ -32,7 +32,9 @@
 //!   every member without a log, it knows no member held data, so it cannot be a member
 //!   that lost some, even if the others form the cluster before it starts Raft. Like
 //!   Consul's and rqlite's `bootstrap-expect`, a new cluster forms only once all its
-//!   initial members are up.
+//!   initial members are up. Pods past the initial members are asked as well, over
+//!   [`BOOTSTRAP_QUIET`] and until the bootstrap: one of them running a cluster means
+//!   the initial members all lost their disks, and they join it instead.
 //! - Empty, and a peer answers with a running cluster (a leader, or log entries) before
 //!   that: the pod joins it, as a learner that catches up before it votes. If the cluster
 //!   still lists this id, the pod lost its data (or was scaled away without `cluster
@@ -317,6 +319,13 @@ fn hostname() -> anyhow::Result<String> {
 /// generations the first already gave.
 pub const LATER_PODS_ASKED: u32 = 16;
 
+/// How long an initial member that found no running cluster keeps asking before it
+/// bootstraps, when pods past the initial members are asked: every initial member lost
+/// its disk while the cluster runs on later pods that are restarting (one poll that
+/// found none of them answering is not enough to start a second cluster under the same
+/// id). Until it bootstraps, it also switches to joining the moment one answers.
+pub const BOOTSTRAP_QUIET: Duration = Duration::from_secs(10);
+
 /// How a pod with an empty data dir comes to life.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FreshStart {
@@ -473,7 +482,9 @@ pub async fn settle(
         )
         .await
     };
-    let start = loop {
+    // Since when every poll has called for a bootstrap (see [`BOOTSTRAP_QUIET`]).
+    let mut bootstrap_since = None::<Instant>;
+    let mut start = loop {
         let answers = ask().await?;
         let due = |every: Duration| last_report.is_none_or(|at: Instant| at.elapsed() >= every);
         let decided = decide_fresh_start(
@@ -486,8 +497,19 @@ pub async fn settle(
         );
         room.saw(&seen_fresh);
         match decided {
+            Some(FreshStart::Bootstrap)
+                if !later.is_empty()
+                    && bootstrap_since
+                        .get_or_insert_with(|| {
+                            tracing::info!(quiet = ?BOOTSTRAP_QUIET,
+                                "no running cluster found: bootstrapping unless a later pod answers running one meanwhile");
+                            Instant::now()
+                        })
+                        .elapsed()
+                        < BOOTSTRAP_QUIET => {}
             Some(decided) => break decided,
             None => {
+                bootstrap_since = None;
                 if due(Duration::from_secs(10)) {
                     last_report = Some(Instant::now());
                     let missing: Vec<&String> =
@@ -509,32 +531,46 @@ pub async fn settle(
         }
         tokio::time::sleep(POLL).await;
     };
-    match start {
-        FreshStart::Bootstrap => {
-            tracing::info!(waited = ?started.elapsed(),
-                "every initial member is up without a log: bootstrapping a new cluster once each has seen this one");
-            let own_url = placement.advertise_url()?.unwrap_or_default();
-            let lingered = Instant::now();
-            let mut seen_by = BTreeSet::new();
-            loop {
-                let answers = ask().await?;
-                note_seen_by(&own_url, &mut seen_by, &answers);
-                let missing: Vec<&String> =
-                    peers.iter().filter(|p| !seen_by.contains(*p)).collect();
-                if missing.is_empty() {
-                    break;
-                }
-                if lingered.elapsed() >= LINGER_MAX {
-                    tracing::warn!(not_seen_by = ?missing,
-                        "bootstrapping although these initial members have not seen this one yet: they \
-                         may wait for it until restarted with an empty data dir, unless the others form \
-                         the cluster without them");
-                    break;
-                }
-                tokio::time::sleep(POLL).await;
+    if let FreshStart::Bootstrap = start {
+        tracing::info!(waited = ?started.elapsed(),
+            "every initial member is up without a log: bootstrapping a new cluster once each has seen this one");
+        let own_url = placement.advertise_url()?.unwrap_or_default();
+        let lingered = Instant::now();
+        let mut seen_by = BTreeSet::new();
+        loop {
+            let answers = ask().await?;
+            // A later pod that answers now runs the cluster after all: join it.
+            if let Some(join) = decide_fresh_start(
+                placement,
+                &peers,
+                may_bootstrap,
+                &cluster_id,
+                &mut seen_fresh,
+                &answers,
+            )
+            .filter(|d| *d != FreshStart::Bootstrap)
+            {
+                tracing::warn!(decided = ?join, "a running cluster answered before this pod bootstrapped: not bootstrapping");
+                start = join;
+                break;
             }
-            config.join = None;
+            note_seen_by(&own_url, &mut seen_by, &answers);
+            let missing: Vec<&String> = peers.iter().filter(|p| !seen_by.contains(*p)).collect();
+            if missing.is_empty() {
+                break;
+            }
+            if lingered.elapsed() >= LINGER_MAX {
+                tracing::warn!(not_seen_by = ?missing,
+                    "bootstrapping although these initial members have not seen this one yet: they \
+                     may wait for it until restarted with an empty data dir, unless the others form \
+                     the cluster without them");
+                break;
+            }
+            tokio::time::sleep(POLL).await;
         }
+    }
+    match start {
+        FreshStart::Bootstrap => config.join = None,
         FreshStart::Join { via } => {
             tracing::info!(%via, "empty data dir: joining the running cluster");
             config.initial_cluster.clear();

@@ -1101,12 +1101,10 @@ async fn a_change_whose_caller_gave_up_is_finished_by_the_leader() {
     let mut voters = vec![leader, down];
     voters.sort_unstable();
     cluster.wait_for_voters(&voters).await;
-    assert!(
-        cluster
-            .log_of(leader)
-            .contains("finished a membership change left half done"),
-        "the leader did not finish it"
-    );
+    // Logged once the change returns, a moment after the members see it.
+    cluster
+        .wait_for_log(leader, "finished a membership change left half done", 1)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1511,6 +1509,51 @@ async fn the_only_initial_pod_rejoins_the_cluster_it_grew_into_after_losing_its_
     .expect("an attach after it rejoined");
     assert!(after > before, "generation {after:?} after {before:?}");
     // Its log holds both lives: one bootstrap only, the first.
+    let bootstraps = cluster
+        .log_of(1)
+        .matches("bootstrapping a new cluster once each has seen this one")
+        .count();
+    assert_eq!(bootstraps, 1);
+}
+
+/// As above, but the later pods are down too when the initial pod comes back on its
+/// empty volume (a node restarted them all): finding nothing running at first, it keeps
+/// asking for a while before it bootstraps, and joins them when they answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_only_initial_pod_waits_for_later_pods_that_restart_with_it() {
+    let mut cluster = TestCluster::pods(3, &[], None, None).with_initial_pods(1);
+    cluster.launch(1);
+    cluster.wait_for_leader().await;
+    cluster.launch(2);
+    cluster.launch(3);
+    cluster.wait_for_voters(&[1, 2, 3]).await;
+    let before = retried(|| {
+        let client = cluster.client(1);
+        async move { client.attach_hook(shard(0), Some(NodeId(1)), None).await }
+    })
+    .await
+    .expect("an attach before the volume is lost");
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    cluster.wipe(1);
+    cluster.launch(1);
+    cluster
+        .wait_for_log(1, "no running cluster found: bootstrapping unless", 1)
+        .await;
+    cluster.launch(2);
+    cluster.launch(3);
+    cluster
+        .wait_for_log(1, "removed from the running cluster: joining it again", 1)
+        .await;
+    cluster.wait_for_voters(&[1, 2, 3]).await;
+    let after = retried(|| {
+        let client = cluster.client(1);
+        async move { client.attach_hook(shard(0), Some(NodeId(1)), None).await }
+    })
+    .await
+    .expect("an attach after it rejoined");
+    assert!(after > before, "generation {after:?} after {before:?}");
     let bootstraps = cluster
         .log_of(1)
         .matches("bootstrapping a new cluster once each has seen this one")
