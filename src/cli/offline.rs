@@ -28,7 +28,7 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub data_dir: PathBuf,
     /// Replica id of that first replica.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub id: u64,
     /// The URL its peers will reach it at (what `serve --advertise-url` would say).
     #[arg(long)]
@@ -49,7 +49,7 @@ pub struct RecoverArgs {
     #[arg(long)]
     pub data_dir: PathBuf,
     /// That replica's id.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub id: u64,
     /// The URL peers will reach it at (default: what the membership last said).
     #[arg(long)]
@@ -103,10 +103,13 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         seeded.shards, seeded.cluster_id, args.id, member, seeded.raised, args.generation_bump
     );
     println!(
-        "next: pageserver-controller serve --id {} --data-dir {} --listen ... , then add members with serve --join {}",
+        "next: pageserver-controller serve --id {} --data-dir {} --cluster-name {} --listen ... , then add \
+         members with serve --join {} --cluster-name {}",
         args.id,
         args.data_dir.display(),
-        member
+        args.cluster_name,
+        member,
+        args.cluster_name
     );
     Ok(())
 }

@@ -228,15 +228,28 @@ impl ServeArgs {
             }
             (None, _) => BTreeMap::new(),
         };
+        // First: a listener open to anyone is refused before anything else is checked.
+        let security = self.security()?;
         let derived_url = match &placement {
             Some(placement) => placement.advertise_url()?,
             None => None,
         };
-        let advertise_url = self
-            .advertise_url
-            .clone()
-            .or(derived_url)
-            .unwrap_or_else(|| format!("http://{}", self.listen));
+        let advertise_url = match self.advertise_url.clone().or(derived_url) {
+            // As the membership stores it (no trailing slash): compared with the stored
+            // URL when the replica starts again and finds itself listed.
+            Some(url) => Member::parse(&url)
+                .map_err(|e| anyhow::anyhow!("--advertise-url: {e}"))?
+                .url,
+            None if self.listen.ip().is_unspecified() => bail!(
+                "--listen {} is every address, which peers cannot dial: pass --advertise-url with the \
+                 address they reach this replica at",
+                self.listen
+            ),
+            None => format!("http://{}", self.listen),
+        };
+        if self.tls_cert.is_some() && !advertise_url.starts_with("https://") {
+            tracing::warn!(%advertise_url, "--tls-cert is set but this replica advertises a URL that is not https://; peers will not reach it");
+        }
         if let Some(listed) = initial_cluster.get(&id) {
             if listed.url != Member::new(&advertise_url).url {
                 tracing::warn!(listed = %listed, advertised = %advertise_url,
@@ -277,7 +290,7 @@ impl ServeArgs {
             cache_bytes: self.cache_mb << 20,
             drain: DRAIN,
             handoff: Duration::from_millis(self.handoff_timeout_ms),
-            security: self.security()?,
+            security,
         })
     }
 
@@ -300,15 +313,6 @@ impl ServeArgs {
                  Security), or --insecure-no-auth if the network is trusted",
                 self.listen
             );
-        }
-        if self.tls_cert.is_some()
-            && !self
-                .advertise_url
-                .as_deref()
-                .unwrap_or("")
-                .starts_with("https://")
-        {
-            tracing::warn!("--tls-cert is set but --advertise-url is not https://; peers will not reach this replica");
         }
         Ok(Security {
             keys,
