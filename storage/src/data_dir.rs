@@ -72,6 +72,13 @@ pub enum DataDirError {
         expected: u64,
         found: u64,
     },
+    #[error(
+        "data dir {path} has no log/ but holds {remains}, which only a replica that had a log \
+         writes: the log was deleted. Refusing to start with an empty log (it would forget its \
+         vote and the entries it acknowledged); replace the data dir (README: replace a \
+         replica whose disk is lost)"
+    )]
+    MissingLog { path: PathBuf, remains: String },
     #[error("data dir {path} belongs to cluster {found:?}, not {expected:?}; refusing to start")]
     WrongCluster {
         path: PathBuf,
@@ -154,8 +161,15 @@ impl DataDir {
         let bytes = serde_json::to_vec_pretty(&identity).expect("identity serializes");
         write_atomically(&root.join(IDENTITY_FILE), &bytes).map_err(io_err(root))?;
         if let Some(parent) = root.parent() {
-            // The data dir's own entry in its parent must survive a crash too.
-            let _ = sync_dir(parent);
+            // The data dir's own entry in its parent must survive a crash too: a power
+            // loss that took it away would take everything acknowledged in it later.
+            sync_dir(parent).map_err(|e| DataDirError::Io {
+                path: parent.to_owned(),
+                source: io::Error::new(
+                    e.kind(),
+                    format!("could not fsync the parent of the new data dir: {e}"),
+                ),
+            })?;
         }
         tracing::info!(path = %root.display(), replica = identity.replica_id, cluster = %identity.cluster_id, "created data dir");
         Ok(DataDir {
@@ -193,10 +207,36 @@ impl DataDir {
             }
         }
         let lock = Self::lock(root)?;
-        Ok(DataDir {
+        let dir = DataDir {
             root: root.to_owned(),
             identity,
             _lock: lock,
+        };
+        dir.check_log_present()?;
+        Ok(dir)
+    }
+
+    /// A missing `log/` is created at start (its first creation may have been cut short),
+    /// unless files that are written only after it exist: its watermark, or a snapshot.
+    fn check_log_present(&self) -> Result<(), DataDirError> {
+        let log = self.log_path();
+        if log.exists() {
+            return Ok(());
+        }
+        let remains = [
+            crate::watermark::Watermark::path_for(&log),
+            self.snapshot_path().join(crate::snapshot::CURRENT),
+        ]
+        .into_iter()
+        .filter(|path| path.exists())
+        .map(|path| path.display().to_string())
+        .collect::<Vec<_>>();
+        if remains.is_empty() {
+            return Ok(());
+        }
+        Err(DataDirError::MissingLog {
+            path: self.root.clone(),
+            remains: remains.join(" and "),
         })
     }
 
@@ -330,6 +370,37 @@ mod tests {
         drop(DataDir::create(&root, identity(1)).unwrap());
         let dir = DataDir::open(&root, 1, Some("c1")).unwrap();
         assert_eq!(dir.identity(), &identity(1));
+    }
+
+    #[test]
+    fn a_deleted_log_is_refused_when_what_follows_it_remains() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("r1");
+        let dir = DataDir::create(&root, identity(1)).unwrap();
+        let (log, snapshot) = (dir.log_path(), dir.snapshot_path());
+        drop(dir);
+        // No log yet and nothing after it: a first start cut short, opened as before.
+        fs::create_dir_all(&snapshot).unwrap();
+        drop(DataDir::open(&root, 1, Some("c1")).unwrap());
+        for remains in [
+            crate::watermark::Watermark::path_for(&log),
+            snapshot.join(crate::snapshot::CURRENT),
+        ] {
+            fs::write(&remains, b"x").unwrap();
+            let refused = DataDir::open(&root, 1, Some("c1")).unwrap_err();
+            assert!(
+                matches!(refused, DataDirError::MissingLog { .. }),
+                "{refused}"
+            );
+            assert!(
+                refused.to_string().contains("the log was deleted"),
+                "{refused}"
+            );
+            fs::create_dir(&log).unwrap();
+            drop(DataDir::open(&root, 1, Some("c1")).unwrap());
+            fs::remove_dir(&log).unwrap();
+            fs::remove_file(&remains).unwrap();
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::data_dir::write_atomically;
 const MAGIC: &[u8; 8] = b"PSCSNAP\0";
 const SNAPSHOT_FORMAT: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 8 + 4;
-const CURRENT: &str = "current.snap";
+pub(crate) const CURRENT: &str = "current.snap";
 
 pub type Meta = SnapshotMeta<u64, Member>;
 
@@ -95,12 +95,13 @@ impl SnapshotDir {
         };
         if !dir.is_dir() {
             fs::create_dir_all(dir).map_err(io)?;
-            // The directory's entry in its parent must be durable before a snapshot in it
-            // lets the log be purged: otherwise a power loss keeps the purge and loses the
-            // snapshot, and the replica cannot start.
-            if let Some(parent) = dir.parent() {
-                crate::data_dir::sync_dir(parent).map_err(io)?;
-            }
+        }
+        // The directory's entry in its parent must be durable before a snapshot in it
+        // lets the log be purged: otherwise a power loss keeps the purge and loses the
+        // snapshot, and the replica cannot start. On every open, not only the one that
+        // created it: a crash may have come between the creation and its fsync.
+        if let Some(parent) = dir.parent() {
+            crate::data_dir::sync_dir(parent).map_err(io)?;
         }
         // Leftovers of an interrupted write or receive are never valid snapshots.
         for entry in fs::read_dir(dir).map_err(io)? {
