@@ -262,20 +262,16 @@ async fn cluster_to_join(
                 status.cluster_name,
                 config.cluster_name
             ),
-            Ok(status)
-                if status
-                    .members
-                    .iter()
-                    .any(|m| m.id == config.id && m.url != config.advertise_url) =>
-            {
-                bail!(
-                    "replica id {} is already a member of cluster {} at another URL; remove it first or pick \
-                     another id",
-                    config.id,
-                    status.cluster_id
-                )
-            }
             Ok(status) => match leaders_view(&status, http, peer_token.clone()).await {
+                // Checked in both views: the replica asked first may lag behind the
+                // leader, and leaving to rejoin would remove the live replica that holds
+                // this id.
+                _ if listed_elsewhere(&status, config).is_some() => {
+                    bail!(listed_elsewhere(&status, config).unwrap_or_default())
+                }
+                Some((view, _)) if listed_elsewhere(&view, config).is_some() => {
+                    bail!(listed_elsewhere(&view, config).unwrap_or_default())
+                }
                 Some((view, leader_url)) => {
                     tracing::info!(%url, cluster = %view.cluster_id, leader = view.replica_id, "joining a running cluster");
                     return Ok((view, leader_url));
@@ -295,6 +291,20 @@ async fn cluster_to_join(
             Err(e) => bail!("could not reach {url} to join its cluster: {e}"),
         }
     }
+}
+
+/// Why joining is refused, if `status` lists this replica's id at another URL than the
+/// one it advertises: another replica holds that id.
+fn listed_elsewhere(status: &ClusterStatus, config: &ServeConfig) -> Option<String> {
+    let member = status
+        .members
+        .iter()
+        .find(|m| m.id == config.id && m.url != config.advertise_url)?;
+    Some(format!(
+        "replica id {} is already a member of cluster {} at another URL ({}, this replica \
+         advertises {}); remove it first or pick another id",
+        config.id, status.cluster_id, member.url, config.advertise_url
+    ))
 }
 
 /// The cluster's status as its leader answers it, given another replica's `status`, and
@@ -624,7 +634,7 @@ pub async fn serve(
         // reach it; silent, it lets their leases run out and they elect another leader
         // during the drain instead of after the exit.
         tracing::warn!("still leading after the handover attempts: stopping heartbeats so the others elect a leader");
-        replica.raft().runtime_config().heartbeat(false);
+        replica.fall_silent();
     }
     tracing::info!("shutting down: draining in-flight requests");
     handle.graceful_shutdown(Some(config.drain));

@@ -32,6 +32,9 @@ type Api = State<Arc<ApiState>>;
 /// How long `/ready` waits for the leader's read index and for applying up to it.
 const READY_WAIT: Duration = Duration::from_secs(2);
 
+/// How long `GET /v1/cluster` waits for the Raft core's committed index.
+const STATUS_CORE_WAIT: Duration = Duration::from_secs(1);
+
 pub const READ_INDEX_PATH: &str = "/v1/cluster/read-index";
 
 /// `GET /status`
@@ -179,12 +182,18 @@ pub(crate) fn state_name(state: ServerState) -> &'static str {
 /// This replica's view of the cluster.
 pub async fn cluster_status_of(api: &ApiState) -> ClusterStatus {
     let replica = &api.replica;
-    let committed = replica
-        .raft()
-        .with_raft_state(|state| state.committed.map(|id| id.index))
-        .await
-        .ok()
-        .flatten();
+    // Bounded: an operator asks for this exactly when something is stuck, a core
+    // waiting on a failing disk included; the rest comes from the metrics.
+    let committed = tokio::time::timeout(
+        STATUS_CORE_WAIT,
+        replica
+            .raft()
+            .with_raft_state(|state| state.committed.map(|id| id.index)),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .flatten();
     // Index and term of the last entry from one report of openraft's.
     let last_log = replica.raft().data_metrics().borrow().last_log;
     let metrics = replica.metrics().borrow().clone();

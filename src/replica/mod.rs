@@ -121,6 +121,9 @@ pub struct Replica {
     handing_over: batching::HandingOver,
     /// Held by the one handover under way (see [`Replica::begin_handover`]).
     handover_turn: tokio::sync::Mutex<()>,
+    /// Set once a stopping leader fell silent for good (see [`Replica::fall_silent`]);
+    /// the heartbeat switch is flipped under this lock.
+    silenced: std::sync::Mutex<bool>,
     reads: batching::ReadCoalescer,
     remote_read_index: Arc<std::sync::OnceLock<Arc<dyn LeaderReadIndex>>>,
     /// Whether peers reported this replica removed (see [`removal`]).
@@ -151,7 +154,18 @@ pub struct HandoverGuard<'a> {
 
 impl Drop for HandoverGuard<'_> {
     fn drop(&mut self) {
-        self.replica.raft.runtime_config().heartbeat(true);
+        // Not once the replica fell silent to stop: a handover an operator asked for
+        // that ends after that would keep the followers from electing a leader until
+        // this process exits.
+        let silenced = self
+            .replica
+            .silenced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !*silenced {
+            self.replica.raft.runtime_config().heartbeat(true);
+        }
+        drop(silenced);
         self.replica
             .handing_over
             .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -217,6 +231,7 @@ impl Replica {
             writes,
             handing_over,
             handover_turn: tokio::sync::Mutex::new(()),
+            silenced: std::sync::Mutex::new(false),
             reads,
             remote_read_index,
             standing,
@@ -330,22 +345,27 @@ impl Replica {
             return None;
         }
         let id = self.id;
-        let view = self
-            .raft
-            .with_raft_state(move |state| asker_ack::LeaderView {
-                id,
-                leading: state.server_state == ServerState::Leader,
-                vote: *state.vote_ref(),
-                committed: state.committed,
-                configs: state
-                    .membership_state
-                    .effective()
-                    .membership()
-                    .get_joint_config()
-                    .clone(),
-            })
-            .await
-            .ok()?;
+        // Bounded: a core stuck on its storage would hold the asking follower's read
+        // until its own timeout; openraft's round (also bounded) answers then.
+        let view = tokio::time::timeout(
+            self.deadlines.read,
+            self.raft
+                .with_raft_state(move |state| asker_ack::LeaderView {
+                    id,
+                    leading: state.server_state == ServerState::Leader,
+                    vote: *state.vote_ref(),
+                    committed: state.committed,
+                    configs: state
+                        .membership_state
+                        .effective()
+                        .membership()
+                        .get_joint_config()
+                        .clone(),
+                }),
+        )
+        .await
+        .ok()?
+        .ok()?;
         let index = asker_ack::confirmed_index(&view, asker, &vote)?;
         self.batch_stats
             .asker_acks
@@ -402,6 +422,15 @@ impl Replica {
             replica: self,
             _turn: turn,
         })
+    }
+
+    /// Stops this replica's heartbeats for the rest of its life: a leader that is stopping
+    /// and could not hand over lets its followers' leases run out, so they elect another
+    /// leader while it drains. No handover that ends later switches them back on.
+    pub fn fall_silent(&self) {
+        let mut silenced = self.silenced.lock().unwrap_or_else(|p| p.into_inner());
+        *silenced = true;
+        self.raft.runtime_config().heartbeat(false);
     }
 
     /// Waits, at most `within`, until every write handed to Raft has committed or failed.

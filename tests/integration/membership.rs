@@ -1597,3 +1597,47 @@ async fn a_pod_joining_a_cluster_without_a_quorum_keeps_answering_its_probes() {
     cluster.launch(3);
     cluster.wait_for_voters(&[1, 2, 3, 4]).await;
 }
+
+/// A new replica started with an id the cluster already gives another replica (an
+/// operator's typo) is refused: it never asks the cluster to remove the live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_joining_with_an_id_taken_at_another_url_is_refused() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let taken = cluster.other_than(leader);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let data = dir.path().join("d");
+    let join = cluster.url(leader);
+    let args = [
+        "serve",
+        "--id",
+        &taken.to_string(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--join",
+        &join,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]
+    .map(str::to_owned);
+    let (ok, output) = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_binary(&args)
+        }),
+    )
+    .await
+    .expect("serve exits")
+    .unwrap();
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains(&format!("replica id {taken} is already a member"))
+            && output.contains(&cluster.url(taken)),
+        "{output}"
+    );
+    let status = cluster.status_of(leader).await.unwrap();
+    let member = status.members.iter().find(|m| m.id == taken).unwrap();
+    assert_eq!(member.url, cluster.url(taken), "{status:?}");
+}
