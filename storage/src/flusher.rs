@@ -9,7 +9,8 @@
 //! "On disk" means: `sled::Db::flush` (which writes the log buffers and calls
 //! `sync_file_range`), then `fdatasync` of sled's data file so the drive's cache and the
 //! file's size are durable too, and an fsync of every blob file sled created since the
-//! last flush, and of the blob directory (sled never does either). sled writes any
+//! last flush, and of the blob directory (sled never does either), and of sled's own
+//! directory when names in it changed. sled writes any
 //! message over a quarter of a segment (128 KiB) to a blob file, and not only large
 //! values: it rewrites a whole leaf of up to 16 log entries as one message, so entries of
 //! over about 8 KiB each (a full batch of 256 attaches is about that) are enough. Blob
@@ -108,6 +109,10 @@ impl Flusher {
             db,
             data_file,
             blobs: Blobs::new(dir.join("blobs")),
+            names: Names {
+                dir: dir.to_owned(),
+                synced: None,
+            },
             failed: None,
             stats: stats.clone(),
             watermark,
@@ -151,6 +156,7 @@ struct Worker {
     db: sled::Db,
     data_file: File,
     blobs: Blobs,
+    names: Names,
     /// The first failure, repeated to every later waiter (see the module doc).
     failed: Option<(io::ErrorKind, String)>,
     stats: Arc<FlushStats>,
@@ -189,12 +195,37 @@ impl Worker {
             .map_err(|e| io::Error::other(format!("sled flush: {e}")))?;
         self.data_file.sync_data()?;
         self.blobs.sync_new()?;
+        self.names.sync_if_changed()?;
         self.watermark.flushed(covered).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("writing {}: {e}", self.watermark.path().display()),
             )
         })
+    }
+}
+
+/// The names in sled's own directory: sled renames a page-table snapshot into place and
+/// deletes the one before it, and never fsyncs the directory, so a power loss could keep
+/// the deletion and lose the rename. The directory changes rarely (a snapshot every so
+/// many writes), so it is fsynced only when its modification time moved since the last
+/// fsync, or is too recent to tell a change in the same clock tick apart.
+struct Names {
+    dir: PathBuf,
+    synced: Option<std::time::SystemTime>,
+}
+
+impl Names {
+    fn sync_if_changed(&mut self) -> io::Result<()> {
+        let modified = std::fs::metadata(&self.dir)?.modified()?;
+        let recent = std::time::SystemTime::now()
+            .duration_since(modified)
+            .map_or(true, |age| age < std::time::Duration::from_millis(100));
+        if self.synced != Some(modified) || recent {
+            crate::data_dir::sync_dir(&self.dir)?;
+            self.synced = Some(modified);
+        }
+        Ok(())
     }
 }
 
