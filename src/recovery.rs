@@ -4,7 +4,7 @@
 //!
 //! Both leave a data dir holding a snapshot of the registry at some log index `L`, a log
 //! that is "committed and purged up to `L`", a membership of this one replica, a vote
-//! at the latest term seen, and a new cluster id (so that no replica of the cluster the
+//! at a term above any the source saw, and a new cluster id (so that no replica of the cluster the
 //! state came from can talk to the new one). Started with `serve`, the replica elects
 //! itself at once; more members are added with `serve --join`.
 //!
