@@ -85,6 +85,9 @@ pub async fn authorize(
     };
     match keys.verify(token) {
         Ok(claims) if claims.scope == Scope::Admin || allowed.contains(&claims.scope) => {
+            // For a handler that trusts what only a replica may say (the read index).
+            let mut request = request;
+            request.extensions_mut().insert(claims.scope);
             next.run(request).await
         }
         Ok(claims) => {

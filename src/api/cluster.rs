@@ -105,14 +105,19 @@ const MAX_CATCH_UP_S: u64 = 86_400;
 /// round of heartbeats.
 pub async fn read_index(
     State(api): Api,
+    scope: Option<axum::Extension<crate::auth::Scope>>,
     RawQuery(raw): RawQuery,
 ) -> Result<JsonResponse<ReadIndex>, ApiError> {
+    // A vote stands for a replica's acknowledgement only when a replica sent it: with
+    // authentication on, only a `controller_peer` token (an admin's is answered, but
+    // after a round of heartbeats like any other).
+    let from_a_replica = scope.is_none_or(|s| s.0 == crate::auth::Scope::ControllerPeer);
     let index = match query::<ReadIndexQuery>(raw)? {
         ReadIndexQuery {
             asker: Some(asker),
             term: Some(term),
             voted_for: Some(voted_for),
-        } => {
+        } if from_a_replica => {
             let vote = openraft::Vote::new(term, voted_for);
             api.replica.read_index_for(asker, Some(vote)).await?
         }

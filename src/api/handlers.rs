@@ -124,11 +124,40 @@ pub async fn re_attach_legacy(
     }))
 }
 
-/// `POST /upcall/v1/validate`
+/// `POST /upcall/v1/validate`: shards this controller does not know are left out, which
+/// the pageservers that call this path read as invalid.
 pub async fn validate(
     State(api): Api,
     Json(request): Json<ValidateRequest>,
 ) -> Result<JsonResponse<ValidateResponse>, ApiError> {
+    Ok(JsonResponse(validated(&api, &request).await?))
+}
+
+/// `POST /validate`, the 2023 path: the pageservers that call it read a shard left out
+/// of the answer as valid (they delete its objects), so every shard asked about is
+/// answered, the unknown ones `valid: false`.
+pub async fn validate_legacy(
+    State(api): Api,
+    Json(request): Json<ValidateRequest>,
+) -> Result<JsonResponse<ValidateResponse>, ApiError> {
+    let mut answer = validated(&api, &request).await?;
+    let mut answered: std::collections::HashSet<TenantShardId> =
+        answer.tenants.iter().map(|t| t.id).collect();
+    for asked in &request.tenants {
+        if answered.insert(asked.id) {
+            answer.tenants.push(ValidateResponseTenant {
+                id: asked.id,
+                valid: false,
+            });
+        }
+    }
+    Ok(JsonResponse(answer))
+}
+
+async fn validated(
+    api: &ApiState,
+    request: &ValidateRequest,
+) -> Result<ValidateResponse, ApiError> {
     let limit = api.limits.validate_tenants;
     if request.tenants.len() > limit {
         return Err(ApiError::BadRequest(format!(
@@ -142,7 +171,7 @@ pub async fn validate(
             registry.validate(request.tenants.iter().map(|t| (t.id, Generation(t.r#gen))))
         })
         .await?;
-    Ok(JsonResponse(ValidateResponse {
+    Ok(ValidateResponse {
         tenants: answers
             .into_iter()
             .map(|v| ValidateResponseTenant {
@@ -150,7 +179,7 @@ pub async fn validate(
                 valid: v.valid,
             })
             .collect(),
-    }))
+    })
 }
 
 /// `POST /debug/v1/attach-hook`

@@ -108,7 +108,7 @@ pub fn router(api: Arc<ApiState>) -> Router {
         .route_layer(shed.clone());
     let reads = Router::new()
         .route("/upcall/v1/validate", post(handlers::validate))
-        .route("/validate", post(handlers::validate))
+        .route("/validate", post(handlers::validate_legacy))
         .route("/debug/v1/inspect", post(handlers::inspect))
         .route("/inspect", post(handlers::inspect))
         .route("/control/v1/node", get(handlers::list_nodes))

@@ -654,6 +654,12 @@ impl WaitingRoom {
                     }
                 }),
             )
+            // The same rules as the replica it becomes: `/status` open, `/v1/cluster`
+            // (the cluster's id and the peers it saw) for peers and admins.
+            .route_layer(axum::middleware::from_fn_with_state(
+                config.security.keys.clone(),
+                crate::api::auth::authorize,
+            ))
             .fallback(move || async move {
                 let msg = format!(
                     "replica {id} is starting with an empty data dir: deciding whether to bootstrap or join"

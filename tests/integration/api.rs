@@ -176,6 +176,31 @@ async fn neon_wire_shapes_and_2023_paths() {
         valid,
         serde_json::json!({"tenants": [{"id": tenant, "valid": true}, {"id": sharded, "valid": false}]})
     );
+    // A 2023 pageserver reads a shard left out of the answer as valid: on its path an
+    // unknown shard is answered, invalid. The current path leaves it out.
+    let unknown = "00000000000000000000000000000077";
+    let asked =
+        serde_json::json!({"tenants": [{"id": unknown, "gen": 1}, {"id": tenant, "gen": 3}]});
+    let valid: serde_json::Value = post("/validate", asked.clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        valid,
+        serde_json::json!({"tenants": [{"id": tenant, "valid": true}, {"id": unknown, "valid": false}]})
+    );
+    let valid: serde_json::Value = post("/upcall/v1/validate", asked)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        valid,
+        serde_json::json!({"tenants": [{"id": tenant, "valid": true}]})
+    );
     let inspected: serde_json::Value =
         post("/inspect", serde_json::json!({"tenant_shard_id": sharded}))
             .await

@@ -355,6 +355,27 @@ async fn every_endpoint_checks_scopes_like_neon_through_any_replica() {
     }
     // A follower's readiness asks the leader for a read index with its peer token.
     crate::support::wait_ready(&cluster.client(follower)).await;
+    // A read index asked with a follower's vote counts that vote as the follower's
+    // acknowledgement: only when a replica asks, never an admin.
+    let term = cluster.status_of(leader).await.unwrap().term;
+    let acks = || cluster.metric(leader, "psc_read_index_asker_acks_total");
+    for (scope, counted) in [(Scope::Admin, 0.0), (Scope::ControllerPeer, 3.0)] {
+        let before = acks().await.unwrap_or(0.0);
+        for _ in 0..3 {
+            let response = http
+                .get(format!(
+                    "{}/v1/cluster/read-index?asker={follower}&term={term}&voted_for={leader}",
+                    cluster.url(leader)
+                ))
+                .bearer_auth(keys.token(scope))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        }
+        let after = acks().await.unwrap_or(0.0);
+        assert_eq!(after - before, counted, "{scope:?}");
+    }
     // A request that claims to have been forwarded gains nothing by it.
     let response = http
         .post(format!("{}/debug/v1/attach-hook", cluster.url(leader)))
@@ -1150,6 +1171,17 @@ async fn a_pod_waiting_for_its_peers_takes_sighup_as_a_reload() {
         "starting",
         "the pod should be waiting for its peers"
     );
+    // Its answer names the cluster and the peers it saw: for peers and admins only.
+    let anonymous = reqwest::Client::builder()
+        .add_root_certificate(trusted.clone())
+        .build()
+        .unwrap();
+    let response = anonymous
+        .get(format!("{}/v1/cluster", cluster.url(1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
 
     let (cert_pem, key_pem, renewed) = loopback_certificate(&ca, 2);
     replace_file(&keys.path("tls.crt"), cert_pem.as_bytes());
