@@ -392,6 +392,35 @@ async fn a_lone_voter_asked_to_step_down_keeps_leading_and_says_so() {
     assert_eq!((after.leader, after.term), (Some(1), before.term));
 }
 
+/// A leader stopping on SIGTERM that could not hand over (here: no time to) stops its
+/// heartbeats before it drains, so the others elect a leader during the drain rather
+/// than after the process exits (bug 51).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_that_could_not_hand_over_lets_the_others_elect_while_it_drains() {
+    let mut cluster = TestCluster::start_with(3, &["--handoff-timeout-ms", "1"]).await;
+    let leader = cluster.wait_for_leader().await;
+    attach_range(&cluster.client(leader), 0..4, 1).await;
+    // Keeps the drain open until its bound (5 s), several election timeouts.
+    let held = hold_request_open(&cluster.url(leader)).await;
+    cluster.terminate(leader);
+    cluster
+        .wait_for_log(leader, "still leading after the handover attempts", 1)
+        .await;
+    let successor = wait_for("another replica to lead", DEADLINE, || {
+        let cluster = &cluster;
+        async move {
+            let leading = cluster.leader_now().await?;
+            (leading != leader).then_some(leading)
+        }
+    })
+    .await;
+    assert!(
+        !cluster.has_exited(leader),
+        "replica {successor} was elected only after replica {leader} exited"
+    );
+    drop(held);
+}
+
 /// After handing leadership away on SIGTERM, a replica drains its in-flight requests
 /// with its listener closed, so the new leader's heartbeats no longer reach it. Were it
 /// still allowed to campaign, it would raise its term every election timeout of the drain
