@@ -482,19 +482,22 @@ pub async fn settle(
         )
         .await
     };
+    let decide = |seen_fresh: &mut BTreeSet<String>, answers: &[(String, ClusterStatus)]| {
+        decide_fresh_start(
+            placement,
+            &peers,
+            may_bootstrap,
+            &cluster_id,
+            seen_fresh,
+            answers,
+        )
+    };
     // Since when every poll has called for a bootstrap (see [`BOOTSTRAP_QUIET`]).
     let mut bootstrap_since = None::<Instant>;
     let mut start = loop {
         let answers = ask().await?;
         let due = |every: Duration| last_report.is_none_or(|at: Instant| at.elapsed() >= every);
-        let decided = decide_fresh_start(
-            placement,
-            &peers,
-            may_bootstrap,
-            &cluster_id,
-            &mut seen_fresh,
-            &answers,
-        );
+        let decided = decide(&mut seen_fresh, &answers);
         room.saw(&seen_fresh);
         match decided {
             Some(FreshStart::Bootstrap)
@@ -540,15 +543,8 @@ pub async fn settle(
         loop {
             let answers = ask().await?;
             // A later pod that answers now runs the cluster after all: join it.
-            if let Some(join) = decide_fresh_start(
-                placement,
-                &peers,
-                may_bootstrap,
-                &cluster_id,
-                &mut seen_fresh,
-                &answers,
-            )
-            .filter(|d| *d != FreshStart::Bootstrap)
+            if let Some(join) =
+                decide(&mut seen_fresh, &answers).filter(|d| *d != FreshStart::Bootstrap)
             {
                 tracing::warn!(decided = ?join, "a running cluster answered before this pod bootstrapped: not bootstrapping");
                 start = join;

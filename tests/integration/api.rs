@@ -181,24 +181,19 @@ async fn neon_wire_shapes_and_2023_paths() {
     let unknown = "00000000000000000000000000000077";
     let asked =
         serde_json::json!({"tenants": [{"id": unknown, "gen": 1}, {"id": tenant, "gen": 3}]});
-    let valid: serde_json::Value = post("/validate", asked.clone())
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = |path: &str, body: serde_json::Value| {
+        let sent = post(path, body);
+        async move {
+            let response = sent.await.unwrap();
+            response.json::<serde_json::Value>().await.unwrap()
+        }
+    };
     assert_eq!(
-        valid,
+        answer("/validate", asked.clone()).await,
         serde_json::json!({"tenants": [{"id": tenant, "valid": true}, {"id": unknown, "valid": false}]})
     );
-    let valid: serde_json::Value = post("/upcall/v1/validate", asked)
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     assert_eq!(
-        valid,
+        answer("/upcall/v1/validate", asked).await,
         serde_json::json!({"tenants": [{"id": tenant, "valid": true}]})
     );
     let inspected: serde_json::Value =

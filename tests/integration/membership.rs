@@ -406,19 +406,21 @@ async fn a_stopping_leader_that_could_not_hand_over_lets_the_others_elect_while_
     cluster
         .wait_for_log(leader, "still leading after the handover attempts", 1)
         .await;
-    let successor = wait_for("another replica to lead", DEADLINE, || {
-        let cluster = &cluster;
-        async move {
-            let leading = cluster.leader_now().await?;
-            (leading != leader).then_some(leading)
-        }
-    })
-    .await;
+    let successor = another_leader(&cluster, leader).await;
     assert!(
         !cluster.has_exited(leader),
         "replica {successor} was elected only after replica {leader} exited"
     );
     drop(held);
+}
+
+/// Waits until a replica other than `leader` leads, and returns it.
+async fn another_leader(cluster: &TestCluster, leader: u64) -> u64 {
+    wait_for("another replica to lead", DEADLINE, || async move {
+        let leading = cluster.leader_now().await?;
+        (leading != leader).then_some(leading)
+    })
+    .await
 }
 
 /// After handing leadership away on SIGTERM, a replica drains its in-flight requests
@@ -436,14 +438,7 @@ async fn a_replica_draining_after_handing_leadership_away_never_campaigns() {
     let held = hold_request_open(&cluster.url(leader)).await;
 
     cluster.terminate(leader);
-    let successor = wait_for("another replica to lead", DEADLINE, || {
-        let cluster = &cluster;
-        async move {
-            let leading = cluster.leader_now().await?;
-            (leading != leader).then_some(leading)
-        }
-    })
-    .await;
+    let successor = another_leader(&cluster, leader).await;
     let term = cluster
         .status_of(successor)
         .await
@@ -1510,39 +1505,11 @@ async fn no_replica_initializes_beside_a_listed_peer_of_another_cluster() {
 /// cluster of one under the same id, which would hand out generations again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_only_initial_pod_rejoins_the_cluster_it_grew_into_after_losing_its_volume() {
-    let mut cluster = TestCluster::pods(3, &[], None, None).with_initial_pods(1);
-    cluster.launch(1);
-    cluster.wait_for_leader().await;
-    cluster.launch(2);
-    cluster.launch(3);
-    cluster.wait_for_voters(&[1, 2, 3]).await;
-    let before = retried(|| {
-        let client = cluster.client(1);
-        async move { client.attach_hook(shard(0), Some(NodeId(1)), None).await }
-    })
-    .await
-    .expect("an attach before the volume is lost");
+    let (mut cluster, before) = grown_from_one_pod().await;
     cluster.kill(1);
     cluster.wipe(1);
     cluster.launch(1);
-    cluster
-        .wait_for_log(1, "removed from the running cluster: joining it again", 1)
-        .await;
-    cluster.wait_for_voters(&[1, 2, 3]).await;
-    cluster.wait_caught_up(1).await;
-    let after = retried(|| {
-        let client = cluster.client(1);
-        async move { client.attach_hook(shard(0), Some(NodeId(1)), None).await }
-    })
-    .await
-    .expect("an attach after it rejoined");
-    assert!(after > before, "generation {after:?} after {before:?}");
-    // Its log holds both lives: one bootstrap only, the first.
-    let bootstraps = cluster
-        .log_of(1)
-        .matches("bootstrapping a new cluster once each has seen this one")
-        .count();
-    assert_eq!(bootstraps, 1);
+    rejoined_once(&mut cluster, before).await;
 }
 
 /// As above, but the later pods are down too when the initial pod comes back on its
@@ -1550,18 +1517,7 @@ async fn the_only_initial_pod_rejoins_the_cluster_it_grew_into_after_losing_its_
 /// asking for a while before it bootstraps, and joins them when they answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_only_initial_pod_waits_for_later_pods_that_restart_with_it() {
-    let mut cluster = TestCluster::pods(3, &[], None, None).with_initial_pods(1);
-    cluster.launch(1);
-    cluster.wait_for_leader().await;
-    cluster.launch(2);
-    cluster.launch(3);
-    cluster.wait_for_voters(&[1, 2, 3]).await;
-    let before = retried(|| {
-        let client = cluster.client(1);
-        async move { client.attach_hook(shard(0), Some(NodeId(1)), None).await }
-    })
-    .await
-    .expect("an attach before the volume is lost");
+    let (mut cluster, before) = grown_from_one_pod().await;
     for id in 1..=3 {
         cluster.kill(id);
     }
@@ -1572,10 +1528,36 @@ async fn the_only_initial_pod_waits_for_later_pods_that_restart_with_it() {
         .await;
     cluster.launch(2);
     cluster.launch(3);
+    rejoined_once(&mut cluster, before).await;
+}
+
+/// A StatefulSet created with one initial pod and scaled to three, and the generation an
+/// attach through pod 1 got.
+async fn grown_from_one_pod() -> (TestCluster, Option<u32>) {
+    let mut cluster = TestCluster::pods(3, &[], None, None).with_initial_pods(1);
+    cluster.launch(1);
+    cluster.wait_for_leader().await;
+    cluster.launch(2);
+    cluster.launch(3);
+    cluster.wait_for_voters(&[1, 2, 3]).await;
+    let before = retried(|| {
+        let client = cluster.client(1);
+        async move { client.attach_hook(shard(0), Some(NodeId(1)), None).await }
+    })
+    .await
+    .expect("an attach before the volume is lost");
+    (cluster, before)
+}
+
+/// Pod 1, on an empty volume, left the cluster and joined it again; an attach through it
+/// gives a later generation than `before`, and its log holds one bootstrap only (its
+/// first life's).
+async fn rejoined_once(cluster: &mut TestCluster, before: Option<u32>) {
     cluster
         .wait_for_log(1, "removed from the running cluster: joining it again", 1)
         .await;
     cluster.wait_for_voters(&[1, 2, 3]).await;
+    cluster.wait_caught_up(1).await;
     let after = retried(|| {
         let client = cluster.client(1);
         async move { client.attach_hook(shard(0), Some(NodeId(1)), None).await }
