@@ -262,28 +262,30 @@ async fn cluster_to_join(
                 status.cluster_name,
                 config.cluster_name
             ),
-            Ok(status) => match leaders_view(&status, http, peer_token.clone()).await {
+            Ok(status) => {
                 // Checked in both views: the replica asked first may lag behind the
                 // leader, and leaving to rejoin would remove the live replica that holds
                 // this id.
-                _ if listed_elsewhere(&status, config).is_some() => {
-                    bail!(listed_elsewhere(&status, config).unwrap_or_default())
+                if let Some(why) = listed_elsewhere(&status, config) {
+                    bail!(why)
                 }
-                Some((view, _)) if listed_elsewhere(&view, config).is_some() => {
-                    bail!(listed_elsewhere(&view, config).unwrap_or_default())
+                match leaders_view(&status, http, peer_token.clone()).await {
+                    Some((view, leader_url)) => {
+                        if let Some(why) = listed_elsewhere(&view, config) {
+                            bail!(why)
+                        }
+                        tracing::info!(%url, cluster = %view.cluster_id, leader = view.replica_id, "joining a running cluster");
+                        return Ok((view, leader_url));
+                    }
+                    None if std::time::Instant::now() < deadline => {
+                        tracing::info!(%url, leader = ?status.leader, "waiting for the leader of the cluster to join");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    None => bail!(
+                        "the cluster {url} belongs to has no leader that answers; a replica joins through its leader"
+                    ),
                 }
-                Some((view, leader_url)) => {
-                    tracing::info!(%url, cluster = %view.cluster_id, leader = view.replica_id, "joining a running cluster");
-                    return Ok((view, leader_url));
-                }
-                None if std::time::Instant::now() < deadline => {
-                    tracing::info!(%url, leader = ?status.leader, "waiting for the leader of the cluster to join");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                None => bail!(
-                    "the cluster {url} belongs to has no leader that answers; a replica joins through its leader"
-                ),
-            },
+            }
             Err(e) if std::time::Instant::now() < deadline => {
                 tracing::info!(%url, error = %e, "waiting for the cluster to join");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -698,8 +700,8 @@ pub(crate) async fn start_listener(
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// On the way out, a leader hands leadership to the most up-to-date voter so the cluster
-/// does not wait an election timeout (a rolling restart then costs no election).
-/// Hands leadership to another voter if this replica leads; whether it tried.
+/// does not wait an election timeout (a rolling restart then costs no election). Returns
+/// whether it tried (it led).
 async fn hand_leadership_away(
     replica: &Replica,
     membership: &Membership,

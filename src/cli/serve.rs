@@ -363,6 +363,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     #[test]
     fn initial_cluster_parses_and_rejects_nonsense() {
@@ -379,6 +380,68 @@ mod tests {
             "1=nota url",
         ] {
             assert!(parse_initial_cluster(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    fn config_of(flags: &[&str]) -> anyhow::Result<ServeConfig> {
+        let argv = [
+            "pageserver-controller",
+            "serve",
+            "--id",
+            "1",
+            "--data-dir",
+            "d",
+        ];
+        let cli = crate::cli::Cli::try_parse_from(argv.iter().chain(flags))?;
+        let crate::cli::Command::Serve(args) = cli.command() else {
+            panic!("not serve");
+        };
+        args.to_config()
+    }
+
+    #[test]
+    fn the_advertised_url_is_checked_and_stored_as_the_membership_stores_it() {
+        let local = ["--listen", "127.0.0.1:7009"];
+        let config =
+            config_of(&[&local[..], &["--advertise-url", "http://10.0.0.4:7001/"]].concat())
+                .unwrap();
+        assert_eq!(config.advertise_url, "http://10.0.0.4:7001");
+        let config = config_of(&local).unwrap();
+        assert_eq!(config.advertise_url, "http://127.0.0.1:7009");
+        let refused =
+            config_of(&[&local[..], &["--advertise-url", "10.0.0.4:7001"]].concat()).unwrap_err();
+        assert!(
+            refused.to_string().contains("--advertise-url"),
+            "{refused:#}"
+        );
+        // Every address is no address a peer can dial.
+        let every = ["--listen", "0.0.0.0:7001", "--insecure-no-auth"];
+        let refused = config_of(&every).unwrap_err();
+        assert!(
+            refused.to_string().contains("pass --advertise-url"),
+            "{refused:#}"
+        );
+        let with_url = [&every[..], &["--advertise-url", "http://10.0.0.4:7001"]].concat();
+        assert!(config_of(&with_url).is_ok());
+    }
+
+    #[test]
+    fn offline_tools_refuse_replica_id_zero() {
+        for command in [
+            &[
+                "restore",
+                "--from",
+                "b",
+                "--data-dir",
+                "d",
+                "--advertise-url",
+                "http://a",
+            ][..],
+            &["recover", "--data-dir", "d"][..],
+        ] {
+            let argv = ["pageserver-controller"].iter().chain(command);
+            let refused = crate::cli::Cli::try_parse_from(argv.chain(&["--id", "0"])).unwrap_err();
+            assert!(refused.to_string().contains("--id"), "{refused}");
         }
     }
 
